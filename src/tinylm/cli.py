@@ -1,0 +1,258 @@
+"""The `tinylm` command: parses arguments and calls the library; nothing else lives here.
+
+Every flag is a config field: its argparse `dest` is the field's dotted name (for example
+`--time-budget` is `train.time_budget`), and values are converted and checked by the same
+code as `--set section.key=value` and TOML presets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from tinylm import __version__
+from tinylm.config import (DEFAULT_PRESET, EvalConfig, RunConfig, SampleConfig, apply_overrides, load_preset,
+                           preset_names, read_preset, read_toml, set_key, update, valid_keys)
+from tinylm.console import TinylmWarning, console
+from tinylm.errors import ConfigError, TinylmError
+
+EPILOG = "Docs: README.md. Every flag maps to a config field; see `tinylm train --help` for --set keys."
+
+
+def _fields(args: argparse.Namespace) -> dict[str, str]:
+    """The flags the user gave whose dest is a dotted config key."""
+    return {k: v for k, v in vars(args).items() if "." in k and v is not None}
+
+
+def _apply(cfg, args: argparse.Namespace, prefix: str = "") -> None:
+    for key, value in _fields(args).items():
+        set_key(cfg, key.removeprefix(prefix), value if isinstance(value, str) else str(value),
+                f"--{key.split('.')[-1].replace('_', '-')}", parse=True)
+
+
+# --------------------------------------------------------------------------- verbs
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from tinylm.data.prepare import prepare, read_meta
+    from tinylm.data.sources import read_source
+    from tinylm.tokenizers import load_tokenizer
+
+    cfg = RunConfig().data
+    _apply(cfg, args, prefix="data.")
+    if not cfg.dir:
+        raise ConfigError("give the output data directory with --out DIR")
+    tokenizer = load_tokenizer(args.tokenizer_from) if args.tokenizer_from else cfg.tokenizer
+    src = read_source(cfg.source)
+    out = prepare(src, tokenizer, cfg.dir, cfg.val_fraction)
+    meta = read_meta(out)
+    splits = ", ".join(f"{k} {v['tokens']:,} tokens" for k, v in meta["splits"].items())
+    console.print(f"prepared {src.name}: {splits}; {meta['tokenizer']['kind']} tokenizer with "
+                  f"{meta['tokenizer']['vocab_size']} ids, {meta['dtype']} -> {out}", soft_wrap=True)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tinylm.rundir import read_config
+    from tinylm.training import train
+
+    if args.resume:
+        clash = [flag for flag, given in (("--preset", args.preset), ("--config", args.config),
+                                          ("--data", args.__dict__["data.dir"]),
+                                          ("--text", args.__dict__["data.source"]),
+                                          ("--out", args.__dict__["train.out_dir"])) if given]
+        if clash:
+            raise ConfigError(f"{', '.join(clash)} cannot be combined with --resume: a resumed run keeps "
+                              "its data, model and directory")
+        cfg = read_config(args.resume)
+        cfg.train.out_dir = args.resume
+        for item in args.set:
+            if not item.startswith("train."):
+                raise ConfigError(f"--set {item}: only train.* settings can change when resuming")
+    else:
+        cfg = load_preset(args.preset or DEFAULT_PRESET)
+        if args.config:
+            update(cfg, read_toml(args.config), origin=args.config)
+        if args.__dict__["data.dir"] and args.__dict__["data.source"]:
+            raise ConfigError("give --data DATA_DIR or --text FILE, not both")
+        if args.__dict__["data.source"]:
+            cfg.data.dir = ""
+    apply_overrides(cfg, args.set)
+    _apply(cfg, args)
+    result = train(cfg, resume=bool(args.resume), overwrite=args.overwrite)
+    if result.stopped_by == "interrupt":
+        console.print(f"[yellow]interrupted at step {result.step}; checkpoint saved. "
+                      f"Continue with: tinylm train --resume {result.run_dir}")
+        return 130
+    best = f", best {result.best_val_loss:.4f}" if result.best_val_loss is not None else ""
+    console.print(f"[green]done[/]: {result.step} steps, {result.tokens:,} tokens in {result.elapsed:.0f}s "
+                  f"(stopped by {result.stopped_by.replace('_', ' ')}); val loss {result.val_loss:.4f}{best}\n"
+                  f"  run directory {result.run_dir} (loss.png, perplexity.png, metrics.jsonl)\n"
+                  f"  sample with:  tinylm sample {result.run_dir}", soft_wrap=True)
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from tinylm.rundir import load
+
+    cfg = SampleConfig()
+    _apply(cfg, args, prefix="sample.")
+    if cfg.num_samples < 1 or cfg.max_new_tokens < 0:
+        raise ConfigError("--num-samples must be >= 1 and --max-new-tokens >= 0")
+    run = load(args.run_dir, cfg.checkpoint, cfg.device, cfg.dtype)
+    for i in range(cfg.num_samples):
+        if i:
+            print("\n" + "-" * 40)
+        sys.stdout.write(cfg.prompt)
+        seed = None if cfg.seed is None else cfg.seed + i
+        for piece in run.stream(cfg.prompt, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                top_k=cfg.top_k, seed=seed):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from tinylm.evaluation import evaluate
+
+    cfg = EvalConfig()
+    _apply(cfg, args, prefix="eval.")
+    result = evaluate(args.run_dir, cfg, show_progress=not args.json)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        bpb = f"{result.bits_per_byte:.4f}" if result.bits_per_byte is not None else "n/a"
+        print(f"loss {result.loss:.4f} nats/token   perplexity {result.perplexity:.3f}   "
+              f"bits/byte {bpb}   ({result.tokens:,} tokens, {result.bytes:,} bytes)")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    for name in preset_names():
+        description = " ".join(read_preset(name).get("description", "").split())
+        print(f"{name:<20} {description}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+
+    parser = argparse.ArgumentParser(
+        prog="tinylm", parents=[common], epilog=EPILOG,
+        description="Build, train, evaluate and sample from small GPT-style language models.")
+    parser.add_argument("--version", action="version", version=f"tinylm {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    p = verbs.add_parser("prepare", parents=[common], help="tokenize a corpus into a data directory",
+                         description="Tokenize SOURCE once into memory-mapped train.bin/val.bin + meta.json.")
+    p.add_argument("data.source", metavar="SOURCE",
+                   help="a .txt file, a folder of .txt files, or a built-in corpus (shakespeare)")
+    p.add_argument("--out", dest="data.dir", metavar="DATA_DIR", help="output data directory")
+    p.add_argument("--tokenizer", dest="data.tokenizer", metavar="KIND", help="tokenizer to build (default: char)")
+    p.add_argument("--tokenizer-from", metavar="DIR", help="reuse the tokenizer of a run or data directory")
+    p.add_argument("--val-fraction", dest="data.val_fraction", metavar="F",
+                   help="tail fraction of the text held out for validation (default 0.1)")
+    p.set_defaults(func=cmd_prepare)
+
+    keys = ", ".join(_all_keys())
+    p = verbs.add_parser(
+        "train", parents=[common], help="train a model (default: the shakespeare-char preset)",
+        description="Train a model. With no arguments: the shakespeare-char preset on the bundled corpus.",
+        epilog=f"--set keys: {keys}")
+    p.add_argument("--preset", metavar="NAME", help=f"a shipped preset ({', '.join(preset_names())})")
+    p.add_argument("--config", metavar="FILE.toml", help="a TOML file with [model], [data], [train] tables")
+    p.add_argument("--data", dest="data.dir", metavar="DATA_DIR", help="a prepared data directory")
+    p.add_argument("--text", dest="data.source", metavar="FILE",
+                   help="a text file or folder (prepared on the fly, cached)")
+    p.add_argument("--out", dest="train.out_dir", metavar="RUN_DIR", help="run directory (default runs/PRESET)")
+    p.add_argument("--time-budget", dest="train.time_budget", metavar="S", help="wall-clock budget in seconds")
+    p.add_argument("--max-steps", dest="train.max_steps", metavar="N", help="optimizer steps at most")
+    p.add_argument("--device", dest="train.device", metavar="DEV", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", dest="train.dtype", metavar="T", help="auto, float32, bfloat16 or float16")
+    p.add_argument("--seed", dest="train.seed", metavar="N", help="random seed")
+    p.add_argument("--compile", dest="train.compile", action="store_const", const="true",
+                   help="use torch.compile (falls back with a warning where it does not work)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set model.n_layer=4 (repeatable)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.set_defaults(func=cmd_train)
+
+    p = verbs.add_parser("sample", parents=[common], help="generate text from a trained run")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--prompt", dest="sample.prompt", metavar="TEXT", help="text to continue (default: none)")
+    p.add_argument("--max-new-tokens", dest="sample.max_new_tokens", metavar="N", help="default 500")
+    p.add_argument("--temperature", dest="sample.temperature", metavar="T", help="default 0.8; <= 0 is greedy")
+    p.add_argument("--top-k", dest="sample.top_k", metavar="K", help="sample among the K likeliest (0 = all)")
+    p.add_argument("--seed", dest="sample.seed", metavar="N", help="seed for reproducible samples")
+    p.add_argument("--num-samples", dest="sample.num_samples", metavar="N", help="how many samples (default 1)")
+    p.add_argument("--checkpoint", dest="sample.checkpoint", metavar="W",
+                   help="best (default), latest, or a .safetensors path")
+    p.add_argument("--device", dest="sample.device", metavar="DEV")
+    p.add_argument("--dtype", dest="sample.dtype", metavar="T")
+    p.set_defaults(func=cmd_sample)
+
+    p = verbs.add_parser("eval", parents=[common], help="loss, perplexity and bits per byte of a run",
+                         description="Score a run on a prepared data split or a text file.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--data", dest="eval.data", metavar="DATA_DIR", help="a prepared data directory")
+    p.add_argument("--text", dest="eval.text", metavar="FILE", help="a text file (or folder), scored whole")
+    p.add_argument("--split", dest="eval.split", metavar="NAME", help="split of --data (default val)")
+    p.add_argument("--batch-size", dest="eval.batch_size", metavar="N")
+    p.add_argument("--checkpoint", dest="eval.checkpoint", metavar="W", help="best (default) or latest")
+    p.add_argument("--device", dest="eval.device", metavar="DEV")
+    p.add_argument("--dtype", dest="eval.dtype", metavar="T")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_eval)
+
+    p = verbs.add_parser("presets", parents=[common], help="list the shipped presets")
+    p.set_defaults(func=cmd_presets)
+    return parser
+
+
+def _all_keys() -> list[str]:
+    return [k for k in valid_keys(RunConfig()) if k not in ("preset", "description")]
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, TinylmWarning):
+        console.print(f"[yellow]warning:[/] {message}")
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.showwarning = _show_warning
+    try:
+        return args.func(args)
+    except TinylmError as e:
+        if args.debug:
+            raise
+        console.print(f"[red]error:[/] {e}", soft_wrap=True)
+        return 1
+    except OSError as e:  # permissions, full disk, ... on paths the user chose
+        if args.debug:
+            raise
+        console.print(f"[red]error:[/] {e.strerror or e}: {e.filename or ''}", soft_wrap=True)
+        return 1
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted")
+        return 130
+    finally:
+        warnings.showwarning = _default_showwarning
+
+
+if __name__ == "__main__":
+    sys.exit(main())

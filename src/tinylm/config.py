@@ -1,0 +1,309 @@
+"""Typed configuration: dataclasses, TOML presets and `--set section.key=value` overrides.
+
+A run is described by one `RunConfig` (model, data, train sections). It is filled, in order,
+from the dataclass defaults, a preset shipped in `tinylm/presets/*.toml`, an optional user TOML
+file, and command-line flags; the resolved result is saved as `config.json` in the run
+directory and is enough to rebuild the model. Values are type-checked at every step, so a typo
+or a wrongly typed value is a one-line `ConfigError` before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from tinylm.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+OPTIMIZERS = ("adamw",)
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the decoder-only transformer."""
+
+    vocab_size: int = 0  # 0: taken from the tokenizer when training starts
+    context: int = 256  # the longest sequence the model attends over (block size)
+    n_layer: int = 6
+    n_head: int = 6
+    d_model: int = 384  # residual stream width
+    d_ff: int = 0  # hidden width of the MLP; 0 means 4 * d_model
+    dropout: float = 0.0
+    bias: bool = True  # biases in linear layers and LayerNorms
+    tie_weights: bool = True  # output head shares the token embedding matrix
+
+    def validate(self) -> None:
+        _check(self.vocab_size >= 0, "model.vocab_size must be >= 0 (0 = from the tokenizer)")
+        for name in ("context", "n_layer", "n_head", "d_model"):
+            _check(getattr(self, name) > 0, f"model.{name} must be a positive integer")
+        _check(self.d_ff >= 0, "model.d_ff must be >= 0 (0 = 4 * d_model)")
+        _check(self.d_model % self.n_head == 0,
+               f"model.d_model ({self.d_model}) must be divisible by model.n_head ({self.n_head})")
+        _check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
+
+    @property
+    def ff_width(self) -> int:
+        return self.d_ff or 4 * self.d_model
+
+
+@dataclass
+class DataConfig:
+    """Where the tokens come from."""
+
+    source: str = "shakespeare"  # a built-in corpus name, a text file or a folder of .txt files
+    dir: str = ""  # a prepared data directory; when set, `source` is not read
+    tokenizer: str = "char"
+    val_fraction: float = 0.1  # the tail of the text held out for validation
+
+    def validate(self) -> None:
+        _check(bool(self.source or self.dir), "set data.source (a text file or corpus) or data.dir")
+        _check(0.0 < self.val_fraction < 1.0, "data.val_fraction must be in (0, 1)")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, schedule, budget, evaluation and checkpointing."""
+
+    out_dir: str = ""  # run directory; "" means runs/<preset>
+    seed: int = 1337
+    device: str = "auto"  # auto | cpu | cuda | mps
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (autocast precision)
+    compile: bool = False
+    batch_size: int = 32  # sequences per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_steps: int = 5000
+    time_budget: float = 0.0  # seconds of wall clock; 0 = no limit
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    min_lr: float = 1e-4  # the cosine schedule decays to this
+    warmup_steps: int = 100
+    weight_decay: float = 0.1  # on weight matrices only
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # max global gradient norm; 0 = off
+    eval_interval: int = 250  # steps between validation passes (and checkpoints)
+    eval_tokens: int = 0  # validation tokens per periodic pass; 0 = the whole split
+    log_interval: int = 10  # steps between rows in metrics.jsonl
+
+    def validate(self) -> None:
+        _check(self.device in DEVICES or self.device.startswith("cuda:"),
+               f"train.device must be one of {', '.join(DEVICES)} (or cuda:N), got {self.device!r}")
+        _check(self.dtype in DTYPES, f"train.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        _check(self.optimizer in OPTIMIZERS,
+               f"train.optimizer {self.optimizer!r} does not exist; choose one of {', '.join(OPTIMIZERS)}")
+        for name in ("batch_size", "grad_accum", "max_steps", "eval_interval", "log_interval"):
+            _check(getattr(self, name) > 0, f"train.{name} must be a positive integer")
+        for name in ("time_budget", "warmup_steps", "weight_decay", "grad_clip", "eval_tokens", "min_lr"):
+            _check(getattr(self, name) >= 0, f"train.{name} must be >= 0")
+        _check(self.lr > 0, "train.lr must be > 0")
+        _check(self.min_lr <= self.lr, "train.min_lr must not exceed train.lr")
+        _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1 and train.beta2 must be in [0, 1)")
+
+
+@dataclass
+class RunConfig:
+    """Everything needed to reproduce a training run; saved as config.json in the run dir."""
+
+    preset: str = ""
+    description: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> RunConfig:
+        self.model.validate()
+        self.data.validate()
+        self.train.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], origin: str = "config") -> RunConfig:
+        return update(cls(), d, origin)
+
+
+@dataclass
+class SampleConfig:
+    """Options of `tinylm sample` (not saved with the run)."""
+
+    prompt: str = ""
+    max_new_tokens: int = 500
+    temperature: float = 0.8  # <= 0 means greedy
+    top_k: int = 0  # 0 = no top-k filtering
+    seed: int | None = None
+    num_samples: int = 1
+    checkpoint: str = "best"  # best | latest
+    device: str = "auto"
+    dtype: str = "auto"
+
+
+@dataclass
+class EvalConfig:
+    """Options of `tinylm eval` (not saved with the run)."""
+
+    data: str = ""  # a prepared data directory
+    text: str = ""  # or a text file, scored whole
+    split: str = "val"
+    batch_size: int = 16
+    checkpoint: str = "best"
+    device: str = "auto"
+    dtype: str = "auto"
+
+
+# --------------------------------------------------------------------------- loading & overrides
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _field_types(obj: Any) -> dict[str, Any]:
+    return typing.get_type_hints(type(obj))
+
+
+def valid_keys(cfg: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for name in _field_types(cfg):
+        value = getattr(cfg, name)
+        if dataclasses.is_dataclass(value):
+            keys += valid_keys(value, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def _unknown(key: str, cfg: Any, origin: str) -> ConfigError:
+    known = valid_keys(cfg)
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
+    return ConfigError(f"{origin}: unknown config key {key!r}; {hint}")
+
+
+def _coerce(value: Any, typ: Any, key: str, origin: str) -> Any:
+    """Check a value already typed (TOML, JSON) against a field's declared type."""
+    allowed = typing.get_args(typ) or (typ,)  # `int | None` -> (int, NoneType)
+    if value is None and type(None) in allowed:
+        return None
+    if float in allowed and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    for t in allowed:
+        if t is not type(None) and isinstance(value, t) and not (t is int and isinstance(value, bool)):
+            return value
+    names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
+    raise ConfigError(f"{origin}: {key} expects {names}, got {value!r}")
+
+
+def parse_value(text: str, typ: Any, key: str, origin: str = "--set") -> Any:
+    """Convert a command-line string to a field's declared type."""
+    allowed = typing.get_args(typ) or (typ,)
+    if str in allowed:
+        return text  # verbatim: a prompt's spaces and newlines matter
+    text = text.strip()
+    if type(None) in allowed and text.lower() in ("none", "null", ""):
+        return None
+    if bool in allowed:
+        lowered = text.lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{origin}: {key} expects true or false, got {text!r}")
+    try:
+        if int in allowed:
+            return int(text.replace("_", ""))
+        if float in allowed:
+            return float(text.replace("_", ""))
+    except ValueError:
+        kind = "an integer" if int in allowed else "a number"
+        raise ConfigError(f"{origin}: {key} expects {kind}, got {text!r}") from None
+    raise ConfigError(f"{origin}: {key} has an unsupported type")  # pragma: no cover
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    items = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            items += _flatten(value, f"{prefix}{key}.")
+        else:
+            items.append((prefix + key, value))
+    return items
+
+
+def update(cfg: Any, values: dict[str, Any], origin: str) -> Any:
+    """Copy a nested dict (from TOML or JSON) into dataclass `cfg`, checking keys and types."""
+    for key, value in _flatten(values):
+        set_key(cfg, key, value, origin)
+    return cfg
+
+
+def set_key(cfg: Any, key: str, value: Any, origin: str, parse: bool = False) -> None:
+    """Set `section.name` on a config; with `parse`, `value` is command-line text to convert."""
+    target, parts = cfg, key.split(".")
+    for part in parts[:-1]:
+        target = getattr(target, part, None)
+        if not dataclasses.is_dataclass(target):
+            raise _unknown(key, cfg, origin)
+    types = _field_types(target)
+    name = parts[-1]
+    if name not in types or dataclasses.is_dataclass(getattr(target, name)):
+        raise _unknown(key, cfg, origin)
+    typed = parse_value(value, types[name], key, origin) if parse else _coerce(value, types[name], key, origin)
+    setattr(target, name, typed)
+
+
+def apply_overrides(cfg: Any, assignments: list[str]) -> None:
+    """Apply `--set section.key=value` strings."""
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects section.key=value, got {item!r}")
+        set_key(cfg, key.strip(), value, f"--set {item}", parse=True)
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("tinylm") / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def read_preset(name: str) -> dict[str, Any]:
+    if name not in preset_names():
+        raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(preset_names())}")
+    text = (resources.files("tinylm") / "presets" / f"{name}.toml").read_text(encoding="utf-8")
+    return tomllib.loads(text)
+
+
+def load_preset(name: str) -> RunConfig:
+    cfg = update(RunConfig(), read_preset(name), origin=f"preset {name}")
+    cfg.preset = name
+    return cfg
+
+
+DEFAULT_PRESET = "shakespeare-char"

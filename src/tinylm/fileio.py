@@ -1,0 +1,81 @@
+"""Atomic writes and hashing.
+
+Every file tinylm writes goes through `atomic_write`: the bytes land in a temporary file in the
+same directory, are flushed to disk, and only then replace the destination with `os.replace`,
+so a crash or SIGKILL leaves either the old file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def temp_path(path: Path) -> Path:
+    """The temporary name `atomic_write` uses for `path` (a crash may leave it behind)."""
+    return path.with_name(f".{path.name}.tmp")
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, *, replace: bool = True) -> Iterator[BinaryIO]:
+    """Open a temporary file for writing; on success it becomes `path` atomically.
+
+    With `replace=False` the finished temporary file is left in place (its path is
+    `temp_path(path)`) so the caller can commit several files in a chosen order.
+    """
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if replace:
+        commit(tmp, path)
+
+
+def commit(tmp: Path, path: Path) -> None:
+    """Rename a finished temporary file onto its destination and make the rename durable."""
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_write(path) as f:
+        f.write(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

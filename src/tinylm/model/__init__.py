@@ -1,0 +1,6 @@
+"""The decoder-only transformer."""
+
+from tinylm.config import ModelConfig
+from tinylm.model.gpt import GPT
+
+__all__ = ["GPT", "ModelConfig"]

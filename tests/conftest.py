@@ -1,0 +1,61 @@
+"""Shared fixtures: an isolated cache, a small real-text corpus, and one trained tiny run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tinylm.config import RunConfig, load_preset
+from tinylm.data.sources import read_source
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("TINYLM_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keep prepared data out of ~/.cache during tests."""
+    os.environ["TINYLM_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def corpus_text() -> str:
+    """About 60k characters of real Shakespeare from the bundled corpus (Hamlet's opening)."""
+    docs = read_source("shakespeare").documents
+    hamlet = next(d for d in docs if d.startswith("HAMLET"))
+    return hamlet[:60_000]
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory: pytest.TempPathFactory, corpus_text: str) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "hamlet.txt"
+    path.write_text(corpus_text, encoding="utf-8")
+    return path
+
+
+def tiny_config(out_dir: Path, source: Path, **train: object) -> RunConfig:
+    """The tiny-test preset on `source`, writing to `out_dir`, with train.* overrides."""
+    cfg = load_preset("tiny-test")
+    cfg.data.source = str(source)
+    cfg.train.out_dir = str(out_dir)
+    for key, value in train.items():
+        setattr(cfg.train, key, value)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) -> Path:
+    """A tiny model trained for a few seconds; shared read-only by sampling and eval tests."""
+    from tinylm.training import train
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    cfg = tiny_config(out, corpus_file, max_steps=150, eval_interval=50)
+    train(cfg)
+    return out
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path: Path, corpus_file: Path) -> RunConfig:
+    return tiny_config(tmp_path / "run", corpus_file)

@@ -1,0 +1,151 @@
+import lzma
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import tinylm.data.prepare as prepare_module
+from tinylm.data import RandomWindows, eval_windows, load_split, read_meta, read_source, resolve_data_dir
+from tinylm.data.prepare import prepare, split_documents
+from tinylm.data.sources import builtin_corpus_path, builtin_provenance
+from tinylm.errors import DataError
+from tinylm.fileio import sha256_bytes
+from tinylm.tokenizers import load_tokenizer
+
+
+def test_bundled_corpus_matches_its_provenance():
+    prov = builtin_provenance("shakespeare")
+    raw = builtin_corpus_path("shakespeare").read_bytes()
+    assert len(raw) < 3_000_000
+    text = lzma.decompress(raw)
+    assert sha256_bytes(text) == prov["sha256"]
+    assert prov["source"]["package"] == "shakespeare" and prov["source"]["version"] == "0.6"
+    assert "public domain" in prov["licence"]
+    src = read_source("shakespeare")
+    assert len(src.documents) == prov["documents"] == 42
+    body = text.decode("utf-8")
+    for boilerplate in (r"gutenberg", r"\be-?texts?\b", r"https?:", r"^@+$", r"\r", r"copyright"):
+        assert not re.search(boilerplate, body, re.IGNORECASE | re.MULTILINE), boilerplate
+    assert body.isascii()
+    hamlet = next(d for d in src.documents if d.startswith("HAMLET"))
+    assert "To be, or not to be" in hamlet
+
+
+def test_sources_file_and_folder(tmp_path):
+    (tmp_path / "b.txt").write_text("second file\n")
+    (tmp_path / "a.txt").write_text("first file\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.txt").write_text("nested\n")
+    (tmp_path / "notes.md").write_text("ignored")
+    folder = read_source(str(tmp_path))
+    assert folder.documents == ["first file\n", "second file\n", "nested\n"]
+    single = read_source(str(tmp_path / "a.txt"))
+    assert single.documents == ["first file\n"] and single.sha256 != folder.sha256
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda p: p / "missing.txt", "no such file or folder, and not a built-in corpus"),
+    (lambda p: (p / "empty.txt").write_text("  \n") and p / "empty.txt", "is empty"),
+    (lambda p: p, "contains no .txt files"),
+    (lambda p: (p / "latin1.txt").write_bytes(b"caf\xe9 au lait") and p / "latin1.txt",
+     r"not valid UTF-8 \(byte 3"),
+])
+def test_bad_sources_are_clear_errors(tmp_path, make, fragment):
+    with pytest.raises(DataError, match=fragment):
+        read_source(str(make(tmp_path)))
+
+
+def test_prepare_writes_tail_split_and_meta(tmp_path, corpus_text, corpus_file):
+    out = prepare(str(corpus_file), "char", tmp_path / "data", val_fraction=0.1)
+    meta = read_meta(out)
+    tok = load_tokenizer(out)
+    cut = int(len(corpus_text) * 0.9)
+    train, val = load_split(out, "train"), load_split(out, "val")
+    assert train.dtype == np.uint16 and meta["dtype"] == "uint16"
+    assert tok.decode(train.tolist()) == corpus_text[:cut]
+    assert tok.decode(val.tolist()) == corpus_text[cut:]
+    assert meta["splits"]["val"]["bytes"] == len(corpus_text[cut:].encode())
+    assert meta["tokenizer"]["fingerprint"] == tok.fingerprint()
+    assert meta["source"]["sha256"] == read_source(str(corpus_file)).sha256
+
+
+def test_split_documents_cuts_the_tail_across_documents():
+    train, val = split_documents(["aaaa", "bbbb", "cc"], 0.4)  # 10 chars, cut at 6
+    assert train == ["aaaa", "bb"] and val == ["bb", "cc"]
+    train, val = split_documents(["aaaaa", "bbbbb"], 0.5)
+    assert train == ["aaaaa"] and val == ["bbbbb"]
+
+
+def test_interrupted_prepare_is_never_taken_for_complete(tmp_path, corpus_file, monkeypatch):
+    out = tmp_path / "data"
+    prepare(str(corpus_file), "char", out)
+    real_write = prepare_module._write_tokens
+
+    def crash_on_val(path, ids, dtype):
+        if path.name == "val.bin":
+            raise KeyboardInterrupt  # as if killed half-way
+        real_write(path, ids, dtype)
+
+    monkeypatch.setattr(prepare_module, "_write_tokens", crash_on_val)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(str(corpus_file), "char", out)
+    with pytest.raises(DataError, match="not a complete data directory"):
+        read_meta(out)
+    monkeypatch.undo()
+    prepare(str(corpus_file), "char", out)
+    assert read_meta(out)["splits"]["val"]["tokens"] > 0
+
+
+def test_truncated_token_file_is_detected(tmp_path, corpus_file):
+    out = prepare(str(corpus_file), "char", tmp_path / "data")
+    with open(out / "train.bin", "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(DataError, match="missing or truncated"):
+        load_split(out, "train")
+    (out / "meta.json").write_text("{}")
+    with pytest.raises(DataError, match="corrupt"):
+        read_meta(out)
+    with pytest.raises(DataError, match="does not exist"):
+        read_meta(tmp_path / "nowhere")
+
+
+def test_source_is_prepared_once_into_the_cache(corpus_file):
+    first, made = resolve_data_dir("", str(corpus_file), "char", 0.1)
+    again, made_again = resolve_data_dir("", str(corpus_file), "char", 0.1)
+    assert first == again and made_again is False
+    other, _ = resolve_data_dir("", str(corpus_file), "char", 0.2)
+    assert other != first
+
+
+def test_random_windows_are_shifted_seeded_and_resumable():
+    tokens = np.arange(1000, dtype=np.uint16)
+    loader = RandomWindows(tokens, context=16, batch_size=4, seed=3)
+    x, y = loader.next_batch()
+    assert x.shape == y.shape == (4, 16) and x.dtype == torch.int64
+    assert torch.equal(x[:, 1:], y[:, :-1]) and torch.equal(y - x, torch.ones_like(x))
+    saved = loader.state_dict()
+    following = [loader.next_batch()[0] for _ in range(3)]
+    again = RandomWindows(tokens, context=16, batch_size=4, seed=999)
+    again.load_state_dict(saved)
+    assert all(torch.equal(a, again.next_batch()[0]) for a in following)
+    same_seed = RandomWindows(tokens, context=16, batch_size=4, seed=3)
+    assert torch.equal(same_seed.next_batch()[0], x)
+    assert int(max(loader.next_batch()[1].max() for _ in range(200))) <= 999  # never past the end
+    with pytest.raises(DataError, match="fewer than model.context"):
+        RandomWindows(tokens[:10], context=16, batch_size=4, seed=0)
+
+
+@pytest.mark.parametrize("n, context", [(2, 8), (10, 3), (100, 10), (101, 10), (7, 64)])
+def test_eval_windows_score_every_token_but_the_first_once(n, context):
+    targets = []
+    for start, length in eval_windows(n, context):
+        assert 2 <= length <= context + 1
+        targets += range(start + 1, start + length)
+    assert targets == list(range(1, n))
+
+
+def test_eval_windows_subset_is_spread_over_the_split():
+    windows = eval_windows(10_000, 10, max_windows=5)
+    starts = [s for s, _ in windows]
+    assert len(windows) == 5 and starts[0] == 0 and starts[-1] >= 9_900

@@ -1,0 +1,199 @@
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tinylm import fileio
+from tinylm.config import TrainConfig
+from tinylm.errors import CheckpointError, ConfigError, DataError, TinylmError
+from tinylm.model import GPT
+from tinylm.rundir import read_config
+from tinylm.training import train
+from tinylm.training import checkpoint as ckpt
+from tinylm.training import trainer as trainer_module
+from tinylm.training.schedule import learning_rate, progress_fraction
+
+from conftest import tiny_config
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(run_dir, name="model.safetensors"):
+    return load_file(run_dir / name)
+
+
+def test_short_run_learns_and_fills_the_run_directory(tiny_cfg):
+    result = train(tiny_cfg)
+    run = result.run_dir
+    assert result.step == 60 and result.stopped_by == "max_steps"
+    for name in ("config.json", "tokenizer.tinylm.json", "model.safetensors", "best.safetensors",
+                 "train_state.pt", "metrics.jsonl", "loss.png", "perplexity.png"):
+        assert (run / name).is_file(), name
+    for plot in ("loss.png", "perplexity.png"):
+        assert (run / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = metrics(run)
+    train_losses = [r["train_loss"] for r in rows if "train_loss" in r]
+    val_losses = [r["val_loss"] for r in rows if "val_loss" in r]
+    assert train_losses[-1] < train_losses[0] - 0.5
+    assert len(val_losses) == 3 and val_losses[-1] < val_losses[0]
+    assert result.best_val_loss == min(val_losses)
+    saved = read_config(run)
+    assert saved.model.vocab_size > 0 and saved.train.out_dir == str(run)
+    assert not list(run.glob(".*.tmp"))  # no temporary files left behind
+
+
+def test_time_budget_stops_the_run(tmp_path, corpus_file):
+    cfg = tiny_config(tmp_path / "run", corpus_file, max_steps=10**9, time_budget=2.0, eval_interval=10**6)
+    result = train(cfg)
+    assert result.stopped_by == "time_budget"
+    assert 2.0 <= result.elapsed < 6.0
+    assert result.val_loss is not None  # the final evaluation still runs
+    lrs = [r["lr"] for r in metrics(result.run_dir) if "lr" in r]
+    assert lrs[-1] < 0.25 * max(lrs)  # annealed as the budget ran out
+
+
+def test_schedule_warms_up_then_decays_to_min_lr():
+    cfg = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, max_steps=100)
+    assert learning_rate(0, 0.0, cfg) == pytest.approx(1e-4)
+    assert learning_rate(9, 0.09, cfg) == pytest.approx(1e-3, rel=0.03)
+    assert learning_rate(50, 0.5, cfg) == pytest.approx(5.5e-4)
+    assert learning_rate(100, 1.0, cfg) == pytest.approx(1e-4)
+    timed = TrainConfig(max_steps=1000, time_budget=100)
+    assert progress_fraction(10, 50.0, timed) == 0.5  # time runs out first
+    assert progress_fraction(900, 1.0, timed) == 0.9
+    assert progress_fraction(2000, 0.0, timed) == 1.0
+
+
+class Crash(Exception):
+    """Stands in for SIGKILL: the process dies between two checkpoints."""
+
+
+def test_crash_and_resume_reproduces_the_uninterrupted_run(tmp_path, corpus_file, monkeypatch):
+    settings = dict(max_steps=50, eval_interval=20, log_interval=5)
+    straight = train(tiny_config(tmp_path / "straight", corpus_file, **settings)).run_dir
+
+    real_step = trainer_module.Trainer.train_step
+
+    def dies_at_step_33(self, lr):
+        if self.step == 33:
+            raise Crash
+        return real_step(self, lr)
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", dies_at_step_33)
+    crashed = tiny_config(tmp_path / "crashed", corpus_file, **settings)
+    with pytest.raises(Crash):
+        train(crashed)
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "crashed" / "train_state.pt", weights_only=True)["step"] == 20
+    resumed_cfg = read_config(tmp_path / "crashed")
+    train(resumed_cfg, resume=True)
+
+    a, b = weights(straight), weights(tmp_path / "crashed")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    strip = [{k: v for k, v in r.items() if k not in ("elapsed", "tokens_per_s")} for r in metrics(straight)]
+    again = [{k: v for k, v in r.items() if k not in ("elapsed", "tokens_per_s")}
+             for r in metrics(tmp_path / "crashed")]
+    assert strip == again  # the loss curve continues as if never interrupted
+
+
+def test_resume_refuses_finished_runs_and_other_data(trained_run, tmp_path, corpus_file):
+    cfg = read_config(trained_run)
+    with pytest.raises(CheckpointError, match="already finished"):
+        train(cfg, resume=True)
+    other = tmp_path / "other.txt"
+    other.write_text("completely different text with other letters: XYZ 123 #$%\n" * 200)
+    cfg.data.source = str(other)
+    cfg.train.max_steps += 10
+    with pytest.raises(DataError, match="tokenized differently"):
+        train(cfg, resume=True)
+
+
+def test_existing_run_directory_is_not_clobbered(trained_run, corpus_file):
+    cfg = tiny_config(trained_run, corpus_file)
+    with pytest.raises(ConfigError, match="already holds a run; continue it with `tinylm train --resume"):
+        train(cfg)
+
+
+def _checkpoint_inputs(seed):
+    torch.manual_seed(seed)
+    from tinylm.config import ModelConfig
+    model = GPT(ModelConfig(vocab_size=20, context=8, n_layer=1, n_head=2, d_model=8))
+    return model, {"step": seed, "payload": torch.arange(seed + 1)}
+
+
+def test_kill_after_the_commit_point_is_completed_on_load(tmp_path, monkeypatch):
+    old_model, old_state = _checkpoint_inputs(1)
+    ckpt.save_checkpoint(tmp_path, old_model, old_state, {})
+    new_model, new_state = _checkpoint_inputs(2)
+    real_commit = fileio.commit
+
+    def dies_before_renaming_the_weights(tmp, path):
+        if path.name == "model.safetensors":
+            raise Crash
+        real_commit(tmp, path)
+
+    monkeypatch.setattr(fileio, "commit", dies_before_renaming_the_weights)
+    with pytest.raises(Crash):
+        ckpt.save_checkpoint(tmp_path, new_model, new_state, {})
+    monkeypatch.undo()
+    fresh, _ = _checkpoint_inputs(3)
+    state = ckpt.load_checkpoint(tmp_path, fresh)
+    assert state["step"] == 2
+    assert all(torch.equal(p, q) for p, q in zip(fresh.state_dict().values(), new_model.state_dict().values()))
+
+
+def test_kill_before_the_commit_point_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    old_model, old_state = _checkpoint_inputs(1)
+    ckpt.save_checkpoint(tmp_path, old_model, old_state, {})
+    new_model, new_state = _checkpoint_inputs(2)
+    monkeypatch.setattr(torch, "save", lambda *a, **k: (_ for _ in ()).throw(Crash()))
+    with pytest.raises(Crash):
+        ckpt.save_checkpoint(tmp_path, new_model, new_state, {})
+    monkeypatch.undo()
+    fresh, _ = _checkpoint_inputs(3)
+    assert ckpt.load_checkpoint(tmp_path, fresh)["step"] == 1
+    assert all(torch.equal(p, q) for p, q in zip(fresh.state_dict().values(), old_model.state_dict().values()))
+
+
+@pytest.mark.parametrize("victim", ["model.safetensors", "train_state.pt"])
+def test_truncated_checkpoint_files_are_clear_errors(tmp_path, victim):
+    model, state = _checkpoint_inputs(1)
+    ckpt.save_checkpoint(tmp_path, model, state, {})
+    path = tmp_path / victim
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="corrupt|does not match"):
+        ckpt.load_checkpoint(tmp_path, _checkpoint_inputs(2)[0])
+
+
+class Exploit:
+    def __reduce__(self):
+        return (exec, ("open('PWNED', 'w').write('owned')",))
+
+
+def test_a_pickle_bearing_train_state_is_refused_without_running_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with open(tmp_path / "train_state.pt", "wb") as f:
+        torch.save({"format": 1, "evil": Exploit()}, f)
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        ckpt.read_state(tmp_path)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_step(tiny_cfg, monkeypatch):
+    real_forward = GPT.forward
+
+    def nan_after_step_12(self, idx, targets=None):
+        logits, loss = real_forward(self, idx, targets)
+        if loss is not None and trainer_state["calls"] >= 12:
+            loss = loss * math.nan
+        trainer_state["calls"] += 1
+        return logits, loss
+
+    trainer_state = {"calls": 0}
+    monkeypatch.setattr(GPT, "forward", nan_after_step_12)
+    with pytest.raises(TinylmError, match="loss became nan at step 13"):
+        train(tiny_cfg)
