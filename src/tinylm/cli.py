@@ -80,6 +80,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("give --data DATA_DIR or --text FILE, not both")
         if args.__dict__["data.source"]:
             cfg.data.dir = ""
+        if args.__dict__["data.dir"]:
+            cfg.data.source = ""  # so config.json names the data the run really used
     apply_overrides(cfg, args.set)
     _apply(cfg, args)
     result = train(cfg, resume=bool(args.resume), overwrite=args.overwrite)

@@ -45,6 +45,7 @@ def plot_metrics(rows: list[dict[str, Any]], out_dir: Path, title: str = "") -> 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     train = [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r]
     val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
@@ -57,6 +58,9 @@ def plot_metrics(rows: list[dict[str, Any]], out_dir: Path, title: str = "") -> 
             ax.plot([s for s, _ in val], [transform(v) for _, v in val], "o-", label="validation", ms=3)
         if name == "perplexity.png":
             ax.set_yscale("log")
+            plain = FuncFormatter(lambda v, _: f"{v:g}")  # 4, 6, 10 rather than 4x10^0
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain)
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
         ax.set_title(f"{title} {ylabel.split(' ')[0]}".strip())
