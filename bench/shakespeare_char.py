@@ -58,7 +58,8 @@ def run(budget: float, preset: str, sets: list[str], work: Path, sample: bool = 
         "heldout_loss": round(evaluation["loss"], 4), "heldout_bpb": round(evaluation["bits_per_byte"], 4),
         "steps": train_rows[-1]["step"], "tokens": train_rows[-1]["tokens"],
         "tokens_per_s": round(statistics.median(r["tokens_per_s"] for r in train_rows[1:] or train_rows)),
-        "machine": machine(), "command": " ".join(train[2:]).replace(str(SHARED), "$TINYLM_SHARED_DATA"),
+        "machine": machine(),
+        "command": " ".join(train[2:]).replace(str(SHARED), "$TINYLM_SHARED_DATA").replace(str(run_dir), "RUN_DIR"),
     }
     if sample:
         result["sample"] = subprocess.run([*tinylm, "sample", str(run_dir), "--prompt", "ROMEO:",

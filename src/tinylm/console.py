@@ -23,11 +23,14 @@ def warn(message: str) -> None:
     warnings.warn(message, TinylmWarning, stacklevel=2)
 
 
-def progress(*extra_columns, counts: bool = True) -> Progress:
-    """A progress bar on stderr: description, bar, n/total, extra columns, elapsed, ETA."""
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(bar_width=28)]
+def progress(*extra_columns, counts: bool = True, elapsed: bool = True, bar_width: int = 28) -> Progress:
+    """A progress bar on stderr: description, bar, [n/total], extra columns, [elapsed], ETA."""
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(bar_width=bar_width)]
     if counts:
         columns.append(MofNCompleteColumn())
-    columns += [*extra_columns, TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+    columns += list(extra_columns)
+    if elapsed:
+        columns.append(TimeElapsedColumn())
+    columns += [TextColumn("ETA"), TimeRemainingColumn()]
     # Off when stderr is not a terminal (CI logs, pipes): callers print plain lines there.
     return Progress(*columns, console=console, transient=False, disable=not console.is_terminal)

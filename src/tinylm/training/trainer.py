@@ -214,8 +214,9 @@ class Trainer:
         self._last_log = (time.perf_counter(), self.tokens)
         val_loss: float | None = None
         last_eval_step = self.step
+        # fits an 80-column terminal; elapsed time is on the validation lines
         bar = progress(TextColumn("step {task.fields[step]}  loss {task.fields[loss]}  val {task.fields[val]}  "
-                                  "{task.fields[tps]} tok/s"), counts=False)
+                                  "{task.fields[tps]} tok/s"), counts=False, elapsed=False, bar_width=14)
         task = bar.add_task("train", total=1.0, step=self.step, loss="-", val="-", tps="-")
         self.model.train()
         with StopRequest() as stop, bar:
@@ -236,10 +237,10 @@ class Trainer:
                                       "train.warmup_steps and resume from the last checkpoint")
                 if self.step % t.log_interval == 0:
                     row = self.log_train_row(lr, grad_norm)
-                    bar.update(task, loss=f"{row['train_loss']:.4f}", tps=f"{row['tokens_per_s']:,.0f}")
+                    bar.update(task, loss=f"{row['train_loss']:.3f}", tps=f"{row['tokens_per_s'] / 1000:.1f}k")
                 if self.step % t.eval_interval == 0:
                     val_loss, last_eval_step = self.evaluate_and_save(), self.step
-                    bar.update(task, val=f"{val_loss:.4f}")
+                    bar.update(task, val=f"{val_loss:.3f}")
                 bar.update(task, step=self.step, completed=progress_fraction(self.step, self.elapsed, t))
             if stopped_by == "interrupt":
                 if self.step != last_eval_step:  # checkpoint without spending time on validation
