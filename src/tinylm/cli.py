@@ -11,7 +11,6 @@ import argparse
 import json
 import sys
 import warnings
-from pathlib import Path
 
 from tinylm import __version__
 from tinylm.config import (DEFAULT_PRESET, EvalConfig, RunConfig, SampleConfig, apply_overrides, load_preset,
@@ -46,12 +45,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if not cfg.dir:
         raise ConfigError("give the output data directory with --out DIR")
     tokenizer = load_tokenizer(args.tokenizer_from) if args.tokenizer_from else cfg.tokenizer
-    src = read_source(cfg.source)
+    src = read_source(cfg.source, cfg.errors)
     out = prepare(src, tokenizer, cfg.dir, cfg.val_fraction)
     meta = read_meta(out)
     splits = ", ".join(f"{k} {v['tokens']:,} tokens" for k, v in meta["splits"].items())
     console.print(f"prepared {src.name}: {splits}; {meta['tokenizer']['kind']} tokenizer with "
-                  f"{meta['tokenizer']['vocab_size']} ids, {meta['dtype']} -> {out}", soft_wrap=True)
+                  f"{meta['tokenizer']['vocab_size']} ids, {meta['dtype']} -> {out}")
     return 0
 
 
@@ -63,6 +62,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         clash = [flag for flag, given in (("--preset", args.preset), ("--config", args.config),
                                           ("--data", args.__dict__["data.dir"]),
                                           ("--text", args.__dict__["data.source"]),
+                                          ("--tokenizer", args.__dict__["data.tokenizer"]),
+                                          ("--errors", args.__dict__["data.errors"]),
                                           ("--out", args.__dict__["train.out_dir"])) if given]
         if clash:
             raise ConfigError(f"{', '.join(clash)} cannot be combined with --resume: a resumed run keeps "
@@ -93,7 +94,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     console.print(f"[green]done[/]: {result.step} steps, {result.tokens:,} tokens in {result.elapsed:.0f}s "
                   f"(stopped by {result.stopped_by.replace('_', ' ')}); val loss {result.val_loss:.4f}{best}\n"
                   f"  run directory {result.run_dir} (loss.png, perplexity.png, metrics.jsonl)\n"
-                  f"  sample with:  tinylm sample {result.run_dir}", soft_wrap=True)
+                  f"  sample with:  tinylm sample {result.run_dir}")
     return 0
 
 
@@ -143,6 +144,21 @@ def cmd_presets(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+def _runtime_flags(p: argparse.ArgumentParser, section: str, checkpoint: bool = False) -> None:
+    """--device and --dtype (and --checkpoint for verbs that load a run) for one config section."""
+    p.add_argument("--device", dest=f"{section}.device", metavar="DEV", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", dest=f"{section}.dtype", metavar="T",
+                   help="auto (default), float32, bfloat16 or float16 (autocast precision)")
+    if checkpoint:
+        p.add_argument("--checkpoint", dest=f"{section}.checkpoint", metavar="W",
+                       help="which weights: best (default), latest, or a .safetensors path")
+
+
+def _errors_flag(p: argparse.ArgumentParser, section: str) -> None:
+    p.add_argument("--errors", dest=f"{section}.errors", metavar="MODE", choices=("strict", "replace"),
+                   help="invalid UTF-8 in the text: strict (default: stop with an error) or replace (U+FFFD)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
@@ -158,10 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data.source", metavar="SOURCE",
                    help="a .txt file, a folder of .txt files, or a built-in corpus (shakespeare)")
     p.add_argument("--out", dest="data.dir", metavar="DATA_DIR", help="output data directory")
-    p.add_argument("--tokenizer", dest="data.tokenizer", metavar="KIND", help="tokenizer to build (default: char)")
+    p.add_argument("--tokenizer", dest="data.tokenizer", metavar="KIND",
+                   help="tokenizer to build: char (default), word[:SIZE][:lower], gpt2, bpe[:SIZE]")
     p.add_argument("--tokenizer-from", metavar="DIR", help="reuse the tokenizer of a run or data directory")
     p.add_argument("--val-fraction", dest="data.val_fraction", metavar="F",
                    help="tail fraction of the text held out for validation (default 0.1)")
+    _errors_flag(p, "data")
     p.set_defaults(func=cmd_prepare)
 
     keys = ", ".join(_all_keys())
@@ -174,11 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", dest="data.dir", metavar="DATA_DIR", help="a prepared data directory")
     p.add_argument("--text", dest="data.source", metavar="FILE",
                    help="a text file or folder (prepared on the fly, cached)")
+    p.add_argument("--tokenizer", dest="data.tokenizer", metavar="KIND",
+                   help="tokenizer for --text: char, word[:SIZE][:lower], gpt2, bpe[:SIZE]")
+    _errors_flag(p, "data")
     p.add_argument("--out", dest="train.out_dir", metavar="RUN_DIR", help="run directory (default runs/PRESET)")
     p.add_argument("--time-budget", dest="train.time_budget", metavar="S", help="wall-clock budget in seconds")
     p.add_argument("--max-steps", dest="train.max_steps", metavar="N", help="optimizer steps at most")
-    p.add_argument("--device", dest="train.device", metavar="DEV", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--dtype", dest="train.dtype", metavar="T", help="auto, float32, bfloat16 or float16")
+    _runtime_flags(p, "train")
     p.add_argument("--seed", dest="train.seed", metavar="N", help="random seed")
     p.add_argument("--compile", dest="train.compile", action="store_const", const="true",
                    help="use torch.compile (falls back with a warning where it does not work)")
@@ -196,10 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", dest="sample.top_k", metavar="K", help="sample among the K likeliest (0 = all)")
     p.add_argument("--seed", dest="sample.seed", metavar="N", help="seed for reproducible samples")
     p.add_argument("--num-samples", dest="sample.num_samples", metavar="N", help="how many samples (default 1)")
-    p.add_argument("--checkpoint", dest="sample.checkpoint", metavar="W",
-                   help="best (default), latest, or a .safetensors path")
-    p.add_argument("--device", dest="sample.device", metavar="DEV")
-    p.add_argument("--dtype", dest="sample.dtype", metavar="T")
+    _runtime_flags(p, "sample", checkpoint=True)
     p.set_defaults(func=cmd_sample)
 
     p = verbs.add_parser("eval", parents=[common], help="loss, perplexity and bits per byte of a run",
@@ -208,10 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", dest="eval.data", metavar="DATA_DIR", help="a prepared data directory")
     p.add_argument("--text", dest="eval.text", metavar="FILE", help="a text file (or folder), scored whole")
     p.add_argument("--split", dest="eval.split", metavar="NAME", help="split of --data (default val)")
+    _errors_flag(p, "eval")
     p.add_argument("--batch-size", dest="eval.batch_size", metavar="N")
-    p.add_argument("--checkpoint", dest="eval.checkpoint", metavar="W", help="best (default) or latest")
-    p.add_argument("--device", dest="eval.device", metavar="DEV")
-    p.add_argument("--dtype", dest="eval.dtype", metavar="T")
+    _runtime_flags(p, "eval", checkpoint=True)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
 
@@ -242,12 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     except TinylmError as e:
         if args.debug:
             raise
-        console.print(f"[red]error:[/] {e}", soft_wrap=True)
+        console.print(f"[red]error:[/] {e}")
         return 1
     except OSError as e:  # permissions, full disk, ... on paths the user chose
         if args.debug:
             raise
-        console.print(f"[red]error:[/] {e.strerror or e}: {e.filename or ''}", soft_wrap=True)
+        console.print(f"[red]error:[/] {e.strerror or e}: {e.filename or ''}")
         return 1
     except KeyboardInterrupt:
         console.print("[yellow]interrupted")

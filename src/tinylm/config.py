@@ -28,6 +28,7 @@ else:  # pragma: no cover
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 OPTIMIZERS = ("adamw",)
+ENCODING_ERRORS = ("strict", "replace")
 
 
 @dataclass
@@ -35,6 +36,7 @@ class ModelConfig:
     """Shape of the decoder-only transformer."""
 
     vocab_size: int = 0  # 0: taken from the tokenizer when training starts
+    vocab_multiple: int = 1  # round a tokenizer-given vocab_size up to this (64: GPT-2's 50,257 -> 50,304)
     context: int = 256  # the longest sequence the model attends over (block size)
     n_layer: int = 6
     n_head: int = 6
@@ -46,6 +48,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         _check(self.vocab_size >= 0, "model.vocab_size must be >= 0 (0 = from the tokenizer)")
+        _check(self.vocab_multiple >= 1, "model.vocab_multiple must be >= 1")
         for name in ("context", "n_layer", "n_head", "d_model"):
             _check(getattr(self, name) > 0, f"model.{name} must be a positive integer")
         _check(self.d_ff >= 0, "model.d_ff must be >= 0 (0 = 4 * d_model)")
@@ -64,11 +67,13 @@ class DataConfig:
 
     source: str = "shakespeare"  # a built-in corpus name, a text file or a folder of .txt files
     dir: str = ""  # a prepared data directory; when set, `source` is not read
-    tokenizer: str = "char"
+    tokenizer: str = "char"  # char | word[:SIZE][:lower] | gpt2 | bpe[:SIZE]
     val_fraction: float = 0.1  # the tail of the text held out for validation
+    errors: str = "strict"  # invalid UTF-8 in the source: strict (stop with an error) | replace (U+FFFD)
 
     def validate(self) -> None:
         _check(bool(self.source or self.dir), "set data.source (a text file or corpus) or data.dir")
+        _check(self.errors in ENCODING_ERRORS, f"data.errors must be strict or replace, got {self.errors!r}")
         _check(0.0 < self.val_fraction < 1.0, "data.val_fraction must be in (0, 1)")
 
 
@@ -158,6 +163,7 @@ class EvalConfig:
     data: str = ""  # a prepared data directory
     text: str = ""  # or a text file, scored whole
     split: str = "val"
+    errors: str = "strict"  # invalid UTF-8 in --text: strict | replace
     batch_size: int = 16
     checkpoint: str = "best"
     device: str = "auto"

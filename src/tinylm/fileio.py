@@ -1,4 +1,4 @@
-"""Atomic writes and hashing.
+"""Atomic writes, hashing, and where tinylm caches files.
 
 Every file tinylm writes goes through `atomic_write`: the bytes land in a temporary file in the
 same directory, are flushed to disk, and only then replace the destination with `os.replace`,
@@ -79,3 +79,11 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def cache_root() -> Path:
+    """`$TINYLM_CACHE`, else `$XDG_CACHE_HOME/tinylm`, else `~/.cache/tinylm`."""
+    if os.environ.get("TINYLM_CACHE"):
+        return Path(os.environ["TINYLM_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "tinylm"

@@ -28,7 +28,7 @@ from tinylm.errors import CheckpointError, ConfigError, TinylmError
 from tinylm.generation import generate_ids, stream_text
 from tinylm.model import GPT
 from tinylm.runtime import resolve_device, resolve_dtype
-from tinylm.tokenizers import Tokenizer, load_tokenizer
+from tinylm.tokenizers import TOKENIZER_FILE, Tokenizer, load_tokenizer
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
@@ -36,6 +36,9 @@ BEST_FILE = "best.safetensors"
 STATE_FILE = "train_state.pt"
 METRICS_FILE = "metrics.jsonl"
 EVALS_FILE = "evals.jsonl"
+PLOTS = ("loss.png", "perplexity.png")
+RUN_FILES = {CONFIG_FILE, MODEL_FILE, BEST_FILE, STATE_FILE, METRICS_FILE, EVALS_FILE, *PLOTS,
+             TOKENIZER_FILE}
 
 
 # --------------------------------------------------------------------------- config
@@ -137,7 +140,7 @@ class Run:
     def encode_prompt(self, prompt: str) -> list[int]:
         unknown = self.tokenizer.count_unknown(prompt)
         if unknown:
-            warn(f"{unknown} character(s) of the prompt are not in the vocabulary; mapped to <unk>")
+            warn(f"{unknown} {self.tokenizer.unit}(s) of the prompt are not in the vocabulary; mapped to <unk>")
         ids = self.tokenizer.encode(prompt) if prompt else self.tokenizer.start_ids()
         context = self.config.model.context
         if len(ids) > context:
@@ -151,7 +154,7 @@ class Run:
         ids = generate_ids(self.model, self.encode_prompt(prompt), max_new_tokens,
                            temperature=temperature, top_k=top_k, seed=seed,
                            stop_ids=[self.tokenizer.eot_id] if self.tokenizer.eot_id is not None else [],
-                           device=self.device, dtype=self.dtype)
+                           device=self.device, dtype=self.dtype, vocab_size=self.tokenizer.vocab_size)
         eot = self.tokenizer.eot_id
         yield from stream_text((t for t in ids if t != eot), self.tokenizer.decode)
 

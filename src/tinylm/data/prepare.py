@@ -9,7 +9,6 @@ directory is complete exactly when `meta.json` exists and its files have the rec
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,11 @@ from typing import Any
 import numpy as np
 
 from tinylm import __version__, fileio
+from tinylm.config import DataConfig
 from tinylm.data.sources import Source, read_source
 from tinylm.errors import DataError
 from tinylm.tokenizers import Tokenizer, train_tokenizer
+from tinylm.tokenizers.base import safe_chunks
 
 META_FILE = "meta.json"
 FORMAT = 1
@@ -44,17 +45,34 @@ def split_documents(docs: list[str], val_fraction: float) -> tuple[list[str], li
     return train, []
 
 
-def encode_documents(tokenizer: Tokenizer, docs: list[str]) -> tuple[np.ndarray, int]:
+def encode_documents(tokenizer: Tokenizer, docs: list[str], batch_chars: int = 1 << 23) -> tuple[np.ndarray, int]:
     """Token ids of the documents, end-of-text between them (or a blank line when the
-    tokenizer has none), and the number of UTF-8 bytes of text they encode."""
+    tokenizer has none), and the number of UTF-8 bytes of text they encode. Documents are cut
+    into safe chunks and encoded `batch_chars` characters at a time with `encode_batch`."""
     if tokenizer.eot_id is None:
         text = "\n\n".join(docs)
-        encode = getattr(tokenizer, "encode_array", tokenizer.encode)
+        encode = getattr(tokenizer, "encode_array", tokenizer.encode_long)
         return np.asarray(encode(text), dtype=np.int64), len(text.encode("utf-8"))
-    parts, nbytes = [], 0
+    eot = np.array([tokenizer.eot_id], dtype=np.int64)
+    parts: list[np.ndarray] = []
+    batch: list[list[str]] = []  # the chunks of each document in the batch
+
+    def flush() -> None:
+        encoded = iter(tokenizer.encode_batch([c for chunks in batch for c in chunks]))
+        for chunks in batch:
+            parts.extend(np.asarray(next(encoded), dtype=np.int64) for _ in chunks)
+            parts.append(eot)
+        batch.clear()
+
+    size = 0
     for doc in docs:
-        parts.append(np.asarray(tokenizer.encode(doc) + [tokenizer.eot_id], dtype=np.int64))
-        nbytes += len(doc.encode("utf-8"))
+        batch.append(safe_chunks(doc))
+        size += len(doc)
+        if size >= batch_chars:
+            flush()
+            size = 0
+    flush()
+    nbytes = sum(len(doc.encode("utf-8")) for doc in docs)
     return (np.concatenate(parts) if parts else np.zeros(0, np.int64)), nbytes
 
 
@@ -79,7 +97,7 @@ def prepare(source: str | Source, tokenizer: str | Tokenizer, out_dir: str | Pat
     tok.save(out)
     dtype = token_dtype(tok.vocab_size)
     splits: dict[str, Any] = {}
-    for split, docs in zip(SPLITS, (train_docs, val_docs)):
+    for split, docs in zip(SPLITS, (train_docs, val_docs), strict=True):
         ids, nbytes = encode_documents(tok, docs)
         if len(ids) < 2:
             raise DataError(f"{src.name}: the {split} split would hold {len(ids)} tokens; "
@@ -115,7 +133,7 @@ def read_meta(data_dir: str | Path) -> dict[str, Any]:
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         itemsize = np.dtype(meta["dtype"]).itemsize
-        for split, info in meta["splits"].items():
+        for info in meta["splits"].values():
             size = (d / info["file"]).stat().st_size if (d / info["file"]).is_file() else -1
             if size != info["tokens"] * itemsize:
                 raise DataError(f"{d / info['file']} is missing or truncated; re-run `tinylm prepare`")
@@ -138,31 +156,26 @@ def load_split(data_dir: str | Path, split: str) -> np.memmap:
 # --------------------------------------------------------------------------- cache
 
 
-def cache_root() -> Path:
-    if os.environ.get("TINYLM_CACHE"):
-        return Path(os.environ["TINYLM_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "tinylm"
-
-
-def prepared_dir_for(src: Source, spec: str, val_fraction: float) -> Path:
-    key = json.dumps({"sha256": src.sha256, "tokenizer": spec, "val": val_fraction, "format": FORMAT},
-                     sort_keys=True)
+def prepared_dir_for(src: Source, data: DataConfig) -> Path:
+    key = {"sha256": src.sha256, "tokenizer": data.tokenizer, "val": data.val_fraction, "format": FORMAT}
+    if data.errors != "strict":
+        key["errors"] = data.errors
+    digest = fileio.sha256_bytes(json.dumps(key, sort_keys=True).encode())[:12]
     stem = "".join(c if c.isalnum() else "-" for c in Path(src.name).stem)[:40]
-    return cache_root() / "prepared" / f"{stem}-{spec.replace(':', '')}-{fileio.sha256_bytes(key.encode())[:12]}"
+    return fileio.cache_root() / "prepared" / f"{stem}-{data.tokenizer.replace(':', '')}-{digest}"
 
 
-def resolve_data_dir(data_dir: str, source: str, spec: str, val_fraction: float) -> tuple[Path, bool]:
-    """The data directory for a run: `data_dir` as given, or `source` prepared once into the
-    cache. Returns (directory, whether it was prepared now)."""
-    if data_dir:
-        read_meta(data_dir)
-        return Path(data_dir), False
-    src = read_source(source)
-    out = prepared_dir_for(src, spec, val_fraction)
+def resolve_data_dir(data: DataConfig) -> tuple[Path, bool]:
+    """The data directory for a run: `data.dir` as given, or `data.source` prepared once into
+    the cache. Returns (directory, whether it was prepared now)."""
+    if data.dir:
+        read_meta(data.dir)
+        return Path(data.dir), False
+    src = read_source(data.source, data.errors)
+    out = prepared_dir_for(src, data)
     try:
         read_meta(out)
         return out, False
     except DataError:
-        return prepare(src, spec, out, val_fraction), True
+        return prepare(src, data.tokenizer, out, data.val_fraction), True
 

@@ -35,10 +35,11 @@ class LMEval:
 
 @torch.no_grad()
 def score_tokens(model: torch.nn.Module, tokens: np.ndarray, *, batch_size: int = 16,
-                 device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32,
+                 device: torch.device | None = None, dtype: torch.dtype = torch.float32,
                  max_windows: int = 0, show_progress: bool = False) -> tuple[float, int]:
     """Total negative log-likelihood (nats) of tokens[1:] and how many tokens were scored."""
     context = model.cfg.context
+    device = device or torch.device("cpu")
     windows = eval_windows(len(tokens), context, max_windows)
     was_training = model.training
     model.eval()

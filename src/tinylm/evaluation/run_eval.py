@@ -31,11 +31,11 @@ def _from_data_dir(run: Run, data_dir: str, split: str) -> tuple[np.ndarray, int
     return tokens, nbytes, meta["source"]["sha256"]
 
 
-def _from_text(run: Run, path: str) -> tuple[np.ndarray, int, str]:
-    src = read_source(path)
+def _from_text(run: Run, path: str, errors: str) -> tuple[np.ndarray, int, str]:
+    src = read_source(path, errors)
     unknown = sum(run.tokenizer.count_unknown(d) for d in src.documents)
     if unknown:
-        warn(f"{unknown:,} character(s) of {path} are not in the run's vocabulary and count as <unk>")
+        warn(f"{unknown:,} {run.tokenizer.unit}(s) of {path} are not in the run's vocabulary and count as <unk>")
     tokens, nbytes = encode_documents(run.tokenizer, src.documents)
     if len(tokens) < 2:
         raise DataError(f"{path} holds fewer than 2 tokens; nothing to score")
@@ -48,7 +48,10 @@ def evaluate(run_dir: str | Path, cfg: EvalConfig, show_progress: bool = True) -
     if bool(cfg.data) == bool(cfg.text):
         raise ConfigError("give exactly one of --data DATA_DIR or --text FILE")
     run = load(run_dir, cfg.checkpoint, cfg.device, cfg.dtype)
-    tokens, nbytes, sha = _from_data_dir(run, cfg.data, cfg.split) if cfg.data else _from_text(run, cfg.text)
+    if cfg.data:
+        tokens, nbytes, sha = _from_data_dir(run, cfg.data, cfg.split)
+    else:
+        tokens, nbytes, sha = _from_text(run, cfg.text, cfg.errors)
     nats, count = score_tokens(run.model, tokens, batch_size=cfg.batch_size, device=run.device,
                                dtype=run.dtype, show_progress=show_progress)
     result = summarize(nats, count, nbytes - _first_token_bytes(run, tokens))

@@ -29,12 +29,14 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
 @torch.no_grad()
 def generate_ids(model: torch.nn.Module, prompt: Sequence[int], max_new_tokens: int, *,
                  temperature: float = 0.8, top_k: int = 0, seed: int | None = None,
-                 stop_ids: Iterable[int] = (), device: torch.device = torch.device("cpu"),
-                 dtype: torch.dtype = torch.float32) -> Iterator[int]:
-    """Yield up to `max_new_tokens` new token ids after `prompt` (stops after a stop id)."""
+                 stop_ids: Iterable[int] = (), device: torch.device | None = None,
+                 dtype: torch.dtype = torch.float32, vocab_size: int | None = None) -> Iterator[int]:
+    """Yield up to `max_new_tokens` new token ids after `prompt` (stops after a stop id).
+    `vocab_size` limits sampling to the tokenizer's ids when the embedding table is padded."""
     if not prompt:
         raise ValueError("generate_ids needs at least one prompt token")
     model.eval()
+    device = device or next(model.parameters()).device
     generator = torch.Generator(device=device)
     generator.manual_seed(seed) if seed is not None else generator.seed()
     stop = set(stop_ids)
@@ -43,7 +45,7 @@ def generate_ids(model: torch.nn.Module, prompt: Sequence[int], max_new_tokens: 
     for _ in range(max_new_tokens):
         with autocast(device, dtype):
             logits, _ = model(seq[:, -context:])
-        token = sample_next(logits[:, -1, :], temperature, top_k, generator)
+        token = sample_next(logits[:, -1, :vocab_size], temperature, top_k, generator)
         yield int(token)
         if int(token) in stop:
             return

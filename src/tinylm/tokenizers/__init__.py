@@ -1,6 +1,12 @@
-"""Tokenizers by name: `char` (more kinds slot into `KINDS`).
+"""Tokenizers by name, all behind the `Tokenizer` interface (base.py):
 
-A tokenizer spec is `KIND` or `KIND:SIZE` (for trained subword vocabularies, e.g. `bpe:4096`).
+    char   one id per character of the corpus, unknown characters -> id 0
+    word   regex words, numbers and punctuation; <pad> <unk> <sos> <eos>; capped vocabulary
+    gpt2   GPT-2's 50,257-token byte-level BPE via tiktoken, from bundled files (offline)
+    bpe    byte-level BPE trained on your corpus with Hugging Face `tokenizers`
+
+A tokenizer spec is the kind followed by `:`-separated options: a vocabulary size for trained
+vocabularies (`bpe:4096`, `word:30000`) and flags (`word:lower`, `word:8000:lower`).
 """
 
 from __future__ import annotations
@@ -11,23 +17,33 @@ from typing import Iterable
 
 from tinylm.errors import TokenizerError
 from tinylm.tokenizers.base import TOKENIZER_FILE, Tokenizer
+from tinylm.tokenizers.bpe import BPETokenizer
 from tinylm.tokenizers.char import CharTokenizer
+from tinylm.tokenizers.gpt2 import GPT2Tokenizer
+from tinylm.tokenizers.word import WordTokenizer
 
-KINDS: dict[str, type[Tokenizer]] = {"char": CharTokenizer}
+KINDS: dict[str, type[Tokenizer]] = {"char": CharTokenizer, "word": WordTokenizer, "gpt2": GPT2Tokenizer,
+                                     "bpe": BPETokenizer}
 
-__all__ = ["KINDS", "TOKENIZER_FILE", "CharTokenizer", "Tokenizer", "load_tokenizer",
-           "parse_spec", "train_tokenizer"]
+__all__ = ["KINDS", "TOKENIZER_FILE", "BPETokenizer", "CharTokenizer", "GPT2Tokenizer", "Tokenizer",
+           "WordTokenizer", "load_tokenizer", "parse_spec", "train_tokenizer"]
 
 
-def parse_spec(spec: str) -> tuple[type[Tokenizer], dict[str, int]]:
-    kind, _, size = spec.partition(":")
+def parse_spec(spec: str) -> tuple[type[Tokenizer], dict[str, int | bool]]:
+    kind, *parts = spec.split(":")
     if kind not in KINDS:
         raise TokenizerError(f"unknown tokenizer {kind!r}; choose one of {', '.join(KINDS)}")
-    if not size:
-        return KINDS[kind], {}
-    if not size.isdigit():
-        raise TokenizerError(f"tokenizer spec {spec!r}: the part after ':' must be a vocabulary size")
-    return KINDS[kind], {"vocab_size": int(size)}
+    cls, options = KINDS[kind], {}
+    for part in parts:
+        if part.isdigit() and cls.sized:
+            options["vocab_size"] = int(part)
+        elif part in cls.flags:
+            options[part] = True
+        else:
+            takes = (["a vocabulary size"] if cls.sized else []) + list(cls.flags)
+            raise TokenizerError(f"tokenizer spec {spec!r}: {kind} takes {' or '.join(takes) or 'no options'}, "
+                                 f"not {part!r}")
+    return cls, options
 
 
 def train_tokenizer(spec: str, texts: Iterable[str]) -> Tokenizer:

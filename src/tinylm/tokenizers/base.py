@@ -8,6 +8,7 @@ names its kind so `tinylm.tokenizers.load_tokenizer` can restore it.
 from __future__ import annotations
 
 import json
+import re
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Sequence
@@ -15,10 +16,29 @@ from typing import Any, ClassVar, Iterable, Sequence
 from tinylm import fileio
 
 TOKENIZER_FILE = "tokenizer.tinylm.json"
+_LINE_START = re.compile(r"\n(?=\S)")
+
+
+def safe_chunks(text: str, size: int = 1 << 16) -> list[str]:
+    """Cut `text` into pieces of about `size` characters, each ending just after a line break
+    that is followed by a non-space character. Every tinylm tokenizer's pre-tokenizer has a
+    boundary there, so encoding the pieces separately (in parallel) gives the same ids."""
+    pieces, start = [], 0
+    while len(text) - start > size:
+        cut = _LINE_START.search(text, start + size)
+        if cut is None:
+            break
+        pieces.append(text[start:cut.end()])
+        start = cut.end()
+    pieces.append(text[start:])
+    return pieces
 
 
 class Tokenizer(ABC):
     kind: ClassVar[str]  # the registry name: "char", ...
+    unit: ClassVar[str] = "character"  # what `count_unknown` counts, for messages
+    sized: ClassVar[bool] = False  # a spec may give a vocabulary size ("bpe:4096")
+    flags: ClassVar[tuple[str, ...]] = ()  # boolean options a spec may name ("word:lower")
 
     eot_id: int | None = None  # end-of-text: separates documents, stops generation
     unk_id: int | None = None  # what text outside the vocabulary maps to
@@ -34,6 +54,15 @@ class Tokenizer(ABC):
 
     @abstractmethod
     def encode(self, text: str) -> list[int]: ...
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Encode many documents (tokenizers backed by native code do this in parallel)."""
+        return [self.encode(t) for t in texts]
+
+    def encode_long(self, text: str) -> list[int]:
+        """`encode` for long texts: cut at safe places and encoded as a batch."""
+        chunks = safe_chunks(text)
+        return self.encode(text) if len(chunks) == 1 else [i for ids in self.encode_batch(chunks) for i in ids]
 
     @abstractmethod
     def decode(self, ids: Sequence[int]) -> str: ...

@@ -30,8 +30,7 @@ from tinylm.data.prepare import load_split, read_meta, resolve_data_dir
 from tinylm.errors import CheckpointError, ConfigError, DataError, TinylmError
 from tinylm.evaluation.perplexity import score_tokens
 from tinylm.model import GPT
-from tinylm.rundir import (BEST_FILE, CONFIG_FILE, METRICS_FILE, read_weights, save_weights,
-                           write_config)
+from tinylm.rundir import BEST_FILE, METRICS_FILE, RUN_FILES, read_weights, save_weights, write_config
 from tinylm.runtime import autocast, resolve_device, resolve_dtype
 from tinylm.tokenizers import Tokenizer, load_tokenizer
 from tinylm.training.checkpoint import load_checkpoint, save_checkpoint
@@ -257,9 +256,14 @@ class Trainer:
 
 
 def _claim_run_dir(run_dir: Path, overwrite: bool) -> None:
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not (run_dir / CONFIG_FILE).is_file():
-            raise ConfigError(f"{run_dir} exists and is not a tinylm run directory; choose another --out")
+    """Create the run directory; with `overwrite`, first remove a previous run (also a half-deleted
+    one), but never a directory holding files tinylm did not write."""
+    entries = list(run_dir.iterdir()) if run_dir.is_dir() else []
+    if entries:
+        foreign = [p.name for p in entries if p.name not in RUN_FILES and not p.name.endswith(".tmp")]
+        if foreign:
+            raise ConfigError(f"{run_dir} is not a tinylm run directory (it holds {foreign[0]!r}); "
+                              "choose another --out")
         if not overwrite:
             raise ConfigError(f"{run_dir} already holds a run; continue it with `tinylm train --resume "
                               f"{run_dir}`, choose another --out, or pass --overwrite to replace it")
@@ -271,15 +275,31 @@ def default_run_dir(cfg: RunConfig) -> Path:
     return Path(cfg.train.out_dir or Path("runs") / (cfg.preset or "run"))
 
 
+def _summary(cfg: RunConfig, trainer: Trainer, data_dir: Path, resume: bool) -> str:
+    m, t, tok = cfg.model, cfg.train, trainer.tokenizer
+    splits = read_meta(data_dir)["splits"]
+    limits = (f"budget {t.time_budget:.0f}s or " if t.time_budget else "") + f"{t.max_steps} steps"
+    return "\n".join([
+        f"[bold]tinylm[/] {'resuming' if resume else 'training'} {cfg.preset or 'run'} -> {trainer.run_dir}",
+        f"  model   {trainer.model.num_params() / 1e6:.2f}M parameters ({m.n_layer} layers, {m.n_head} heads, "
+        f"width {m.d_model}, context {m.context})",
+        f"  data    {splits['train']['tokens']:,} train / {splits['val']['tokens']:,} val tokens, "
+        f"{tok.kind} tokenizer ({tok.vocab_size} ids), {data_dir}",
+        f"  device  {trainer.device.type} {str(trainer.dtype).removeprefix('torch.')}, "
+        f"{trainer.tokens_per_step:,} tokens/step, {limits}" + (f", from step {trainer.step}" if resume else ""),
+    ])
+
+
 def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> TrainResult:
     """Train a model as `cfg` describes (or continue the run in cfg.train.out_dir with `resume`)."""
     cfg.validate()
     run_dir = default_run_dir(cfg)
     cfg.train.out_dir = str(run_dir)
     resolve_dtype(cfg.train.dtype, resolve_device(cfg.train.device))  # fail before any work
-    data_dir, prepared = resolve_data_dir(cfg.data.dir, cfg.data.source, cfg.data.tokenizer, cfg.data.val_fraction)
+    data_dir, prepared = resolve_data_dir(cfg.data)
     if prepared:
         console.print(f"prepared {cfg.data.source} into {data_dir}")
+    cfg.data.tokenizer = read_meta(data_dir)["tokenizer"]["spec"]  # a given data dir brings its own
     tokenizer = load_tokenizer(data_dir)
     if resume:
         run_tokenizer = load_tokenizer(run_dir)
@@ -289,7 +309,8 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> T
     else:
         _claim_run_dir(run_dir, overwrite)
     if cfg.model.vocab_size == 0:
-        cfg.model.vocab_size = tokenizer.vocab_size
+        multiple = cfg.model.vocab_multiple
+        cfg.model.vocab_size = -(-tokenizer.vocab_size // multiple) * multiple
     elif cfg.model.vocab_size < tokenizer.vocab_size:
         raise ConfigError(f"model.vocab_size {cfg.model.vocab_size} is smaller than the tokenizer's "
                           f"vocabulary ({tokenizer.vocab_size}); set it to 0 to follow the tokenizer")
@@ -302,16 +323,5 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> T
     else:
         write_config(run_dir, cfg)
         tokenizer.save(run_dir)
-    meta = read_meta(data_dir)
-    console.print(
-        f"[bold]tinylm[/] {'resuming' if resume else 'training'} {cfg.preset or 'run'} -> {run_dir}\n"
-        f"  model   {trainer.model.num_params() / 1e6:.2f}M parameters "
-        f"({cfg.model.n_layer} layers, {cfg.model.n_head} heads, width {cfg.model.d_model}, context {cfg.model.context})\n"
-        f"  data    {meta['splits']['train']['tokens']:,} train / {meta['splits']['val']['tokens']:,} val tokens, "
-        f"{tokenizer.kind} tokenizer ({tokenizer.vocab_size} ids), {data_dir}\n"
-        f"  device  {trainer.device.type} {str(trainer.dtype).removeprefix('torch.')}, "
-        f"{trainer.tokens_per_step:,} tokens/step, "
-        + (f"budget {cfg.train.time_budget:.0f}s or " if cfg.train.time_budget else "")
-        + f"{cfg.train.max_steps} steps"
-        + (f", from step {trainer.step}" if resume else ""), soft_wrap=True)
+    console.print(_summary(cfg, trainer, data_dir, resume))
     return trainer.fit()

@@ -1,0 +1,114 @@
+"""Word-level tokenizer: a regex splits text into words, numbers, punctuation and line breaks.
+
+Ids 0-3 are the special tokens `<pad> <unk> <sos> <eos>`; the rest of the vocabulary is the
+most frequent tokens of the training text (ties broken alphabetically), capped at `vocab_size`
+ids in all. Words outside the vocabulary encode to `<unk>`. Spacing is not stored: decoding
+puts one space between tokens except around punctuation and line breaks, so what round-trips
+is the *normalized* text (`normalize`): single spaces, no space before `.,;:!?)]}`, none after
+`([{`, hyphens and dashes joined tightly, straight quotes hugging what they enclose, optional
+lower-casing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Any, Iterable, Sequence
+
+from tinylm.errors import TokenizerError
+from tinylm.tokenizers.base import Tokenizer
+
+SPECIALS = ("<pad>", "<unk>", "<sos>", "<eos>")
+PAD_ID, UNK_ID, SOS_ID, EOS_ID = range(4)
+DEFAULT_VOCAB_SIZE = 30_000
+
+# A word may carry inner apostrophes (don't, o'er, king's); numbers keep inner . and ,
+# (3.14, 1,000); every other non-space character is a token of its own; so is a line break.
+TOKEN_RE = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*|\d+(?:[.,]\d+)*|\n|[^\w\s]|_")
+
+NO_SPACE_BEFORE = set(".,;:!?)]}%…’-—/\n")
+NO_SPACE_AFTER = set("([{$‘-—/\n")
+QUOTES = set("\"'")  # straight quotes open and close alternately
+
+
+def detokenize(tokens: Sequence[str]) -> str:
+    """Join tokens into readable text (the inverse of splitting, up to spacing)."""
+    out: list[str] = []
+    quote_open = {q: False for q in QUOTES}
+    prev = "\n"
+    for tok in tokens:
+        space = prev not in NO_SPACE_AFTER and tok not in NO_SPACE_BEFORE
+        if tok in QUOTES:
+            space = space and not quote_open[tok]  # a closing quote hugs the word before it
+            quote_open[tok] = not quote_open[tok]
+        elif prev in QUOTES and quote_open[prev]:
+            space = False  # an opening quote hugs the word after it
+        if space:
+            out.append(" ")
+        out.append(tok)
+        prev = tok
+    return "".join(out)
+
+
+class WordTokenizer(Tokenizer):
+    kind = "word"
+    unit = "word"
+    unk_id = UNK_ID
+    eot_id = EOS_ID  # separates documents and stops generation
+    sized = True
+    flags = ("lower",)
+
+    def __init__(self, words: Sequence[str], lower: bool = False):
+        if len(set(words)) != len(words) or set(words) & set(SPECIALS):
+            raise TokenizerError("a word vocabulary must list distinct words and no special tokens")
+        self.lower = lower
+        self.itos = [*SPECIALS, *words]
+        self.stoi = {w: i for i, w in enumerate(self.itos)}
+
+    def split(self, text: str) -> list[str]:
+        return TOKEN_RE.findall(text.lower() if self.lower else text)
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE, lower: bool = False,
+              **options: Any) -> WordTokenizer:
+        if options:
+            raise TokenizerError(f"the word tokenizer does not take {', '.join(options)}")
+        if vocab_size <= len(SPECIALS):
+            raise TokenizerError(f"a word vocabulary needs more than the {len(SPECIALS)} special tokens; "
+                                 f"got vocab_size {vocab_size}")
+        splitter = cls([], lower)
+        counts: Counter[str] = Counter()
+        for text in texts:
+            counts.update(splitter.split(text))
+        for special in SPECIALS:  # literal "<unk>" in the text is not a word: it splits into < unk >
+            counts.pop(special, None)
+        if not counts:
+            raise TokenizerError("cannot build a word vocabulary from an empty corpus")
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))  # most frequent, then alphabetical
+        return cls([w for w, _ in ranked[: vocab_size - len(SPECIALS)]], lower)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.itos)
+
+    def encode(self, text: str) -> list[int]:
+        get = self.stoi.get
+        return [get(tok, UNK_ID) for tok in self.split(text)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        n = len(self.itos)
+        return detokenize([self.itos[i] if 0 <= i < n else "<unk>" for i in ids if i != PAD_ID])
+
+    def normalize(self, text: str) -> str:
+        """What `decode(encode(text))` gives when every word of `text` is in the vocabulary."""
+        return detokenize(self.split(text))
+
+    def count_unknown(self, text: str) -> int:
+        return sum(tok not in self.stoi for tok in self.split(text))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"lower": self.lower, "words": self.itos[len(SPECIALS):]}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> WordTokenizer:
+        return cls(state["words"], bool(state["lower"]))
