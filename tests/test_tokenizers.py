@@ -269,8 +269,9 @@ def test_bad_specs_are_clear_errors(spec, message):
 
 @pytest.mark.parametrize("spec", ["char", "word", "gpt2", "bpe:300"])
 def test_encoding_in_safe_chunks_gives_the_same_ids(spec):
-    text = (WORD_CORPUS + "  indented line\n\n\n  \nMENENIUS:\n\tTab. 🙂\r\n") * 40
+    text = (WORD_CORPUS + "  indented line\n\n\n  \nMENENIUS:\n\tTab. 🙂\r\nX \nY\t\nZ\n 's\n'll\n\nA") * 40
     tok = train_tokenizer(spec, [text])
-    chunks = safe_chunks(text, size=97)
-    assert len(chunks) > 20 and "".join(chunks) == text
-    assert [i for ids in tok.encode_batch(chunks) for i in ids] == tok.encode(text)
+    for size in (1, 97):  # size 1 cuts at every place it may
+        chunks = safe_chunks(text, size=size)
+        assert len(chunks) > 20 and "".join(chunks) == text
+        assert [i for ids in tok.encode_batch(chunks) for i in ids] == tok.encode(text)

@@ -16,13 +16,14 @@ from typing import Any, ClassVar, Iterable, Sequence
 from tinylm import fileio
 
 TOKENIZER_FILE = "tokenizer.tinylm.json"
-_LINE_START = re.compile(r"\n(?=\S)")
+_LINE_START = re.compile(r"(?<=\S)\n(?=\S)")
 
 
 def safe_chunks(text: str, size: int = 1 << 16) -> list[str]:
     """Cut `text` into pieces of about `size` characters, each ending just after a line break
-    that is followed by a non-space character. Every tinylm tokenizer's pre-tokenizer has a
-    boundary there, so encoding the pieces separately (in parallel) gives the same ids."""
+    with a non-space character on both sides. Every tinylm tokenizer's pre-tokenizer has a
+    boundary there (and none joins a lone "\n" to what follows), so encoding the pieces
+    separately, in parallel, gives the same ids as encoding the whole text."""
     pieces, start = [], 0
     while len(text) - start > size:
         cut = _LINE_START.search(text, start + size)
