@@ -47,7 +47,8 @@ def test_short_run_learns_and_fills_the_run_directory(tiny_cfg):
 
 
 def test_time_budget_stops_the_run(tmp_path, corpus_file):
-    cfg = tiny_config(tmp_path / "run", corpus_file, max_steps=10**9, time_budget=2.0, eval_interval=10**6)
+    cfg = tiny_config(tmp_path / "run", corpus_file, max_steps=10**9, time_budget=2.0, eval_interval=10**6,
+                      log_interval=1)
     result = train(cfg)
     assert result.stopped_by == "time_budget"
     assert 2.0 <= result.elapsed < 6.0
