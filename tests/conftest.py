@@ -43,7 +43,7 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def corpus_text() -> str:
     """About 60k characters of real Shakespeare from the bundled corpus (Hamlet's opening)."""
-    docs = read_source("shakespeare").documents
+    docs = read_source("shakespeare").documents()
     hamlet = next(d for d in docs if d.startswith("HAMLET"))
     return hamlet[:60_000]
 

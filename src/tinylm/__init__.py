@@ -1,9 +1,22 @@
 """tinylm: build, train, evaluate and sample from small GPT-style language models."""
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from tinylm.errors import CheckpointError, ConfigError, DataError, TinylmError, TokenizerError  # noqa: E402
-from tinylm.rundir import Run, load  # noqa: E402
+from typing import Any
+
+from tinylm.errors import CheckpointError, ConfigError, DataError, TinylmError, TokenizerError
+
+__version__ = "0.1.0"
 
 __all__ = ["CheckpointError", "ConfigError", "DataError", "Run", "TinylmError", "TokenizerError",
            "__version__", "load"]
+
+
+def __getattr__(name: str) -> Any:
+    # `Run` and `load` pull in torch: import them on first use, so that tokenizer-only work
+    # (such as the worker processes of `tinylm prepare`) starts fast.
+    if name in ("Run", "load"):
+        from tinylm import rundir
+
+        return getattr(rundir, name)
+    raise AttributeError(f"module 'tinylm' has no attribute {name!r}")

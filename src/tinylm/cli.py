@@ -36,21 +36,46 @@ def _apply(cfg, args: argparse.Namespace, prefix: str = "") -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from tinylm.data.prepare import prepare, read_meta
+    from tinylm.data.prepare import prepare_config, prepared_dir_for, read_meta
     from tinylm.data.sources import read_source
+    from tinylm.errors import DataError
     from tinylm.tokenizers import load_tokenizer
 
     cfg = RunConfig().data
     _apply(cfg, args, prefix="data.")
-    if not cfg.dir:
-        raise ConfigError("give the output data directory with --out DIR")
+    cfg.validate()
+    if args.tokenizer_from and not cfg.dir:
+        raise ConfigError("--tokenizer-from needs --out DATA_DIR")
     tokenizer = load_tokenizer(args.tokenizer_from) if args.tokenizer_from else cfg.tokenizer
-    src = read_source(cfg.source, cfg.errors)
-    out = prepare(src, tokenizer, cfg.dir, cfg.val_fraction)
+    src = read_source(cfg.source, cfg.errors, cfg.text_field, cfg.source_dir)
+    out = cfg.dir or prepared_dir_for(src, cfg)
+    if not cfg.dir:
+        try:
+            read_meta(out)
+            console.print(f"{src.name} is already prepared with {cfg.tokenizer} in {out}")
+            out = None
+        except DataError:
+            pass
+    out = prepare_config(src, tokenizer, out, cfg) if out else prepared_dir_for(src, cfg)
     meta = read_meta(out)
     splits = ", ".join(f"{k} {v['tokens']:,} tokens" for k, v in meta["splits"].items())
     console.print(f"prepared {src.name}: {splits}; {meta['tokenizer']['kind']} tokenizer with "
-                  f"{meta['tokenizer']['vocab_size']} ids, {meta['dtype']} -> {out}")
+                  f"{meta['tokenizer']['vocab_size']:,} ids, {meta['dtype']} -> {out}\n"
+                  f"  train on it with:  tinylm train --data {out}")
+    print(out)
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from tinylm.data.catalog import describe
+
+    rows = describe()
+    widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in ("name", "size", "licence", "splits")}
+    print("  ".join(k.ljust(widths[k]) for k in widths) + "  source")
+    for r in rows:
+        print("  ".join(r[k].ljust(widths[k]) for k in widths) + f"  {r['source']}")
+    print("\nPrepare one with `tinylm prepare NAME --tokenizer gpt2`; with no internet, point --source-dir "
+          "(or TINYLM_DATA_DIR) at a folder holding NAME/<raw files>.")
     return 0
 
 
@@ -169,18 +194,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tinylm {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
 
-    p = verbs.add_parser("prepare", parents=[common], help="tokenize a corpus into a data directory",
-                         description="Tokenize SOURCE once into memory-mapped train.bin/val.bin + meta.json.")
+    p = verbs.add_parser("prepare", parents=[common], help="tokenize a dataset or your text into a data directory",
+                         description="Tokenize SOURCE once into memory-mapped <split>.bin files + meta.json.")
     p.add_argument("data.source", metavar="SOURCE",
-                   help="a .txt file, a folder of .txt files, or a built-in corpus (shakespeare)")
-    p.add_argument("--out", dest="data.dir", metavar="DATA_DIR", help="output data directory")
+                   help="a dataset name (see `tinylm datasets`), a .txt/.jsonl/.parquet file, or a folder of them")
+    p.add_argument("--out", dest="data.dir", metavar="DATA_DIR",
+                   help="output data directory (default: a directory in the cache, reused by `tinylm train`)")
     p.add_argument("--tokenizer", dest="data.tokenizer", metavar="KIND",
                    help="tokenizer to build: char (default), word[:SIZE][:lower], gpt2, bpe[:SIZE]")
     p.add_argument("--tokenizer-from", metavar="DIR", help="reuse the tokenizer of a run or data directory")
     p.add_argument("--val-fraction", dest="data.val_fraction", metavar="F",
-                   help="tail fraction of the text held out for validation (default 0.1)")
+                   help="fraction held out for validation when the source has no validation split (default 0.1)")
+    p.add_argument("--split", dest="data.split", metavar="HOW", choices=("tail", "shuffle"),
+                   help="tail (default: the end of the text) or shuffle (seeded random documents)")
+    p.add_argument("--split-seed", dest="data.split_seed", metavar="N", help="seed of --split shuffle")
+    p.add_argument("--max-tokens", dest="data.max_tokens", metavar="N", help="stop after N training tokens")
+    p.add_argument("--text-field", dest="data.text_field", metavar="NAME",
+                   help="the JSONL field / Parquet column holding the text (default text)")
+    p.add_argument("--source-dir", dest="data.source_dir", metavar="DIR",
+                   help="a local copy of datasets' raw files, as DIR/NAME/... (default $TINYLM_DATA_DIR)")
+    p.add_argument("--workers", dest="data.workers", metavar="N",
+                   help="tokenizer processes (default: one per core for sources over 16 MB)")
     _errors_flag(p, "data")
     p.set_defaults(func=cmd_prepare)
+
+    p = verbs.add_parser("datasets", parents=[common], help="list the datasets `tinylm prepare` knows by name")
+    p.set_defaults(func=cmd_datasets)
 
     keys = ", ".join(_all_keys())
     p = verbs.add_parser(
@@ -190,8 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", metavar="NAME", help=f"a shipped preset ({', '.join(preset_names())})")
     p.add_argument("--config", metavar="FILE.toml", help="a TOML file with [model], [data], [train] tables")
     p.add_argument("--data", dest="data.dir", metavar="DATA_DIR", help="a prepared data directory")
-    p.add_argument("--text", dest="data.source", metavar="FILE",
-                   help="a text file or folder (prepared on the fly, cached)")
+    p.add_argument("--text", dest="data.source", metavar="SOURCE",
+                   help="a dataset name, text/jsonl/parquet file or folder (prepared on the fly, cached)")
     p.add_argument("--tokenizer", dest="data.tokenizer", metavar="KIND",
                    help="tokenizer for --text: char, word[:SIZE][:lower], gpt2, bpe[:SIZE]")
     _errors_flag(p, "data")

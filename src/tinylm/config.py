@@ -29,6 +29,8 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 OPTIMIZERS = ("adamw",)
 ENCODING_ERRORS = ("strict", "replace")
+SPLIT_METHODS = ("tail", "shuffle")
+SAMPLING = ("random", "permutation")
 
 
 @dataclass
@@ -63,18 +65,30 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Where the tokens come from."""
+    """Where the tokens come from, how they are split, and how training windows are drawn."""
 
-    source: str = "shakespeare"  # a built-in corpus name, a text file or a folder of .txt files
+    source: str = "shakespeare"  # a catalog dataset (`tinylm datasets`), a .txt/.jsonl/.parquet file or a folder
     dir: str = ""  # a prepared data directory; when set, `source` is not read
     tokenizer: str = "char"  # char | word[:SIZE][:lower] | gpt2 | bpe[:SIZE]
-    val_fraction: float = 0.1  # the tail of the text held out for validation
+    val_fraction: float = 0.1  # held out for validation when the source has no validation split
+    split: str = "tail"  # tail (the last val_fraction of the text) | shuffle (seeded random documents)
+    split_seed: int = 1337  # seed of the shuffle split
+    max_tokens: int = 0  # stop after this many training tokens (0 = the whole source)
+    text_field: str = "text"  # the field of .jsonl records / the Parquet column holding the text
+    source_dir: str = ""  # local copy of catalog datasets' raw files ("" = $TINYLM_DATA_DIR, else download)
+    workers: int = 0  # tokenizer processes for preparation (0 = one per CPU core for large sources)
     errors: str = "strict"  # invalid UTF-8 in the source: strict (stop with an error) | replace (U+FFFD)
+    sampling: str = "random"  # training windows: random (seeded offsets) | permutation (each window once per epoch)
 
     def validate(self) -> None:
-        _check(bool(self.source or self.dir), "set data.source (a text file or corpus) or data.dir")
+        _check(bool(self.source or self.dir), "set data.source (a dataset, text file or folder) or data.dir")
         _check(self.errors in ENCODING_ERRORS, f"data.errors must be strict or replace, got {self.errors!r}")
         _check(0.0 < self.val_fraction < 1.0, "data.val_fraction must be in (0, 1)")
+        _check(self.split in SPLIT_METHODS, f"data.split must be one of {', '.join(SPLIT_METHODS)}, got {self.split!r}")
+        _check(self.sampling in SAMPLING, f"data.sampling must be one of {', '.join(SAMPLING)}, got {self.sampling!r}")
+        _check(self.max_tokens >= 0, "data.max_tokens must be >= 0 (0 = no limit)")
+        _check(self.workers >= 0, "data.workers must be >= 0 (0 = automatic)")
+        _check(bool(self.text_field), "data.text_field must name a field")
 
 
 @dataclass

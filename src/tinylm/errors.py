@@ -23,3 +23,7 @@ class TokenizerError(TinylmError):
 
 class CheckpointError(TinylmError):
     """A run directory or checkpoint file that is missing, truncated or inconsistent."""
+
+
+class DownloadError(DataError):
+    """A download that failed, was interrupted or did not match its checksum."""

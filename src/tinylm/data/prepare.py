@@ -1,124 +1,388 @@
-"""Tokenize a text source once into memory-mapped token files.
+"""Tokenize a text source once into memory-mapped token files, streaming, in parallel.
 
-A data directory holds `train.bin` and `val.bin` (raw token ids, uint16 while the vocabulary
-fits, else uint32), the tokenizer (`tokenizer.tinylm.json`) and `meta.json`. `meta.json` is
-written last and atomically, and removed first when a directory is re-prepared, so a
-directory is complete exactly when `meta.json` exists and its files have the recorded sizes.
+A data directory holds one `<split>.bin` per split (raw token ids, uint16 while the vocabulary
+fits, else uint32), the tokenizer (`tokenizer.tinylm.json`) and `meta.json`.
+
+    source pieces --route--> (split, text) --batches--> worker processes (encode)
+                  --in order--> split writers (append to .<split>.bin.tmp, cap, end-of-text)
+
+Splits: a source's own (train/val/test) when it has them; otherwise the last `val_fraction` of
+the text by bytes (`tail`, cutting inside a document if needed), or each document drawn into
+validation with probability `val_fraction` from a seeded generator (`shuffle`). With a token
+cap, training stops after `max_tokens` tokens; an unsplit source then continues into a
+validation split of `max_tokens * val_fraction / (1 - val_fraction)` tokens.
+
+Memory stays bounded: sources are read piece by piece, at most a few batches are in flight,
+and tokens go straight to disk. Token files are written under temporary names and renamed
+when complete; `meta.json` is removed first and written last, atomically, so a directory is
+complete exactly when `meta.json` exists and its files have the recorded sizes.
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import json
+import multiprocessing
+import os
 import time
+from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from tinylm import __version__, fileio
 from tinylm.config import DataConfig
+from tinylm.console import console, progress
 from tinylm.data.sources import Source, read_source
-from tinylm.errors import DataError
-from tinylm.tokenizers import Tokenizer, train_tokenizer
+from tinylm.errors import DataError, TokenizerError
+from tinylm.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
 from tinylm.tokenizers.base import safe_chunks
 
 META_FILE = "meta.json"
-FORMAT = 1
-SPLITS = ("train", "val")
+FORMAT = 2
+BATCH_CHARS = 1 << 22  # text per unit of work sent to a worker process
+PARALLEL_MIN_BYTES = 16 << 20  # smaller sources are tokenized in this process (no worker start-up)
+TRAIN_CHARS_PER_TOKEN = 8  # with a token cap, tokenizers are trained on at most this many chars per token
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
 
 
-def split_documents(docs: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
-    """Hold out the tail `val_fraction` of the characters (cutting inside a document if needed)."""
-    total = sum(len(d) for d in docs)
-    cut = int(total * (1.0 - val_fraction))
-    train: list[str] = []
-    for i, doc in enumerate(docs):
-        if cut <= len(doc):
-            head, tail = doc[:cut], doc[cut:]
-            return train + ([head] if head else []), ([tail] if tail else []) + docs[i + 1:]
-        train.append(doc)
-        cut -= len(doc)
-    return train, []
+# --------------------------------------------------------------------------- encoding
 
 
-def encode_documents(tokenizer: Tokenizer, docs: list[str], batch_chars: int = 1 << 23) -> tuple[np.ndarray, int]:
-    """Token ids of the documents, end-of-text between them (or a blank line when the
-    tokenizer has none), and the number of UTF-8 bytes of text they encode. Documents are cut
-    into safe chunks and encoded `batch_chars` characters at a time with `encode_batch`."""
-    if tokenizer.eot_id is None:
-        text = "\n\n".join(docs)
-        encode = getattr(tokenizer, "encode_array", tokenizer.encode_long)
-        return np.asarray(encode(text), dtype=np.int64), len(text.encode("utf-8"))
-    eot = np.array([tokenizer.eot_id], dtype=np.int64)
-    parts: list[np.ndarray] = []
-    batch: list[list[str]] = []  # the chunks of each document in the batch
-
-    def flush() -> None:
-        encoded = iter(tokenizer.encode_batch([c for chunks in batch for c in chunks]))
-        for chunks in batch:
-            parts.extend(np.asarray(next(encoded), dtype=np.int64) for _ in chunks)
-            parts.append(eot)
-        batch.clear()
-
-    size = 0
-    for doc in docs:
-        batch.append(safe_chunks(doc))
-        size += len(doc)
-        if size >= batch_chars:
-            flush()
-            size = 0
-    flush()
-    nbytes = sum(len(doc.encode("utf-8")) for doc in docs)
-    return (np.concatenate(parts) if parts else np.zeros(0, np.int64)), nbytes
+def encode_texts(tokenizer: Tokenizer, texts: list[str], dtype: np.dtype | None = None,
+                 threads: bool = True) -> list[np.ndarray]:
+    """Token ids of each text; long texts are cut into safe chunks, encoded as one batch (by
+    several threads in tokenizers backed by native code) or, with `threads=False`, one by one
+    (in worker processes, where the processes are the parallelism)."""
+    dtype = dtype or np.dtype(np.int64)
+    encode_array = getattr(tokenizer, "encode_array", None)
+    if encode_array is not None:
+        return [encode_array(t).astype(dtype) for t in texts]
+    chunked = [safe_chunks(t) for t in texts]
+    flat = [c for chunks in chunked for c in chunks]
+    encoded = iter(tokenizer.encode_batch(flat) if threads else [tokenizer.encode(c) for c in flat])
+    return [np.concatenate([np.asarray(next(encoded), dtype=dtype) for _ in chunks]) if chunks
+            else np.zeros(0, dtype) for chunks in chunked]
 
 
-def _write_tokens(path: Path, ids: np.ndarray, dtype: np.dtype) -> None:
-    with fileio.atomic_write(path) as f:
-        f.write(ids.astype(dtype).tobytes())
+def encode_documents(tokenizer: Tokenizer, docs: list[str]) -> tuple[np.ndarray, int]:
+    """Token ids of whole documents in memory (as preparation would write them: end-of-text
+    after each, or a blank line between them when the tokenizer has none) and their UTF-8 bytes."""
+    writer = _SplitWriter(None, tokenizer, np.dtype(np.int64))
+    for doc, ids in zip(docs, encode_texts(tokenizer, docs), strict=True):
+        writer.add(ids, len(doc.encode("utf-8")), True)
+    return writer.result(), writer.bytes
 
 
-def prepare(source: str | Source, tokenizer: str | Tokenizer, out_dir: str | Path,
-            val_fraction: float = 0.1) -> Path:
-    """Tokenize `source` into `out_dir`; `tokenizer` is a spec to train (e.g. "char") or an
-    existing tokenizer. Returns the data directory."""
+_worker_tokenizer: Tokenizer | None = None
+
+
+def _init_worker(tokenizer_dir: str) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = load_tokenizer(tokenizer_dir)
+
+
+def _encode_in_worker(texts: list[str], dtype: str) -> list[np.ndarray]:
+    assert _worker_tokenizer is not None
+    return encode_texts(_worker_tokenizer, texts, np.dtype(dtype), threads=False)
+
+
+def _encode_stream(batches: Iterator[list[tuple[str, str, bool]]], tokenizer: Tokenizer, tokenizer_dir: Path,
+                   dtype: np.dtype, workers: int) -> Iterator[tuple[list[tuple[str, str, bool]], list[np.ndarray]]]:
+    """(batch, ids of each piece) in order; with workers > 1 in a pool of processes, keeping at
+    most 2 * workers batches in flight (so memory stays bounded whatever the source size)."""
+    if workers <= 1:
+        for batch in batches:
+            yield batch, encode_texts(tokenizer, [text for _, text, _ in batch], dtype)
+        return
+    context = multiprocessing.get_context("spawn")  # no fork: tokenizer libraries hold threads
+    with cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                initargs=(str(tokenizer_dir),)) as pool:
+        pending: deque[tuple[list, cf.Future]] = deque()
+        for batch in batches:
+            pending.append((batch, pool.submit(_encode_in_worker, [text for _, text, _ in batch], dtype.name)))
+            if len(pending) >= 2 * workers:
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
+
+
+# --------------------------------------------------------------------------- writing splits
+
+
+class _SplitWriter:
+    """Appends one split's tokens to a file (or memory), with the document separator and an
+    optional cap; `add` returns what did not fit."""
+
+    def __init__(self, path: Path | None, tokenizer: Tokenizer, dtype: np.dtype, limit: int = 0):
+        self.path, self.tokenizer, self.dtype, self.limit = path, tokenizer, dtype, limit
+        self.file = open(fileio.temp_path(path), "wb") if path else None
+        self.parts: list[np.ndarray] = []  # when writing to memory
+        self.tokens = self.bytes = self.documents = 0
+        self.in_document = False  # the last piece written did not end its document
+        eot = tokenizer.eot_id
+        self.after = np.array([eot], dtype) if eot is not None else np.zeros(0, dtype)
+        self.between = (np.zeros(0, dtype) if eot is not None else
+                        np.asarray(tokenizer.encode("\n\n"), dtype))  # no end-of-text: a blank line
+        self.between_bytes = 0 if eot is not None else 2
+
+    @property
+    def full(self) -> bool:
+        return bool(self.limit) and self.tokens >= self.limit
+
+    def _emit(self, ids: np.ndarray) -> None:
+        if self.file:
+            self.file.write(ids.tobytes())
+        else:
+            self.parts.append(ids)
+        self.tokens += len(ids)
+
+    def add(self, ids: np.ndarray, nbytes: int, ends_document: bool) -> tuple[np.ndarray, int] | None:
+        if self.full:
+            return ids, nbytes
+        if not self.in_document:
+            if self.documents and len(self.between):
+                self._emit(self.between)
+                self.bytes += self.between_bytes
+            self.documents += 1
+        room = self.limit - self.tokens if self.limit else len(ids)
+        if len(ids) > room:  # the cap falls inside this piece: keep its head
+            kept = ids[:room]
+            kept_bytes = len(self.tokenizer.decode(kept.tolist()).encode("utf-8"))
+            self._emit(kept)
+            self.bytes += kept_bytes
+            self.in_document = True
+            return ids[room:], max(nbytes - kept_bytes, 0)
+        self._emit(ids.astype(self.dtype, copy=False))
+        self.bytes += nbytes
+        self.in_document = not ends_document
+        if ends_document and not self.full:
+            self._emit(self.after)
+        return None
+
+    def result(self) -> np.ndarray:
+        return np.concatenate(self.parts) if self.parts else np.zeros(0, self.dtype)
+
+    def close(self, commit: bool) -> None:
+        if self.file is None or self.path is None:
+            return
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        tmp = fileio.temp_path(self.path)
+        if commit:
+            fileio.commit(tmp, self.path)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- routing pieces to splits
+
+
+def _route(src: Source, method: str, val_fraction: float, seed: int, total_bytes: int, capped: bool,
+           stop: Callable[[str], bool]) -> Iterator[tuple[str, str, bool]]:
+    """(split, text, ends_document) for every piece of the source, in order. `stop(split)` is
+    asked between pieces and ends a stream early once its split is full."""
+    if src.has_splits:
+        for split, stream in src.streams.items():
+            for text, last in stream():
+                if stop(split):
+                    break
+                yield split, text, last
+        return
+    pieces = src.streams["all"]()
+    if method == "shuffle":
+        rng, doc_split = np.random.default_rng(seed), None
+        for text, last in pieces:
+            if stop("train"):
+                return
+            if doc_split is None:
+                doc_split = "val" if rng.random() < val_fraction else "train"
+            yield doc_split, text, last
+            if last:
+                doc_split = None
+    elif capped:  # tail by tokens: everything goes to train, whose writer overflows into val
+        for text, last in pieces:
+            if stop("val"):
+                return
+            yield "train", text, last
+    else:  # tail by bytes
+        cut, seen = int(total_bytes * (1.0 - val_fraction)), 0
+        for text, last in pieces:
+            n = len(text.encode("utf-8"))
+            if seen >= cut:
+                yield "val", text, last
+            elif seen + n <= cut:
+                yield "train", text, last
+            else:
+                head = text.encode("utf-8")[:cut - seen].decode("utf-8", errors="ignore")
+                yield "train", head, True
+                if len(head) < len(text) or last:
+                    yield "val", text[len(head):], last
+            seen += n
+
+
+def _batches(routed: Iterator[tuple[str, str, bool]], chars: int) -> Iterator[list[tuple[str, str, bool]]]:
+    batch, size = [], 0
+    for item in routed:
+        batch.append(item)
+        size += len(item[1])
+        if size >= chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+# --------------------------------------------------------------------------- the whole preparation
+
+
+def _training_text(src: Source, cap: int, counts: dict[str, int]) -> Iterator[str]:
+    """The text a tokenizer is trained on (the training stream, at most TRAIN_CHARS_PER_TOKEN
+    characters per capped token), counting documents and UTF-8 bytes as it goes."""
+    budget = cap * TRAIN_CHARS_PER_TOKEN if cap else 0
+    for text, last in src.streams["train" if src.has_splits else "all"]():
+        counts["bytes"] += len(text.encode("utf-8"))
+        counts["documents"] += last
+        yield text
+        budget -= len(text)
+        if cap and budget <= 0:
+            return
+
+
+def _auto_workers(src: Source, workers: int, cap: int) -> int:
+    if workers:
+        return workers
+    size = src.size if src.size is not None else sum(f["bytes"] or 0 for f in src.files.values()) or None
+    if cap:  # about 4 bytes of text per token
+        size = min(size or cap * 4, cap * 4)
+    if size is not None and size < PARALLEL_MIN_BYTES:
+        return 1
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def prepare(source: str | Source, tokenizer: str | Tokenizer, out_dir: str | Path, val_fraction: float = 0.1, *,
+            split: str = "tail", split_seed: int = 1337, max_tokens: int = 0, workers: int = 0,
+            text_field: str = "text", source_dir: str = "", errors: str = "strict") -> Path:
+    """Tokenize `source` (a Source, or anything `read_source` takes) into `out_dir`;
+    `tokenizer` is a spec to train (e.g. "char") or an existing tokenizer. Returns the directory."""
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"the validation fraction must be in (0, 1), got {val_fraction}")
-    src = source if isinstance(source, Source) else read_source(source)
+    src = source if isinstance(source, Source) else read_source(source, errors, text_field, source_dir)
+    cap = max_tokens or src.max_tokens
+    counts = {"bytes": 0, "documents": 0}
     spec = tokenizer if isinstance(tokenizer, str) else tokenizer.kind
-    tok = train_tokenizer(tokenizer, src.documents) if isinstance(tokenizer, str) else tokenizer
-    train_docs, val_docs = split_documents(src.documents, val_fraction)
+    started = time.perf_counter()
+    if isinstance(tokenizer, str) and tokenizer.split(":")[0] != "gpt2":
+        console.print(f"building the {spec} vocabulary from {src.name} ...")
+        try:
+            tok = train_tokenizer(tokenizer, _training_text(src, cap, counts))
+        except TokenizerError:
+            if not counts["documents"]:
+                raise DataError(f"{src.name} has no text in it (it is empty or only whitespace)") from None
+            raise
+    else:
+        tok = train_tokenizer(tokenizer, []) if isinstance(tokenizer, str) else tokenizer
+    needs_total = not src.has_splits and split == "tail" and not cap
+    if needs_total and not counts["bytes"]:
+        for _ in _training_text(src, 0, counts):
+            pass
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / META_FILE).unlink(missing_ok=True)  # incomplete from here until meta.json is rewritten
     tok.save(out)
     dtype = token_dtype(tok.vocab_size)
-    splits: dict[str, Any] = {}
-    for split, docs in zip(SPLITS, (train_docs, val_docs), strict=True):
-        ids, nbytes = encode_documents(tok, docs)
-        if len(ids) < 2:
-            raise DataError(f"{src.name}: the {split} split would hold {len(ids)} tokens; "
-                            "give more text or change the validation fraction")
-        _write_tokens(out / f"{split}.bin", ids, dtype)
-        splits[split] = {"file": f"{split}.bin", "tokens": int(len(ids)), "bytes": nbytes,
-                         "documents": len(docs)}
+    names = list(src.streams) if src.has_splits else ["train", "val"]
+    limits = {"train": cap, "val": round(cap * val_fraction / (1 - val_fraction)) if cap and not src.has_splits else 0}
+    writers = {name: _SplitWriter(out / f"{name}.bin", tok, dtype, limits.get(name, 0)) for name in names}
+    overflow = "val" if cap and split == "tail" and not src.has_splits else None
+    workers = _auto_workers(src, workers, cap)
+    total = counts["bytes"] if needs_total else None
+    committed = False
+    try:
+        routed = _route(src, split, val_fraction, split_seed, counts["bytes"], bool(cap),
+                        stop=lambda name: writers[name].full)
+        with _Progress(src.name, total, workers) as bar:
+            # with a cap, small batches: reading stops soon after the cap (a streamed source is not over-fetched)
+            chars = min(BATCH_CHARS, max(cap, 4096)) if cap else BATCH_CHARS
+            for batch, encoded in _encode_stream(_batches(routed, chars), tok, out, dtype, workers):
+                for (name, text, last), ids in zip(batch, encoded, strict=True):
+                    nbytes = len(text.encode("utf-8"))
+                    rest = writers[name].add(ids, nbytes, last)
+                    if rest is not None and overflow and name != overflow:
+                        writers[overflow].add(*rest, last)
+                    bar.advance(nbytes, len(ids), last)
+        if not any(w.documents for w in writers.values()):
+            raise DataError(f"{src.name} has no text in it (it is empty or only whitespace)")
+        for name, w in writers.items():
+            if w.tokens < 2:
+                raise DataError(f"{src.name}: the {name} split would hold {w.tokens} tokens; give more text"
+                                + (" or a larger --max-tokens" if cap else " or change the validation fraction"))
+        for w in writers.values():
+            w.close(commit=True)
+        committed = True
+    finally:
+        if not committed:
+            for w in writers.values():
+                w.close(commit=False)
     meta = {
         "format": FORMAT,
         "tinylm_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "source": {"name": src.name, "sha256": src.sha256, "documents": len(src.documents),
-                   "characters": src.characters},
+        "source": {"name": src.name, "sha256": src.sha256, "files": src.files,
+                   "documents": sum(w.documents for w in writers.values()),
+                   "bytes": sum(w.bytes for w in writers.values())},
         "tokenizer": {"spec": spec, "kind": tok.kind, "vocab_size": tok.vocab_size,
                       "fingerprint": tok.fingerprint()},
         "dtype": dtype.name,
-        "split": {"method": "tail", "val_fraction": val_fraction},
-        "splits": splits,
+        "split": {"method": "source"} if src.has_splits else {"method": split, "val_fraction": val_fraction,
+                                                               **({"seed": split_seed} if split == "shuffle" else {})},
+        "max_tokens": cap,
+        "splits": {name: {"file": f"{name}.bin", "tokens": w.tokens, "bytes": w.bytes, "documents": w.documents}
+                   for name, w in writers.items()},
+        "seconds": round(time.perf_counter() - started, 2),
     }
     fileio.write_json(out / META_FILE, meta)
     return out
+
+
+class _Progress:
+    """Documents, tokens and MB/s while tokenizing (a bar on terminals, a summary line elsewhere)."""
+
+    def __init__(self, name: str, total_bytes: int | None, workers: int):
+        from rich.progress import TextColumn
+
+        self.name, self.workers = name, workers
+        self.bytes = self.tokens = self.documents = 0
+        self.start = time.perf_counter()
+        self.bar = progress(TextColumn("{task.fields[stats]}"), counts=False)
+        self.task = self.bar.add_task(f"tokenizing {name}", total=total_bytes, stats="")
+
+    def __enter__(self) -> _Progress:
+        self.bar.__enter__()
+        return self
+
+    def advance(self, nbytes: int, ntokens: int, ends_document: bool) -> None:
+        self.bytes += nbytes
+        self.tokens += ntokens
+        self.documents += ends_document
+        self.bar.update(self.task, advance=nbytes, stats=self.stats())
+
+    def stats(self) -> str:
+        rate = self.bytes / 1e6 / max(time.perf_counter() - self.start, 1e-9)
+        return f"{self.documents:,} docs  {self.tokens:,} tokens  {rate:.1f} MB/s"
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(*exc)
+        if not exc[0]:
+            console.print(f"tokenized {self.name}: {self.stats()} ({self.bytes / 1e6:.1f} MB, "
+                          f"{self.workers} process{'es' if self.workers > 1 else ''})")
 
 
 def read_meta(data_dir: str | Path) -> dict[str, Any]:
@@ -157,12 +421,21 @@ def load_split(data_dir: str | Path, split: str) -> np.memmap:
 
 
 def prepared_dir_for(src: Source, data: DataConfig) -> Path:
-    key = {"sha256": src.sha256, "tokenizer": data.tokenizer, "val": data.val_fraction, "format": FORMAT}
+    key = {"source": src.key, "tokenizer": data.tokenizer, "val": data.val_fraction, "format": FORMAT,
+           "split": data.split, "max_tokens": data.max_tokens or src.max_tokens}
+    if data.split == "shuffle":
+        key["seed"] = data.split_seed
     if data.errors != "strict":
         key["errors"] = data.errors
     digest = fileio.sha256_bytes(json.dumps(key, sort_keys=True).encode())[:12]
     stem = "".join(c if c.isalnum() else "-" for c in Path(src.name).stem)[:40]
     return fileio.cache_root() / "prepared" / f"{stem}-{data.tokenizer.replace(':', '')}-{digest}"
+
+
+def prepare_config(src: Source, tokenizer: str | Tokenizer, out: str | Path, data: DataConfig) -> Path:
+    """`prepare` with the options of a DataConfig."""
+    return prepare(src, tokenizer, out, data.val_fraction, split=data.split, split_seed=data.split_seed,
+                   max_tokens=data.max_tokens, workers=data.workers)
 
 
 def resolve_data_dir(data: DataConfig) -> tuple[Path, bool]:
@@ -171,11 +444,10 @@ def resolve_data_dir(data: DataConfig) -> tuple[Path, bool]:
     if data.dir:
         read_meta(data.dir)
         return Path(data.dir), False
-    src = read_source(data.source, data.errors)
+    src = read_source(data.source, data.errors, data.text_field, data.source_dir)
     out = prepared_dir_for(src, data)
     try:
         read_meta(out)
         return out, False
     except DataError:
-        return prepare(src, data.tokenizer, out, data.val_fraction), True
-
+        return prepare_config(src, data.tokenizer, out, data), True

@@ -1,47 +1,258 @@
-"""Text sources: a .txt file, a folder of .txt files, or a corpus bundled with tinylm.
+"""Text sources: where documents come from, read as streams so no corpus has to fit in memory.
 
-Each source yields a list of documents (one per file, or per work for bundled corpora) and a
-sha256 of its raw bytes, which names the prepared data in the cache and in meta.json.
+A `Source` has one or more named document streams: `"all"` for a corpus with no split of its
+own (preparation then holds out a tail or a seeded shuffle), or `"train"`, `"val"` (and
+`"test"`) for datasets that ship their own splits. A stream yields `(text, ends_document)`
+pieces: long documents arrive in pieces of about a megabyte, cut only where every tokenizer
+has a boundary (`tokenizers.base.safe_chunks`), so encoding pieces one by one gives the ids of
+the whole document.
+
+Local inputs: a `.txt` file (documents separated by `<|endoftext|>`, as in TinyStories' files;
+a file without that marker is one document), a `.jsonl` file (one record per line, the text in
+`text_field`), a Parquet file (the `text_field` column), or a folder of such files. Named
+datasets (TinyStories, WikiText-103, FineWeb-Edu, ...) are built on these readers in catalog.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import lzma
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import IO, Callable, Iterable, Iterator
 
+from tinylm import fileio
 from tinylm.console import warn
 from tinylm.errors import DataError
 
-DOC_SEPARATOR = "<|endoftext|>"  # how bundled corpora mark document boundaries (a line of its own)
+DOC_SEPARATOR = "<|endoftext|>"  # end-of-document marker inside .txt files
 BUILTIN = {"shakespeare": "shakespeare.txt.xz"}
+SUFFIXES = (".txt", ".jsonl", ".parquet")
+PIECE_CHARS = 1 << 20  # long documents are handed to the tokenizer in pieces of about this size
+
+Piece = tuple[str, bool]  # (text, whether it ends a document)
+Stream = Callable[[], Iterator[Piece]]  # a re-readable stream of pieces
 
 
 @dataclass
 class Source:
     name: str  # what the user asked for, for messages and meta.json
-    documents: list[str]
-    sha256: str
+    streams: dict[str, Stream]  # {"all": ...} or {"train": ..., "val": ..., ...}
+    key: str  # identifies the input for the cache of prepared data (a content hash for local files)
+    size: int | None = None  # bytes of raw input, when known (progress, choosing worker processes)
+    files: dict[str, dict] = field(default_factory=dict)  # name -> {"bytes", "sha256"} of the files read
+    max_tokens: int = 0  # a default cap on training tokens (streamed web-scale datasets)
 
     @property
-    def characters(self) -> int:
-        return sum(len(d) for d in self.documents)
+    def sha256(self) -> str:
+        """One hash of the raw files read (name, size and sha256 of each), recorded in meta.json."""
+        listing = [(name, f["bytes"], f["sha256"]) for name, f in sorted(self.files.items())]
+        return fileio.sha256_bytes(json.dumps(listing).encode())
+
+    @property
+    def has_splits(self) -> bool:
+        return "all" not in self.streams
+
+    def documents(self, split: str = "all") -> list[str]:
+        """The whole documents of one stream, in memory (for small inputs such as `eval --text`)."""
+        docs, parts = [], []
+        for text, last in self.streams[split]():
+            parts.append(text)
+            if last:
+                docs.append("".join(parts))
+                parts.clear()
+        return docs
 
 
-def _decode(data: bytes, where: str, errors: str = "strict") -> str:
+# --------------------------------------------------------------------------- documents from text
+
+
+_SAFE_CUT = re.compile(r"(?<=\S)\n(?=\S)")  # where tokenizers.base.safe_chunks may cut
+
+
+class _Document:
+    """Collects a document's text, emitting pieces of about PIECE_CHARS at safe line breaks."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.size = 0
+        self.started = False  # a piece of this document was already emitted
+
+    def add(self, text: str) -> Iterator[Piece]:
+        self.parts.append(text)
+        self.size += len(text)
+        if self.size < PIECE_CHARS:
+            return
+        joined, start = "".join(self.parts), 0
+        while len(joined) - start >= PIECE_CHARS:
+            cut = _SAFE_CUT.search(joined, start + PIECE_CHARS)
+            if cut is None:  # no safe place yet: keep collecting
+                break
+            yield joined[start:cut.end()], False
+            start, self.started = cut.end(), True
+        self.parts, self.size = [joined[start:]], len(joined) - start
+
+    def end(self, strip: str = "") -> Iterator[Piece]:
+        text = "".join(self.parts).rstrip(strip) if strip else "".join(self.parts)
+        if self.started or text.strip():  # whitespace-only documents are dropped
+            yield text, True
+        self.parts, self.size, self.started = [], 0, False
+
+
+def _blocks(path: Path, errors: str, size: int = 1 << 20) -> Iterator[str]:
+    """The decoded text of a UTF-8 file in blocks of about `size` bytes that end at line breaks.
+    Invalid UTF-8 is an error naming the byte offset, or with errors="replace" becomes U+FFFD
+    (with one warning)."""
+    offset, carry, warned = 0, b"", False
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(size)
+            if data:
+                data, carry = carry + data, b""
+                end = data.rfind(b"\n") + 1
+                if end == 0:  # no line break yet: read on
+                    carry = data
+                    continue
+                block, carry = data[:end], data[end:]
+            elif carry:
+                block, carry = carry, b""
+            else:
+                return
+            try:
+                yield block.decode("utf-8")
+            except UnicodeDecodeError as e:
+                if errors != "replace":
+                    raise DataError(f"{path} is not valid UTF-8 (byte offset {offset + e.start}: "
+                                    f"{block[e.start:e.start + 4]!r}); convert it to UTF-8, or pass --errors "
+                                    "replace to substitute U+FFFD") from None
+                if not warned:
+                    warn(f"{path} is not valid UTF-8 (first bad byte at offset {offset + e.start}); invalid bytes "
+                         "were replaced by U+FFFD")
+                    warned = True
+                yield block.decode("utf-8", errors="replace")
+            offset += len(block)
+
+
+def _lines(path: Path, errors: str) -> Iterator[str]:
+    """Lines split at "\n" only (JSON text may hold other Unicode line separators), ends kept."""
+    for block in _blocks(path, errors):
+        *lines, last = block.split("\n")
+        for line in lines:
+            yield line + "\n"
+        if last:
+            yield last
+
+
+def read_text(path: Path, errors: str = "strict") -> Iterator[Piece]:
+    """Documents of a text file separated by `<|endoftext|>`; line breaks next to a separator
+    belong to it. A file without separators is one document, verbatim."""
+    doc = _Document()
+    after_separator = False  # the current document follows a separator: drop its leading line breaks
+    for block in _blocks(path, errors):
+        first, *rest = block.split(DOC_SEPARATOR)
+        for i, part in enumerate([first, *rest]):
+            if i:
+                yield from doc.end(strip="\r\n")
+                after_separator = True
+            if after_separator and not doc.parts:
+                part = part.lstrip("\r\n")
+            if part:
+                yield from doc.add(part)
+    yield from doc.end()
+
+
+def read_jsonl(path: Path, text_field: str, errors: str = "strict") -> Iterator[Piece]:
+    """One document per JSON line, from the record's `text_field`; blank lines are skipped."""
+    for number, line in enumerate(_lines(path, errors), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as e:
+            raise DataError(f"{path} line {number} is not valid JSON ({e}); fix or remove the line") from None
+        if not isinstance(record, dict) or text_field not in record:
+            fields = ", ".join(record) if isinstance(record, dict) else type(record).__name__
+            raise DataError(f"{path} line {number} has no {text_field!r} field (it has: {fields}); "
+                            "name the text field with --text-field")
+        text = record[text_field]
+        if not isinstance(text, str):
+            raise DataError(f"{path} line {number}: field {text_field!r} holds {type(text).__name__}, not text")
+        if text.strip():
+            yield text, True
+
+
+def _parquet_module():
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        if errors == "replace":
-            text = data.decode("utf-8", errors="replace")
-            warn(f"{where} is not valid UTF-8 (first bad byte at offset {e.start}); invalid bytes were "
-                 "replaced by U+FFFD")
-            return text
-        raise DataError(f"{where} is not valid UTF-8 (byte offset {e.start}: {data[e.start:e.start + 4]!r}); "
-                        "convert it to UTF-8, or pass --errors replace to substitute U+FFFD") from None
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError("reading Parquet needs pyarrow: pip install 'tinylm[parquet]'") from None
+    return pq
+
+
+def read_parquet(file: Path | IO[bytes], text_field: str, name: str = "") -> Iterator[Piece]:
+    """One document per row of the `text_field` column, read a record batch at a time."""
+    pq = _parquet_module()
+    name = name or str(file)
+    try:
+        table = pq.ParquetFile(file, pre_buffer=False)  # fetch row groups one by one, as needed
+    except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ... for files that are not Parquet
+        raise DataError(f"{name} is not a readable Parquet file ({e})") from None
+    columns = table.schema_arrow.names
+    if text_field not in columns:
+        raise DataError(f"{name} has no column {text_field!r} (it has: {', '.join(columns)}); "
+                        "name the text column with --text-field")
+    for batch in table.iter_batches(batch_size=256, columns=[text_field]):
+        for text in batch.column(0).to_pylist():
+            if text and text.strip():
+                yield text, True
+
+
+def read_file(path: Path, text_field: str = "text", errors: str = "strict") -> Iterator[Piece]:
+    if path.suffix == ".jsonl":
+        return read_jsonl(path, text_field, errors)
+    if path.suffix == ".parquet":
+        return read_parquet(path, text_field)
+    return read_text(path, errors)
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def chain(*streams: Stream) -> Stream:
+    return lambda: (piece for stream in streams for piece in stream())
+
+
+def describe_files(files: Iterable[Path], root: Path | None = None) -> dict[str, dict]:
+    """Size and sha256 of each file, by name (relative to `root`)."""
+    return {str(p.relative_to(root)) if root else p.name: {"bytes": p.stat().st_size, "sha256": fileio.sha256_file(p)}
+            for p in files}
+
+
+def cache_key(*parts: object) -> str:
+    return fileio.sha256_bytes(json.dumps(parts, sort_keys=True, default=str).encode())
+
+
+def local_source(spec: str, text_field: str = "text", errors: str = "strict") -> Source:
+    """A .txt, .jsonl or .parquet file, or a folder of them (recursively, in path order)."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file())
+        if not files:
+            raise DataError(f"folder {path} contains no .txt, .jsonl or .parquet files")
+        described = describe_files(files, path)
+    else:
+        files = [path]
+        described = describe_files(files)
+    size = sum(f["bytes"] for f in described.values())
+    if size == 0:
+        raise DataError(f"{path} {'is empty' if path.is_file() else 'holds only empty files'}; "
+                        "give a corpus with some text in it")
+    stream = chain(*(lambda p=p: read_file(p, text_field, errors) for p in files))
+    uses_field = any(p.suffix != ".txt" for p in files)
+    key = cache_key(sorted(described.items()), text_field if uses_field else None)
+    return Source(str(path), {"all": stream}, key, size, described)
 
 
 def builtin_corpus_path(name: str) -> Path:
@@ -53,42 +264,30 @@ def builtin_provenance(name: str) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _read_builtin(name: str) -> Source:
-    raw = builtin_corpus_path(name).read_bytes()
-    text = _decode(lzma.decompress(raw), f"built-in corpus {name}")
-    docs = [d.strip("\n") for d in text.split(f"\n{DOC_SEPARATOR}\n")]
-    return Source(name, [d for d in docs if d], hashlib.sha256(raw).hexdigest())
+def builtin_source(name: str) -> Source:
+    """A corpus shipped inside the package (small; read whole): works separated by
+    `<|endoftext|>` lines, each stripped of surrounding blank lines."""
+    path = builtin_corpus_path(name)
+    raw = path.read_bytes()
+    text = lzma.decompress(raw).decode("utf-8")
+    docs = [d.strip("\n") for d in re.split(rf"\n{re.escape(DOC_SEPARATOR)}\n", text)]
+    docs = [d for d in docs if d]
+    files = {path.name: {"bytes": len(raw), "sha256": fileio.sha256_bytes(raw)}}
+    return Source(name, {"all": lambda: ((d, True) for d in docs)}, files[path.name]["sha256"], len(text), files)
 
 
-def _read_files(files: list[Path], name: str, errors: str) -> Source:
-    digest = hashlib.sha256()
-    docs = []
-    for path in files:
-        data = path.read_bytes()
-        digest.update(f"{path.name}\0{len(data)}\0".encode())
-        digest.update(data)
-        text = _decode(data, str(path), errors)
-        if text.strip():
-            docs.append(text)
-    if not docs:
-        what = "is empty" if len(files) == 1 else "holds only empty text files"
-        raise DataError(f"{name} {what}; give a corpus with some text in it")
-    return Source(name, docs, digest.hexdigest())
-
-
-def read_source(spec: str, errors: str = "strict") -> Source:
-    """Read a text file, a folder of .txt files (recursively, in name order) or a built-in corpus.
+def read_source(spec: str, errors: str = "strict", text_field: str = "text", source_dir: str = "") -> Source:
+    """A local file or folder, a corpus bundled with tinylm, or a dataset of the catalog by name.
     `errors="replace"` turns invalid UTF-8 into U+FFFD instead of stopping."""
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return _read_files([path], str(path), errors)
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
-        if not files:
-            raise DataError(f"folder {path} contains no .txt files")
-        return _read_files(files, str(path), errors)
-    if spec in BUILTIN:
-        return _read_builtin(spec)
-    raise DataError(f"{spec}: no such file or folder, and not a built-in corpus "
-                    f"(built-in: {', '.join(BUILTIN)})")
+    from tinylm.data import catalog
 
+    if Path(spec).expanduser().exists():
+        return local_source(spec, text_field, errors)
+    if spec in BUILTIN:
+        return builtin_source(spec)
+    if spec in catalog.DATASETS:
+        return catalog.open_dataset(spec, source_dir, errors, text_field)
+    if any(c in spec for c in "/\\.") or spec.endswith(SUFFIXES):
+        raise DataError(f"{spec}: no such file or folder")
+    raise DataError(f"{spec}: not a file, folder or known dataset; known datasets: "
+                    f"{', '.join([*BUILTIN, *catalog.DATASETS])} (see `tinylm datasets`)")

@@ -1,6 +1,6 @@
 """The training loop.
 
-    data dir -> RandomWindows -> [micro-batches x grad_accum -> AdamW step] x steps
+    data dir -> loader (random windows | permutation) -> [micro-batches x grad_accum -> AdamW step] x steps
                                    every eval_interval: validation loss, checkpoint, best weights, plots
 
 The run ends at `max_steps` or when the wall-clock `time_budget` is spent, whichever comes
@@ -25,7 +25,7 @@ from rich.progress import TextColumn
 
 from tinylm.config import RunConfig
 from tinylm.console import console, progress, warn
-from tinylm.data.loader import RandomWindows
+from tinylm.data.loader import make_loader
 from tinylm.data.prepare import load_split, read_meta, resolve_data_dir
 from tinylm.errors import CheckpointError, ConfigError, DataError, TinylmError
 from tinylm.evaluation.perplexity import score_tokens
@@ -86,7 +86,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, t)
         # loss scaling only where it applies: float16 autocast on CUDA
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16 and self.device.type == "cuda")
-        self.loader = RandomWindows(load_split(data_dir, "train"), cfg.model.context, t.batch_size, t.seed)
+        self.loader = make_loader(load_split(data_dir, "train"), cfg.model.context, t.batch_size, t.seed,
+                                  sampling=cfg.data.sampling)
         self.val_tokens = load_split(data_dir, "val")
         self.tokens_per_step = t.batch_size * t.grad_accum * cfg.model.context
         self.forward = self._compiled() if t.compile else self.model

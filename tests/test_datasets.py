@@ -1,0 +1,326 @@
+"""The dataset catalog and local inputs, prepared end to end.
+
+Each catalog dataset is built as a tiny fixture in its real file format and prepared twice: from
+a local copy (`--source-dir`) and "from the network" through a fake transport serving the same
+bytes at the catalog's URLs. Both must give identical data directories.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinylm.cli import main
+from tinylm.config import DataConfig
+from tinylm.data import catalog, load_split, read_meta, read_source, remote, resolve_data_dir
+from tinylm.data.prepare import prepare
+from tinylm.errors import DataError
+from tinylm.tokenizers import load_tokenizer
+
+
+class FakeRemote:
+    """A Transport serving fixed bytes per URL, publishing Hugging Face-style sha256 checksums,
+    and recording what was asked for."""
+
+    def __init__(self, files: dict[str, bytes]):
+        self.files = files
+        self.requests: list[tuple[str, int, int | None]] = []
+        self.bytes_sent = 0
+
+    def info(self, url: str) -> remote.RemoteInfo:
+        data = self._get(url)
+        return remote.RemoteInfo(len(data), hashlib.sha256(data).hexdigest(), True)
+
+    def open(self, url: str, start: int = 0, end: int | None = None):
+        data = self._get(url)[start:end]
+        self.requests.append((url, start, end))
+        self.bytes_sent += len(data)
+        return io.BytesIO(data)
+
+    def _get(self, url: str) -> bytes:
+        if url not in self.files:
+            raise remote.DownloadError(f"{url}: HTTP 404 Not Found")
+        return self.files[url]
+
+
+@pytest.fixture
+def fake_remote(no_network, monkeypatch):
+    monkeypatch.delenv("TINYLM_DATA_DIR", raising=False)
+
+    def install(files: dict[str, bytes]) -> FakeRemote:
+        fake = FakeRemote(files)
+        remote.set_transport(fake)
+        return fake
+
+    yield install
+    remote.set_transport(None)
+
+
+def _stories(text: str, n: int, offset: int = 0) -> list[str]:
+    paragraphs = [p.strip() for p in text.split("\n\n") if len(p.strip()) > 40]
+    return [paragraphs[(offset + i) % len(paragraphs)] + f"\nThe end of story {offset + i}." for i in range(n)]
+
+
+def _same_data_dirs(a: Path, b: Path) -> dict:
+    meta_a, meta_b = read_meta(a), read_meta(b)
+    for meta in (meta_a, meta_b):
+        meta.pop("created"), meta.pop("seconds")
+    assert meta_a == meta_b
+    for split in meta_a["splits"]:
+        assert (a / f"{split}.bin").read_bytes() == (b / f"{split}.bin").read_bytes()
+    assert (a / "tokenizer.tinylm.json").read_bytes() == (b / "tokenizer.tinylm.json").read_bytes()
+    return meta_a
+
+
+def _url(dataset: str, name: str) -> str:
+    return next(f.url for files in catalog.DATASETS[dataset].splits.values() for f in files if f.name == name)
+
+
+# --------------------------------------------------------------------------- catalog datasets
+
+
+def test_tinystories_local_copy_and_network_give_the_same_data(tmp_path, corpus_text, fake_remote):
+    train, val = _stories(corpus_text, 60), _stories(corpus_text, 8, offset=100)
+    raw = {name: "".join(f"{s}\n<|endoftext|>\n" for s in stories).encode()
+           for name, stories in (("TinyStoriesV2-GPT4-train.txt", train), ("TinyStoriesV2-GPT4-valid.txt", val))}
+    (tmp_path / "copy" / "tinystories").mkdir(parents=True)
+    for name, data in raw.items():
+        (tmp_path / "copy" / "tinystories" / name).write_bytes(data)
+
+    local = prepare("tinystories", "gpt2", tmp_path / "local", source_dir=str(tmp_path / "copy"))
+    fake = fake_remote({_url("tinystories", name): data for name, data in raw.items()})
+    network = prepare("tinystories", "gpt2", tmp_path / "network")
+    meta = _same_data_dirs(local, network)
+
+    assert meta["split"] == {"method": "source"}
+    assert meta["splits"]["train"]["documents"] == 60 and meta["splits"]["val"]["documents"] == 8
+    tok = load_tokenizer(local)
+    ids = load_split(local, "val").tolist()
+    expected = [i for s in val for i in tok.encode(s) + [tok.eot_id]]
+    assert ids == expected  # each story whole, separators become end-of-text, nothing else
+    assert meta["source"]["files"]["TinyStoriesV2-GPT4-valid.txt"]["sha256"] == hashlib.sha256(
+        raw["TinyStoriesV2-GPT4-valid.txt"]).hexdigest()
+
+    downloads = len(fake.requests)  # the raw files now sit in the download cache
+    assert prepare("tinystories", "gpt2", tmp_path / "again") and len(fake.requests) == downloads
+
+
+def _wiki(articles: list[tuple[str, list[str]]]) -> str:
+    out = [" \n"]
+    for title, paragraphs in articles:
+        out += [f" = {title} = \n", " \n"]
+        for i, para in enumerate(paragraphs):
+            if i == 1:
+                out += [" \n", f" = = Section {i} = = \n", " \n"]
+            out.append(" " + para.replace("\n", " ") + " \n")
+        out.append(" \n")
+    return "".join(out)
+
+
+def test_wikitext103_splits_articles_and_matches_the_network_zip(tmp_path, corpus_text, fake_remote, monkeypatch):
+    paras = _stories(corpus_text, 40)
+    splits = {"train": [(f"Article {i}", paras[i * 3:i * 3 + 3]) for i in range(10)],
+              "valid": [("Valkyria Chronicles III", paras[30:33]), ("Tower Building", paras[33:36])],
+              "test": [("Robert Boulter", paras[36:40])]}
+    copy = tmp_path / "copy" / "wikitext103"
+    copy.mkdir(parents=True)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        for split, articles in splits.items():
+            (copy / f"wiki.{split}.raw").write_text(_wiki(articles), encoding="utf-8")
+            z.writestr(f"wikitext-103-raw/wiki.{split}.raw", _wiki(articles))
+
+    local = prepare("wikitext103", "char", tmp_path / "local", source_dir=str(tmp_path.joinpath("copy")))
+    ds = catalog.DATASETS["wikitext103"]  # the real archive's pinned size does not fit the fixture
+    monkeypatch.setitem(catalog.DATASETS, "wikitext103",
+                        dataclasses.replace(ds, archive=dataclasses.replace(ds.archive, size=None)))
+    fake_remote({ds.archive.url: buffer.getvalue()})
+    network = prepare("wikitext103", "char", tmp_path / "network")
+    meta = _same_data_dirs(local, network)
+
+    assert list(meta["splits"]) == ["train", "val", "test"]
+    assert [meta["splits"][s]["documents"] for s in ("train", "val", "test")] == [10, 2, 1]
+    tok = load_tokenizer(local)
+    val_text = tok.decode(load_split(local, "val").tolist())
+    articles = val_text.split("\n\n = ")
+    assert val_text.startswith(" = Valkyria Chronicles III = \n \n") and "= = Section 1 = =" in val_text
+    assert articles[1].startswith("Tower Building = \n")
+
+
+def _parquet(path: Path, texts: list[str], row_group: int) -> bytes:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    table = pa.table({"id": [f"<urn:{i}>" for i in range(len(texts))], "text": texts,
+                      "score": [3.0 + i % 2 for i in range(len(texts))]})
+    pq.write_table(table, path, row_group_size=row_group)
+    return path.read_bytes()
+
+
+def test_fineweb_edu_streams_only_what_the_token_cap_needs(tmp_path, corpus_text, fake_remote):
+    copy = tmp_path / "copy" / "fineweb-edu"
+    copy.mkdir(parents=True)
+    pages = _stories(corpus_text, 4000)
+    first = _parquet(copy / "000_00000.parquet", pages[:2000], row_group=50)
+    second = _parquet(copy / "001_00000.parquet", pages[2000:], row_group=50)
+
+    local = prepare("fineweb-edu", "gpt2", tmp_path / "local", max_tokens=3000, source_dir=str(tmp_path / "copy"))
+    fake = fake_remote({_url("fineweb-edu", "000_00000.parquet"): first,
+                        _url("fineweb-edu", "001_00000.parquet"): second})
+    network = prepare("fineweb-edu", "gpt2", tmp_path / "network", max_tokens=3000)
+    meta = _same_data_dirs(local, network)
+
+    assert meta["splits"]["train"]["tokens"] == 3000 and meta["splits"]["val"]["tokens"] == round(3000 / 9)
+    assert meta["max_tokens"] == 3000 and list(meta["source"]["files"]) == ["000_00000.parquet"]
+    assert len(first) > 300_000 and fake.bytes_sent < len(first) / 2  # row groups past the cap were not fetched
+    assert {url for url, _, _ in fake.requests} == {_url("fineweb-edu", "000_00000.parquet")}
+    tok = load_tokenizer(local)
+    assert tok.decode(load_split(local, "train")[:50].tolist()) == tok.decode(tok.encode(pages[0])[:50])
+
+
+def test_unknown_dataset_and_missing_local_files_are_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="known datasets: shakespeare, tinyshakespeare, tinystories, wikitext103"):
+        read_source("tinystoriez")
+    (tmp_path / "tinystories").mkdir()
+    (tmp_path / "tinystories" / "TinyStoriesV2-GPT4-train.txt").write_text("a story\n")
+    with pytest.raises(DataError, match="TinyStoriesV2-GPT4-valid.txt is not in .*unset TINYLM_DATA_DIR"):
+        read_source("tinystories", source_dir=str(tmp_path))
+
+
+def test_datasets_command_lists_the_catalog(capsys):
+    assert main(["datasets"]) == 0
+    out = capsys.readouterr().out
+    for name in ("shakespeare", "tinyshakespeare", "tinystories", "wikitext103", "fineweb-edu"):
+        assert f"\n{name} " in out
+    assert "CDLA-Sharing-1.0" in out and "train/val/test" in out
+
+
+def test_tinyshakespeare_from_the_shared_copy(shared_data, tmp_path, monkeypatch):
+    """The real file, found through TINYLM_DATA_DIR, with the char and gpt2 tokenizers."""
+    monkeypatch.setenv("TINYLM_DATA_DIR", str(shared_data))
+    text = (shared_data / "tinyshakespeare" / "input.txt").read_text()
+    cut = int(len(text) * 0.9)
+    for spec, train_tokens in (("char", cut), ("gpt2", None)):
+        out = prepare("tinyshakespeare", spec, tmp_path / spec)
+        meta, tok = read_meta(out), load_tokenizer(out)
+        pinned = catalog.DATASETS["tinyshakespeare"].splits["all"][0].sha256
+        assert meta["source"]["files"]["input.txt"]["sha256"] == pinned
+        assert tok.decode(load_split(out, "val").tolist()).removesuffix("<|endoftext|>") == text[cut:]
+        if train_tokens:
+            assert meta["splits"]["train"]["tokens"] == train_tokens
+        else:
+            assert 300_000 < meta["splits"]["train"]["tokens"] + meta["splits"]["val"]["tokens"] < 350_000
+
+
+# --------------------------------------------------------------------------- local inputs
+
+
+def test_jsonl_parquet_and_folders_with_a_text_field(tmp_path, corpus_text):
+    docs = _stories(corpus_text, 30)
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text("".join(json.dumps({"body": d, "n": i}) + "\n\n" for i, d in enumerate(docs[:10])))
+    _parquet(folder / "b.parquet", docs[10:20], row_group=3)
+    table = folder / "b.parquet"
+    pq = pytest.importorskip("pyarrow.parquet")
+    pq.write_table(pq.read_table(table).rename_columns(["id", "body", "score"]), table)
+    (folder / "c.txt").write_text("<|endoftext|>".join(docs[20:]))
+
+    src = read_source(str(folder), text_field="body")
+    assert src.documents() == docs
+    out = prepare(str(folder), "gpt2", tmp_path / "data", text_field="body")
+    meta = read_meta(out)
+    assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 31  # one cut in two
+    assert sorted(meta["source"]["files"]) == ["a.jsonl", "b.parquet", "c.txt"]
+
+
+def test_jsonl_and_parquet_errors_name_the_problem(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"content": "no text field"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl line 2 has no 'text' field \(it has: content\).*--text-field"):
+        read_source(str(bad)).documents()
+    bad.write_text('{"text": "fine"}\nnot json\n')
+    with pytest.raises(DataError, match="bad.jsonl line 2 is not valid JSON"):
+        read_source(str(bad)).documents()
+    _parquet(tmp_path / "t.parquet", ["some text"] * 3, row_group=2)
+    with pytest.raises(DataError, match=r"t.parquet has no column 'content' \(it has: id, text, score\)"):
+        read_source(str(tmp_path / "t.parquet"), text_field="content").documents()
+    (tmp_path / "fake.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(DataError, match="fake.parquet is not a readable Parquet file"):
+        read_source(str(tmp_path / "fake.parquet")).documents()
+
+
+def test_shuffle_split_is_seeded_and_keeps_documents_whole(tmp_path, corpus_text):
+    docs = _stories(corpus_text, 300)
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+
+    def val_docs(seed: int, name: str) -> list[str]:
+        out = prepare(str(tmp_path / "docs.jsonl"), "gpt2", tmp_path / name, 0.1, split="shuffle", split_seed=seed)
+        tok = load_tokenizer(out)
+        ids = load_split(out, "val").tolist()
+        return [tok.decode(d) for d in np.split(ids, np.flatnonzero(np.array(ids) == tok.eot_id) + 1) if len(d)]
+
+    first, again, other = val_docs(1, "a"), val_docs(1, "b"), val_docs(2, "c")
+    assert first == again and first != other
+    assert 15 <= len(first) <= 45  # about 10% of 300
+    assert all(d.removesuffix("<|endoftext|>") in docs for d in first)  # whole documents
+    assert [d for d in docs if d + "<|endoftext|>" in first] != docs[-len(first):]  # not the tail
+
+
+def test_token_cap_on_a_source_with_its_own_validation_split(tmp_path, corpus_text):
+    copy = tmp_path / "tinystories"
+    copy.mkdir()
+    (copy / "TinyStoriesV2-GPT4-train.txt").write_text("\n<|endoftext|>\n".join(_stories(corpus_text, 50)))
+    (copy / "TinyStoriesV2-GPT4-valid.txt").write_text("\n<|endoftext|>\n".join(_stories(corpus_text, 5, 60)))
+    capped = read_meta(prepare("tinystories", "gpt2", tmp_path / "a", max_tokens=500, source_dir=str(tmp_path)))
+    whole = read_meta(prepare("tinystories", "gpt2", tmp_path / "b", source_dir=str(tmp_path)))
+    assert capped["splits"]["train"]["tokens"] == 500 < whole["splits"]["train"]["tokens"]
+    assert capped["splits"]["val"] == whole["splits"]["val"]  # the source's own validation split stays whole
+
+
+@pytest.mark.parametrize("spec", ["gpt2", "bpe:300", "word", "char"])
+def test_long_documents_in_pieces_encode_like_the_whole(tmp_path, corpus_text, monkeypatch, spec):
+    """Documents longer than PIECE_CHARS reach the tokenizer in pieces: the ids must not change."""
+    from tinylm.data import sources
+
+    text = corpus_text[:20_000]
+    path = tmp_path / "doc.txt"
+    path.write_text(f"{text}\n<|endoftext|>\n{text[5000:]}")
+    monkeypatch.setattr(sources, "PIECE_CHARS", 700)
+    pieces = list(sources.read_text(path))
+    assert len(pieces) > 20 and sum(last for _, last in pieces) == 2
+    out = prepare(str(path), spec, tmp_path / "data", 0.5)
+    tok = load_tokenizer(out)
+    cut = len(text + text[5000:]) // 2  # the tail split's cut, inside the first document (ASCII: chars = bytes)
+    eot, sep = ([tok.eot_id], []) if tok.eot_id is not None else ([], tok.encode("\n\n"))
+    assert load_split(out, "train").tolist() == tok.encode(text[:cut]) + eot
+    assert load_split(out, "val").tolist() == tok.encode(text[cut:]) + eot + sep + tok.encode(text[5000:]) + eot
+
+
+def test_worker_processes_write_what_one_process_writes(tmp_path, corpus_text, monkeypatch):
+    import tinylm.data.prepare as prepare_module
+
+    monkeypatch.setattr(prepare_module, "BATCH_CHARS", 5000)  # many batches in flight
+    (tmp_path / "docs.txt").write_text("<|endoftext|>".join(_stories(corpus_text, 200)))
+    one = prepare(str(tmp_path / "docs.txt"), "gpt2", tmp_path / "one", workers=1)
+    two = prepare(str(tmp_path / "docs.txt"), "gpt2", tmp_path / "two", workers=2)
+    _same_data_dirs(one, two)
+
+
+def test_catalog_dataset_prepares_on_the_fly_for_training(tmp_path, corpus_text, monkeypatch):
+    copy = tmp_path / "tinystories"
+    copy.mkdir()
+    (copy / "TinyStoriesV2-GPT4-train.txt").write_text("\n<|endoftext|>\n".join(_stories(corpus_text, 20)))
+    (copy / "TinyStoriesV2-GPT4-valid.txt").write_text("\n<|endoftext|>\n".join(_stories(corpus_text, 3, 30)))
+    monkeypatch.setenv("TINYLM_DATA_DIR", str(tmp_path))
+    first, made = resolve_data_dir(DataConfig(source="tinystories", tokenizer="gpt2"))
+    again, made_again = resolve_data_dir(DataConfig(source="tinystories", tokenizer="gpt2"))
+    assert made and not made_again and first == again
+    capped, _ = resolve_data_dir(DataConfig(source="tinystories", tokenizer="gpt2", max_tokens=100))
+    assert capped != first and read_meta(capped)["splits"]["train"]["tokens"] == 100
