@@ -1,18 +1,12 @@
 import io
-import json
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from tinylm.data import PermutationWindows, RandomWindows, make_loader
 from tinylm.errors import CheckpointError, DataError
-from tinylm.rundir import read_config
-from tinylm.training import train
-from tinylm.training import trainer as trainer_module
 
-from conftest import tiny_config
 
 N, CONTEXT, BATCH = 1000, 16, 4
 
@@ -168,49 +162,3 @@ def test_a_short_split_is_a_clear_error_naming_the_context(sampling):
     make_loader(corpus(CONTEXT + 1), CONTEXT, BATCH, 0, sampling=sampling).next_batch()  # just long enough
     with pytest.raises(DataError, match=r"16 tokens, fewer than model.context \+ 1 = 17"):
         make_loader(corpus(CONTEXT), CONTEXT, BATCH, 0, sampling=sampling)
-
-
-class Crash(Exception):
-    """Stands in for SIGKILL: the process dies between two checkpoints."""
-
-
-def test_permutation_training_crash_and_resume_reproduces_the_uninterrupted_run(tmp_path, corpus_text,
-                                                                              monkeypatch):
-    source = tmp_path / "short.txt"  # short enough that 50 steps run through several epochs
-    source.write_text(corpus_text[:5000], encoding="utf-8")
-    settings = {"max_steps": 50, "eval_interval": 20, "log_interval": 5}
-
-    def config(name):
-        cfg = tiny_config(tmp_path / name, source, **settings)
-        cfg.data.sampling = "permutation"
-        return cfg
-
-    straight = train(config("straight")).run_dir
-    real_step = trainer_module.Trainer.train_step
-
-    def dies_at_step_33(self, lr):
-        if self.step == 33:
-            raise Crash
-        return real_step(self, lr)
-
-    monkeypatch.setattr(trainer_module.Trainer, "train_step", dies_at_step_33)
-    with pytest.raises(Crash):
-        train(config("crashed"))
-    monkeypatch.undo()
-    state = torch.load(tmp_path / "crashed" / "train_state.pt", weights_only=True)
-    assert state["step"] == 20 and set(state["loader"]) == {"epoch", "index"}
-    assert state["loader"]["epoch"] >= 1  # the run went through a whole epoch before the checkpoint
-    resumed_cfg = read_config(tmp_path / "crashed")
-    assert resumed_cfg.data.sampling == "permutation"
-    train(resumed_cfg, resume=True)
-    final = torch.load(tmp_path / "crashed" / "train_state.pt", weights_only=True)
-    assert final["loader"]["epoch"] > state["loader"]["epoch"]  # and through another one after resuming
-
-    a, b = load_file(straight / "model.safetensors"), load_file(tmp_path / "crashed" / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-    def curve(run_dir):
-        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        return [{k: v for k, v in r.items() if k not in ("elapsed", "tokens_per_s")} for r in rows]
-
-    assert curve(straight) == curve(tmp_path / "crashed")

@@ -48,8 +48,8 @@ def test_sigkill_during_prepare_then_rerun_gives_a_correct_directory(tmp_path):
         assert done.wait() == 0, done.communicate()
     meta, reference = read_meta(tmp_path / "data"), read_meta(tmp_path / "reference")
     assert meta["splits"] == reference["splits"] and meta["splits"]["train"]["tokens"] > 2_000_000
-    for split in ("train", "val"):
-        assert (tmp_path / "data" / f"{split}.bin").read_bytes() == (tmp_path / "reference" / f"{split}.bin").read_bytes()
+    for split in ("train.bin", "val.bin"):
+        assert (tmp_path / "data" / split).read_bytes() == (tmp_path / "reference" / split).read_bytes()
     assert not list((tmp_path / "data").glob(".*.tmp"))
 
 

@@ -73,10 +73,20 @@ class Crash(Exception):
     """Stands in for SIGKILL: the process dies between two checkpoints."""
 
 
-def test_crash_and_resume_reproduces_the_uninterrupted_run(tmp_path, corpus_file, monkeypatch):
+@pytest.mark.parametrize("sampling", ["random", "permutation"])
+def test_crash_and_resume_reproduces_the_uninterrupted_run(tmp_path, corpus_file, monkeypatch, sampling):
+    source = corpus_file
+    if sampling == "permutation":  # short enough that 50 steps run through several epochs
+        source = tmp_path / "short.txt"
+        source.write_text(corpus_file.read_text()[:5000], encoding="utf-8")
     settings = {"max_steps": 50, "eval_interval": 20, "log_interval": 5}
-    straight = train(tiny_config(tmp_path / "straight", corpus_file, **settings)).run_dir
 
+    def config(name: str):
+        cfg = tiny_config(tmp_path / name, source, **settings)
+        cfg.data.sampling = sampling
+        return cfg
+
+    straight = train(config("straight")).run_dir
     real_step = trainer_module.Trainer.train_step
 
     def dies_at_step_33(self, lr):
@@ -85,13 +95,17 @@ def test_crash_and_resume_reproduces_the_uninterrupted_run(tmp_path, corpus_file
         return real_step(self, lr)
 
     monkeypatch.setattr(trainer_module.Trainer, "train_step", dies_at_step_33)
-    crashed = tiny_config(tmp_path / "crashed", corpus_file, **settings)
     with pytest.raises(Crash):
-        train(crashed)
+        train(config("crashed"))
     monkeypatch.undo()
-    assert torch.load(tmp_path / "crashed" / "train_state.pt", weights_only=True)["step"] == 20
+    state = torch.load(tmp_path / "crashed" / "train_state.pt", weights_only=True)
+    assert state["step"] == 20
     resumed_cfg = read_config(tmp_path / "crashed")
+    assert resumed_cfg.data.sampling == sampling
     train(resumed_cfg, resume=True)
+    if sampling == "permutation":  # whole epochs before the checkpoint, and another after resuming
+        final = torch.load(tmp_path / "crashed" / "train_state.pt", weights_only=True)
+        assert 1 <= state["loader"]["epoch"] < final["loader"]["epoch"]
 
     a, b = weights(straight), weights(tmp_path / "crashed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
