@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -40,8 +39,25 @@ def make_corpus(path: Path, size: int) -> Path:
     return path
 
 
-def peak_rss_mb(which: int) -> float:
-    return resource.getrusage(which).ru_maxrss / 1024  # kilobytes on Linux
+# Runs `tinylm prepare` and reports peak memory from inside the process: /proc/self/status
+# VmHWM of the main process (ru_maxrss is no good for a child: Linux carries the pre-exec
+# high-water mark over exec, i.e. the RSS of whatever forked it) and ru_maxrss of its workers.
+_MEASURED = """import resource, runpy, sys
+sys.argv = ["tinylm"] + sys.argv[1:]
+try:
+    runpy.run_module("tinylm", run_name="__main__")
+finally:
+    hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+    print("PEAK_KB", hwm, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)
+"""
+
+
+def run_prepare(args: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess, float, float]:
+    """`tinylm prepare ARGS` in a new process: (completed process, main peak MB, largest worker peak MB)."""
+    done = subprocess.run([sys.executable, "-c", _MEASURED, "prepare", *args], env=env, capture_output=True,
+                          text=True)
+    main_kb, worker_kb = map(int, done.stderr.rsplit("PEAK_KB", 1)[1].split()) if "PEAK_KB" in done.stderr else (0, 0)
+    return done, main_kb / 1024, worker_kb / 1024
 
 
 def main() -> None:
@@ -54,15 +70,17 @@ def main() -> None:
         corpus = make_corpus(Path(tmp) / "corpus.txt", args.mb * 1_000_000)
         env = {**os.environ, "TINYLM_CACHE": str(Path(tmp) / "cache")}
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "tinylm", "prepare", str(corpus), "--tokenizer", args.tokenizer,
-                        "--workers", str(args.workers), "--out", str(Path(tmp) / "data")], env=env, check=True)
+        done, main_mb, worker_mb = run_prepare([str(corpus), "--tokenizer", args.tokenizer, "--workers",
+                                                str(args.workers), "--out", str(Path(tmp) / "data")], env)
         seconds = time.perf_counter() - start
+        if done.returncode:
+            raise SystemExit(done.stderr)
         meta = json.loads((Path(tmp) / "data" / "meta.json").read_text())
     tokens = sum(s["tokens"] for s in meta["splits"].values())
     print(json.dumps({
         "mb": args.mb, "tokenizer": args.tokenizer, "workers": args.workers or "auto", "tokens": tokens,
         "seconds": round(seconds, 1), "mb_per_s": round(args.mb / seconds, 1),
-        "peak_rss_mb": round(peak_rss_mb(resource.RUSAGE_CHILDREN)),  # the largest process (main or a worker)
+        "peak_rss_mb_main": round(main_mb), "peak_rss_mb_worker": round(worker_mb),
         "cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine()}))
 
 

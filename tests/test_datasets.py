@@ -199,6 +199,10 @@ def test_datasets_command_lists_the_catalog(capsys):
     for name in ("shakespeare", "tinyshakespeare", "tinystories", "wikitext103", "fineweb-edu"):
         assert f"\n{name} " in out
     assert "CDLA-Sharing-1.0" in out and "train/val/test" in out
+    assert main(["datasets", "wikitext103"]) == 0
+    out = capsys.readouterr().out
+    assert "wikitext-103-raw-v1.zip" in out and "' = Title = '" in out and "wiki.valid.raw" in out
+    assert main(["datasets", "nope"]) == 1
 
 
 def test_tinyshakespeare_from_the_shared_copy(shared_data, tmp_path, monkeypatch):

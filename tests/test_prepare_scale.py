@@ -19,7 +19,7 @@ from tinylm.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from prepare_scale import make_corpus  # noqa: E402
+from prepare_scale import make_corpus, run_prepare  # noqa: E402
 
 
 def _prepare(args: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -57,16 +57,11 @@ def test_sigkill_during_prepare_then_rerun_gives_a_correct_directory(tmp_path):
 def test_100_mb_prepare_in_bounded_memory(tmp_path):
     corpus = make_corpus(tmp_path / "corpus.txt", 100_000_000)
     env = {**os.environ, "TINYLM_CACHE": str(tmp_path / "cache")}
-    script = ("import resource, runpy, sys; sys.argv = ['tinylm'] + sys.argv[1:]\n"
-              "try:\n    runpy.run_module('tinylm', run_name='__main__')\n"
-              "finally:\n    print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,"
-              " resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)")
-    run = subprocess.run([sys.executable, "-c", script, "prepare", str(corpus), "--tokenizer", "gpt2",
-                          "--out", str(tmp_path / "data")], env=env, capture_output=True, text=True)
+    run, main_mb, worker_mb = run_prepare([str(corpus), "--tokenizer", "gpt2", "--out", str(tmp_path / "data")],
+                                          env)
     assert run.returncode == 0, run.stderr
-    main_kb, worker_kb = map(int, run.stderr.rsplit("RSS", 1)[1].split())
     meta = read_meta(tmp_path / "data")
     tokens = meta["splits"]["train"]["tokens"] + meta["splits"]["val"]["tokens"]
-    print(json.dumps({"main_rss_mb": main_kb / 1024, "worker_rss_mb": worker_kb / 1024, "tokens": tokens}))
+    print(json.dumps({"main_rss_mb": main_mb, "worker_rss_mb": worker_mb, "tokens": tokens}))
     assert meta["source"]["bytes"] >= 99_000_000 and tokens > 25_000_000
-    assert main_kb / 1024 < 1024 and worker_kb / 1024 < 1024  # "well under 2 GB", in every process
+    assert 0 < main_mb < 512 and 0 < worker_mb < 512  # "well under 2 GB", in every process

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 
@@ -67,8 +68,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    from tinylm.data.catalog import describe
+    from tinylm.data.catalog import describe, details
 
+    if args.name:
+        print(details(args.name))
+        return 0
     rows = describe()
     widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in ("name", "size", "licence", "splits")}
     print("  ".join(k.ljust(widths[k]) for k in widths) + "  source")
@@ -149,6 +153,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     cfg = EvalConfig()
     _apply(cfg, args, prefix="eval.")
+    tasks = [flag for flag, value in (("--hellaswag", cfg.hellaswag), ("--choices", cfg.choices),
+                                      ("--cloze", cfg.cloze)) if value]
+    if tasks:
+        from tinylm.evaluation.multiple_choice import describe, evaluate_choices
+
+        if len(tasks) > 1:
+            raise ConfigError(f"give one of {', '.join(tasks)} per `tinylm eval`")
+        choice_result = evaluate_choices(args.run_dir, cfg, show_progress=not args.json)
+        print(json.dumps(choice_result.to_dict()) if args.json else describe(choice_result))
+        return 0
     result = evaluate(args.run_dir, cfg, show_progress=not args.json)
     if args.json:
         print(json.dumps(result.to_dict()))
@@ -219,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prepare)
 
     p = verbs.add_parser("datasets", parents=[common], help="list the datasets `tinylm prepare` knows by name")
+    p.add_argument("name", nargs="?", metavar="NAME", help="show one dataset's files, URLs and layout")
     p.set_defaults(func=cmd_datasets)
 
     keys = ", ".join(_all_keys())
@@ -259,14 +274,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sample)
 
     p = verbs.add_parser("eval", parents=[common], help="loss, perplexity and bits per byte of a run",
-                         description="Score a run on a prepared data split or a text file.")
+                         description="Score a run on a prepared data split, a catalog dataset's split "
+                                     "or a text file.")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--data", dest="eval.data", metavar="DATA_DIR", help="a prepared data directory")
     p.add_argument("--text", dest="eval.text", metavar="FILE", help="a text file (or folder), scored whole")
-    p.add_argument("--split", dest="eval.split", metavar="NAME", help="split of --data (default val)")
+    p.add_argument("--dataset", dest="eval.dataset", metavar="NAME",
+                   help="a catalog dataset (`tinylm datasets`), prepared once with the run's tokenizer")
+    p.add_argument("--source-dir", dest="eval.source_dir", metavar="DIR",
+                   help="local copy of --dataset's raw files (default $TINYLM_DATA_DIR, else downloaded)")
+    p.add_argument("--split", dest="eval.split", metavar="NAME", help="split of --data or --dataset (default val)")
+    p.add_argument("--stride", dest="eval.stride", metavar="N",
+                   help="tokens between scoring windows: 0 (default) = the context, non-overlapping; "
+                        "smaller gives each token more history at context/N times the compute")
     _errors_flag(p, "eval")
     p.add_argument("--batch-size", dest="eval.batch_size", metavar="N")
     _runtime_flags(p, "eval", checkpoint=True)
+    p.add_argument("--hellaswag", dest="eval.hellaswag", metavar="FILE", nargs="?", const="default",
+                   help="HellaSwag accuracy on FILE (default: $TINYLM_DATA_DIR/hellaswag/, else downloaded once)")
+    p.add_argument("--choices", dest="eval.choices", metavar="FILE",
+                   help='multiple-choice accuracy on a jsonl of {"context", "choices", "label"}')
+    p.add_argument("--cloze", dest="eval.cloze", metavar="FILE",
+                   help='last-word (LAMBADA-style) accuracy on a jsonl of {"context", "continuation"}')
+    p.add_argument("--limit", dest="eval.limit", metavar="N", help="score a seeded random subset of N items")
+    p.add_argument("--seed", dest="eval.seed", metavar="N", help="seed of the --limit subset (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
 
@@ -299,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         console.print(f"[red]error:[/] {e}")
         return 1
+    except BrokenPipeError:  # `tinylm ... | head`: the reader went away; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as e:  # permissions, full disk, ... on paths the user chose
         if args.debug:
             raise

@@ -114,6 +114,8 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global gradient norm; 0 = off
     eval_interval: int = 250  # steps between validation passes (and checkpoints)
     eval_tokens: int = 0  # validation tokens per periodic pass; 0 = the whole split
+    hellaswag_items: int = 0  # HellaSwag items scored at each validation pass (a fixed seeded subset; 0 = off)
+    hellaswag_file: str = ""  # "" = $TINYLM_DATA_DIR/hellaswag/hellaswag_val.jsonl, else downloaded once
     log_interval: int = 10  # steps between rows in metrics.jsonl
 
     def validate(self) -> None:
@@ -124,7 +126,8 @@ class TrainConfig:
                f"train.optimizer {self.optimizer!r} does not exist; choose one of {', '.join(OPTIMIZERS)}")
         for name in ("batch_size", "grad_accum", "max_steps", "eval_interval", "log_interval"):
             _check(getattr(self, name) > 0, f"train.{name} must be a positive integer")
-        for name in ("time_budget", "warmup_steps", "weight_decay", "grad_clip", "eval_tokens", "min_lr"):
+        for name in ("time_budget", "warmup_steps", "weight_decay", "grad_clip", "eval_tokens", "min_lr",
+                     "hellaswag_items"):
             _check(getattr(self, name) >= 0, f"train.{name} must be >= 0")
         _check(self.lr > 0, "train.lr must be > 0")
         _check(self.min_lr <= self.lr, "train.min_lr must not exceed train.lr")
@@ -176,8 +179,16 @@ class EvalConfig:
 
     data: str = ""  # a prepared data directory
     text: str = ""  # or a text file, scored whole
-    split: str = "val"
+    dataset: str = ""  # or a catalog dataset (`tinylm datasets`), prepared with the run's tokenizer
+    source_dir: str = ""  # local copy of the dataset's raw files ("" = $TINYLM_DATA_DIR, else download)
+    split: str = "val"  # split of --data or --dataset
+    stride: int = 0  # tokens between scoring windows (0 = the context: non-overlapping; smaller = more history)
     errors: str = "strict"  # invalid UTF-8 in --text: strict | replace
+    hellaswag: str = ""  # a HellaSwag jsonl file, or "default" (local copy / download cache / download)
+    choices: str = ""  # a multiple-choice jsonl file: {"context", "choices", "label"}
+    cloze: str = ""  # a cloze jsonl file: {"context", "continuation"} (LAMBADA-style last-word accuracy)
+    limit: int = 0  # score a seeded random subset of this many items (0 = all)
+    seed: int = 0  # seed of --limit's subset
     batch_size: int = 16
     checkpoint: str = "best"
     device: str = "auto"

@@ -163,6 +163,16 @@ class Run:
         return "".join(self.stream(prompt, **options))
 
 
+def record_eval(run: Run, result: dict[str, Any]) -> None:
+    """Append one evaluation result to the run's evals.jsonl, with when and which weights."""
+    import time
+
+    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "weights": run.weights.name,
+              "step": run.metadata.get("step"), "dtype": str(run.dtype).removeprefix("torch."), **result}
+    with open(run.run_dir / EVALS_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", dtype: str = "auto") -> Run:
     """Restore a run for sampling or evaluation: `tinylm.load("runs/shakespeare-char")`."""
     run_dir = Path(run_dir)

@@ -198,3 +198,24 @@ def describe() -> list[dict[str, str]]:
         rows.append({"name": ds.name, "title": ds.title, "size": ds.size, "licence": ds.licence,
                      "splits": splits, "source": ds.homepage})
     return rows
+
+
+def details(name: str) -> str:
+    """Everything the catalog knows about one dataset, for `tinylm datasets NAME`."""
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+    ds = DATASETS[name]
+    lines = [f"{ds.name}: {ds.title}", f"  homepage   {ds.homepage}", f"  licence    {ds.licence}",
+             f"  size       {ds.size}", f"  documents  {ds.documents}"]
+    if ds.archive:
+        lines.append(f"  archive    {ds.archive.url}")
+    for split, files in ds.splits.items():
+        label = "(no split: tail or shuffle)" if split == "all" else split
+        lines.append(f"  {label}")
+        for f in files:
+            where = f.url or f"in the archive: {f.member}"
+            lines.append(f"    {f.name}  {where}" + (f"  sha256 {f.sha256}" if f.sha256 else ""))
+    if ds.notes:
+        lines.append(f"  note       {ds.notes}")
+    lines.append(f"  local copy $TINYLM_DATA_DIR/{ds.name}/<file> (or --source-dir)")
+    return "\n".join(lines)

@@ -163,8 +163,9 @@ def read_text(path: Path, errors: str = "strict") -> Iterator[Piece]:
     yield from doc.end()
 
 
-def read_jsonl(path: Path, text_field: str, errors: str = "strict") -> Iterator[Piece]:
-    """One document per JSON line, from the record's `text_field`; blank lines are skipped."""
+def json_lines(path: Path, errors: str = "strict") -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSON-lines file; a bad line is an
+    error naming its number."""
     for number, line in enumerate(_lines(path, errors), 1):
         if not line.strip():
             continue
@@ -172,9 +173,16 @@ def read_jsonl(path: Path, text_field: str, errors: str = "strict") -> Iterator[
             record = json.loads(line)
         except ValueError as e:
             raise DataError(f"{path} line {number} is not valid JSON ({e}); fix or remove the line") from None
-        if not isinstance(record, dict) or text_field not in record:
-            fields = ", ".join(record) if isinstance(record, dict) else type(record).__name__
-            raise DataError(f"{path} line {number} has no {text_field!r} field (it has: {fields}); "
+        if not isinstance(record, dict):
+            raise DataError(f"{path} line {number} is not a JSON object")
+        yield number, record
+
+
+def read_jsonl(path: Path, text_field: str, errors: str = "strict") -> Iterator[Piece]:
+    """One document per JSON line, from the record's `text_field`; blank lines are skipped."""
+    for number, record in json_lines(path, errors):
+        if text_field not in record:
+            raise DataError(f"{path} line {number} has no {text_field!r} field (it has: {', '.join(record)}); "
                             "name the text field with --text-field")
         text = record[text_field]
         if not isinstance(text, str):

@@ -1,20 +1,27 @@
-"""`tinylm eval`: score a run on a prepared data split or on a text file."""
+"""`tinylm eval`: score a run on a prepared data split, a catalog dataset's split or a text file.
+
+`--dataset NAME` tokenizes the dataset with the run's own tokenizer into the cache, once per
+(dataset files, tokenizer fingerprint, split): a dataset with its own splits (TinyStories,
+WikiText-103) has only the requested split prepared; one without (Tiny Shakespeare, ...) is
+prepared whole with the usual tail split (train, and the last 10% as val). `--stride` scores
+with overlapping windows (see perplexity.py). Every result is appended to the run's evals.jsonl.
+"""
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 
-from tinylm.config import EvalConfig
-from tinylm.console import warn
-from tinylm.data.prepare import encode_documents, load_split, read_meta
-from tinylm.data.sources import read_source
+from tinylm import fileio
+from tinylm.config import DataConfig, EvalConfig
+from tinylm.console import console, warn
+from tinylm.data.prepare import FORMAT, encode_documents, load_split, prepare, read_meta
+from tinylm.data.sources import BUILTIN, Source, read_source
 from tinylm.errors import ConfigError, DataError
 from tinylm.evaluation.perplexity import LMEval, score_tokens, summarize
-from tinylm.rundir import EVALS_FILE, Run, load
+from tinylm.rundir import Run, load, record_eval
 
 
 def _first_token_bytes(run: Run, tokens: np.ndarray) -> int:
@@ -42,23 +49,71 @@ def _from_text(run: Run, path: str, errors: str) -> tuple[np.ndarray, int, str]:
     return tokens, nbytes, src.sha256
 
 
+def dataset_dir_for(src: Source, fingerprint: str, split: str, errors: str = "strict") -> Path:
+    """The cache directory of a dataset prepared for evaluation with one tokenizer (by its
+    fingerprint, so runs with different tokenizers never share one): `split` alone for a source
+    with its own splits, else the whole source split by the defaults of DataConfig."""
+    data = DataConfig()
+    key: dict = {"source": src.key, "tokenizer": fingerprint, "format": FORMAT, "errors": errors}
+    if src.has_splits:
+        key["splits"] = [split]
+    else:
+        key.update(split=data.split, val=data.val_fraction, max_tokens=src.max_tokens)
+    digest = fileio.sha256_bytes(json.dumps(key, sort_keys=True).encode())[:12]
+    stem = "".join(c if c.isalnum() else "-" for c in src.name)[:40]
+    part = split if src.has_splits else "all"
+    return fileio.cache_root() / "prepared" / f"{stem}-{part}-eval-{fingerprint[:8]}-{digest}"
+
+
+def _from_dataset(run: Run, name: str, split: str, source_dir: str, errors: str) -> tuple[np.ndarray, int, str]:
+    from tinylm.data import catalog
+
+    if name not in BUILTIN and name not in catalog.DATASETS:
+        raise DataError(f"--dataset {name}: not a known dataset (known: {', '.join([*BUILTIN, *catalog.DATASETS])}); "
+                        "score a file with --text FILE or a prepared directory with --data DATA_DIR")
+    src = read_source(name, errors, source_dir=source_dir)
+    splits = list(src.streams) if src.has_splits else ["train", "val"]
+    if split not in splits:
+        raise DataError(f"dataset {name} has no {split!r} split (it has: {', '.join(splits)})")
+    fingerprint = run.tokenizer.fingerprint()
+    out = dataset_dir_for(src, fingerprint, split, errors)
+    try:
+        read_meta(out)
+    except DataError:
+        console.print(f"preparing {name} ({split if src.has_splits else 'train/val'}) with the run's "
+                      f"{run.tokenizer.kind} tokenizer -> {out}")
+        if src.has_splits:  # only the split scored (a validation split is small: tokenize it in this process)
+            only = Source(src.name, {split: src.streams[split]}, src.key, src.size, src.files)
+            prepare(only, run.tokenizer, out, workers=0 if split == "train" else 1)
+        else:
+            data = DataConfig()
+            prepare(src, run.tokenizer, out, data.val_fraction, split=data.split, split_seed=data.split_seed)
+    return _from_data_dir(run, str(out), split)
+
+
 def evaluate(run_dir: str | Path, cfg: EvalConfig, show_progress: bool = True) -> LMEval:
-    """Loss, perplexity and bits per byte of a run on `cfg.data` (a split) or `cfg.text`;
-    the result is also appended to the run's evals.jsonl."""
-    if bool(cfg.data) == bool(cfg.text):
-        raise ConfigError("give exactly one of --data DATA_DIR or --text FILE")
+    """Loss, perplexity and bits per byte of a run on a split of `cfg.data` (a prepared
+    directory) or `cfg.dataset` (a catalog dataset), or on `cfg.text`, in windows `cfg.stride`
+    tokens apart; the result is also appended to the run's evals.jsonl."""
+    given = [flag for flag, value in (("--data", cfg.data), ("--text", cfg.text), ("--dataset", cfg.dataset))
+             if value]
+    if len(given) != 1:
+        raise ConfigError("give exactly one of --data DATA_DIR, --text FILE or --dataset NAME"
+                          + (f" (got {' and '.join(given)})" if given else ""))
     run = load(run_dir, cfg.checkpoint, cfg.device, cfg.dtype)
+    context = run.config.model.context
+    if not 0 <= cfg.stride <= context:
+        raise ConfigError(f"--stride must be between 0 and the model's context ({context}), got {cfg.stride}")
+    stride = cfg.stride or context
     if cfg.data:
         tokens, nbytes, sha = _from_data_dir(run, cfg.data, cfg.split)
+    elif cfg.dataset:
+        tokens, nbytes, sha = _from_dataset(run, cfg.dataset, cfg.split, cfg.source_dir, cfg.errors)
     else:
         tokens, nbytes, sha = _from_text(run, cfg.text, cfg.errors)
     nats, count = score_tokens(run.model, tokens, batch_size=cfg.batch_size, device=run.device,
-                               dtype=run.dtype, show_progress=show_progress)
-    result = summarize(nats, count, nbytes - _first_token_bytes(run, tokens))
-    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "weights": run.weights.name,
-              "step": run.metadata.get("step"),
-              "data": cfg.data or cfg.text, "split": cfg.split if cfg.data else None,
-              "sha256": sha, "dtype": str(run.dtype).removeprefix("torch."), **result.to_dict()}
-    with open(Path(run_dir) / EVALS_FILE, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+                               dtype=run.dtype, stride=stride, show_progress=show_progress)
+    result = summarize(nats, count, nbytes - _first_token_bytes(run, tokens), stride=stride)
+    record_eval(run, {"data": cfg.data or cfg.text or cfg.dataset, "dataset": cfg.dataset or None,
+                      "split": None if cfg.text else cfg.split, "sha256": sha, **result.to_dict()})
     return result

@@ -92,6 +92,7 @@ class Trainer:
         self.tokens_per_step = t.batch_size * t.grad_accum * cfg.model.context
         self.forward = self._compiled() if t.compile else self.model
         self.metrics = MetricsLog(run_dir / METRICS_FILE)
+        self.hellaswag = self._hellaswag_items() if t.hellaswag_items else []
         self.step, self.tokens, self.elapsed = 0, 0, 0.0
         self.best_val_loss = math.inf
         self.loss_sum, self.loss_count = 0.0, 0  # train loss since the last metrics row
@@ -115,6 +116,12 @@ class Trainer:
             warn(f"torch.compile is not usable here ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
                  "training without it")
             return self.model
+
+    def _hellaswag_items(self) -> list:
+        from tinylm.evaluation.multiple_choice import hellaswag_file, read_items, subsample
+
+        t = self.cfg.train
+        return subsample(read_items(hellaswag_file(t.hellaswag_file), "hellaswag"), t.hellaswag_items, seed=0)
 
     def restore(self) -> None:
         state = load_checkpoint(self.run_dir, self.model)
@@ -199,12 +206,21 @@ class Trainer:
     def evaluate_and_save(self) -> float:
         val_loss = self.validation_loss()
         self.elapsed = time.perf_counter() - self._start
-        self.metrics.append({"step": self.step, "tokens": self.tokens, "elapsed": round(self.elapsed, 3),
-                             "val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 700.0))})
+        row = {"step": self.step, "tokens": self.tokens, "elapsed": round(self.elapsed, 3),
+               "val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 700.0))}
+        extra = ""
+        if self.hellaswag:
+            from tinylm.evaluation.multiple_choice import score_items
+
+            result = score_items(self.model, self.tokenizer, self.hellaswag, "hellaswag",
+                                 batch_size=self.cfg.train.batch_size, device=self.device, dtype=self.dtype)
+            row |= {"hellaswag_acc": result.accuracy, "hellaswag_acc_norm": result.accuracy_norm}
+            extra = f"  hellaswag {result.accuracy_norm:.3f}"
+        self.metrics.append(row)
         improved = val_loss < self.best_val_loss
         self.save(val_loss)
         self.plot()
-        console.print(f"step {self.step:>6}  val loss {val_loss:.4f}  ppl {math.exp(val_loss):8.3f}"
+        console.print(f"step {self.step:>6}  val loss {val_loss:.4f}  ppl {math.exp(val_loss):8.3f}{extra}"
                       f"  {self.elapsed:7.1f}s{'  (best)' if improved else ''}")
         return val_loss
 

@@ -1,0 +1,225 @@
+"""Multiple-choice and cloze evaluation: HellaSwag, any `{context, choices, label}` set, and
+LAMBADA-style last-word accuracy.
+
+A choice is scored by the model's log-likelihood of its tokens given the context's tokens (the
+two are encoded separately and concatenated, as in the reference implementations). `accuracy`
+picks the choice with the highest total log-probability; `accuracy_norm` divides it by the
+choice's length in characters (the convention behind most published HellaSwag numbers).
+Sequences longer than the model's context lose tokens from the left of the context.
+
+File formats (JSON lines):
+    HellaSwag   {"ctx": ..., "endings": [4 strings], "label": 0-3, ...}   (rowanz/hellaswag)
+    choices     {"context": ..., "choices": [strings], "label": int}
+    cloze       {"context": ..., "continuation": ...}   (correct if greedy decoding reproduces it)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from tinylm import fileio
+from tinylm.console import progress
+from tinylm.data.sources import json_lines
+from tinylm.errors import DataError
+from tinylm.runtime import autocast
+from tinylm.tokenizers import Tokenizer
+
+HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
+HELLASWAG_FILE = "hellaswag_val.jsonl"
+
+
+@dataclass
+class Item:
+    context: str
+    choices: list[str]  # for a cloze item, the one continuation
+    label: int = 0
+
+
+@dataclass
+class ChoiceResult:
+    task: str
+    items: int
+    accuracy: float
+    accuracy_norm: float | None  # per-character normalised (None for cloze sets)
+    mean_logprob: float  # mean log-probability of the correct choice, nats per token
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- reading sets
+
+
+def _records(path: Path) -> Iterator[tuple[int, dict]]:
+    if not path.is_file():
+        raise DataError(f"{path} does not exist")
+    found = False
+    for number, record in json_lines(path):
+        found = True
+        yield number, record
+    if not found:
+        raise DataError(f"{path} is empty; give a file with one JSON object per line")
+
+
+def _field(path: Path, number: int, record: dict, key: str, kind: type) -> Any:
+    if key not in record:
+        raise DataError(f"{path} line {number} has no {key!r} field (it has: {', '.join(record)})")
+    value = record[key]
+    if kind is int and isinstance(value, str) and value.isdigit():
+        value = int(value)  # HellaSwag's test file writes labels as strings
+    if not isinstance(value, kind) or (kind is list and not all(isinstance(c, str) for c in value)):
+        wanted = "a list of strings" if kind is list else kind.__name__
+        raise DataError(f"{path} line {number}: {key!r} must be {wanted}")
+    return value
+
+
+def read_items(path: str | Path, kind: str) -> list[Item]:
+    """The items of a `hellaswag`, `choices` or `cloze` jsonl file, checked line by line."""
+    path = Path(path)
+    keys = {"hellaswag": ("ctx", "endings", "label"), "choices": ("context", "choices", "label"),
+            "cloze": ("context", "continuation", None)}[kind]
+    items = []
+    for number, record in _records(path):
+        context = _field(path, number, record, keys[0], str)
+        if kind == "cloze":
+            items.append(Item(context, [_field(path, number, record, keys[1], str)]))
+            continue
+        choices = _field(path, number, record, keys[1], list)
+        label = _field(path, number, record, keys[2], int)
+        if len(choices) < 2 or not 0 <= label < len(choices):
+            raise DataError(f"{path} line {number}: label {label} does not index its {len(choices)} choices")
+        # HellaSwag endings continue the context's sentence: a space separates them
+        items.append(Item(context, [" " + c for c in choices] if kind == "hellaswag" else choices, label))
+    return items
+
+
+def subsample(items: list[Item], limit: int, seed: int) -> list[Item]:
+    """A seeded random subset of `limit` items, in file order (all of them when limit is 0)."""
+    if not limit or limit >= len(items):
+        return items
+    keep = sorted(random.Random(seed).sample(range(len(items)), limit))
+    return [items[i] for i in keep]
+
+
+def hellaswag_file(path: str = "", source_dir: str = "") -> Path:
+    """The HellaSwag validation file: `path`, else a local copy ($TINYLM_DATA_DIR/hellaswag/),
+    else the download cache, downloading it from the official repository if needed."""
+    from tinylm.data import remote
+
+    if path:
+        return Path(path)
+    local = source_dir or os.environ.get("TINYLM_DATA_DIR", "")
+    if local and (Path(local) / "hellaswag" / HELLASWAG_FILE).is_file():
+        return Path(local) / "hellaswag" / HELLASWAG_FILE
+    return remote.download(HELLASWAG_URL, fileio.cache_root() / "downloads" / "hellaswag" / HELLASWAG_FILE,
+                           description="hellaswag")
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def _sequences(tokenizer: Tokenizer, item: Item, context: int) -> list[tuple[list[int], int]]:
+    """(token ids, number of choice tokens at the end) per choice, cut from the left to fit."""
+    ctx = tokenizer.encode(item.context) if item.context else tokenizer.start_ids()
+    out = []
+    for choice in item.choices:
+        ids = tokenizer.encode(choice)
+        if not ids:
+            raise DataError(f"a choice encodes to no tokens: {choice!r}")
+        ids = ids[-context:]  # a choice longer than the context keeps its end
+        seq = (ctx + ids)[-(context + 1):]
+        out.append((seq, len(ids)))
+    return out
+
+
+@torch.no_grad()
+def choice_logprobs(model: torch.nn.Module, tokenizer: Tokenizer, items: list[Item], *, batch_size: int = 32,
+                    device: torch.device | None = None, dtype: torch.dtype = torch.float32,
+                    show_progress: bool = False, description: str = "choices") -> list[list[tuple[float, int, bool]]]:
+    """Per item, per choice: (sum of log-probs of the choice tokens, their count, whether greedy
+    decoding reproduces them)."""
+    device = device or torch.device("cpu")
+    context = model.cfg.context
+    flat = [(i, seq, n) for i, item in enumerate(items) for seq, n in _sequences(tokenizer, item, context)]
+    results: list[list[tuple[float, int, bool]]] = [[] for _ in items]
+    was_training = model.training
+    model.eval()
+    bar = progress() if show_progress else None
+    task = bar.add_task(description, total=len(items)) if bar else None
+    try:
+        if bar:
+            bar.start()
+        for start in range(0, len(flat), batch_size):
+            chunk = flat[start:start + batch_size]
+            width = max(len(seq) for _, seq, _ in chunk) - 1
+            inputs = torch.zeros(len(chunk), width, dtype=torch.long)
+            for row, (_, seq, _) in enumerate(chunk):  # right-padded; causal attention never sees the padding
+                inputs[row, :len(seq) - 1] = torch.tensor(seq[:-1])
+            with autocast(device, dtype):
+                logits, _ = model(inputs.to(device))
+            for row, (i, seq, n) in enumerate(chunk):
+                target = torch.tensor(seq[-n:])
+                # only the positions that predict the choice's tokens
+                scores = F.log_softmax(logits[row, len(seq) - 1 - n:len(seq) - 1].float(), dim=-1).cpu()
+                total = float(scores.gather(1, target[:, None]).sum())
+                results[i].append((total, n, bool((scores.argmax(-1) == target).all())))
+            if bar:
+                bar.update(task, completed=chunk[-1][0])
+    finally:
+        if bar:
+            bar.stop()
+        model.train(was_training)
+    return results
+
+
+def score_items(model: torch.nn.Module, tokenizer: Tokenizer, items: list[Item], task: str, **options: Any
+                ) -> ChoiceResult:
+    """Accuracy (and normalised accuracy) of a multiple-choice set, or last-word accuracy of a cloze set."""
+    scored = choice_logprobs(model, tokenizer, items, description=task, **options)
+    if task == "cloze":
+        correct = sum(choices[0][2] for choices in scored)
+        nats = sum(choices[0][0] for choices in scored)
+        count = sum(choices[0][1] for choices in scored)
+        return ChoiceResult(task, len(items), correct / len(items), None, nats / count)
+    hits = hits_norm = 0
+    nats = count = 0.0
+    for item, choices in zip(items, scored, strict=True):
+        totals = [s for s, _, _ in choices]
+        per_char = [s / max(len(c.strip()), 1) for s, c in zip(totals, item.choices, strict=True)]
+        hits += max(range(len(totals)), key=totals.__getitem__) == item.label
+        hits_norm += max(range(len(per_char)), key=per_char.__getitem__) == item.label
+        nats += choices[item.label][0]
+        count += choices[item.label][1]
+    return ChoiceResult(task, len(items), hits / len(items), hits_norm / len(items), nats / max(count, 1))
+
+
+def describe(result: ChoiceResult) -> str:
+    norm = f"   accuracy (per-char normalised) {result.accuracy_norm:.4f}" if result.accuracy_norm is not None else ""
+    ppl = math.exp(min(-result.mean_logprob, 700.0))
+    return (f"{result.task}: accuracy {result.accuracy:.4f}{norm}   on {result.items:,} items "
+            f"(correct answers: {-result.mean_logprob:.3f} nats/token, perplexity {ppl:.2f})")
+
+
+def evaluate_choices(run_dir: str | Path, cfg: Any, show_progress: bool = True) -> ChoiceResult:
+    """`tinylm eval --hellaswag/--choices/--cloze`: score a run and append the result to evals.jsonl."""
+    from tinylm.rundir import load, record_eval
+
+    task, path = next((t, p) for t, p in (("hellaswag", cfg.hellaswag), ("choices", cfg.choices),
+                                          ("cloze", cfg.cloze)) if p)
+    if task == "hellaswag":
+        path = str(hellaswag_file("" if path == "default" else path, cfg.source_dir))
+    items = subsample(read_items(path, task), cfg.limit, cfg.seed)
+    run = load(run_dir, cfg.checkpoint, cfg.device, cfg.dtype)
+    result = score_items(run.model, run.tokenizer, items, task, batch_size=cfg.batch_size, device=run.device,
+                         dtype=run.dtype, show_progress=show_progress)
+    record_eval(run, {"data": str(path), "sha256": fileio.sha256_file(path), "limit": cfg.limit,
+                      "seed": cfg.seed, **result.to_dict()})
+    return result
