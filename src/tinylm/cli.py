@@ -131,20 +131,37 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from tinylm.rundir import load
 
     cfg = SampleConfig()
+    stops = vars(args).pop("sample.stop", None) or []  # repeatable: a list, set as is
     _apply(cfg, args, prefix="sample.")
-    if cfg.num_samples < 1 or cfg.max_new_tokens < 0:
-        raise ConfigError("--num-samples must be >= 1 and --max-new-tokens >= 0")
+    cfg.stop = stops
+    cfg.validate()
     run = load(args.run_dir, cfg.checkpoint, cfg.device, cfg.dtype)
+    first = True
     for i in range(cfg.num_samples):
-        if i:
-            print("\n" + "-" * 40)
-        sys.stdout.write(cfg.prompt)
         seed = None if cfg.seed is None else cfg.seed + i
-        for piece in run.stream(cfg.prompt, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                top_k=cfg.top_k, seed=seed):
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
+        if cfg.stream and not cfg.verbose and cfg.num_return_sequences == 1:
+            if not first:
+                print("\n" + "-" * 40)
+            first = False
+            sys.stdout.write(cfg.prompt)
+            for piece in run.stream(cfg.prompt, cfg, seed=seed):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            continue
+        for completion in run.complete(cfg.prompt, cfg, seed=seed):
+            if not first:
+                print("\n" + "-" * 40)
+            first = False
+            if cfg.verbose:
+                tokens = [run.tokenizer.decode([t]) for t in completion.prompt_ids]
+                print(f"prompt ids ({len(completion.prompt_ids)}): {completion.prompt_ids}")
+                print(f"prompt tokens: {tokens}")
+                print(f"generated ids ({len(completion.ids)}): {completion.ids}")
+                if completion.score is not None:
+                    print(f"beam score: {completion.score:.4f}")
+                print("text:")
+            print(cfg.prompt + completion.text)
     return 0
 
 
@@ -270,6 +287,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", dest="sample.top_k", metavar="K", help="sample among the K likeliest (0 = all)")
     p.add_argument("--seed", dest="sample.seed", metavar="N", help="seed for reproducible samples")
     p.add_argument("--num-samples", dest="sample.num_samples", metavar="N", help="how many samples (default 1)")
+    p.add_argument("--top-p", dest="sample.top_p", metavar="P",
+                   help="nucleus sampling: the smallest set of tokens whose probability reaches P (default 1 = off)")
+    p.add_argument("--min-p", dest="sample.min_p", metavar="P",
+                   help="drop tokens less likely than P x the likeliest one's probability (default 0 = off)")
+    p.add_argument("--repetition-penalty", dest="sample.repetition_penalty", metavar="R",
+                   help="make tokens already in the prompt or output less likely (CTRL; > 1 penalises; default 1)")
+    p.add_argument("--beams", dest="sample.beams", metavar="N",
+                   help="beam search with N beams (deterministic; default 1 = sampling)")
+    p.add_argument("--length-penalty", dest="sample.length_penalty", metavar="A",
+                   help="beam score = sum of log-probabilities / length^A (default 1)")
+    p.add_argument("--num-return-sequences", dest="sample.num_return_sequences", metavar="N",
+                   help="print the N best beams (N <= --beams)")
+    p.add_argument("--stop", dest="sample.stop", metavar="TEXT", action="append",
+                   help="stop before this text (repeatable); end-of-text tokens always stop")
+    p.add_argument("--no-cache", dest="sample.use_cache", action="store_const", const="false",
+                   help="no KV cache: run the model over the last `context` tokens for every new token")
+    p.add_argument("--stream", dest="sample.stream", action="store_const", const="true",
+                   help="print the text as it is generated (default: all at once at the end)")
+    p.add_argument("--verbose", dest="sample.verbose", action="store_const", const="true",
+                   help="also print the prompt's token ids and tokens and the generated ids (text at the end)")
     _runtime_flags(p, "sample", checkpoint=True)
     p.set_defaults(func=cmd_sample)
 

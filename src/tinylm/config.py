@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tinylm.errors import ConfigError
+from tinylm.generation.config import GenerationConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -31,6 +32,9 @@ OPTIMIZERS = ("adamw",)
 ENCODING_ERRORS = ("strict", "replace")
 SPLIT_METHODS = ("tail", "shuffle")
 SAMPLING = ("random", "permutation")
+POSITIONS = ("learned", "sinusoidal", "rope", "none")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "swiglu")
 
 
 @dataclass
@@ -42,24 +46,51 @@ class ModelConfig:
     context: int = 256  # the longest sequence the model attends over (block size)
     n_layer: int = 6
     n_head: int = 6
+    n_kv_head: int = 0  # key/value heads: 0 = n_head (multi-head), 1 = multi-query, between = grouped-query
     d_model: int = 384  # residual stream width
-    d_ff: int = 0  # hidden width of the MLP; 0 means 4 * d_model
+    d_ff: int = 0  # hidden width of the MLP; 0 means 4 * d_model (gelu) or 8/3 * d_model (swiglu)
+    mlp: str = "gelu"  # gelu | swiglu (swiglu's hidden width is rounded up to a multiple of 64)
+    pos: str = "learned"  # position information: learned | sinusoidal | rope | none
+    rope_base: float = 10000.0  # rotary base (theta)
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    norm_position: str = "pre"  # pre (x + f(norm(x))) | post (norm(x + f(x)))
+    qk_norm: bool = False  # RMSNorm on queries and keys (per head) before attention
+    attention: str = "sdpa"  # sdpa (fused kernel) | manual (explicit softmax; keeps the weights for inspection)
     dropout: float = 0.0
     bias: bool = True  # biases in linear layers and LayerNorms
     tie_weights: bool = True  # output head shares the token embedding matrix
+    init: str = "gpt2"  # gpt2 (normal 0.02, residual projections scaled by 1/sqrt(2 n_layer)) | xavier
 
     def validate(self) -> None:
         _check(self.vocab_size >= 0, "model.vocab_size must be >= 0 (0 = from the tokenizer)")
         _check(self.vocab_multiple >= 1, "model.vocab_multiple must be >= 1")
         for name in ("context", "n_layer", "n_head", "d_model"):
             _check(getattr(self, name) > 0, f"model.{name} must be a positive integer")
-        _check(self.d_ff >= 0, "model.d_ff must be >= 0 (0 = 4 * d_model)")
+        _check(self.d_ff >= 0, "model.d_ff must be >= 0 (0 = the default for the MLP kind)")
         _check(self.d_model % self.n_head == 0,
                f"model.d_model ({self.d_model}) must be divisible by model.n_head ({self.n_head})")
+        _check(self.n_kv_head >= 0 and self.n_head % self.kv_heads == 0,
+               f"model.n_kv_head ({self.n_kv_head}) must divide model.n_head ({self.n_head})")
         _check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
+        for name, allowed in (("mlp", MLPS), ("pos", POSITIONS), ("norm", NORMS), ("norm_position", ("pre", "post")),
+                              ("attention", ("sdpa", "manual")), ("init", ("gpt2", "xavier"))):
+            _check(getattr(self, name) in allowed,
+                   f"model.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        _check(self.pos != "rope" or (self.d_model // self.n_head) % 2 == 0, "rotary positions need an even head size")
+        _check(self.rope_base > 1, "model.rope_base must be > 1")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
 
     @property
     def ff_width(self) -> int:
+        if self.mlp == "swiglu":  # 8/3 d keeps the parameter count of a 4 d GELU MLP (three matrices, not two)
+            return -(-(self.d_ff or 8 * self.d_model // 3) // 64) * 64
         return self.d_ff or 4 * self.d_model
 
 
@@ -159,18 +190,24 @@ class RunConfig:
 
 
 @dataclass
-class SampleConfig:
-    """Options of `tinylm sample` (not saved with the run)."""
+class SampleConfig(GenerationConfig):
+    """Options of `tinylm sample` (not saved with the run): the decoding options of
+    `tinylm.generation.GenerationConfig` (max_new_tokens, temperature, top_k, top_p, min_p,
+    repetition_penalty, seed, beams, length_penalty, num_return_sequences, stop, use_cache,
+    truncate) and these."""
 
     prompt: str = ""
-    max_new_tokens: int = 500
-    temperature: float = 0.8  # <= 0 means greedy
-    top_k: int = 0  # 0 = no top-k filtering
-    seed: int | None = None
-    num_samples: int = 1
+    num_samples: int = 1  # samples drawn one after another (seeds seed, seed + 1, ...)
     checkpoint: str = "best"  # best | latest
     device: str = "auto"
     dtype: str = "auto"
+    stream: bool = False  # print the text as it is generated (else all at once at the end)
+    verbose: bool = False  # also print the prompt's ids and tokens and the generated ids
+
+    def validate(self) -> SampleConfig:
+        super().validate()
+        _check(self.num_samples >= 1, f"num_samples must be >= 1, got {self.num_samples}")
+        return self
 
 
 @dataclass

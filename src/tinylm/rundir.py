@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import safetensors
 import safetensors.torch
@@ -25,7 +25,8 @@ from tinylm import __version__, fileio
 from tinylm.config import RunConfig
 from tinylm.console import warn
 from tinylm.errors import CheckpointError, ConfigError, TinylmError
-from tinylm.generation import generate_ids, stream_text
+from tinylm.generation import (GenerationConfig, StopFilter, beam_search, cut_at_stop, generate_ids, stream_ids,
+                               stream_text)
 from tinylm.model import GPT
 from tinylm.runtime import resolve_device, resolve_dtype
 from tinylm.tokenizers import TOKENIZER_FILE, Tokenizer, load_tokenizer
@@ -125,8 +126,27 @@ def weights_path(run_dir: Path, checkpoint: str = "best") -> Path:
 
 
 @dataclass
+class Completion:
+    """One generated continuation: the prompt's ids, the new ids (ending with the end-of-text
+    id if one was generated), the text (without end-of-text, cut before the first stop string)
+    and, for beam search, the hypothesis' score (sum of log-probabilities / length ** length_penalty)."""
+
+    prompt_ids: list[int]
+    ids: list[int]
+    text: str
+    score: float | None = None
+
+
+@dataclass
 class Run:
-    """A trained model with its tokenizer and config, ready to generate or evaluate."""
+    """A trained model with its tokenizer and config, ready to generate or evaluate.
+
+    `generate(prompt, **options)` returns the continuation's text (a list of texts for a list of
+    prompts, generated as one batch); `stream(prompt, **options)` yields it piece by piece;
+    `complete(...)` also gives the ids. Options are the fields of
+    `tinylm.generation.GenerationConfig` (max_new_tokens, temperature, top_k, top_p, min_p,
+    repetition_penalty, seed, beams, length_penalty, num_return_sequences, stop, use_cache,
+    truncate), or pass a whole `config=GenerationConfig(...)`."""
 
     run_dir: Path
     config: RunConfig
@@ -137,30 +157,79 @@ class Run:
     weights: Path
     metadata: dict[str, str]
 
-    def encode_prompt(self, prompt: str) -> list[int]:
+    def generation_config(self, config: GenerationConfig | None = None, **options: Any) -> GenerationConfig:
+        """`config` (default: the defaults) with `options` changed, validated."""
+        return (config or GenerationConfig()).replace(**options)
+
+    def encode_prompt(self, prompt: str, truncate: bool = True) -> list[int]:
+        """The prompt's ids: the tokenizer's start ids for an empty prompt; a prompt longer than
+        the context keeps its last `context` tokens (with a warning), or is an error if not `truncate`."""
         unknown = self.tokenizer.count_unknown(prompt)
         if unknown:
             warn(f"{unknown} {self.tokenizer.unit}(s) of the prompt are not in the vocabulary; mapped to <unk>")
         ids = self.tokenizer.encode(prompt) if prompt else self.tokenizer.start_ids()
-        context = self.config.model.context
+        context = self.model.cfg.context
         if len(ids) > context:
+            if not truncate:
+                raise ConfigError(f"the prompt has {len(ids)} tokens, more than the context ({context}); "
+                                  "shorten it, or allow truncation to its last tokens (truncate=True)")
             warn(f"the prompt has {len(ids)} tokens, more than the context ({context}); "
                  f"only its last {context} tokens are used")
+            ids = ids[-context:]
         return ids
 
-    def stream(self, prompt: str = "", *, max_new_tokens: int = 500, temperature: float = 0.8,
-               top_k: int = 0, seed: int | None = None) -> Iterator[str]:
-        """Yield the continuation of `prompt` piece by piece as it is generated."""
-        ids = generate_ids(self.model, self.encode_prompt(prompt), max_new_tokens,
-                           temperature=temperature, top_k=top_k, seed=seed,
-                           stop_ids=[self.tokenizer.eot_id] if self.tokenizer.eot_id is not None else [],
-                           device=self.device, dtype=self.dtype, vocab_size=self.tokenizer.vocab_size)
+    def _engine_args(self) -> dict[str, Any]:
         eot = self.tokenizer.eot_id
-        yield from stream_text((t for t in ids if t != eot), self.tokenizer.decode)
+        return dict(vocab_size=self.tokenizer.vocab_size, stop_ids=[eot] if eot is not None else [],
+                    device=self.device, dtype=self.dtype)
 
-    def generate(self, prompt: str = "", **options: Any) -> str:
-        """The continuation of `prompt` (without the prompt); options as for `stream`."""
-        return "".join(self.stream(prompt, **options))
+    def _text(self, ids: list[int], cfg: GenerationConfig) -> str:
+        eot = self.tokenizer.eot_id
+        return cut_at_stop(self.tokenizer.decode([t for t in ids if t != eot]), cfg.stop)
+
+    def complete(self, prompts: str | Sequence[str] = "", config: GenerationConfig | None = None,
+                 **options: Any) -> list[Completion]:
+        """Continue one prompt or a batch of prompts; num_return_sequences completions per
+        prompt, grouped by prompt (best first for beam search)."""
+        cfg = self.generation_config(config, **options)
+        texts = [prompts] if isinstance(prompts, str) else list(prompts)
+        encoded = [self.encode_prompt(p, cfg.truncate) for p in texts]
+        if not encoded:
+            return []
+        args = self._engine_args()
+        if cfg.beams > 1:
+            return [Completion(ids, beam.ids, self._text(beam.ids, cfg), beam.score) for ids in encoded
+                    for beam in beam_search(self.model, ids, cfg, decode=self.tokenizer.decode, **args)]
+        new = generate_ids(self.model, encoded, cfg, decode=self.tokenizer.decode, **args)
+        return [Completion(ids, out, self._text(out, cfg)) for ids, out in zip(encoded, new, strict=True)]
+
+    def generate(self, prompt: str | Sequence[str] = "", config: GenerationConfig | None = None,
+                 **options: Any) -> str | list[str] | list[list[str]]:
+        """The continuation of `prompt` (without the prompt). A list of prompts is generated as
+        one batch and gives a list of texts; with num_return_sequences = n > 1 each prompt gives
+        a list of n texts."""
+        cfg = self.generation_config(config, **options)
+        texts = [c.text for c in self.complete(prompt, cfg)]
+        n = cfg.num_return_sequences
+        if n > 1:
+            grouped = [texts[i:i + n] for i in range(0, len(texts), n)]
+            return grouped[0] if isinstance(prompt, str) else grouped
+        return texts[0] if isinstance(prompt, str) else texts
+
+    def stream(self, prompt: str = "", config: GenerationConfig | None = None, **options: Any) -> Iterator[str]:
+        """Yield the continuation of `prompt` piece by piece as it is generated (UTF-8-safe;
+        text that may begin a stop string is held back until it is clear). Beam search
+        cannot stream: its best sequence comes as one piece at the end."""
+        cfg = self.generation_config(config, **options)
+        if cfg.num_return_sequences > 1:
+            raise ConfigError("stream gives one sequence; use generate for num_return_sequences > 1")
+        if cfg.beams > 1:
+            yield from (t for t in [self.generate(prompt, cfg)] if t)
+            return
+        ids = stream_ids(self.model, self.encode_prompt(prompt, cfg.truncate), cfg, **self._engine_args())
+        eot = self.tokenizer.eot_id
+        pieces = stream_text((t for t in ids if t != eot), self.tokenizer.decode)
+        yield from StopFilter(cfg.stop)(pieces) if cfg.stop else pieces
 
 
 def record_eval(run: Run, result: dict[str, Any]) -> None:

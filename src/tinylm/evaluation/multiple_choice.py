@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from tinylm import fileio
-from tinylm.console import progress
+from tinylm.console import progress, warn
 from tinylm.data.sources import json_lines
 from tinylm.errors import DataError
 from tinylm.runtime import autocast
@@ -164,11 +164,13 @@ def choice_logprobs(model: torch.nn.Module, tokenizer: Tokenizer, items: list[It
             for row, (_, seq, _) in enumerate(chunk):  # right-padded; causal attention never sees the padding
                 inputs[row, :len(seq) - 1] = torch.tensor(seq[:-1])
             with autocast(device, dtype):
-                logits, _ = model(inputs.to(device))
+                hidden = model.features(inputs.to(device))
+                # the output layer only at the positions that predict the choice's tokens
+                logits = [model.head(hidden[row, len(seq) - 1 - n:len(seq) - 1])
+                          for row, (_, seq, n) in enumerate(chunk)]
             for row, (i, seq, n) in enumerate(chunk):
                 target = torch.tensor(seq[-n:])
-                # only the positions that predict the choice's tokens
-                scores = F.log_softmax(logits[row, len(seq) - 1 - n:len(seq) - 1].float(), dim=-1).cpu()
+                scores = F.log_softmax(logits[row].float(), dim=-1).cpu()
                 total = float(scores.gather(1, target[:, None]).sum())
                 results[i].append((total, n, bool((scores.argmax(-1) == target).all())))
             if bar:
@@ -218,6 +220,9 @@ def evaluate_choices(run_dir: str | Path, cfg: Any, show_progress: bool = True) 
         path = str(hellaswag_file("" if path == "default" else path, cfg.source_dir))
     items = subsample(read_items(path, task), cfg.limit, cfg.seed)
     run = load(run_dir, cfg.checkpoint, cfg.device, cfg.dtype)
+    unknown = sum(run.tokenizer.count_unknown(text) for item in items for text in [item.context, *item.choices])
+    if unknown:
+        warn(f"{unknown:,} {run.tokenizer.unit}(s) of {path} are not in the run's vocabulary and count as <unk>")
     result = score_items(run.model, run.tokenizer, items, task, batch_size=cfg.batch_size, device=run.device,
                          dtype=run.dtype, show_progress=show_progress)
     record_eval(run, {"data": str(path), "sha256": fileio.sha256_file(path), "limit": cfg.limit,

@@ -1,58 +1,81 @@
-"""Autoregressive sampling: temperature, top-k, greedy, seeded; streaming text.
+"""Choosing the next token from logits, and turning generated ids into text.
 
-Without a KV cache each new token runs the model over the last `context` tokens of the
-sequence, so generation may run past the context length (the window slides).
+Logit filters (each returns logits with the dropped tokens at -inf, rows independent):
+`apply_repetition_penalty`, `top_k_filter`, `top_p_filter`, `min_p_filter`; `sample_next`
+applies them in that order after the temperature and draws one token per row. Text helpers:
+`stream_text` (UTF-8-safe pieces) and `cut_at_stop` / `StopFilter` (stop strings).
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
-from tinylm.runtime import autocast
+NEG_INF = float("-inf")
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL (Keskar et al. 2019): for the tokens marked in `seen` (B, vocab) bool, divide positive
+    logits by `penalty` and multiply negative ones by it, so penalty > 1 makes them less likely."""
+    if penalty == 1.0:
+        return logits
+    seen = seen[:, :logits.size(-1)]
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalised, logits)
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k largest logits of each row (ties with the k-th are kept); 0 = keep all."""
+    if not 0 < k < logits.size(-1):
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[:, -1:]
+    return logits.masked_fill(logits < kth, NEG_INF)
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus filtering (Holtzman et al. 2019): keep the smallest set of the likeliest tokens
+    whose probability mass reaches `p` (always at least the likeliest one); p >= 1 keeps all."""
+    if p >= 1.0:
+        return logits
+    probs = torch.softmax(logits, dim=-1)
+    sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+    mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs  # mass of the likelier tokens
+    drop_sorted = mass_before >= p  # the likelier tokens already reach p
+    drop_sorted[:, 0] = False
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, NEG_INF)
+
+
+def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
+    """Min-p (Nguyen et al. 2024): drop tokens whose probability is below min_p times the
+    probability of the likeliest token of the row; 0 keeps all."""
+    if min_p <= 0.0:
+        return logits
+    probs = torch.softmax(logits, dim=-1)
+    threshold = min_p * probs.max(dim=-1, keepdim=True).values
+    return logits.masked_fill(probs < threshold, NEG_INF)
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-    """Pick the next token for each row of `logits` (B, vocab). temperature <= 0 is greedy."""
+                generator: torch.Generator | None = None, *, top_p: float = 1.0, min_p: float = 0.0,
+                repetition_penalty: float = 1.0, seen: torch.Tensor | None = None) -> torch.Tensor:
+    """Pick the next token for each row of `logits` (B, vocab). temperature <= 0 is greedy (after
+    the repetition penalty; the other filters cannot change the likeliest token)."""
+    logits = logits.float()
+    if seen is not None:
+        logits = apply_repetition_penalty(logits, seen, repetition_penalty)
     if temperature <= 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if 0 < top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+    logits = min_p_filter(top_p_filter(top_k_filter(logits / temperature, top_k), top_p), min_p)
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-@torch.no_grad()
-def generate_ids(model: torch.nn.Module, prompt: Sequence[int], max_new_tokens: int, *,
-                 temperature: float = 0.8, top_k: int = 0, seed: int | None = None,
-                 stop_ids: Iterable[int] = (), device: torch.device | None = None,
-                 dtype: torch.dtype = torch.float32, vocab_size: int | None = None) -> Iterator[int]:
-    """Yield up to `max_new_tokens` new token ids after `prompt` (stops after a stop id).
-    `vocab_size` limits sampling to the tokenizer's ids when the embedding table is padded."""
-    if not prompt:
-        raise ValueError("generate_ids needs at least one prompt token")
-    model.eval()
-    device = device or next(model.parameters()).device
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed) if seed is not None else generator.seed()
-    stop = set(stop_ids)
-    context = model.cfg.context
-    seq = torch.tensor([list(prompt)], dtype=torch.long, device=device)
-    for _ in range(max_new_tokens):
-        with autocast(device, dtype):
-            logits, _ = model(seq[:, -context:])
-        token = sample_next(logits[:, -1, :vocab_size], temperature, top_k, generator)
-        yield int(token)
-        if int(token) in stop:
-            return
-        seq = torch.cat([seq, token.view(1, 1)], dim=1)
+# --------------------------------------------------------------------------- text
 
 
-def stream_text(ids: Iterable[int], decode, hold: str = "\ufffd") -> Iterator[str]:
+def stream_text(ids: Iterable[int], decode: Callable[[Sequence[int]], str], hold: str = "\ufffd") -> Iterator[str]:
     """Turn a stream of token ids into text pieces. A piece ending in U+FFFD may be a UTF-8
     character split across tokens, so it is held back until the next token completes it."""
     tokens: list[int] = []
@@ -66,3 +89,69 @@ def stream_text(ids: Iterable[int], decode, hold: str = "\ufffd") -> Iterator[st
             emitted = len(text)
     if len(text) > emitted:
         yield text[emitted:]
+
+
+def find_stop(text: str, stops: Sequence[str]) -> int:
+    """Index of the earliest occurrence of any stop string in `text`, or -1."""
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(hits) if hits else -1
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    """`text` up to (not including) the first stop string."""
+    i = find_stop(text, stops)
+    return text if i < 0 else text[:i]
+
+
+class StopFilter:
+    """Streams text pieces, cut before the first stop string: text that might be the beginning
+    of a stop string is held back until the next piece shows whether it is one."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = list(stops)
+        self.text = ""
+        self.emitted = 0
+        self.stopped = False
+
+    def _held(self) -> int:
+        """Length of the longest end of the text that is a proper beginning of a stop string."""
+        longest = 0
+        for s in self.stops:
+            for n in range(min(len(s) - 1, len(self.text) - self.emitted), longest, -1):
+                if self.text.endswith(s[:n]):
+                    longest = n
+                    break
+        return longest
+
+    def feed(self, piece: str) -> str:
+        """The text that is now safe to show (empty once a stop string was seen)."""
+        if self.stopped:
+            return ""
+        start = max(self.emitted - max((len(s) for s in self.stops), default=0), 0)
+        self.text += piece
+        i = find_stop(self.text[start:], self.stops)
+        if i >= 0:
+            self.stopped = True
+            out, self.emitted = self.text[self.emitted:start + i], len(self.text)
+            return out
+        end = len(self.text) - self._held()
+        out, self.emitted = self.text[self.emitted:end], max(end, self.emitted)
+        return out
+
+    def flush(self) -> str:
+        """The held-back rest at the end of the stream."""
+        if self.stopped:
+            return ""
+        out, self.emitted = self.text[self.emitted:], len(self.text)
+        return out
+
+    def __call__(self, pieces: Iterable[str]) -> Iterator[str]:
+        for piece in pieces:
+            out = self.feed(piece)
+            if out:
+                yield out
+            if self.stopped:
+                return
+        out = self.flush()
+        if out:
+            yield out

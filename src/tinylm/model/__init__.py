@@ -1,6 +1,6 @@
 """The decoder-only transformer."""
 
 from tinylm.config import ModelConfig
-from tinylm.model.gpt import GPT
+from tinylm.model.gpt import GPT, KVCache
 
-__all__ = ["GPT", "ModelConfig"]
+__all__ = ["GPT", "KVCache", "ModelConfig"]

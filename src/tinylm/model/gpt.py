@@ -1,11 +1,21 @@
-"""A decoder-only transformer (GPT).
+"""A decoder-only transformer (GPT), configurable in the ways small-LM recipes differ.
 
-    tokens -> token embedding + learned position embedding -> dropout
-           -> n_layer x [ x + Attn(LN(x)),  x + MLP(LN(x)) ]      (pre-norm residual blocks)
-           -> final LayerNorm -> linear head (tied to the token embedding) -> logits
+    tokens -> token embedding (+ learned or sinusoidal position embedding) -> dropout
+           -> n_layer x block -> final norm -> linear head (optionally tied to the embedding) -> logits
 
-Attention is causal multi-head self-attention computed by
-`torch.nn.functional.scaled_dot_product_attention`; the MLP is Linear -> GELU -> Linear.
+    block, pre-norm (default):  x = x + Attn(Norm(x));  x = x + MLP(Norm(x))
+    block, post-norm:           x = Norm(x + Attn(x));  x = Norm(x + MLP(x))
+
+Attention is causal self-attention with `n_head` query heads sharing `n_kv_head` key/value heads
+(grouped-query; 1 = multi-query), optionally RMS-normalising queries and keys, with rotary
+positions applied to queries and keys when `pos = "rope"`. It runs in
+`scaled_dot_product_attention`, or in an explicit softmax(q k^T / sqrt(d)) v ("manual", for
+teaching and inspecting the weights). The MLP is Linear -> GELU -> Linear or SwiGLU.
+
+For generation, a `KVCache` keeps each layer's keys and values, so a new token attends to the
+cached ones instead of recomputing the prefix. `pad` marks left padding in batches of prompts of
+different lengths: padded positions are never attended to and each row counts positions from
+its first real token.
 """
 
 from __future__ import annotations
@@ -19,22 +29,88 @@ import torch.nn.functional as F
 from tinylm.config import ModelConfig
 
 
+class KVCache:
+    """Keys and values of every layer for up to `max_len` positions: k[layer], v[layer] are
+    (batch, n_kv_head, max_len, head_dim); `length` positions are filled."""
+
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device: torch.device, dtype: torch.dtype):
+        shape = (batch, cfg.kv_heads, max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.max_len, self.length = max_len, 0
+
+    def reset(self) -> None:
+        self.length = 0
+
+
+def norm_layer(cfg: ModelConfig, dim: int) -> nn.Module:
+    return nn.RMSNorm(dim, eps=1e-5) if cfg.norm == "rmsnorm" else nn.LayerNorm(dim, bias=cfg.bias)
+
+
+def sinusoidal_embedding(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """Vaswani et al.: PE[p, 2i] = sin(p / 10000^(2i/dim)), PE[p, 2i+1] = cos(same)."""
+    inv_freq = 10000.0 ** (-torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim)
+    angles = positions.float()[..., None] * inv_freq
+    return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)[..., :dim]
+
+
+def rotary_cos_sin(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotation angles p * base^(-2i/head_dim), as (B, 1, T, head_dim)."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions.float()[..., None] * inv_freq
+    angles = torch.cat((angles, angles), dim=-1)[:, None]  # the same angle for both halves
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[i], x[i + d/2]) by their angle (the "rotate half" layout of GPT-NeoX and Llama)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return (x * cos + torch.cat((-x2, x1), dim=-1) * sin).to(x.dtype)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.n_head = cfg.n_head
-        self.dropout = cfg.dropout
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)  # q, k, v in one matmul
+        self.cfg = cfg
+        self.n_head, self.n_kv, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        # q for every head, k and v for the key/value heads, in one matmul
+        self.qkv = nn.Linear(cfg.d_model, (self.n_head + 2 * self.n_kv) * self.head_dim, bias=cfg.bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-5) if cfg.qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-5) if cfg.qk_norm else None
+        self.attn_drop = nn.Dropout(cfg.dropout)
         self.resid_drop = nn.Dropout(cfg.dropout)
+        self.weights: torch.Tensor | None = None  # the last attention weights (manual attention only)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, rotary: tuple[torch.Tensor, torch.Tensor] | None,
+                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape
-        # (B, T, 3C) -> three (B, n_head, T, head_dim) tensors
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
-        # softmax(q k^T / sqrt(head_dim) + causal mask) v, in a fused kernel
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        q, k, v = self.qkv(x).split([self.n_head * self.head_dim, self.n_kv * self.head_dim,
+                                     self.n_kv * self.head_dim], dim=-1)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, heads, T, head_dim)
+        k = k.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        if cache is not None:  # append to the cached keys and values and attend over all of them
+            end = cache.length + T
+            cache.k[layer][:, :, cache.length:end] = k
+            cache.v[layer][:, :, cache.length:end] = v
+            k, v = cache.k[layer][:, :, :end], cache.v[layer][:, :, :end]
+        if self.n_kv != self.n_head:  # each key/value head serves n_head / n_kv query heads
+            k = k.repeat_interleave(self.n_head // self.n_kv, dim=1)
+            v = v.repeat_interleave(self.n_head // self.n_kv, dim=1)
+        dropout = self.cfg.dropout if self.training else 0.0
+        if self.cfg.attention == "manual":
+            scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, heads, T, keys)
+            allowed = mask if mask is not None else torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            weights = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+            self.weights = weights.detach()
+            y = self.attn_drop(weights) @ v
+        else:  # the same computation in a fused kernel
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=dropout)
         y = y.transpose(1, 2).reshape(B, T, C)  # concatenate the heads
         return self.resid_drop(self.proj(y))
 
@@ -42,25 +118,38 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.fc = nn.Linear(cfg.d_model, cfg.ff_width, bias=cfg.bias)
+        self.swiglu = cfg.mlp == "swiglu"
+        # SwiGLU: proj(silu(gate) * up), with gate and up computed by one matmul
+        self.fc = nn.Linear(cfg.d_model, (2 if self.swiglu else 1) * cfg.ff_width, bias=cfg.bias)
         self.proj = nn.Linear(cfg.ff_width, cfg.d_model, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.proj(F.gelu(self.fc(x))))
+        h = self.fc(x)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h)
+        return self.drop(self.proj(h))
 
 
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.ln1 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.pre_norm = cfg.norm_position == "pre"
+        self.ln1 = norm_layer(cfg, cfg.d_model)
         self.attn = CausalSelfAttention(cfg)
-        self.ln2 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.ln2 = norm_layer(cfg, cfg.d_model)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
-        return x + self.mlp(self.ln2(x))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, rotary: tuple[torch.Tensor, torch.Tensor] | None,
+                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        if self.pre_norm:
+            x = x + self.attn(self.ln1(x), mask, rotary, cache, layer)
+            return x + self.mlp(self.ln2(x))
+        x = self.ln1(x + self.attn(x, mask, rotary, cache, layer))
+        return self.ln2(x + self.mlp(x))
 
 
 class GPT(nn.Module):
@@ -70,47 +159,91 @@ class GPT(nn.Module):
             raise ValueError("ModelConfig.vocab_size must be set (it comes from the tokenizer)")
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pos_emb = nn.Embedding(cfg.context, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.context, cfg.d_model) if cfg.pos == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.ln_f = norm_layer(cfg, cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
             self.head.weight = self.tok_emb.weight
         self.apply(self._init_weights)
-        # GPT-2: scale the projections that write into the residual stream by 1/sqrt(2 * n_layer),
-        # so the variance of the residual stream does not grow with depth.
-        for name, p in self.named_parameters():
-            if name.endswith("proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        if cfg.init == "gpt2":
+            # GPT-2: scale the projections that write into the residual stream by 1/sqrt(2 * n_layer),
+            # so the variance of the residual stream does not grow with depth.
+            for name, p in self.named_parameters():
+                if name.endswith("proj.weight"):
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            if self.cfg.init == "xavier":
+                nn.init.xavier_uniform_(module.weight)
+            else:
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameter count (shared tensors counted once); optionally without the embeddings."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n -= self.pos_emb.weight.numel() + self.tok_emb.weight.numel()
+            n -= self.tok_emb.weight.numel() + (self.pos_emb.weight.numel() if self.pos_emb is not None else 0)
         return n
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx: (B, T) token ids, T <= context. Returns logits (B, T, vocab) and, when
-        `targets` (B, T) is given, the mean cross-entropy (targets of -1 are ignored)."""
-        B, T = idx.shape
-        if T > self.cfg.context:
-            raise ValueError(f"sequence length {T} exceeds the model's context {self.cfg.context}")
-        pos = torch.arange(T, device=idx.device)
-        x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))
-        for block in self.blocks:
-            x = block(x)
-        logits = self.head(self.ln_f(x))
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token (forward + backward, Kaplan et al. / PaLM): 6 per weight that
+        multiplies an activation (the blocks and the output head) plus 12 * n_layer * d_model *
+        context for the attention scores and their weighted sum."""
+        matmul_params = self.num_params(non_embedding=True) + (self.head.weight.numel() if self.cfg.tie_weights else 0)
+        return 6 * matmul_params + 12 * self.cfg.n_layer * self.cfg.d_model * self.cfg.context
+
+    def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+        """An empty key/value cache for `batch` sequences of up to `max_len` (default: context) positions."""
+        weight = self.tok_emb.weight
+        return KVCache(self.cfg, batch, max_len or self.cfg.context, weight.device, weight.dtype)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: KVCache | None = None,
+                pad: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx: (B, T) token ids. Returns logits (B, T, vocab) and, when `targets` (B, T) is given,
+        the mean cross-entropy (targets of -1 are ignored). With `cache`, idx continues the cached
+        sequence (and is appended to the cache); `pad` (B,) counts each row's left-padding tokens."""
+        logits = self.head(self.features(idx, cache=cache, pad=pad))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
         return logits, loss
+
+    def features(self, idx: torch.Tensor, *, cache: KVCache | None = None,
+                 pad: torch.Tensor | None = None) -> torch.Tensor:
+        """The final normalised hidden states (B, T, d_model): `self.head` of them are the logits
+        (callers that need few positions' logits apply the head to those alone)."""
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        limit = cache.max_len if cache is not None else self.cfg.context
+        if start + T > limit:
+            where = f"the cache's {limit} positions" if cache is not None else f"the model's context {limit}"
+            raise ValueError(f"sequence length {start + T} exceeds {where}")
+        queries = torch.arange(start, start + T, device=idx.device)  # absolute positions of idx
+        keys = torch.arange(start + T, device=idx.device)
+        positions = queries[None].expand(B, T)
+        mask = None  # plain causal attention unless the cache or padding needs an explicit mask
+        if cache is not None or pad is not None:
+            mask = (keys[None, :] <= queries[:, None])[None, None]  # (1, 1, T, keys): causal
+            if pad is not None:
+                positions = (positions - pad[:, None]).clamp(min=0)  # count from each row's first token
+                # never attend to padding; a padding position attends to itself only (no empty softmax)
+                mask = mask & (keys >= pad[:, None, None, None]) | (keys[None, :] == queries[:, None])[None, None]
+        x = self.tok_emb(idx)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(positions)
+        elif self.cfg.pos == "sinusoidal":
+            x = x + sinusoidal_embedding(positions, self.cfg.d_model).to(x.dtype)
+        rotary = rotary_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_base) if self.cfg.pos == "rope" else None
+        x = self.drop(x)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, mask, rotary, cache, layer)
+        if cache is not None:
+            cache.length = start + T
+        return self.ln_f(x)

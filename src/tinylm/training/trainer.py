@@ -31,7 +31,7 @@ from tinylm.errors import CheckpointError, ConfigError, DataError, TinylmError
 from tinylm.evaluation.perplexity import score_tokens
 from tinylm.model import GPT
 from tinylm.rundir import BEST_FILE, METRICS_FILE, RUN_FILES, read_weights, save_weights, write_config
-from tinylm.runtime import autocast, resolve_device, resolve_dtype
+from tinylm.runtime import autocast, peak_flops, resolve_device, resolve_dtype
 from tinylm.tokenizers import Tokenizer, load_tokenizer
 from tinylm.training.checkpoint import load_checkpoint, save_checkpoint
 from tinylm.training.metrics import MetricsLog, plot_metrics
@@ -90,6 +90,8 @@ class Trainer:
                                   sampling=cfg.data.sampling)
         self.val_tokens = load_split(data_dir, "val")
         self.tokens_per_step = t.batch_size * t.grad_accum * cfg.model.context
+        self.flops_per_token = self.model.flops_per_token()
+        self.peak_flops = peak_flops(self.device, self.dtype)  # for MFU; None where unknown (CPUs)
         self.forward = self._compiled() if t.compile else self.model
         self.metrics = MetricsLog(run_dir / METRICS_FILE)
         self.hellaswag = self._hellaswag_items() if t.hellaswag_items else []
@@ -199,6 +201,9 @@ class Trainer:
                "train_loss": self.loss_sum / self.loss_count,
                "grad_norm": None if grad_norm is None else float(grad_norm),
                "tokens_per_s": round((self.tokens - last_tokens) / max(now - last_time, 1e-9), 1)}
+        row["tflops"] = round(row["tokens_per_s"] * self.flops_per_token / 1e12, 4)  # achieved training TFLOP/s
+        if self.peak_flops:
+            row["mfu"] = round(row["tflops"] * 1e12 / self.peak_flops, 4)
         self.loss_sum, self.loss_count = 0.0, 0
         self.metrics.append(row)
         return row
@@ -299,7 +304,8 @@ def _summary(cfg: RunConfig, trainer: Trainer, data_dir: Path, resume: bool) -> 
     return "\n".join([
         f"[bold]tinylm[/] {'resuming' if resume else 'training'} {cfg.preset or 'run'} -> {trainer.run_dir}",
         f"  model   {trainer.model.num_params() / 1e6:.2f}M parameters ({m.n_layer} layers, {m.n_head} heads, "
-        f"width {m.d_model}, context {m.context})",
+        f"width {m.d_model}, context {m.context}, {m.pos} positions, {m.norm}, {m.mlp}), "
+        f"{trainer.model.flops_per_token() / 1e6:.1f} MFLOP/token",
         f"  data    {splits['train']['tokens']:,} train / {splits['val']['tokens']:,} val tokens, "
         f"{tok.kind} tokenizer ({tok.vocab_size} ids), {data_dir}",
         f"  device  {trainer.device.type} {str(trainer.dtype).removeprefix('torch.')}, "
