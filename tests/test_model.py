@@ -98,7 +98,7 @@ import itertools  # noqa: E402
 
 from tinylm.model.gpt import apply_rotary, rotary_cos_sin, sinusoidal_embedding  # noqa: E402
 
-VARIANTS = list(itertools.product(["layernorm", "rmsnorm"], ["pre", "post"], ["gelu", "swiglu"], [0, 2, 1],
+VARIANTS = list(itertools.product(["layernorm", "rmsnorm"], ["pre", "post"], ["gelu", "gelu_tanh", "swiglu"], [0, 2, 1],
                                   [False, True]))
 
 

@@ -34,7 +34,7 @@ SPLIT_METHODS = ("tail", "shuffle")
 SAMPLING = ("random", "permutation")
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
 NORMS = ("layernorm", "rmsnorm")
-MLPS = ("gelu", "swiglu")
+MLPS = ("gelu", "gelu_tanh", "swiglu")
 
 
 @dataclass
@@ -49,7 +49,7 @@ class ModelConfig:
     n_kv_head: int = 0  # key/value heads: 0 = n_head (multi-head), 1 = multi-query, between = grouped-query
     d_model: int = 384  # residual stream width
     d_ff: int = 0  # hidden width of the MLP; 0 means 4 * d_model (gelu) or 8/3 * d_model (swiglu)
-    mlp: str = "gelu"  # gelu | swiglu (swiglu's hidden width is rounded up to a multiple of 64)
+    mlp: str = "gelu"  # gelu | gelu_tanh (GPT-2's tanh approximation) | swiglu (hidden rounded up to a multiple of 64)
     pos: str = "learned"  # position information: learned | sinusoidal | rope | none
     rope_base: float = 10000.0  # rotary base (theta)
     norm: str = "layernorm"  # layernorm | rmsnorm

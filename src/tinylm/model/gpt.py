@@ -10,7 +10,7 @@ Attention is causal self-attention with `n_head` query heads sharing `n_kv_head`
 (grouped-query; 1 = multi-query), optionally RMS-normalising queries and keys, with rotary
 positions applied to queries and keys when `pos = "rope"`. It runs in
 `scaled_dot_product_attention`, or in an explicit softmax(q k^T / sqrt(d)) v ("manual", for
-teaching and inspecting the weights). The MLP is Linear -> GELU -> Linear or SwiGLU.
+teaching and inspecting the weights). The MLP is Linear -> GELU (exact or tanh) -> Linear, or SwiGLU.
 
 For generation, a `KVCache` keeps each layer's keys and values, so a new token attends to the
 cached ones instead of recomputing the prefix. `pad` marks left padding in batches of prompts of
@@ -119,6 +119,7 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.swiglu = cfg.mlp == "swiglu"
+        self.approximate = "tanh" if cfg.mlp == "gelu_tanh" else "none"
         # SwiGLU: proj(silu(gate) * up), with gate and up computed by one matmul
         self.fc = nn.Linear(cfg.d_model, (2 if self.swiglu else 1) * cfg.ff_width, bias=cfg.bias)
         self.proj = nn.Linear(cfg.ff_width, cfg.d_model, bias=cfg.bias)
@@ -130,7 +131,7 @@ class MLP(nn.Module):
             gate, up = h.chunk(2, dim=-1)
             h = F.silu(gate) * up
         else:
-            h = F.gelu(h)
+            h = F.gelu(h, approximate=self.approximate)
         return self.drop(self.proj(h))
 
 
