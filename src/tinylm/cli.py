@@ -190,6 +190,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from tinylm.interop.hf import export_hf
+
+    summary = export_hf(args.run_dir, args.out, checkpoint=args.checkpoint)
+    print(f"exported {summary['weights']} as {summary['family']} ({summary['params']:,} parameters, with its "
+          f"tokenizer) to {summary['out_dir']}; load it with transformers.AutoModelForCausalLM.from_pretrained")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from tinylm.interop.hf import import_hf
+
+    summary = import_hf(args.src_dir, args.out)
+    print(f"imported {args.src_dir} ({summary['params']:,} parameters, {summary['tokenizer']} tokenizer) "
+          f"into run directory {summary['out_dir']}")
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     for name in preset_names():
         description = " ".join(read_preset(name).get("description", "").split())
@@ -337,6 +355,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", dest="eval.seed", metavar="N", help="seed of the --limit subset (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
+
+    p = verbs.add_parser("export", parents=[common], help="write a run as a Hugging Face transformers model",
+                         description="Export a run as a transformers directory (GPT-2, or Llama where GPT-2 "
+                                     "cannot express the model) that AutoModelForCausalLM.from_pretrained loads.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--format", choices=("hf",), default="hf", help="hf (default): Hugging Face transformers")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--checkpoint", choices=("best", "latest"), default="best",
+                   help="which weights: best (default) or latest")
+    p.set_defaults(func=cmd_export)
+
+    p = verbs.add_parser("import", parents=[common], help="turn a Hugging Face GPT-2 directory into a run",
+                         description="Convert a transformers GPT-2 directory (config.json + model.safetensors "
+                                     "or pytorch_model.bin) into a tinylm run directory.")
+    p.add_argument("src_dir", metavar="DIR")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
+    p.set_defaults(func=cmd_import)
 
     p = verbs.add_parser("presets", parents=[common], help="list the shipped presets")
     p.set_defaults(func=cmd_presets)

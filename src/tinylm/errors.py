@@ -27,3 +27,7 @@ class CheckpointError(TinylmError):
 
 class DownloadError(DataError):
     """A download that failed, was interrupted or did not match its checksum."""
+
+
+class ExportError(TinylmError):
+    """A model that the requested export format cannot express, or an export that failed."""
