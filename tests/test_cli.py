@@ -88,7 +88,12 @@ def test_bad_input_gives_one_line_errors(capsys, tmp_path, trained_run, corpus_f
         (["train", "--preset", "nope"], "unknown preset 'nope'"),
         (["train", "--device", "cuda", "--out", str(tmp_path / "r")], "no CUDA GPU"),
         (["train", "--dtype", "float16", "--device", "cpu", "--out", str(tmp_path / "r")], "float16 autocast"),
-        (["train", "--set", "train.optimizer=sgdx"], "does not exist"),
+        (["train", "--set", "train.optimizer=sgdx"], "train.optimizer 'sgdx' does not exist; choose one of adamw"),
+        (["train", "--out", str(tmp_path / "r"), "--set", "train.batch_tokens=2560"],
+         "train.batch_tokens 2,560 is not divisible by the micro-batch tokens (batch_size 16 x context 128"),
+        (["train", "--out", str(tmp_path / "r"), "--set", "train.batch_tokens=1000"], "not a whole number of"),
+        (["train", "--out", str(tmp_path / "r"), "--set", "train.schedule=linear"], "train.schedule 'linear'"),
+        (["train", "--out", str(tmp_path / "r"), "--set", "train.trackers=mlflow"], "unknown tracker 'mlflow'"),
         (["train", "--resume", str(tmp_path / "missing")], "does not exist"),
         (["train", "--resume", str(trained_run), "--set", "model.n_layer=3"], "only train.* settings"),
         (["train", "--resume", str(trained_run), "--text", str(corpus_file)], "cannot be combined with --resume"),
@@ -98,6 +103,7 @@ def test_bad_input_gives_one_line_errors(capsys, tmp_path, trained_run, corpus_f
     ]
     for argv, fragment in cases:
         one_line_error(capsys, argv, fragment)
+    assert not (tmp_path / "r").exists()  # each refused before any work started
 
 
 def test_data_dir_from_another_tokenizer_is_refused(capsys, tmp_path, trained_run):

@@ -73,7 +73,7 @@ def test_toml_values_are_type_checked(tmp_path):
     ("train.dtype=float8", "train.dtype must be one of"),
     ("train.optimizer=sgdx", "optimizer 'sgdx' does not exist"),
     ("data.val_fraction=1.5", "data.val_fraction"),
-    ("train.batch_size=0", "train.batch_size must be a positive integer"),
+    ("train.batch_size=0", "train.batch_size 0 .automatic. needs train.batch_tokens"),
     ("model.dropout=1", "model.dropout"),
 ])
 def test_validation_catches_inconsistent_values(assignment, fragment):

@@ -80,17 +80,23 @@ class Crash(Exception):
     """Stands in for SIGKILL: the process dies between two checkpoints."""
 
 
-@pytest.mark.parametrize("sampling", ["random", "permutation"])
-def test_crash_and_resume_reproduces_the_uninterrupted_run(tmp_path, corpus_file, monkeypatch, sampling):
+# muon: two optimizers, gradient accumulation, dropout masks (RNG) and kept checkpoint copies
+ENGINES = {"adamw": {}, "muon": {"optimizer": "muon", "batch_tokens": 512, "batch_size": 4, "grad_accum": 1,
+                                 "keep_last": 2, "save_interval": 7, "schedule": "wsd"}}
+
+
+@pytest.mark.parametrize("sampling,engine", [("random", "adamw"), ("permutation", "adamw"), ("random", "muon")])
+def test_crash_and_resume_reproduces_the_uninterrupted_run(tmp_path, corpus_file, monkeypatch, sampling, engine):
     source = corpus_file
     if sampling == "permutation":  # short enough that 50 steps run through several epochs
         source = tmp_path / "short.txt"
         source.write_text(corpus_file.read_text()[:5000], encoding="utf-8")
-    settings = {"max_steps": 50, "eval_interval": 20, "log_interval": 5}
+    settings = {"max_steps": 50, "eval_interval": 20, "log_interval": 5, **ENGINES[engine]}
 
     def config(name: str):
         cfg = tiny_config(tmp_path / name, source, **settings)
         cfg.data.sampling = sampling
+        cfg.model.dropout = 0.1 if engine == "muon" else 0.0
         return cfg
 
     straight = train(config("straight")).run_dir
@@ -106,7 +112,7 @@ def test_crash_and_resume_reproduces_the_uninterrupted_run(tmp_path, corpus_file
         train(config("crashed"))
     monkeypatch.undo()
     state = torch.load(tmp_path / "crashed" / "train_state.pt", weights_only=True)
-    assert state["step"] == 20
+    assert state["step"] == (28 if engine == "muon" else 20)  # the last checkpoint before the crash
     resumed_cfg = read_config(tmp_path / "crashed")
     assert resumed_cfg.data.sampling == sampling
     train(resumed_cfg, resume=True)

@@ -86,6 +86,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from tinylm.rundir import read_config
     from tinylm.training import train
+    from tinylm.training.distributed import from_environment
 
     if args.resume:
         clash = [flag for flag, given in (("--preset", args.preset), ("--config", args.config),
@@ -115,6 +116,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     apply_overrides(cfg, args.set)
     _apply(cfg, args)
     result = train(cfg, resume=bool(args.resume), overwrite=args.overwrite)
+    if not from_environment().main:  # under torchrun only rank 0 reports
+        return 0
     if result.stopped_by == "interrupt":
         console.print(f"[yellow]interrupted at step {result.step}; checkpoint saved. "
                       f"Continue with: tinylm train --resume {result.run_dir}")
@@ -291,6 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", dest="train.seed", metavar="N", help="random seed")
     p.add_argument("--compile", dest="train.compile", action="store_const", const="true",
                    help="use torch.compile (falls back with a warning where it does not work)")
+    p.add_argument("--optimizer", dest="train.optimizer", metavar="NAME", help="adamw (default), adam or muon")
+    p.add_argument("--lr", dest="train.lr", metavar="LR", help="peak learning rate")
+    p.add_argument("--schedule", dest="train.schedule", metavar="S", help="cosine (default), wsd or constant")
+    p.add_argument("--batch-size", dest="train.batch_size", metavar="N",
+                   help="sequences per micro-batch and process (0: the largest that fits)")
+    p.add_argument("--batch-tokens", dest="train.batch_tokens", metavar="N",
+                   help="tokens per optimizer step over all processes (sets the gradient accumulation)")
+    p.add_argument("--trackers", dest="train.trackers", metavar="LIST", help="also log to tensorboard and/or wandb")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set model.n_layer=4 (repeatable)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")

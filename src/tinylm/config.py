@@ -28,7 +28,8 @@ else:  # pragma: no cover
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-OPTIMIZERS = ("adamw",)
+OPTIMIZERS = ("adamw", "adam", "muon")
+SCHEDULES = ("cosine", "wsd", "constant")
 ENCODING_ERRORS = ("strict", "replace")
 SPLIT_METHODS = ("tail", "shuffle")
 SAMPLING = ("random", "permutation")
@@ -131,23 +132,35 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | mps
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (autocast precision)
     compile: bool = False
-    batch_size: int = 32  # sequences per micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step
+    threads: int = 0  # CPU threads per process; 0 = the machine's cores divided among the processes on it
+    batch_size: int = 32  # sequences per micro-batch in each process; 0 = the largest that fits (see batch_tokens)
+    grad_accum: int = 1  # micro-batches per optimizer step (derived from batch_tokens when that is set)
+    batch_tokens: int = 0  # tokens per optimizer step over all processes; 0 = batch_size * grad_accum * context
     max_steps: int = 5000
     time_budget: float = 0.0  # seconds of wall clock; 0 = no limit
-    optimizer: str = "adamw"
+    optimizer: str = "adamw"  # adamw | adam | muon (Muon on the blocks' weight matrices, AdamW on the rest)
     lr: float = 1e-3
-    min_lr: float = 1e-4  # the cosine schedule decays to this
+    min_lr: float = 1e-4  # the cosine schedule decays to this; the WSD cool-down ends at it
+    schedule: str = "cosine"  # cosine (warmup, cosine decay) | wsd (warmup, constant, linear cool-down) | constant
+    cooldown: float = 0.2  # fraction of the run spent in the WSD cool-down
     warmup_steps: int = 100
-    weight_decay: float = 0.1  # on weight matrices only
+    weight_decay: float = 0.1  # decoupled (adamw) or L2 (adam), on weight matrices only
+    decay_all: bool = False  # also decay embeddings, norms and biases
     beta1: float = 0.9
     beta2: float = 0.99
+    eps: float = 1e-8
+    muon_lr: float = 0.02  # Muon's learning rate (scaled by the same schedule as lr)
+    muon_momentum: float = 0.95
     grad_clip: float = 1.0  # max global gradient norm; 0 = off
-    eval_interval: int = 250  # steps between validation passes (and checkpoints)
+    eval_interval: int = 250  # steps between validation passes (each also saves the checkpoint)
     eval_tokens: int = 0  # validation tokens per periodic pass; 0 = the whole split
+    save_interval: int = 0  # also checkpoint every N steps (0 = only at validation passes)
+    save_minutes: float = 0.0  # also checkpoint when this many minutes passed since the last one (0 = off)
+    keep_last: int = 0  # keep copies of the last K checkpoints in checkpoints/step-N/ (0 = only the latest)
     hellaswag_items: int = 0  # HellaSwag items scored at each validation pass (a fixed seeded subset; 0 = off)
     hellaswag_file: str = ""  # "" = $TINYLM_DATA_DIR/hellaswag/hellaswag_val.jsonl, else downloaded once
     log_interval: int = 10  # steps between rows in metrics.jsonl
+    trackers: str = ""  # also log to: tensorboard, wandb (comma-separated; extras tinylm[tensorboard|wandb])
 
     def validate(self) -> None:
         _check(self.device in DEVICES or self.device.startswith("cuda:"),
@@ -155,14 +168,24 @@ class TrainConfig:
         _check(self.dtype in DTYPES, f"train.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         _check(self.optimizer in OPTIMIZERS,
                f"train.optimizer {self.optimizer!r} does not exist; choose one of {', '.join(OPTIMIZERS)}")
-        for name in ("batch_size", "grad_accum", "max_steps", "eval_interval", "log_interval"):
+        _check(self.schedule in SCHEDULES,
+               f"train.schedule {self.schedule!r} does not exist; choose one of {', '.join(SCHEDULES)}")
+        for name in ("grad_accum", "max_steps", "eval_interval", "log_interval"):
             _check(getattr(self, name) > 0, f"train.{name} must be a positive integer")
         for name in ("time_budget", "warmup_steps", "weight_decay", "grad_clip", "eval_tokens", "min_lr",
-                     "hellaswag_items"):
+                     "hellaswag_items", "batch_size", "batch_tokens", "threads", "save_interval", "save_minutes",
+                     "keep_last", "eps"):
             _check(getattr(self, name) >= 0, f"train.{name} must be >= 0")
         _check(self.lr > 0, "train.lr must be > 0")
         _check(self.min_lr <= self.lr, "train.min_lr must not exceed train.lr")
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1 and train.beta2 must be in [0, 1)")
+        _check(0 < self.cooldown <= 1, "train.cooldown must be a fraction of the run in (0, 1]")
+        _check(self.muon_lr > 0 and 0 <= self.muon_momentum < 1,
+               "train.muon_lr must be > 0 and train.muon_momentum in [0, 1)")
+        _check(self.batch_size > 0 or self.batch_tokens > 0,
+               "train.batch_size 0 (automatic) needs train.batch_tokens, the tokens per optimizer step")
+        _check(self.batch_tokens == 0 or self.grad_accum == 1,
+               "set train.batch_tokens or train.grad_accum, not both (batch_tokens decides the accumulation)")
 
 
 @dataclass

@@ -38,8 +38,10 @@ STATE_FILE = "train_state.pt"
 METRICS_FILE = "metrics.jsonl"
 EVALS_FILE = "evals.jsonl"
 PLOTS = ("loss.png", "perplexity.png")
+CHECKPOINTS_DIR = "checkpoints"  # copies of the last train.keep_last checkpoints, one folder per step
+TRACKER_FILES = ("tensorboard", "wandb", "wandb_id.txt")  # written by the optional experiment trackers
 RUN_FILES = {CONFIG_FILE, MODEL_FILE, BEST_FILE, STATE_FILE, METRICS_FILE, EVALS_FILE, *PLOTS,
-             TOKENIZER_FILE}
+             TOKENIZER_FILE, CHECKPOINTS_DIR, *TRACKER_FILES}
 
 
 # --------------------------------------------------------------------------- config

@@ -8,6 +8,9 @@ units (AMX or AVX512-BF16, where it runs several times faster than float32), flo
 from __future__ import annotations
 
 import contextlib
+import json
+import platform
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -79,8 +82,60 @@ _PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "
                "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12}
 
 
+def measure_matmul_flops(device: torch.device, dtype: torch.dtype, n: int = 1024, seconds: float = 0.3) -> float:
+    """FLOP/s of square `n` x `n` matrix products in `dtype` on `device`, measured for ~`seconds`."""
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elif device.type == "mps":
+            torch.mps.synchronize()
+
+    for _ in range(2):  # warm up kernels and thread pools
+        a @ b
+    sync()
+    start, runs = time.perf_counter(), 0
+    while (elapsed := time.perf_counter() - start) < seconds or runs < 3:
+        a @ b
+        runs += 1
+        if runs % 4 == 0 or elapsed >= seconds:
+            sync()
+    sync()
+    return 2 * n**3 * runs / (time.perf_counter() - start)
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_peak_flops(dtype: torch.dtype) -> float:
+    """This CPU's measured matrix-product FLOP/s at the current thread count, cached in the tinylm
+    cache (peak_flops.json) per CPU model, thread count and dtype, so it is measured once."""
+    from tinylm.fileio import cache_root, write_text
+
+    path = cache_root() / "peak_flops.json"
+    key = f"{_cpu_name()}|{torch.get_num_threads()} threads|{str(dtype).removeprefix('torch.')}"
+    known: dict[str, float] = {}
+    with contextlib.suppress(OSError, ValueError):
+        known = json.loads(path.read_text())
+    if key not in known:
+        known[key] = measure_matmul_flops(torch.device("cpu"), dtype)
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text(path, json.dumps(known, indent=1))
+    return known[key]
+
+
 def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
-    """The device's peak FLOP/s for `dtype` when known (CUDA GPUs in the table), else None."""
+    """The device's peak FLOP/s for `dtype`, the denominator of MFU: the table's dense tensor-core
+    peak for known CUDA GPUs, the measured matrix-product rate on CPUs, else None."""
+    if device.type == "cpu":
+        return cpu_peak_flops(dtype)
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)

@@ -10,6 +10,9 @@ come from one of two samplers, chosen by `data.sampling` (see `make_loader`):
   target exactly once per epoch; the state is just (epoch, index into that epoch's order).
 
 Either state is saved in train_state.pt so a resumed run draws exactly the batches it would have drawn.
+With several processes (`shard=(rank, world_size)`), every process draws the same global batch of
+`batch_size * world_size` windows and keeps its own slice: the processes see different data, and
+the global batches are the same whatever the number of processes.
 Evaluation walks the split in non-overlapping windows that score every token but the first.
 """
 
@@ -27,10 +30,21 @@ def _check_length(tokens: np.ndarray, context: int) -> None:
                         f"model.context + 1 = {context + 1}; use more text or a smaller model.context")
 
 
-def _stack(tokens: np.ndarray, starts: list[int], context: int) -> tuple[torch.Tensor, torch.Tensor]:
-    windows = np.stack([tokens[s:s + context + 1] for s in starts]).astype(np.int64)
-    batch = torch.from_numpy(windows)
-    return batch[:, :-1], batch[:, 1:]
+class _Windows:
+    """What both samplers share: the token array, window shape and this process's shard."""
+
+    def __init__(self, tokens: np.ndarray, context: int, batch_size: int, shard: tuple[int, int]):
+        _check_length(tokens, context)
+        self.tokens, self.context, self.batch_size = tokens, context, batch_size
+        self.rank, self.world_size = shard
+        self.global_batch = batch_size * self.world_size  # windows drawn per batch, over all processes
+
+    def _stack(self, starts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's slice of the global batch starting at `starts`, as (input, target)."""
+        mine = starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        windows = np.stack([self.tokens[s:s + self.context + 1] for s in mine]).astype(np.int64)
+        batch = torch.from_numpy(windows)
+        return batch[:, :-1], batch[:, 1:]
 
 
 def _wrong_sampler(state: dict, sampler: str) -> CheckpointError:
@@ -38,16 +52,16 @@ def _wrong_sampler(state: dict, sampler: str) -> CheckpointError:
                            f"written by the {sampler!r} sampler; resume with the run's own data.sampling")
 
 
-class RandomWindows:
-    def __init__(self, tokens: np.ndarray, context: int, batch_size: int, seed: int):
-        _check_length(tokens, context)
-        self.tokens, self.context, self.batch_size = tokens, context, batch_size
+class RandomWindows(_Windows):
+    def __init__(self, tokens: np.ndarray, context: int, batch_size: int, seed: int,
+                 shard: tuple[int, int] = (0, 1)):
+        super().__init__(tokens, context, batch_size, shard)
         self.generator = torch.Generator().manual_seed(seed)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         n_starts = len(self.tokens) - self.context  # a window starting at s ends at s + context
-        starts = torch.randint(n_starts, (self.batch_size,), generator=self.generator).tolist()
-        return _stack(self.tokens, starts, self.context)
+        starts = torch.randint(n_starts, (self.global_batch,), generator=self.generator).tolist()
+        return self._stack(starts)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"generator": self.generator.get_state()}
@@ -58,20 +72,21 @@ class RandomWindows:
         self.generator.set_state(state["generator"])
 
 
-class PermutationWindows:
+class PermutationWindows(_Windows):
     """Every window of an epoch's tiling once, in a seeded order; epochs differ in phase and order.
 
     Epoch e draws, from a fresh `torch.Generator().manual_seed((seed * 1_000_003 + e) mod 2**63)`,
     first a phase p = randint(min(context, len(tokens) - context)) and then a permutation of the
     n = (len(tokens) - 1 - p) // context windows starting at p + i * context. Consecutive windows
     share one token, so tokens p+1 .. p+n*context are each a target exactly once per epoch (the
-    bound on p keeps n >= 1). A batch takes the next `batch_size` windows of the order and runs
+    bound on p keeps n >= 1). A batch takes the next `global_batch` windows of the order and runs
     on into the next epoch when the order is used up.
     """
 
-    def __init__(self, tokens: np.ndarray, context: int, batch_size: int, seed: int):
-        _check_length(tokens, context)
-        self.tokens, self.context, self.batch_size, self.seed = tokens, context, batch_size, seed
+    def __init__(self, tokens: np.ndarray, context: int, batch_size: int, seed: int,
+                 shard: tuple[int, int] = (0, 1)):
+        super().__init__(tokens, context, batch_size, shard)
+        self.seed = seed
         self._epoch, self._index = 0, 0
         self.phase, self.n_windows, self.order = self._layout(0)  # of the current epoch
 
@@ -89,15 +104,15 @@ class PermutationWindows:
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         starts: list[int] = []
-        while len(starts) < self.batch_size:
-            take = min(self.batch_size - len(starts), self.n_windows - self._index)
+        while len(starts) < self.global_batch:
+            take = min(self.global_batch - len(starts), self.n_windows - self._index)
             picked = self.order[self._index:self._index + take]
             starts += (self.phase + picked * self.context).tolist()
             self._index += take
             if self._index == self.n_windows:
                 self._epoch, self._index = self._epoch + 1, 0
                 self.phase, self.n_windows, self.order = self._layout(self._epoch)
-        return _stack(self.tokens, starts, self.context)
+        return self._stack(starts)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self._epoch, "index": self._index}
@@ -117,12 +132,12 @@ class PermutationWindows:
 SAMPLERS = {"random": RandomWindows, "permutation": PermutationWindows}
 
 
-def make_loader(tokens: np.ndarray, context: int, batch_size: int, seed: int,
-                sampling: str = "random") -> RandomWindows | PermutationWindows:
-    """The training loader for `data.sampling`."""
+def make_loader(tokens: np.ndarray, context: int, batch_size: int, seed: int, sampling: str = "random",
+                shard: tuple[int, int] = (0, 1)) -> RandomWindows | PermutationWindows:
+    """The training loader for `data.sampling`; `shard` = (rank, world_size) of this process."""
     if sampling not in SAMPLERS:
         raise ValueError(f"unknown sampling {sampling!r}; expected one of {', '.join(SAMPLERS)}")
-    return SAMPLERS[sampling](tokens, context, batch_size, seed)
+    return SAMPLERS[sampling](tokens, context, batch_size, seed, shard)
 
 
 def eval_windows(n_tokens: int, context: int, max_windows: int = 0) -> list[tuple[int, int]]:

@@ -6,39 +6,62 @@ model.safetensors. A SIGKILL before the commit leaves the previous checkpoint in
 it, `load_checkpoint` finds the new weights under their temporary name by their sha256 and
 finishes the rename. train_state.pt holds only tensors and plain Python values and is read
 with `torch.load(weights_only=True)`, so loading never unpickles arbitrary objects.
+
+With `train.keep_last`, each checkpoint is also kept (hard-linked, so no copy of the bytes) in
+checkpoints/step-NNNNNNN/ and the oldest beyond the last K are removed.
 """
 
 from __future__ import annotations
 
+import os
+import random
+import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from tinylm import fileio
 from tinylm.errors import CheckpointError
 from tinylm.model import GPT
-from tinylm.rundir import MODEL_FILE, STATE_FILE, load_weights, save_weights
+from tinylm.rundir import CHECKPOINTS_DIR, MODEL_FILE, STATE_FILE, load_weights, save_weights
 
 FORMAT = 1
 
 
 def rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    """Every global generator: torch (CPU, CUDA, MPS), Python's `random` and NumPy's, as tensors
+    and plain values (readable with weights_only=True)."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {"torch": torch.get_rng_state(),
+                             "python": [version, list(mt), gauss],
+                             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        state["mps"] = torch.mps.get_rng_state()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
+    if "python" in state:
+        version, mt, gauss = state["python"]
+        random.setstate((version, tuple(mt), gauss))
+    if "numpy" in state:
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    if "mps" in state and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(state["mps"])
 
 
 def save_checkpoint(run_dir: Path, model: GPT, state: dict[str, Any], metadata: dict[str, Any]) -> None:
     """Atomically replace the run's checkpoint with `model` and `state` (optimizer, loader,
-    counters; RNG states are added here)."""
+    counters; this process's RNG states are added here unless `state` brings them)."""
     model_path, state_path = run_dir / MODEL_FILE, run_dir / STATE_FILE
     sha = save_weights(model, model_path, metadata, replace=False)
     full = {"format": FORMAT, "model_sha256": sha, "rng": rng_state(), **state}
@@ -75,12 +98,34 @@ def read_state(run_dir: Path) -> dict[str, Any]:
     return state
 
 
-def load_checkpoint(run_dir: Path, model: GPT) -> dict[str, Any]:
-    """Load the weights into `model` and return the training state (RNG states restored)."""
+def load_checkpoint(run_dir: Path, model: GPT, rank: int = 0) -> dict[str, Any]:
+    """Load the weights into `model` and return the training state (RNG states restored; a run of
+    several processes saved one set per rank, a list: process `rank` takes its own)."""
     state = read_state(run_dir)
     _repair(run_dir, state["model_sha256"])
     for stale in run_dir.glob(".*.tmp"):  # half-written files of the killed process
         stale.unlink(missing_ok=True)
     load_weights(model, run_dir / MODEL_FILE)
-    set_rng_state(state["rng"])
+    rng = state["rng"]
+    set_rng_state(rng[rank % len(rng)] if isinstance(rng, list) else rng)
     return state
+
+
+def keep_copy(run_dir: Path, step: int, keep_last: int) -> Path:
+    """Keep the checkpoint just saved as checkpoints/step-NNNNNNN/ and drop all but the last
+    `keep_last` such copies. Returns the copy's folder."""
+    folder = run_dir / CHECKPOINTS_DIR
+    target = folder / f"step-{step:07d}"
+    staging = folder / f".{target.name}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name in (MODEL_FILE, STATE_FILE):
+        try:
+            os.link(run_dir / name, staging / name)  # the run's file is replaced by rename later: the link stays
+        except OSError:  # file systems without hard links
+            shutil.copy2(run_dir / name, staging / name)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    for old in sorted(p for p in folder.glob("step-*") if p.is_dir())[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target

@@ -1,16 +1,18 @@
 """The training loop.
 
-    data dir -> loader (random windows | permutation) -> [micro-batches x grad_accum -> AdamW step] x steps
-                                   every eval_interval: validation loss, checkpoint, best weights, plots
+    data dir -> loader (random windows | permutation) -> [micro-batches x accumulation -> optimizer step] x steps
+                every eval_interval: validation loss, checkpoint, best weights, plots
 
 The run ends at `max_steps` or when the wall-clock `time_budget` is spent, whichever comes
 first; the learning rate follows that progress (see schedule.py). Ctrl-C stops at the next
 step boundary with a checkpoint; `train(cfg, resume=True)` continues a run exactly where its
-last checkpoint left it (same batches, same dropout masks, same weights on CPU).
+last checkpoint left it (same batches, same dropout masks, same weights on CPU). Under torchrun
+each process trains on its slice of every batch through DDP (distributed.py); rank 0 writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import signal
@@ -18,10 +20,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from rich.progress import TextColumn
+from torch.nn.parallel import DistributedDataParallel
 
 from tinylm.config import RunConfig
 from tinylm.console import console, progress, warn
@@ -33,11 +36,13 @@ from tinylm.model import GPT
 from tinylm.rundir import BEST_FILE, METRICS_FILE, RUN_FILES, read_weights, save_weights, write_config
 from tinylm.runtime import autocast, peak_flops, resolve_device, resolve_dtype
 from tinylm.tokenizers import Tokenizer, load_tokenizer
-from tinylm.training.checkpoint import load_checkpoint, save_checkpoint
+from tinylm.training import distributed
+from tinylm.training.checkpoint import keep_copy, load_checkpoint, rng_state, save_checkpoint
+from tinylm.training.distributed import Procs
 from tinylm.training.metrics import MetricsLog, plot_metrics
-from tinylm.training.optim import build_optimizer
+from tinylm.training.optim import build_optimizers
 from tinylm.training.schedule import learning_rate, progress_fraction
-
+from tinylm.training.trackers import check_trackers, open_trackers
 
 @dataclass
 class TrainResult:
@@ -48,6 +53,52 @@ class TrainResult:
     val_loss: float | None
     best_val_loss: float | None
     stopped_by: str  # "max_steps", "time_budget" or "interrupt"
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How one optimizer step's global batch is cut: `accum` micro-batches of `micro` sequences in
+    each of `processes` processes, `tokens` tokens in all."""
+
+    micro: int
+    accum: int
+    processes: int
+    context: int
+
+    @property
+    def tokens(self) -> int:
+        return self.micro * self.accum * self.processes * self.context
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(n, 0, -1) if n % d == 0]
+
+
+def plan_batch(cfg: RunConfig, processes: int, fits: Callable[[int], bool] | None = None) -> BatchPlan:
+    """The batch plan for `train.batch_tokens` (or batch_size x grad_accum x context) over
+    `processes`, with micro-batches of `train.batch_size` sequences, or with batch_size 0 the
+    largest divisor that `fits` (a trial forward and backward; None: at most 8,192 tokens)."""
+    t, context = cfg.train, cfg.model.context
+    if t.batch_tokens == 0:
+        return BatchPlan(t.batch_size, t.grad_accum, processes, context)  # the global batch grows with processes
+    if t.batch_tokens % (context * processes):
+        raise ConfigError(f"train.batch_tokens {t.batch_tokens:,} is not a whole number of sequences of "
+                          f"model.context {context} for each of {processes} process(es); use a multiple of "
+                          f"{context * processes:,}")
+    sequences = t.batch_tokens // (context * processes)  # per process and step
+    if t.batch_size:
+        if sequences % t.batch_size:
+            raise ConfigError(f"train.batch_tokens {t.batch_tokens:,} is not divisible by the micro-batch tokens "
+                              f"(batch_size {t.batch_size} x context {context} x {processes} process(es) = "
+                              f"{t.batch_size * context * processes:,}); set train.batch_size to a divisor of "
+                              f"{sequences} (or 0 to choose automatically)")
+        return BatchPlan(t.batch_size, sequences // t.batch_size, processes, context)
+    fits = fits or (lambda micro: micro * context <= 8192)
+    micro = next((d for d in _divisors(sequences) if fits(d)), None)
+    if micro is None:
+        raise ConfigError(f"not even a micro-batch of 1 sequence of {context} tokens fits on this device; "
+                          "lower model.context or the model size")
+    return BatchPlan(micro, sequences // micro, processes, context)
 
 
 class StopRequest:
@@ -73,51 +124,76 @@ class StopRequest:
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, run_dir: Path, data_dir: Path, tokenizer: Tokenizer):
-        self.cfg, self.run_dir, self.tokenizer = cfg, run_dir, tokenizer
+    def __init__(self, cfg: RunConfig, run_dir: Path, data_dir: Path, tokenizer: Tokenizer,
+                 procs: Procs | None = None):
+        procs = procs or Procs()
+        self.cfg, self.run_dir, self.tokenizer, self.procs = cfg, run_dir, tokenizer, procs
         t = cfg.train
-        self.device = resolve_device(t.device)
+        self.device = distributed.start(procs, resolve_device(t.device))
+        if self.device.type == "cpu" and (t.threads or procs.distributed):
+            torch.set_num_threads(distributed.cpu_threads(procs, t.threads))
         self.dtype = resolve_dtype(t.dtype, self.device)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        torch.manual_seed(t.seed)
+        torch.manual_seed(t.seed)  # the same initial weights in every process
         self.model = GPT(cfg.model).to(self.device)
-        self.optimizer = build_optimizer(self.model, t)
+        self.plan = plan_batch(cfg, procs.world_size, self._fits if self.device.type == "cuda" else None)
+        if procs.distributed:
+            torch.manual_seed(t.seed + 7919 * procs.rank)  # but different dropout masks
+        self.optimizers = build_optimizers(self.model, t, self.device)
         # loss scaling only where it applies: float16 autocast on CUDA
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16 and self.device.type == "cuda")
-        self.loader = make_loader(load_split(data_dir, "train"), cfg.model.context, t.batch_size, t.seed,
-                                  sampling=cfg.data.sampling)
+        self.loader = make_loader(load_split(data_dir, "train"), cfg.model.context, self.plan.micro, t.seed,
+                                  sampling=cfg.data.sampling, shard=(procs.rank, procs.world_size))
         self.val_tokens = load_split(data_dir, "val")
-        self.tokens_per_step = t.batch_size * t.grad_accum * cfg.model.context
+        self.tokens_per_step = self.plan.tokens
         self.flops_per_token = self.model.flops_per_token()
-        self.peak_flops = peak_flops(self.device, self.dtype)  # for MFU; None where unknown (CPUs)
-        self.forward = self._compiled() if t.compile else self.model
+        self.peak_flops = peak_flops(self.device, self.dtype)  # for MFU (per process); None where unknown
+        ddp_ids = [self.device.index] if self.device.type == "cuda" else None
+        self.ddp = DistributedDataParallel(self.model, device_ids=ddp_ids) if procs.distributed else self.model
+        self.forward = self._compiled() if t.compile else self.ddp
         self.metrics = MetricsLog(run_dir / METRICS_FILE)
-        self.hellaswag = self._hellaswag_items() if t.hellaswag_items else []
+        self.trackers: list = []
+        self.hellaswag = self._hellaswag_items() if t.hellaswag_items and procs.main else []
         self.step, self.tokens, self.elapsed = 0, 0, 0.0
         self.best_val_loss = math.inf
         self.loss_sum, self.loss_count = 0.0, 0  # train loss since the last metrics row
+        self.skipped_steps = 0  # float16 steps the GradScaler skipped (gradients overflowed)
         self._start = time.perf_counter()  # wall clock origin, shifted back by time already spent
         self._last_log = (self._start, 0)  # (time, tokens) at the last metrics row
+        self._last_save = 0.0  # elapsed seconds at the last checkpoint
 
     # ------------------------------------------------------------------ setup
+
+    def _trial_step(self, forward: Callable, micro: int) -> None:
+        x = torch.zeros(micro, self.cfg.model.context, dtype=torch.long, device=self.device)
+        with autocast(self.device, self.dtype):
+            _, loss = forward(x, x)
+        loss.backward()
+        self.model.zero_grad(set_to_none=True)
+
+    def _fits(self, micro: int) -> bool:
+        """Whether a forward and backward pass of `micro` sequences fits in GPU memory."""
+        try:
+            self._trial_step(self.model, micro)
+            return True
+        except torch.cuda.OutOfMemoryError:
+            self.model.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            return False
 
     def _compiled(self) -> torch.nn.Module:
         """torch.compile the model, probing it once; fall back to eager with a warning."""
         try:
-            compiled = torch.compile(self.model)
-            x = torch.zeros(self.cfg.train.batch_size, self.cfg.model.context, dtype=torch.long, device=self.device)
-            with autocast(self.device, self.dtype):
-                _, loss = compiled(x, x)
-            loss.backward()
-            self.optimizer.zero_grad(set_to_none=True)
+            compiled = torch.compile(self.ddp)
+            self._trial_step(compiled, self.plan.micro)
             return compiled
         except Exception as e:  # compilers fail in many ways (no C++ toolchain, unsupported op, ...)
-            self.optimizer.zero_grad(set_to_none=True)
+            self.model.zero_grad(set_to_none=True)
             warn(f"torch.compile is not usable here ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
                  "training without it")
-            return self.model
+            return self.ddp
 
     def _hellaswag_items(self) -> list:
         from tinylm.evaluation.multiple_choice import hellaswag_file, read_items, subsample
@@ -126,86 +202,170 @@ class Trainer:
         return subsample(read_items(hellaswag_file(t.hellaswag_file), "hellaswag"), t.hellaswag_items, seed=0)
 
     def restore(self) -> None:
-        state = load_checkpoint(self.run_dir, self.model)
-        self.optimizer.load_state_dict(state["optimizer"])
+        procs = self.procs
+        if not procs.main:
+            distributed.barrier(procs)  # rank 0 repairs an interrupted save first
+        state = load_checkpoint(self.run_dir, self.model, rank=procs.rank)
+        if procs.main:
+            distributed.barrier(procs)
+        saved_procs = len(state["rng"]) if isinstance(state["rng"], list) else 1
+        if saved_procs != procs.world_size and procs.main:
+            warn(f"the run was saved by {saved_procs} process(es) and resumes with {procs.world_size}: the batches "
+                 "are the same, dropout masks differ from an uninterrupted run")
+        saved_optimizers = state["optimizers"] if "optimizers" in state else [state["optimizer"]]  # format of 0.x
+        if len(saved_optimizers) != len(self.optimizers):
+            raise CheckpointError(f"{self.run_dir} was trained with another train.optimizer; resume with the "
+                                  "run's own optimizer")
+        for optimizer, saved in zip(self.optimizers, saved_optimizers, strict=True):
+            optimizer.load_state_dict(saved)
         self.scaler.load_state_dict(state["scaler"])
         self.loader.load_state_dict(state["loader"])
         self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed"]
         self.best_val_loss = state["best_val_loss"]
         self.loss_sum, self.loss_count = state["loss_sum"], state["loss_count"]
+        self.skipped_steps = state.get("skipped_steps", 0)
+        self._last_save = self.elapsed
         if (self.run_dir / BEST_FILE).is_file():  # best weights may be newer than train_state.pt
             _, meta = read_weights(self.run_dir / BEST_FILE)
             self.best_val_loss = min(self.best_val_loss, float(meta.get("val_loss", math.inf)))
-        self.metrics.truncate_after(self.step)
+        if procs.main:
+            self.metrics.truncate_after(self.step)
 
     # ------------------------------------------------------------------ the pieces of a step
 
-    def train_step(self, lr: float) -> tuple[torch.Tensor, torch.Tensor | None]:
-        t = self.cfg.train
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+    def train_step(self, lr_factor: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step at `lr_factor` x each group's base rate; returns this process's mean
+        loss and the global gradient norm (before clipping)."""
+        for optimizer in self.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] * lr_factor
+        mean_loss = self.backward()
+        return mean_loss, self.optimizer_step(mean_loss)
+
+    def backward(self) -> torch.Tensor:
+        """Gradients of one global batch (averaged over the processes); returns this process's mean loss."""
+        accum = self.plan.accum
         total = torch.zeros((), device=self.device)
-        for _ in range(t.grad_accum):
+        for i in range(accum):
             x, y = (b.to(self.device, non_blocking=True) for b in self.loader.next_batch())
-            with autocast(self.device, self.dtype):
-                _, loss = self.forward(x, y)
-            self.scaler.scale(loss / t.grad_accum).backward()
+            # DDP averages gradients across processes on the last micro-batch only
+            last = i == accum - 1 or not self.procs.distributed
+            with contextlib.nullcontext() if last else self.ddp.no_sync():
+                with autocast(self.device, self.dtype):
+                    _, loss = self.forward(x, y)
+                self.scaler.scale(loss / accum).backward()
             total += loss.detach()
-        grad_norm = None
-        if t.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        return total / t.grad_accum, grad_norm
+        return total / accum
+
+    def optimizer_step(self, mean_loss: torch.Tensor) -> torch.Tensor:
+        """Clip, check and apply the gradients; returns their norm before clipping. A non-finite loss
+        (or non-finite gradients outside float16) stops the run before the weights change."""
+        for optimizer in self.optimizers:
+            self.scaler.unscale_(optimizer)
+        clip = self.cfg.train.grad_clip or math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        if not torch.isfinite(mean_loss):
+            raise TinylmError(f"the training loss became {mean_loss.item()} at step {self.step + 1}; nothing was "
+                              "saved from this step on. Lower train.lr or raise train.warmup_steps and resume "
+                              "from the last checkpoint")
+        if self.scaler.is_enabled():  # float16: an overflowing step is skipped and the loss scale lowered
+            scale = self.scaler.get_scale()
+            for optimizer in self.optimizers:
+                self.scaler.step(optimizer)
+            self.scaler.update()
+            if self.scaler.get_scale() < scale:
+                self.skipped_steps += 1
+                if self.procs.main and self.skipped_steps <= 20:
+                    console.print(f"step {self.step + 1}: float16 gradients overflowed; step skipped, loss scale "
+                                  f"now {self.scaler.get_scale():g}" + (" (further skips: metrics.jsonl)"
+                                                                       if self.skipped_steps == 20 else ""))
+        elif not torch.isfinite(grad_norm):
+            raise TinylmError(f"the gradients became {grad_norm.item()} at step {self.step + 1} (loss "
+                              f"{mean_loss.item():.4f}); nothing was saved from this step on. Lower train.lr, "
+                              "keep train.grad_clip on, and resume from the last checkpoint")
+        else:
+            for optimizer in self.optimizers:
+                optimizer.step()
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        return grad_norm
 
     def validation_loss(self) -> float:
+        """Mean loss over the validation windows, each process scoring its share."""
         t = self.cfg.train
         max_windows = max(1, t.eval_tokens // self.cfg.model.context) if t.eval_tokens else 0
-        nats, count = score_tokens(self.model, self.val_tokens, batch_size=t.batch_size,
-                                   device=self.device, dtype=self.dtype, max_windows=max_windows)
+        nats, count = score_tokens(self.model, self.val_tokens, batch_size=self.plan.micro, device=self.device,
+                                   dtype=self.dtype, max_windows=max_windows,
+                                   shard=(self.procs.rank, self.procs.world_size))
+        nats, count = distributed.all_sum(self.procs, [nats, count], self.device)
         return nats / count
 
     def save(self, val_loss: float | None) -> None:
+        """Checkpoint (every process takes part: RNG states are gathered; rank 0 writes)."""
+        rngs = distributed.gather_objects(self.procs, rng_state())
+        self._last_save = self.elapsed
+        if not self.procs.main:
+            return
         meta = {"step": self.step, "tokenizer_fingerprint": self.tokenizer.fingerprint()}
         if val_loss is not None and val_loss < self.best_val_loss:
             self.best_val_loss = val_loss
             save_weights(self.model, self.run_dir / BEST_FILE, {**meta, "val_loss": val_loss})
         state = {"step": self.step, "tokens": self.tokens, "elapsed": self.elapsed,
-                 "best_val_loss": self.best_val_loss, "loss_sum": self.loss_sum,
-                 "loss_count": self.loss_count, "optimizer": self.optimizer.state_dict(),
-                 "scaler": self.scaler.state_dict(), "loader": self.loader.state_dict()}
+                 "best_val_loss": self.best_val_loss, "loss_sum": self.loss_sum, "loss_count": self.loss_count,
+                 "skipped_steps": self.skipped_steps, "optimizers": [o.state_dict() for o in self.optimizers],
+                 "scaler": self.scaler.state_dict(), "loader": self.loader.state_dict(),
+                 "rng": rngs if self.procs.distributed else rngs[0]}
         save_checkpoint(self.run_dir, self.model, state, meta)
+        if self.cfg.train.keep_last:
+            keep_copy(self.run_dir, self.step, self.cfg.train.keep_last)
 
     def plot(self) -> None:
+        if not self.procs.main:
+            return
         try:
             plot_metrics(self.metrics.rows(), self.run_dir, title=self.cfg.preset or self.run_dir.name)
         except Exception as e:  # a plot must never cost the run
             warn(f"could not draw the plots ({type(e).__name__}: {e})")
 
+    def record(self, row: dict[str, Any]) -> None:
+        """A metrics row: metrics.jsonl and the trackers (rank 0 only)."""
+        if self.procs.main:
+            self.metrics.append(row)
+            for tracker in self.trackers:
+                tracker.log(row)
+
     # ------------------------------------------------------------------ the loop
 
-    def stop_reason(self, stop: StopRequest) -> str | None:
+    def stop_reason(self, stop_requested: bool) -> str | None:
         if self.step >= self.cfg.train.max_steps:
             return "max_steps"
         if progress_fraction(self.step, self.elapsed, self.cfg.train) >= 1.0:
             return "time_budget"
-        return "interrupt" if stop.requested else None
+        return "interrupt" if stop_requested else None
 
-    def log_train_row(self, lr: float, grad_norm: torch.Tensor | None) -> dict[str, Any]:
+    def save_due(self) -> bool:
+        """A periodic checkpoint between validation passes (train.save_interval / save_minutes)."""
+        t = self.cfg.train
+        return bool((t.save_interval and self.step % t.save_interval == 0)
+                    or (t.save_minutes and self.elapsed - self._last_save >= 60 * t.save_minutes))
+
+    def log_train_row(self, lr: float, grad_norm: torch.Tensor) -> dict[str, Any]:
         now = time.perf_counter()
         last_time, last_tokens = self._last_log
         self._last_log = (now, self.tokens)
+        loss_sum, processes = distributed.all_sum(self.procs, [self.loss_sum, 1.0], self.device)
         row = {"step": self.step, "tokens": self.tokens, "elapsed": round(self.elapsed, 3), "lr": lr,
-               "train_loss": self.loss_sum / self.loss_count,
-               "grad_norm": None if grad_norm is None else float(grad_norm),
+               "train_loss": loss_sum / processes / self.loss_count, "grad_norm": float(grad_norm),
                "tokens_per_s": round((self.tokens - last_tokens) / max(now - last_time, 1e-9), 1)}
         row["tflops"] = round(row["tokens_per_s"] * self.flops_per_token / 1e12, 4)  # achieved training TFLOP/s
-        if self.peak_flops:
-            row["mfu"] = round(row["tflops"] * 1e12 / self.peak_flops, 4)
+        if self.peak_flops:  # model FLOPs utilisation against every process's peak
+            row["mfu"] = round(row["tflops"] * 1e12 / (self.peak_flops * self.procs.world_size), 4)
+        if self.scaler.is_enabled():
+            row["skipped_steps"] = self.skipped_steps
+        if self.procs.distributed:
+            row["processes"] = int(processes)  # that reported this row
         self.loss_sum, self.loss_count = 0.0, 0
-        self.metrics.append(row)
+        self.record(row)
         return row
 
     def evaluate_and_save(self) -> float:
@@ -214,62 +374,74 @@ class Trainer:
         row = {"step": self.step, "tokens": self.tokens, "elapsed": round(self.elapsed, 3),
                "val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 700.0))}
         extra = ""
-        if self.hellaswag:
+        if self.hellaswag:  # rank 0 only: the others wait at the next step's synchronisation
             from tinylm.evaluation.multiple_choice import score_items
 
             result = score_items(self.model, self.tokenizer, self.hellaswag, "hellaswag",
-                                 batch_size=self.cfg.train.batch_size, device=self.device, dtype=self.dtype)
+                                 batch_size=self.plan.micro, device=self.device, dtype=self.dtype)
             row |= {"hellaswag_acc": result.accuracy, "hellaswag_acc_norm": result.accuracy_norm}
             extra = f"  hellaswag {result.accuracy_norm:.3f}"
-        self.metrics.append(row)
+        self.record(row)
         improved = val_loss < self.best_val_loss
         self.save(val_loss)
         self.plot()
-        console.print(f"step {self.step:>6}  val loss {val_loss:.4f}  ppl {math.exp(val_loss):8.3f}{extra}"
-                      f"  {self.elapsed:7.1f}s{'  (best)' if improved else ''}")
+        if self.procs.main:
+            console.print(f"step {self.step:>6}  val loss {val_loss:.4f}  ppl {math.exp(min(val_loss, 700)):8.3f}"
+                          f"{extra}  {self.elapsed:7.1f}s{'  (best)' if improved else ''}")
         return val_loss
 
-    def fit(self) -> TrainResult:
-        t = self.cfg.train
+    def fit(self, resume: bool = False) -> TrainResult:
+        t, procs = self.cfg.train, self.procs
+        if procs.main:
+            self.trackers = open_trackers(t.trackers, self.run_dir, self.cfg.to_dict(),
+                                          self.cfg.preset or self.run_dir.name, resume,
+                                          start_step=self.step if resume else None)
         self._start = time.perf_counter() - self.elapsed
         self._last_log = (time.perf_counter(), self.tokens)
         val_loss: float | None = None
-        last_eval_step = self.step
+        last_eval_step = last_save_step = self.step
         # fits an 80-column terminal; elapsed time is on the validation lines
         bar = progress(TextColumn("step {task.fields[step]}  loss {task.fields[loss]}  val {task.fields[val]}  "
                                   "{task.fields[tps]} tok/s"), counts=False, elapsed=False, bar_width=14)
+        bar.disable = bar.disable or not procs.main
         task = bar.add_task("train", total=1.0, step=self.step, loss="-", val="-", tps="-")
         self.model.train()
-        with StopRequest() as stop, bar:
-            while True:
-                self.elapsed = time.perf_counter() - self._start
-                if (stopped_by := self.stop_reason(stop)) is not None:
-                    break
-                lr = learning_rate(self.step, progress_fraction(self.step, self.elapsed, t), t)
-                loss, grad_norm = self.train_step(lr)
-                self.step += 1
-                self.tokens += self.tokens_per_step
-                self.loss_sum += loss.item()
-                self.loss_count += 1
-                self.elapsed = time.perf_counter() - self._start
-                if not math.isfinite(self.loss_sum):
-                    raise TinylmError(f"the training loss became {loss.item()} at step {self.step}; "
-                                      "nothing was saved from this step on. Lower train.lr or raise "
-                                      "train.warmup_steps and resume from the last checkpoint")
-                if self.step % t.log_interval == 0:
-                    row = self.log_train_row(lr, grad_norm)
-                    bar.update(task, loss=f"{row['train_loss']:.3f}", tps=f"{row['tokens_per_s'] / 1000:.1f}k")
-                if self.step % t.eval_interval == 0:
-                    val_loss, last_eval_step = self.evaluate_and_save(), self.step
-                    bar.update(task, val=f"{val_loss:.3f}")
-                bar.update(task, step=self.step, completed=progress_fraction(self.step, self.elapsed, t))
-            if stopped_by == "interrupt":
-                if self.step != last_eval_step:  # checkpoint without spending time on validation
-                    self.save(None)
-                    self.plot()
-            elif self.step != last_eval_step:
-                val_loss = self.evaluate_and_save()
-            bar.update(task, completed=progress_fraction(self.step, self.elapsed, t))
+        try:
+            with StopRequest() as stop, bar:
+                while True:
+                    # every process follows rank 0's clock and Ctrl-C
+                    self.elapsed, stop_requested = distributed.sync_clock(
+                        procs, time.perf_counter() - self._start, stop.requested, self.device)
+                    if (stopped_by := self.stop_reason(stop_requested)) is not None:
+                        break
+                    lr = learning_rate(self.step, progress_fraction(self.step, self.elapsed, t), t)
+                    loss, grad_norm = self.train_step(lr / t.lr)
+                    self.step += 1
+                    self.tokens += self.tokens_per_step
+                    self.loss_sum += loss.item()
+                    self.loss_count += 1
+                    self.elapsed = time.perf_counter() - self._start
+                    if self.step % t.log_interval == 0:
+                        row = self.log_train_row(lr, grad_norm)
+                        bar.update(task, loss=f"{row['train_loss']:.3f}", tps=f"{row['tokens_per_s'] / 1000:.1f}k")
+                    if self.step % t.eval_interval == 0:
+                        val_loss, last_eval_step = self.evaluate_and_save(), self.step
+                        last_save_step = self.step
+                        bar.update(task, val=f"{val_loss:.3f}")
+                    elif self.save_due():
+                        self.save(None)
+                        last_save_step = self.step
+                    bar.update(task, step=self.step, completed=progress_fraction(self.step, self.elapsed, t))
+                if stopped_by == "interrupt":
+                    if self.step != last_save_step:  # checkpoint without spending time on validation
+                        self.save(None)
+                        self.plot()
+                elif self.step != last_eval_step:
+                    val_loss = self.evaluate_and_save()
+                bar.update(task, completed=progress_fraction(self.step, self.elapsed, t))
+        finally:
+            for tracker in self.trackers:
+                tracker.close()
         best = self.best_val_loss if math.isfinite(self.best_val_loss) else None
         return TrainResult(self.run_dir, self.step, self.tokens, self.elapsed, val_loss, best, stopped_by)
 
@@ -298,9 +470,10 @@ def default_run_dir(cfg: RunConfig) -> Path:
 
 
 def _summary(cfg: RunConfig, trainer: Trainer, data_dir: Path, resume: bool) -> str:
-    m, t, tok = cfg.model, cfg.train, trainer.tokenizer
+    m, t, tok, plan = cfg.model, cfg.train, trainer.tokenizer, trainer.plan
     splits = read_meta(data_dir)["splits"]
     limits = (f"budget {t.time_budget:.0f}s or " if t.time_budget else "") + f"{t.max_steps} steps"
+    procs = f" x {plan.processes} processes" if plan.processes > 1 else ""
     return "\n".join([
         f"[bold]tinylm[/] {'resuming' if resume else 'training'} {cfg.preset or 'run'} -> {trainer.run_dir}",
         f"  model   {trainer.model.num_params() / 1e6:.2f}M parameters ({m.n_layer} layers, {m.n_head} heads, "
@@ -308,20 +481,38 @@ def _summary(cfg: RunConfig, trainer: Trainer, data_dir: Path, resume: bool) -> 
         f"{trainer.model.flops_per_token() / 1e6:.1f} MFLOP/token",
         f"  data    {splits['train']['tokens']:,} train / {splits['val']['tokens']:,} val tokens, "
         f"{tok.kind} tokenizer ({tok.vocab_size} ids), {data_dir}",
-        f"  device  {trainer.device.type} {str(trainer.dtype).removeprefix('torch.')}, "
-        f"{trainer.tokens_per_step:,} tokens/step, {limits}" + (f", from step {trainer.step}" if resume else ""),
+        f"  device  {trainer.device.type}{procs} {str(trainer.dtype).removeprefix('torch.')}, {t.optimizer}, "
+        f"{trainer.tokens_per_step:,} tokens/step ({plan.micro} x {plan.accum} sequences{procs}), {limits}"
+        + (f", from step {trainer.step}" if resume else ""),
     ])
 
 
 def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> TrainResult:
-    """Train a model as `cfg` describes (or continue the run in cfg.train.out_dir with `resume`)."""
+    """Train a model as `cfg` describes (or continue the run in cfg.train.out_dir with `resume`).
+    Under torchrun, every process calls this; rank 0 prepares data and writes the run directory."""
     cfg.validate()
+    procs = distributed.from_environment()
     run_dir = default_run_dir(cfg)
     cfg.train.out_dir = str(run_dir)
     resolve_dtype(cfg.train.dtype, resolve_device(cfg.train.device))  # fail before any work
-    data_dir, prepared = resolve_data_dir(cfg.data)
-    if prepared:
-        console.print(f"prepared {cfg.data.source} into {data_dir}")
+    if cfg.train.batch_size:
+        plan_batch(cfg, procs.world_size)  # inconsistent batch settings fail before any work too
+    check_trackers(cfg.train.trackers)
+    try:
+        return _train(cfg, procs, run_dir, resume, overwrite)
+    finally:
+        distributed.stop()
+
+
+def _train(cfg: RunConfig, procs: Procs, run_dir: Path, resume: bool, overwrite: bool) -> TrainResult:
+    if procs.main:  # one process prepares (and caches) the data; the others find it prepared
+        data_dir, prepared = resolve_data_dir(cfg.data)
+        if prepared:
+            console.print(f"prepared {cfg.data.source} into {data_dir}")
+    distributed.start(procs, resolve_device(cfg.train.device))  # join the process group
+    distributed.barrier(procs)
+    if not procs.main:
+        data_dir, _ = resolve_data_dir(cfg.data)
     cfg.data.tokenizer = read_meta(data_dir)["tokenizer"]["spec"]  # a given data dir brings its own
     tokenizer = load_tokenizer(data_dir)
     if resume:
@@ -329,7 +520,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> T
         if run_tokenizer.fingerprint() != tokenizer.fingerprint():
             raise DataError(f"the data in {data_dir} was tokenized differently from the run in {run_dir}; "
                             "resume with the data the run was started on")
-    else:
+    elif procs.main:
         _claim_run_dir(run_dir, overwrite)
     if cfg.model.vocab_size == 0:
         multiple = cfg.model.vocab_multiple
@@ -337,14 +528,16 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> T
     elif cfg.model.vocab_size < tokenizer.vocab_size:
         raise ConfigError(f"model.vocab_size {cfg.model.vocab_size} is smaller than the tokenizer's "
                           f"vocabulary ({tokenizer.vocab_size}); set it to 0 to follow the tokenizer")
-    trainer = Trainer(cfg, run_dir, data_dir, tokenizer)
+    trainer = Trainer(cfg, run_dir, data_dir, tokenizer, procs)
     if resume:
         trainer.restore()
         if trainer.step >= cfg.train.max_steps or progress_fraction(trainer.step, trainer.elapsed, cfg.train) >= 1:
             raise CheckpointError(f"{run_dir} already finished (step {trainer.step}, {trainer.elapsed:.0f}s); "
                                   "raise --max-steps or --time-budget to train it further")
-    else:
+    elif procs.main:
         write_config(run_dir, cfg)
         tokenizer.save(run_dir)
-    console.print(_summary(cfg, trainer, data_dir, resume))
-    return trainer.fit()
+    distributed.barrier(procs)
+    if procs.main:
+        console.print(_summary(cfg, trainer, data_dir, resume))
+    return trainer.fit(resume)
