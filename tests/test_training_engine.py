@@ -2,6 +2,7 @@
 trackers, RNG state and throughput figures (torchrun itself: test_distributed.py)."""
 
 import json
+import math
 import random
 
 import numpy as np
@@ -150,3 +151,16 @@ def test_tensorboard_tracker_records_the_run(tmp_path, corpus_file):
     assert [e.step for e in events.Scalars("val/loss")] == [10, 20]
     val = [r["val_loss"] for r in metrics(run) if "val_loss" in r]
     assert [e.value for e in events.Scalars("val/loss")] == pytest.approx(val)
+
+
+def test_epochs_set_the_number_of_steps(tmp_path, corpus_file):
+    from tinylm.data.prepare import prepare, read_meta
+
+    data = prepare(corpus_file, "char", tmp_path / "data")
+    n_train = read_meta(data)["splits"]["train"]["tokens"]
+    cfg = tiny_config(tmp_path / "run", corpus_file, epochs=0.5, max_steps=10**6, eval_interval=10**6)
+    cfg.data.dir = str(data)
+    result = train(cfg)
+    tokens_per_step = cfg.train.batch_size * cfg.model.context
+    assert result.step == math.ceil(0.5 * n_train / tokens_per_step) and result.tokens >= n_train / 2
+    assert json.loads((result.run_dir / "config.json").read_text())["train"]["max_steps"] == result.step

@@ -137,6 +137,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step (derived from batch_tokens when that is set)
     batch_tokens: int = 0  # tokens per optimizer step over all processes; 0 = batch_size * grad_accum * context
     max_steps: int = 5000
+    epochs: float = 0.0  # when > 0, max_steps = this many passes over the training tokens
     time_budget: float = 0.0  # seconds of wall clock; 0 = no limit
     optimizer: str = "adamw"  # adamw | adam | muon (Muon on the blocks' weight matrices, AdamW on the rest)
     lr: float = 1e-3
@@ -173,7 +174,7 @@ class TrainConfig:
         for name in ("grad_accum", "max_steps", "eval_interval", "log_interval"):
             _check(getattr(self, name) > 0, f"train.{name} must be a positive integer")
         for name in ("time_budget", "warmup_steps", "weight_decay", "grad_clip", "eval_tokens", "min_lr",
-                     "hellaswag_items", "batch_size", "batch_tokens", "threads", "save_interval", "save_minutes",
+                     "hellaswag_items", "batch_size", "batch_tokens", "epochs", "threads", "save_interval", "save_minutes",
                      "keep_last", "eps"):
             _check(getattr(self, name) >= 0, f"train.{name} must be >= 0")
         _check(self.lr > 0, "train.lr must be > 0")

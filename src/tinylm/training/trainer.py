@@ -144,8 +144,11 @@ class Trainer:
         self.optimizers = build_optimizers(self.model, t, self.device)
         # loss scaling only where it applies: float16 autocast on CUDA
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16 and self.device.type == "cuda")
-        self.loader = make_loader(load_split(data_dir, "train"), cfg.model.context, self.plan.micro, t.seed,
+        train_tokens = load_split(data_dir, "train")
+        self.loader = make_loader(train_tokens, cfg.model.context, self.plan.micro, t.seed,
                                   sampling=cfg.data.sampling, shard=(procs.rank, procs.world_size))
+        if t.epochs:  # resolved here, saved in config.json
+            t.max_steps = max(1, math.ceil(t.epochs * len(train_tokens) / self.plan.tokens))
         self.val_tokens = load_split(data_dir, "val")
         self.tokens_per_step = self.plan.tokens
         self.flops_per_token = self.model.flops_per_token()
