@@ -174,8 +174,8 @@ class TrainConfig:
         for name in ("grad_accum", "max_steps", "eval_interval", "log_interval"):
             _check(getattr(self, name) > 0, f"train.{name} must be a positive integer")
         for name in ("time_budget", "warmup_steps", "weight_decay", "grad_clip", "eval_tokens", "min_lr",
-                     "hellaswag_items", "batch_size", "batch_tokens", "epochs", "threads", "save_interval", "save_minutes",
-                     "keep_last", "eps"):
+                     "hellaswag_items", "batch_size", "batch_tokens", "epochs", "threads", "save_interval",
+                     "save_minutes", "keep_last", "eps"):
             _check(getattr(self, name) >= 0, f"train.{name} must be >= 0")
         _check(self.lr > 0, "train.lr must be > 0")
         _check(self.min_lr <= self.lr, "train.min_lr must not exceed train.lr")
