@@ -41,6 +41,8 @@ def test_prepare_train_sample_eval_end_to_end(tmp_path, corpus_file):
     result = json.loads(out.stdout)
     assert set(result) >= {"loss", "perplexity", "bits_per_byte", "tokens"}
     assert 0 < result["loss"] < 5 and result["tokens"] > 1000
+    own = json.loads(tinylm("eval", str(run), "--json").stdout)  # no data named: the run's own validation split
+    assert own["loss"] == result["loss"] and own["tokens"] == result["tokens"]
 
     out = tinylm("eval", str(run), "--text", str(corpus_file))
     assert out.stdout.startswith("loss ") and "bits/byte" in out.stdout
@@ -98,7 +100,7 @@ def test_bad_input_gives_one_line_errors(capsys, tmp_path, trained_run, corpus_f
         (["train", "--resume", str(trained_run), "--set", "model.n_layer=3"], "only train.* settings"),
         (["train", "--resume", str(trained_run), "--text", str(corpus_file)], "cannot be combined with --resume"),
         (["sample", str(tmp_path)], "not a tinylm run directory"),
-        (["eval", str(trained_run)], "exactly one of --data"),
+        (["eval", str(trained_run), "--data", str(tmp_path), "--text", str(corpus_file)], "give one of --data"),
         (["eval", str(trained_run), "--data", str(tmp_path)], "not a complete data directory"),
     ]
     for argv, fragment in cases:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dataset_files import stories, wikitext_raw, write_parquet
 from tinylm.cli import main
 from tinylm.config import DataConfig
 from tinylm.data import catalog, load_split, read_meta, read_source, remote, resolve_data_dir
@@ -63,11 +64,6 @@ def fake_remote(no_network, monkeypatch):
     remote.set_transport(None)
 
 
-def _stories(text: str, n: int, offset: int = 0) -> list[str]:
-    paragraphs = [p.strip() for p in text.split("\n\n") if len(p.strip()) > 40]
-    return [paragraphs[(offset + i) % len(paragraphs)] + f"\nThe end of story {offset + i}." for i in range(n)]
-
-
 def _same_data_dirs(a: Path, b: Path) -> dict:
     meta_a, meta_b = read_meta(a), read_meta(b)
     for meta in (meta_a, meta_b):
@@ -87,7 +83,7 @@ def _url(dataset: str, name: str) -> str:
 
 
 def test_tinystories_local_copy_and_network_give_the_same_data(tmp_path, corpus_text, fake_remote):
-    train, val = _stories(corpus_text, 60), _stories(corpus_text, 8, offset=100)
+    train, val = stories(corpus_text, 60), stories(corpus_text, 8, offset=100)
     raw = {name: "".join(f"{s}\n<|endoftext|>\n" for s in stories).encode()
            for name, stories in (("TinyStoriesV2-GPT4-train.txt", train), ("TinyStoriesV2-GPT4-valid.txt", val))}
     (tmp_path / "copy" / "tinystories").mkdir(parents=True)
@@ -112,20 +108,8 @@ def test_tinystories_local_copy_and_network_give_the_same_data(tmp_path, corpus_
     assert prepare("tinystories", "gpt2", tmp_path / "again") and len(fake.requests) == downloads
 
 
-def _wiki(articles: list[tuple[str, list[str]]]) -> str:
-    out = [" \n"]
-    for title, paragraphs in articles:
-        out += [f" = {title} = \n", " \n"]
-        for i, para in enumerate(paragraphs):
-            if i == 1:
-                out += [" \n", f" = = Section {i} = = \n", " \n"]
-            out.append(" " + para.replace("\n", " ") + " \n")
-        out.append(" \n")
-    return "".join(out)
-
-
 def test_wikitext103_splits_articles_and_matches_the_network_zip(tmp_path, corpus_text, fake_remote, monkeypatch):
-    paras = _stories(corpus_text, 40)
+    paras = stories(corpus_text, 40)
     splits = {"train": [(f"Article {i}", paras[i * 3:i * 3 + 3]) for i in range(10)],
               "valid": [("Valkyria Chronicles III", paras[30:33]), ("Tower Building", paras[33:36])],
               "test": [("Robert Boulter", paras[36:40])]}
@@ -134,8 +118,8 @@ def test_wikitext103_splits_articles_and_matches_the_network_zip(tmp_path, corpu
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as z:
         for split, articles in splits.items():
-            (copy / f"wiki.{split}.raw").write_text(_wiki(articles), encoding="utf-8")
-            z.writestr(f"wikitext-103-raw/wiki.{split}.raw", _wiki(articles))
+            (copy / f"wiki.{split}.raw").write_text(wikitext_raw(articles), encoding="utf-8")
+            z.writestr(f"wikitext-103-raw/wiki.{split}.raw", wikitext_raw(articles))
 
     local = prepare("wikitext103", "char", tmp_path / "local", source_dir=str(tmp_path.joinpath("copy")))
     ds = catalog.DATASETS["wikitext103"]  # the real archive's pinned size does not fit the fixture
@@ -154,21 +138,12 @@ def test_wikitext103_splits_articles_and_matches_the_network_zip(tmp_path, corpu
     assert articles[1].startswith("Tower Building = \n")
 
 
-def _parquet(path: Path, texts: list[str], row_group: int) -> bytes:
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
-    table = pa.table({"id": [f"<urn:{i}>" for i in range(len(texts))], "text": texts,
-                      "score": [3.0 + i % 2 for i in range(len(texts))]})
-    pq.write_table(table, path, row_group_size=row_group)
-    return path.read_bytes()
-
-
 def test_fineweb_edu_streams_only_what_the_token_cap_needs(tmp_path, corpus_text, fake_remote):
     copy = tmp_path / "copy" / "fineweb-edu"
     copy.mkdir(parents=True)
-    pages = _stories(corpus_text, 4000)
-    first = _parquet(copy / "000_00000.parquet", pages[:2000], row_group=50)
-    second = _parquet(copy / "001_00000.parquet", pages[2000:], row_group=50)
+    pages = stories(corpus_text, 4000)
+    first = write_parquet(copy / "000_00000.parquet", pages[:2000], row_group=50)
+    second = write_parquet(copy / "001_00000.parquet", pages[2000:], row_group=50)
 
     local = prepare("fineweb-edu", "gpt2", tmp_path / "local", max_tokens=3000, source_dir=str(tmp_path / "copy"))
     fake = fake_remote({_url("fineweb-edu", "000_00000.parquet"): first,
@@ -226,11 +201,11 @@ def test_tinyshakespeare_from_the_shared_copy(shared_data, tmp_path, monkeypatch
 
 
 def test_jsonl_parquet_and_folders_with_a_text_field(tmp_path, corpus_text):
-    docs = _stories(corpus_text, 30)
+    docs = stories(corpus_text, 30)
     folder = tmp_path / "mixed"
     folder.mkdir()
     (folder / "a.jsonl").write_text("".join(json.dumps({"body": d, "n": i}) + "\n\n" for i, d in enumerate(docs[:10])))
-    _parquet(folder / "b.parquet", docs[10:20], row_group=3)
+    write_parquet(folder / "b.parquet", docs[10:20], row_group=3)
     table = folder / "b.parquet"
     pq = pytest.importorskip("pyarrow.parquet")
     pq.write_table(pq.read_table(table).rename_columns(["id", "body", "score"]), table)
@@ -252,7 +227,7 @@ def test_jsonl_and_parquet_errors_name_the_problem(tmp_path):
     bad.write_text('{"text": "fine"}\nnot json\n')
     with pytest.raises(DataError, match="bad.jsonl line 2 is not valid JSON"):
         read_source(str(bad)).documents()
-    _parquet(tmp_path / "t.parquet", ["some text"] * 3, row_group=2)
+    write_parquet(tmp_path / "t.parquet", ["some text"] * 3, row_group=2)
     with pytest.raises(DataError, match=r"t.parquet has no column 'content' \(it has: id, text, score\)"):
         read_source(str(tmp_path / "t.parquet"), text_field="content").documents()
     (tmp_path / "fake.parquet").write_bytes(b"PAR1 not really")
@@ -261,7 +236,7 @@ def test_jsonl_and_parquet_errors_name_the_problem(tmp_path):
 
 
 def test_shuffle_split_is_seeded_and_keeps_documents_whole(tmp_path, corpus_text):
-    docs = _stories(corpus_text, 300)
+    docs = stories(corpus_text, 300)
     (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
 
     def val_docs(seed: int, name: str) -> list[str]:
@@ -280,8 +255,8 @@ def test_shuffle_split_is_seeded_and_keeps_documents_whole(tmp_path, corpus_text
 def test_token_cap_on_a_source_with_its_own_validation_split(tmp_path, corpus_text):
     copy = tmp_path / "tinystories"
     copy.mkdir()
-    (copy / "TinyStoriesV2-GPT4-train.txt").write_text("\n<|endoftext|>\n".join(_stories(corpus_text, 50)))
-    (copy / "TinyStoriesV2-GPT4-valid.txt").write_text("\n<|endoftext|>\n".join(_stories(corpus_text, 5, 60)))
+    (copy / "TinyStoriesV2-GPT4-train.txt").write_text("\n<|endoftext|>\n".join(stories(corpus_text, 50)))
+    (copy / "TinyStoriesV2-GPT4-valid.txt").write_text("\n<|endoftext|>\n".join(stories(corpus_text, 5, 60)))
     capped = read_meta(prepare("tinystories", "gpt2", tmp_path / "a", max_tokens=500, source_dir=str(tmp_path)))
     whole = read_meta(prepare("tinystories", "gpt2", tmp_path / "b", source_dir=str(tmp_path)))
     assert capped["splits"]["train"]["tokens"] == 500 < whole["splits"]["train"]["tokens"]
@@ -303,15 +278,17 @@ def test_long_documents_in_pieces_encode_like_the_whole(tmp_path, corpus_text, m
     tok = load_tokenizer(out)
     cut = len(text + text[5000:]) // 2  # the tail split's cut, inside the first document (ASCII: chars = bytes)
     eot, sep = ([tok.eot_id], []) if tok.eot_id is not None else ([], tok.encode("\n\n"))
-    assert load_split(out, "train").tolist() == tok.encode(text[:cut]) + eot
-    assert load_split(out, "val").tolist() == tok.encode(text[cut:]) + eot + sep + tok.encode(text[5000:]) + eot
+    bos = [tok.bos_id] if tok.bos_id is not None else []  # the word tokenizer opens documents with <sos>
+    assert load_split(out, "train").tolist() == bos + tok.encode(text[:cut]) + eot
+    assert load_split(out, "val").tolist() == (bos + tok.encode(text[cut:]) + eot + sep + bos + tok.encode(text[5000:])
+                                               + eot)
 
 
 def test_worker_processes_write_what_one_process_writes(tmp_path, corpus_text, monkeypatch):
     import tinylm.data.prepare as prepare_module
 
     monkeypatch.setattr(prepare_module, "BATCH_CHARS", 5000)  # many batches in flight
-    (tmp_path / "docs.txt").write_text("<|endoftext|>".join(_stories(corpus_text, 200)))
+    (tmp_path / "docs.txt").write_text("<|endoftext|>".join(stories(corpus_text, 200)))
     one = prepare(str(tmp_path / "docs.txt"), "gpt2", tmp_path / "one", workers=1)
     two = prepare(str(tmp_path / "docs.txt"), "gpt2", tmp_path / "two", workers=2)
     _same_data_dirs(one, two)
@@ -320,8 +297,8 @@ def test_worker_processes_write_what_one_process_writes(tmp_path, corpus_text, m
 def test_catalog_dataset_prepares_on_the_fly_for_training(tmp_path, corpus_text, monkeypatch):
     copy = tmp_path / "tinystories"
     copy.mkdir()
-    (copy / "TinyStoriesV2-GPT4-train.txt").write_text("\n<|endoftext|>\n".join(_stories(corpus_text, 20)))
-    (copy / "TinyStoriesV2-GPT4-valid.txt").write_text("\n<|endoftext|>\n".join(_stories(corpus_text, 3, 30)))
+    (copy / "TinyStoriesV2-GPT4-train.txt").write_text("\n<|endoftext|>\n".join(stories(corpus_text, 20)))
+    (copy / "TinyStoriesV2-GPT4-valid.txt").write_text("\n<|endoftext|>\n".join(stories(corpus_text, 3, 30)))
     monkeypatch.setenv("TINYLM_DATA_DIR", str(tmp_path))
     first, made = resolve_data_dir(DataConfig(source="tinystories", tokenizer="gpt2"))
     again, made_again = resolve_data_dir(DataConfig(source="tinystories", tokenizer="gpt2"))

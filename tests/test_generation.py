@@ -5,7 +5,7 @@ import functools
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import tinylm
@@ -310,6 +310,7 @@ def test_stream_text_holds_back_split_utf8():
 
 @given(text=st.text(alphabet="abc\n", max_size=40), cuts=st.lists(st.integers(0, 40), max_size=8),
        stops=st.lists(st.text(alphabet="abc\n", min_size=1, max_size=4), min_size=1, max_size=3))
+@example(text="\naa", cuts=[2], stops=["a", "\naa"])  # a longer stop string that begins earlier wins
 @settings(max_examples=300, deadline=None)
 def test_stop_filter_streams_the_text_up_to_the_first_stop_string(text, cuts, stops):
     bounds = sorted({0, len(text), *(min(c, len(text)) for c in cuts)})

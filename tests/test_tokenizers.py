@@ -96,6 +96,19 @@ def test_word_specials_have_fixed_ids_and_oov_maps_to_unk():
     assert WORD.count_unknown("to be zyzzyva qwerty") == 2
 
 
+def test_word_special_tokens_in_text_encode_to_their_ids():
+    """A prompt such as "<sos> to be" starts like every prepared document: with the <sos> id."""
+    from tinylm.data.prepare import encode_documents
+
+    assert (WORD.bos_id, WORD.start_ids()) == (2, [2])
+    assert WORD.encode("<sos> to be<eos><unk>") == [2, WORD.stoi["to"], WORD.stoi["be"], 3, 1]
+    assert WORD.decode(WORD.encode("<sos> to be <eos>")) == "<sos> to be <eos>"
+    assert WORD.count_unknown("<sos> to <eos>") == 0
+    assert WordTokenizer.train(["<sos> a <sos> b <eos>"], vocab_size=10).itos[4:] == ["a", "b"]  # not words
+    ids, _ = encode_documents(WORD, ["to be", "or not"])
+    assert ids.tolist() == [2, *WORD.encode("to be"), 3, 2, *WORD.encode("or not"), 3]
+
+
 def test_word_vocabulary_is_capped_most_frequent_first_ties_alphabetical():
     tok = WordTokenizer.train(["b a c a b a d d"], vocab_size=4 + 3)
     assert tok.itos[4:] == ["a", "b", "d"]  # a:3, then b and d (2 each) alphabetically; c dropped

@@ -37,8 +37,7 @@ def _apply(cfg, args: argparse.Namespace, prefix: str = "") -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from tinylm.data.prepare import prepare_config, prepared_dir_for, read_meta
-    from tinylm.data.sources import read_source
+    from tinylm.data.prepare import open_source, prepare_config, prepared_dir_for, read_meta
     from tinylm.errors import DataError
     from tinylm.tokenizers import load_tokenizer
 
@@ -48,7 +47,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if args.tokenizer_from and not cfg.dir:
         raise ConfigError("--tokenizer-from needs --out DATA_DIR")
     tokenizer = load_tokenizer(args.tokenizer_from) if args.tokenizer_from else cfg.tokenizer
-    src = read_source(cfg.source, cfg.errors, cfg.text_field, cfg.source_dir)
+    src = open_source(cfg)
     out = cfg.dir or prepared_dir_for(src, cfg)
     if not cfg.dir:
         try:
@@ -212,9 +211,17 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    for name in preset_names():
-        description = " ".join(read_preset(name).get("description", "").split())
-        print(f"{name:<20} {description}")
+    from tinylm.recipes import describe, markdown_table
+
+    if args.markdown:
+        print(markdown_table())
+        return 0
+    if args.name:
+        read_preset(args.name)  # an unknown name is a one-line error listing the presets
+        print(describe(args.name, settings=True))
+        return 0
+    print("\n\n".join(describe(name) for name in preset_names()))
+    print("\ntrain one with: tinylm train --preset NAME   (details and settings: tinylm presets NAME)")
     return 0
 
 
@@ -260,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", dest="data.split", metavar="HOW", choices=("tail", "shuffle"),
                    help="tail (default: the end of the text) or shuffle (seeded random documents)")
     p.add_argument("--split-seed", dest="data.split_seed", metavar="N", help="seed of --split shuffle")
+    p.add_argument("--ignore-source-splits", dest="data.source_splits", action="store_const", const="false",
+                   help="hold --val-fraction out of a dataset's train split instead of using its own validation split")
     p.add_argument("--max-tokens", dest="data.max_tokens", metavar="N", help="stop after N training tokens")
     p.add_argument("--text-field", dest="data.text_field", metavar="NAME",
                    help="the JSONL field / Parquet column holding the text (default text)")
@@ -340,8 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sample)
 
     p = verbs.add_parser("eval", parents=[common], help="loss, perplexity and bits per byte of a run",
-                         description="Score a run on a prepared data split, a catalog dataset's split "
-                                     "or a text file.")
+                         description="Score a run on a prepared data split, a catalog dataset's split, "
+                                     "a text file, or (with none of them) the run's own validation data.")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--data", dest="eval.data", metavar="DATA_DIR", help="a prepared data directory")
     p.add_argument("--text", dest="eval.text", metavar="FILE", help="a text file (or folder), scored whole")
@@ -351,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local copy of --dataset's raw files (default $TINYLM_DATA_DIR, else downloaded)")
     p.add_argument("--split", dest="eval.split", metavar="NAME", help="split of --data or --dataset (default val)")
     p.add_argument("--stride", dest="eval.stride", metavar="N",
-                   help="tokens between scoring windows: 0 (default) = the context, non-overlapping; "
+                   help="tokens between scoring windows: 0 (default) = the training window, non-overlapping; "
                         "smaller gives each token more history at context/N times the compute")
     _errors_flag(p, "eval")
     p.add_argument("--batch-size", dest="eval.batch_size", metavar="N")
@@ -384,7 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
     p.set_defaults(func=cmd_import)
 
-    p = verbs.add_parser("presets", parents=[common], help="list the shipped presets")
+    p = verbs.add_parser("presets", parents=[common], help="list the shipped presets and their published results")
+    p.add_argument("name", nargs="?", metavar="NAME", help="show one preset with every value it sets")
+    p.add_argument("--markdown", action="store_true", help="print the table of presets in Markdown (as in the README)")
     p.set_defaults(func=cmd_presets)
     return parser
 

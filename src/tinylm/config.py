@@ -80,6 +80,15 @@ class ModelConfig:
         _check(self.pos != "rope" or (self.d_model // self.n_head) % 2 == 0, "rotary positions need an even head size")
         _check(self.rope_base > 1, "model.rope_base must be > 1")
 
+    def embedding_rows(self, tokenizer_vocab: int) -> int:
+        """The model's vocabulary for a tokenizer of this size: vocab_size if set (at least the
+        tokenizer's), else the tokenizer's rounded up to vocab_multiple."""
+        if self.vocab_size == 0:
+            return -(-tokenizer_vocab // self.vocab_multiple) * self.vocab_multiple
+        _check(self.vocab_size >= tokenizer_vocab, f"model.vocab_size {self.vocab_size} is smaller than the "
+               f"tokenizer's vocabulary ({tokenizer_vocab}); set it to 0 to follow the tokenizer")
+        return self.vocab_size
+
     @property
     def kv_heads(self) -> int:
         return self.n_kv_head or self.n_head
@@ -111,6 +120,7 @@ class DataConfig:
     workers: int = 0  # tokenizer processes for preparation (0 = one per CPU core for large sources)
     errors: str = "strict"  # invalid UTF-8 in the source: strict (stop with an error) | replace (U+FFFD)
     sampling: str = "random"  # training windows: random (seeded offsets) | permutation (each window once per epoch)
+    source_splits: bool = True  # use a dataset's own validation split; false: hold val_fraction out of its train split
 
     def validate(self) -> None:
         _check(bool(self.source or self.dir), "set data.source (a dataset, text file or folder) or data.dir")
@@ -135,7 +145,8 @@ class TrainConfig:
     threads: int = 0  # CPU threads per process; 0 = the machine's cores divided among the processes on it
     batch_size: int = 32  # sequences per micro-batch in each process; 0 = the largest that fits (see batch_tokens)
     grad_accum: int = 1  # micro-batches per optimizer step (derived from batch_tokens when that is set)
-    batch_tokens: int = 0  # tokens per optimizer step over all processes; 0 = batch_size * grad_accum * context
+    batch_tokens: int = 0  # tokens per optimizer step over all processes; 0 = batch_size * grad_accum * seq_len
+    seq_len: int = 0  # tokens per training and validation window; 0 = model.context (may be shorter than it)
     max_steps: int = 5000
     epochs: float = 0.0  # when > 0, max_steps = this many passes over the training tokens
     time_budget: float = 0.0  # seconds of wall clock; 0 = no limit
@@ -175,7 +186,7 @@ class TrainConfig:
             _check(getattr(self, name) > 0, f"train.{name} must be a positive integer")
         for name in ("time_budget", "warmup_steps", "weight_decay", "grad_clip", "eval_tokens", "min_lr",
                      "hellaswag_items", "batch_size", "batch_tokens", "epochs", "threads", "save_interval",
-                     "save_minutes", "keep_last", "eps"):
+                     "save_minutes", "keep_last", "eps", "seq_len"):
             _check(getattr(self, name) >= 0, f"train.{name} must be >= 0")
         _check(self.lr > 0, "train.lr must be > 0")
         _check(self.min_lr <= self.lr, "train.min_lr must not exceed train.lr")
@@ -203,7 +214,14 @@ class RunConfig:
         self.model.validate()
         self.data.validate()
         self.train.validate()
+        _check(self.train.seq_len <= self.model.context,
+               f"train.seq_len ({self.train.seq_len}) must not exceed model.context ({self.model.context})")
         return self
+
+    @property
+    def seq_len(self) -> int:
+        """Tokens per training window: train.seq_len, or the model's whole context."""
+        return self.train.seq_len or self.model.context
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -238,12 +256,12 @@ class SampleConfig(GenerationConfig):
 class EvalConfig:
     """Options of `tinylm eval` (not saved with the run)."""
 
-    data: str = ""  # a prepared data directory
+    data: str = ""  # a prepared data directory ("", with no text or dataset either: the run's own data)
     text: str = ""  # or a text file, scored whole
     dataset: str = ""  # or a catalog dataset (`tinylm datasets`), prepared with the run's tokenizer
     source_dir: str = ""  # local copy of the dataset's raw files ("" = $TINYLM_DATA_DIR, else download)
     split: str = "val"  # split of --data or --dataset
-    stride: int = 0  # tokens between scoring windows (0 = the context: non-overlapping; smaller = more history)
+    stride: int = 0  # tokens between scoring windows (0 = the training window: non-overlapping; smaller = more history)
     errors: str = "strict"  # invalid UTF-8 in --text: strict | replace
     hellaswag: str = ""  # a HellaSwag jsonl file, or "default" (local copy / download cache / download)
     choices: str = ""  # a multiple-choice jsonl file: {"context", "choices", "label"}
@@ -392,8 +410,24 @@ def read_preset(name: str) -> dict[str, Any]:
     return tomllib.loads(text)
 
 
+@dataclass
+class Reference:
+    """A preset's [reference] table: the recipe it reproduces and what was published for it."""
+
+    recipe: str = ""  # where the recipe comes from
+    params: str = ""  # the parameter count the recipe states or implies, e.g. "30M" ("" = none)
+    result: str = ""  # the published result to compare a run against
+    vocab: int = 0  # vocabulary size to count parameters with when the data decides it (char tokenizers)
+
+
+def preset_reference(name: str) -> Reference:
+    return update(Reference(), read_preset(name).get("reference", {}), origin=f"preset {name} [reference]")
+
+
 def load_preset(name: str) -> RunConfig:
-    cfg = update(RunConfig(), read_preset(name), origin=f"preset {name}")
+    values = read_preset(name)
+    values.pop("reference", None)
+    cfg = update(RunConfig(), values, origin=f"preset {name}")
     cfg.preset = name
     return cfg
 

@@ -186,8 +186,8 @@ class Run:
                     device=self.device, dtype=self.dtype)
 
     def _text(self, ids: list[int], cfg: GenerationConfig) -> str:
-        eot = self.tokenizer.eot_id
-        return cut_at_stop(self.tokenizer.decode([t for t in ids if t != eot]), cfg.stop)
+        markers = self.tokenizer.markers
+        return cut_at_stop(self.tokenizer.decode([t for t in ids if t not in markers]), cfg.stop)
 
     def complete(self, prompts: str | Sequence[str] = "", config: GenerationConfig | None = None,
                  **options: Any) -> list[Completion]:
@@ -229,8 +229,8 @@ class Run:
             yield from (t for t in [self.generate(prompt, cfg)] if t)
             return
         ids = stream_ids(self.model, self.encode_prompt(prompt, cfg.truncate), cfg, **self._engine_args())
-        eot = self.tokenizer.eot_id
-        pieces = stream_text((t for t in ids if t != eot), self.tokenizer.decode)
+        markers = self.tokenizer.markers
+        pieces = stream_text((t for t in ids if t not in markers), self.tokenizer.decode)
         yield from StopFilter(cfg.stop)(pieces) if cfg.stop else pieces
 
 

@@ -40,7 +40,7 @@ from tinylm.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
 from tinylm.tokenizers.base import safe_chunks
 
 META_FILE = "meta.json"
-FORMAT = 2
+FORMAT = 3
 BATCH_CHARS = 1 << 22  # text per unit of work sent to a worker process
 PARALLEL_MIN_BYTES = 16 << 20  # smaller sources are tokenized in this process (no worker start-up)
 TRAIN_CHARS_PER_TOKEN = 8  # with a token cap, tokenizers are trained on at most this many chars per token
@@ -126,7 +126,8 @@ class _SplitWriter:
         self.parts: list[np.ndarray] = []  # when writing to memory
         self.tokens = self.bytes = self.documents = 0
         self.in_document = False  # the last piece written did not end its document
-        eot = tokenizer.eot_id
+        eot, bos = tokenizer.eot_id, tokenizer.bos_id
+        self.before = np.array([bos], dtype) if bos is not None else np.zeros(0, dtype)
         self.after = np.array([eot], dtype) if eot is not None else np.zeros(0, dtype)
         self.between = (np.zeros(0, dtype) if eot is not None else
                         np.asarray(tokenizer.encode("\n\n"), dtype))  # no end-of-text: a blank line
@@ -150,6 +151,7 @@ class _SplitWriter:
             if self.documents and len(self.between):
                 self._emit(self.between)
                 self.bytes += self.between_bytes
+            self._emit(self.before)
             self.documents += 1
         room = self.limit - self.tokens if self.limit else len(ids)
         if len(ids) > room:  # the cap falls inside this piece: keep its head
@@ -321,6 +323,10 @@ def prepare(source: str | Source, tokenizer: str | Tokenizer, out_dir: str | Pat
         if not any(w.documents for w in writers.values()):
             raise DataError(f"{src.name} has no text in it (it is empty or only whitespace)")
         for name, w in writers.items():
+            if w.tokens < 2 and name == overflow and not writers["train"].full:
+                raise DataError(f"{src.name}: the text ran out at {writers['train'].tokens:,} training tokens, "
+                                f"before the cap of {cap:,} (data.max_tokens) and the validation tokens after it; "
+                                "lower --max-tokens below the size of the source")
             if w.tokens < 2:
                 raise DataError(f"{src.name}: the {name} split would hold {w.tokens} tokens; give more text"
                                 + (" or a larger --max-tokens" if cap else " or change the validation fraction"))
@@ -438,13 +444,19 @@ def prepare_config(src: Source, tokenizer: str | Tokenizer, out: str | Path, dat
                    max_tokens=data.max_tokens, workers=data.workers)
 
 
+def open_source(data: DataConfig) -> Source:
+    """The source `data` names; with data.source_splits false, a dataset's training split alone."""
+    src = read_source(data.source, data.errors, data.text_field, data.source_dir)
+    return src if data.source_splits else src.training_split()
+
+
 def resolve_data_dir(data: DataConfig) -> tuple[Path, bool]:
     """The data directory for a run: `data.dir` as given, or `data.source` prepared once into
     the cache. Returns (directory, whether it was prepared now)."""
     if data.dir:
         read_meta(data.dir)
         return Path(data.dir), False
-    src = read_source(data.source, data.errors, data.text_field, data.source_dir)
+    src = open_source(data)
     out = prepared_dir_for(src, data)
     try:
         read_meta(out)

@@ -15,6 +15,7 @@ datasets (TinyStories, WikiText-103, FineWeb-Edu, ...) are built on these reader
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import lzma
 import re
@@ -54,6 +55,13 @@ class Source:
     @property
     def has_splits(self) -> bool:
         return "all" not in self.streams
+
+    def training_split(self) -> Source:
+        """The training stream alone, as a corpus without splits (preparation then holds
+        validation out of it, by tail or shuffle, instead of using the source's own)."""
+        if not self.has_splits:
+            return self
+        return dataclasses.replace(self, streams={"all": self.streams["train"]}, key=cache_key(self.key, "train only"))
 
     def documents(self, split: str = "all") -> list[str]:
         """The whole documents of one stream, in memory (for small inputs such as `eval --text`)."""

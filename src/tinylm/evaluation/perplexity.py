@@ -67,14 +67,15 @@ def scoring_windows(n_tokens: int, context: int, stride: int = 0,
 
 
 @torch.no_grad()
-def score_tokens(model: torch.nn.Module, tokens: np.ndarray, *, batch_size: int = 16,
+def score_tokens(model: torch.nn.Module, tokens: np.ndarray, *, context: int = 0, batch_size: int = 16,
                  device: torch.device | None = None, dtype: torch.dtype = torch.float32,
                  max_windows: int = 0, stride: int = 0, show_progress: bool = False,
                  shard: tuple[int, int] = (0, 1)) -> tuple[float, int]:
     """Total negative log-likelihood (nats) of tokens[1:] and how many tokens were scored, in
-    windows starting every `stride` tokens (0 = the model's context: non-overlapping). With
-    `shard` = (rank, world_size), only every world_size-th window from `rank` (sum the shards)."""
-    context = model.cfg.context
+    windows of `context` tokens (0 = the model's context) starting every `stride` tokens (0 =
+    the window: non-overlapping). With `shard` = (rank, world_size), only every world_size-th
+    window from `rank` (sum the shards)."""
+    context = context or model.cfg.context
     device = device or torch.device("cpu")
     rank, world_size = shard
     windows = scoring_windows(len(tokens), context, stride, max_windows)[rank::world_size]

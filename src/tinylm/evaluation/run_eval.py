@@ -1,4 +1,5 @@
-"""`tinylm eval`: score a run on a prepared data split, a catalog dataset's split or a text file.
+"""`tinylm eval`: score a run on a prepared data split, a catalog dataset's split, a text file,
+or by default on the run's own data (the split it was validated on, from the cache of prepared data).
 
 `--dataset NAME` tokenizes the dataset with the run's own tokenizer into the cache, once per
 (dataset files, tokenizer fingerprint, split): a dataset with its own splits (TinyStories,
@@ -17,7 +18,7 @@ import numpy as np
 from tinylm import fileio
 from tinylm.config import DataConfig, EvalConfig
 from tinylm.console import console, warn
-from tinylm.data.prepare import FORMAT, encode_documents, load_split, prepare, read_meta
+from tinylm.data.prepare import FORMAT, encode_documents, load_split, prepare, read_meta, resolve_data_dir
 from tinylm.data.sources import BUILTIN, Source, read_source
 from tinylm.errors import ConfigError, DataError
 from tinylm.evaluation.perplexity import LMEval, score_tokens, summarize
@@ -25,7 +26,9 @@ from tinylm.rundir import Run, load, record_eval
 
 
 def _first_token_bytes(run: Run, tokens: np.ndarray) -> int:
-    return len(run.tokenizer.decode([int(tokens[0])]).encode("utf-8"))
+    """UTF-8 bytes of the first token, which is never predicted (a document marker has none)."""
+    first = int(tokens[0])
+    return 0 if first in run.tokenizer.markers else len(run.tokenizer.decode([first]).encode("utf-8"))
 
 
 def _from_data_dir(run: Run, data_dir: str, split: str) -> tuple[np.ndarray, int, str]:
@@ -93,27 +96,31 @@ def _from_dataset(run: Run, name: str, split: str, source_dir: str, errors: str)
 
 def evaluate(run_dir: str | Path, cfg: EvalConfig, show_progress: bool = True) -> LMEval:
     """Loss, perplexity and bits per byte of a run on a split of `cfg.data` (a prepared
-    directory) or `cfg.dataset` (a catalog dataset), or on `cfg.text`, in windows `cfg.stride`
-    tokens apart; the result is also appended to the run's evals.jsonl."""
+    directory) or `cfg.dataset` (a catalog dataset), on `cfg.text`, or with none of them on the
+    run's own data (the split it was validated on), in windows of the run's training length
+    `cfg.stride` tokens apart; the result is also appended to the run's evals.jsonl."""
     given = [flag for flag, value in (("--data", cfg.data), ("--text", cfg.text), ("--dataset", cfg.dataset))
              if value]
-    if len(given) != 1:
-        raise ConfigError("give exactly one of --data DATA_DIR, --text FILE or --dataset NAME"
-                          + (f" (got {' and '.join(given)})" if given else ""))
+    if len(given) > 1:
+        raise ConfigError(f"give one of --data DATA_DIR, --text FILE or --dataset NAME (got {' and '.join(given)})")
     run = load(run_dir, cfg.checkpoint, cfg.device, cfg.dtype)
-    context = run.config.model.context
-    if not 0 <= cfg.stride <= context:
-        raise ConfigError(f"--stride must be between 0 and the model's context ({context}), got {cfg.stride}")
-    stride = cfg.stride or context
-    if cfg.data:
-        tokens, nbytes, sha = _from_data_dir(run, cfg.data, cfg.split)
+    window = run.config.seq_len  # positions beyond the training windows were never trained
+    if not 0 <= cfg.stride <= window:
+        raise ConfigError(f"--stride must be between 0 and the model's training window ({window}), got {cfg.stride}")
+    stride = cfg.stride or window
+    data = cfg.data
+    if not given:
+        data = str(resolve_data_dir(run.config.data)[0])
+        console.print(f"scoring the {cfg.split} split of the run's data ({run.config.data.source}) in {data}")
+    if data:
+        tokens, nbytes, sha = _from_data_dir(run, data, cfg.split)
     elif cfg.dataset:
         tokens, nbytes, sha = _from_dataset(run, cfg.dataset, cfg.split, cfg.source_dir, cfg.errors)
     else:
         tokens, nbytes, sha = _from_text(run, cfg.text, cfg.errors)
-    nats, count = score_tokens(run.model, tokens, batch_size=cfg.batch_size, device=run.device,
+    nats, count = score_tokens(run.model, tokens, context=window, batch_size=cfg.batch_size, device=run.device,
                                dtype=run.dtype, stride=stride, show_progress=show_progress)
     result = summarize(nats, count, nbytes - _first_token_bytes(run, tokens), stride=stride)
-    record_eval(run, {"data": cfg.data or cfg.text or cfg.dataset, "dataset": cfg.dataset or None,
+    record_eval(run, {"data": data or cfg.text or cfg.dataset, "dataset": cfg.dataset or None,
                       "split": None if cfg.text else cfg.split, "sha256": sha, **result.to_dict()})
     return result

@@ -129,20 +129,20 @@ class StopFilter:
             return ""
         start = max(self.emitted - max((len(s) for s in self.stops), default=0), 0)
         self.text += piece
+        end = len(self.text) - self._held()  # a stop string may still begin at `end`
         i = find_stop(self.text[start:], self.stops)
-        if i >= 0:
+        if i >= 0 and start + i <= end:  # no longer stop string can begin before this one
             self.stopped = True
             out, self.emitted = self.text[self.emitted:start + i], len(self.text)
             return out
-        end = len(self.text) - self._held()
         out, self.emitted = self.text[self.emitted:end], max(end, self.emitted)
         return out
 
     def flush(self) -> str:
-        """The held-back rest at the end of the stream."""
+        """The held-back rest at the end of the stream (up to a stop string it holds)."""
         if self.stopped:
             return ""
-        out, self.emitted = self.text[self.emitted:], len(self.text)
+        out, self.emitted = cut_at_stop(self.text[self.emitted:], self.stops), len(self.text)
         return out
 
     def __call__(self, pieces: Iterable[str]) -> Iterator[str]:

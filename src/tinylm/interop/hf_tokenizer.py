@@ -104,8 +104,8 @@ def export_tokenizer(tokenizer: Tokenizer, out_dir: Path, *, model_max_length: i
     config: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "clean_up_tokenization_spaces": False,
-        # tinylm's gpt2, char and word encode special tokens written in the text as plain text; bpe matches them
-        "split_special_tokens": tokenizer.kind != "bpe",
+        # tinylm's gpt2 and char encode special tokens written in the text as plain text; bpe and word match them
+        "split_special_tokens": tokenizer.kind not in ("bpe", "word"),
         "add_bos_token": False,
         "add_eos_token": False,
         **specials,

@@ -193,12 +193,12 @@ class GPT(nn.Module):
             n -= self.tok_emb.weight.numel() + (self.pos_emb.weight.numel() if self.pos_emb is not None else 0)
         return n
 
-    def flops_per_token(self) -> int:
+    def flops_per_token(self, seq_len: int = 0) -> int:
         """Training FLOPs per token (forward + backward, Kaplan et al. / PaLM): 6 per weight that
         multiplies an activation (the blocks and the output head) plus 12 * n_layer * d_model *
-        context for the attention scores and their weighted sum."""
+        seq_len (default: the context) for the attention scores and their weighted sum."""
         matmul_params = self.num_params(non_embedding=True) + (self.head.weight.numel() if self.cfg.tie_weights else 0)
-        return 6 * matmul_params + 12 * self.cfg.n_layer * self.cfg.d_model * self.cfg.context
+        return 6 * matmul_params + 12 * self.cfg.n_layer * self.cfg.d_model * (seq_len or self.cfg.context)
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         """An empty key/value cache for `batch` sequences of up to `max_len` (default: context) positions."""

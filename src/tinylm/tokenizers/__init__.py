@@ -26,7 +26,7 @@ KINDS: dict[str, type[Tokenizer]] = {"char": CharTokenizer, "word": WordTokenize
                                      "bpe": BPETokenizer}
 
 __all__ = ["KINDS", "TOKENIZER_FILE", "BPETokenizer", "CharTokenizer", "GPT2Tokenizer", "Tokenizer",
-           "WordTokenizer", "load_tokenizer", "parse_spec", "train_tokenizer"]
+           "WordTokenizer", "load_tokenizer", "parse_spec", "spec_vocab_size", "train_tokenizer"]
 
 
 def parse_spec(spec: str) -> tuple[type[Tokenizer], dict[str, int | bool]]:
@@ -44,6 +44,13 @@ def parse_spec(spec: str) -> tuple[type[Tokenizer], dict[str, int | bool]]:
             raise TokenizerError(f"tokenizer spec {spec!r}: {kind} takes {' or '.join(takes) or 'no options'}, "
                                  f"not {part!r}")
     return cls, options
+
+
+def spec_vocab_size(spec: str) -> int | None:
+    """The vocabulary size a spec gives at most (gpt2's fixed 50,257, word:SIZE, bpe:SIZE, their
+    defaults), or None when the corpus decides it (char)."""
+    cls, options = parse_spec(spec)
+    return int(options.get("vocab_size", cls.default_vocab_size or 0)) or None
 
 
 def train_tokenizer(spec: str, texts: Iterable[str]) -> Tokenizer:

@@ -40,8 +40,10 @@ class Tokenizer(ABC):
     unit: ClassVar[str] = "character"  # what `count_unknown` counts, for messages
     sized: ClassVar[bool] = False  # a spec may give a vocabulary size ("bpe:4096")
     flags: ClassVar[tuple[str, ...]] = ()  # boolean options a spec may name ("word:lower")
+    default_vocab_size: ClassVar[int | None] = None  # fixed or default size; None: decided by the corpus
 
     eot_id: int | None = None  # end-of-text: separates documents, stops generation
+    bos_id: int | None = None  # start-of-text: opens every document (the word tokenizer's <sos>)
     unk_id: int | None = None  # what text outside the vocabulary maps to
 
     @classmethod
@@ -82,9 +84,16 @@ class Tokenizer(ABC):
 
     def start_ids(self) -> list[int]:
         """Ids to condition on when the prompt is empty."""
+        if self.bos_id is not None:
+            return [self.bos_id]
         if self.eot_id is not None:
             return [self.eot_id]
         return self.encode("\n") or [0]
+
+    @property
+    def markers(self) -> set[int]:
+        """The document markers (start- and end-of-text), left out of generated text."""
+        return {i for i in (self.bos_id, self.eot_id) if i is not None}
 
     def fingerprint(self) -> str:
         """sha256 of the canonical state: two tokenizers with equal fingerprints encode alike."""

@@ -33,6 +33,7 @@ SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1
 
 class BPETokenizer(Tokenizer):
     kind = "bpe"
+    default_vocab_size = DEFAULT_VOCAB_SIZE
     eot_id = 0
     sized = True
 

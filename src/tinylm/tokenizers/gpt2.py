@@ -66,6 +66,7 @@ def gpt2_encoding() -> tiktoken.Encoding:
 class GPT2Tokenizer(Tokenizer):
     kind = "gpt2"
     eot_id = EOT_ID
+    default_vocab_size = VOCAB_SIZE
 
     def __init__(self) -> None:
         self.encoding = gpt2_encoding()

@@ -2,7 +2,9 @@
 
 Ids 0-3 are the special tokens `<pad> <unk> <sos> <eos>`; the rest of the vocabulary is the
 most frequent tokens of the training text (ties broken alphabetically), capped at `vocab_size`
-ids in all. Words outside the vocabulary encode to `<unk>`. Spacing is not stored: decoding
+ids in all. Words outside the vocabulary encode to `<unk>`. Prepared data wraps every document
+in `<sos> ... <eos>`; the four special tokens written in a text (a prompt such as
+"<sos> spot saw the") encode to their ids, so what decoding shows can be typed back. Spacing is not stored: decoding
 puts one space between tokens except around punctuation and line breaks, so what round-trips
 is the *normalized* text (`normalize`): single spaces, no space before `.,;:!?)]}`, none after
 `([{`, hyphens and dashes joined tightly, straight quotes hugging what they enclose, optional
@@ -22,9 +24,10 @@ SPECIALS = ("<pad>", "<unk>", "<sos>", "<eos>")
 PAD_ID, UNK_ID, SOS_ID, EOS_ID = range(4)
 DEFAULT_VOCAB_SIZE = 30_000
 
-# A word may carry inner apostrophes (don't, o'er, king's); numbers keep inner . and ,
-# (3.14, 1,000); every other non-space character is a token of its own; so is a line break.
-TOKEN_RE = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*|\d+(?:[.,]\d+)*|\n|[^\w\s]|_")
+# The special tokens are tokens of their own. A word may carry inner apostrophes (don't, o'er,
+# king's); numbers keep inner . and , (3.14, 1,000); every other non-space character is a token of
+# its own; so is a line break.
+TOKEN_RE = re.compile(r"<(?:pad|unk|sos|eos)>|[^\W\d_]+(?:['’][^\W\d_]+)*|\d+(?:[.,]\d+)*|\n|[^\w\s]|_")
 
 NO_SPACE_BEFORE = set(".,;:!?)]}%…’-—/\n")
 NO_SPACE_AFTER = set("([{$‘-—/\n")
@@ -54,9 +57,11 @@ class WordTokenizer(Tokenizer):
     kind = "word"
     unit = "word"
     unk_id = UNK_ID
-    eot_id = EOS_ID  # separates documents and stops generation
+    eot_id = EOS_ID  # ends documents and stops generation
+    bos_id = SOS_ID  # opens documents
     sized = True
     flags = ("lower",)
+    default_vocab_size = DEFAULT_VOCAB_SIZE
 
     def __init__(self, words: Sequence[str], lower: bool = False):
         if len(set(words)) != len(words) or set(words) & set(SPECIALS):
@@ -80,7 +85,7 @@ class WordTokenizer(Tokenizer):
         counts: Counter[str] = Counter()
         for text in texts:
             counts.update(splitter.split(text))
-        for special in SPECIALS:  # literal "<unk>" in the text is not a word: it splits into < unk >
+        for special in SPECIALS:  # a literal "<unk>" in the text is its special token, not a word
             counts.pop(special, None)
         if not counts:
             raise TokenizerError("cannot build a word vocabulary from an empty corpus")
@@ -101,7 +106,7 @@ class WordTokenizer(Tokenizer):
 
     def normalize(self, text: str) -> str:
         """What `decode(encode(text))` gives when every word of `text` is in the vocabulary."""
-        return detokenize(self.split(text))
+        return detokenize([tok for tok in self.split(text) if tok != SPECIALS[PAD_ID]])
 
     def count_unknown(self, text: str) -> int:
         return sum(tok not in self.stoi for tok in self.split(text))

@@ -75,16 +75,16 @@ def _divisors(n: int) -> list[int]:
 
 
 def plan_batch(cfg: RunConfig, processes: int, fits: Callable[[int], bool] | None = None) -> BatchPlan:
-    """The batch plan for `train.batch_tokens` (or batch_size x grad_accum x context) over
+    """The batch plan for `train.batch_tokens` (or batch_size x grad_accum x seq_len) over
     `processes`, with micro-batches of `train.batch_size` sequences, or with batch_size 0 the
     largest divisor that `fits` (a trial forward and backward; None: at most 8,192 tokens)."""
-    t, context = cfg.train, cfg.model.context
+    t, context = cfg.train, cfg.seq_len
     if t.batch_tokens == 0:
         return BatchPlan(t.batch_size, t.grad_accum, processes, context)  # the global batch grows with processes
     if t.batch_tokens % (context * processes):
         raise ConfigError(f"train.batch_tokens {t.batch_tokens:,} is not a whole number of sequences of "
-                          f"model.context {context} for each of {processes} process(es); use a multiple of "
-                          f"{context * processes:,}")
+                          f"{context} tokens (train.seq_len or model.context) for each of {processes} process(es); "
+                          f"use a multiple of {context * processes:,}")
     sequences = t.batch_tokens // (context * processes)  # per process and step
     if t.batch_size:
         if sequences % t.batch_size:
@@ -97,7 +97,7 @@ def plan_batch(cfg: RunConfig, processes: int, fits: Callable[[int], bool] | Non
     micro = next((d for d in _divisors(sequences) if fits(d)), None)
     if micro is None:
         raise ConfigError(f"not even a micro-batch of 1 sequence of {context} tokens fits on this device; "
-                          "lower model.context or the model size")
+                          "lower train.seq_len or the model size")
     return BatchPlan(micro, sequences // micro, processes, context)
 
 
@@ -145,13 +145,13 @@ class Trainer:
         # loss scaling only where it applies: float16 autocast on CUDA
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16 and self.device.type == "cuda")
         train_tokens = load_split(data_dir, "train")
-        self.loader = make_loader(train_tokens, cfg.model.context, self.plan.micro, t.seed,
+        self.loader = make_loader(train_tokens, cfg.seq_len, self.plan.micro, t.seed,
                                   sampling=cfg.data.sampling, shard=(procs.rank, procs.world_size))
         if t.epochs:  # resolved here, saved in config.json
             t.max_steps = max(1, math.ceil(t.epochs * len(train_tokens) / self.plan.tokens))
         self.val_tokens = load_split(data_dir, "val")
         self.tokens_per_step = self.plan.tokens
-        self.flops_per_token = self.model.flops_per_token()
+        self.flops_per_token = self.model.flops_per_token(cfg.seq_len)
         self.peak_flops = peak_flops(self.device, self.dtype)  # for MFU (per process); None where unknown
         ddp_ids = [self.device.index] if self.device.type == "cuda" else None
         self.ddp = DistributedDataParallel(self.model, device_ids=ddp_ids) if procs.distributed else self.model
@@ -170,7 +170,7 @@ class Trainer:
     # ------------------------------------------------------------------ setup
 
     def _trial_step(self, forward: Callable, micro: int) -> None:
-        x = torch.zeros(micro, self.cfg.model.context, dtype=torch.long, device=self.device)
+        x = torch.zeros(micro, self.cfg.seq_len, dtype=torch.long, device=self.device)
         with autocast(self.device, self.dtype):
             _, loss = forward(x, x)
         loss.backward()
@@ -296,9 +296,9 @@ class Trainer:
     def validation_loss(self) -> float:
         """Mean loss over the validation windows, each process scoring its share."""
         t = self.cfg.train
-        max_windows = max(1, t.eval_tokens // self.cfg.model.context) if t.eval_tokens else 0
-        nats, count = score_tokens(self.model, self.val_tokens, batch_size=self.plan.micro, device=self.device,
-                                   dtype=self.dtype, max_windows=max_windows,
+        max_windows = max(1, t.eval_tokens // self.cfg.seq_len) if t.eval_tokens else 0
+        nats, count = score_tokens(self.model, self.val_tokens, context=self.cfg.seq_len, batch_size=self.plan.micro,
+                                   device=self.device, dtype=self.dtype, max_windows=max_windows,
                                    shard=(self.procs.rank, self.procs.world_size))
         nats, count = distributed.all_sum(self.procs, [nats, count], self.device)
         return nats / count
@@ -481,7 +481,7 @@ def _summary(cfg: RunConfig, trainer: Trainer, data_dir: Path, resume: bool) -> 
         f"[bold]tinylm[/] {'resuming' if resume else 'training'} {cfg.preset or 'run'} -> {trainer.run_dir}",
         f"  model   {trainer.model.num_params() / 1e6:.2f}M parameters ({m.n_layer} layers, {m.n_head} heads, "
         f"width {m.d_model}, context {m.context}, {m.pos} positions, {m.norm}, {m.mlp}), "
-        f"{trainer.model.flops_per_token() / 1e6:.1f} MFLOP/token",
+        f"{trainer.flops_per_token / 1e6:.1f} MFLOP/token",
         f"  data    {splits['train']['tokens']:,} train / {splits['val']['tokens']:,} val tokens, "
         f"{tok.kind} tokenizer ({tok.vocab_size} ids), {data_dir}",
         f"  device  {trainer.device.type}{procs} {str(trainer.dtype).removeprefix('torch.')}, {t.optimizer}, "
@@ -525,12 +525,7 @@ def _train(cfg: RunConfig, procs: Procs, run_dir: Path, resume: bool, overwrite:
                             "resume with the data the run was started on")
     elif procs.main:
         _claim_run_dir(run_dir, overwrite)
-    if cfg.model.vocab_size == 0:
-        multiple = cfg.model.vocab_multiple
-        cfg.model.vocab_size = -(-tokenizer.vocab_size // multiple) * multiple
-    elif cfg.model.vocab_size < tokenizer.vocab_size:
-        raise ConfigError(f"model.vocab_size {cfg.model.vocab_size} is smaller than the tokenizer's "
-                          f"vocabulary ({tokenizer.vocab_size}); set it to 0 to follow the tokenizer")
+    cfg.model.vocab_size = cfg.model.embedding_rows(tokenizer.vocab_size)
     trainer = Trainer(cfg, run_dir, data_dir, tokenizer, procs)
     if resume:
         trainer.restore()
