@@ -308,6 +308,18 @@ def test_stream_text_holds_back_split_utf8():
     assert "".join(stream_text([2], decode)) == "\ufffd"  # flushed at the end
 
 
+def test_stream_text_spaces_the_first_piece_as_in_the_whole_text():
+    from tinylm.tokenizers.word import detokenize
+
+    words = {1: "once", 2: "upon", 3: "a", 4: "time", 5: "."}
+
+    def decode(ids):
+        return detokenize([words[i] for i in ids])
+
+    assert "".join(stream_text([2, 3, 4, 5], decode, prefix=[1])) == " upon a time."  # after "once"
+    assert "".join(stream_text([5], decode, prefix=[1, 2])) == "."
+
+
 @given(text=st.text(alphabet="abc\n", max_size=40), cuts=st.lists(st.integers(0, 40), max_size=8),
        stops=st.lists(st.text(alphabet="abc\n", min_size=1, max_size=4), min_size=1, max_size=3))
 @example(text="\naa", cuts=[2], stops=["a", "\naa"])  # a longer stop string that begins earlier wins

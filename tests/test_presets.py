@@ -24,6 +24,7 @@ from tinylm.cli import main
 from tinylm.config import DataConfig, ModelConfig, preset_names, preset_reference
 from tinylm.data import load_split, read_meta, resolve_data_dir
 from tinylm.recipes import COLUMNS, count_params, parse_count, recipe, table
+from tinylm.rundir import load
 from tinylm.tokenizers import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,6 +129,11 @@ def _check_recipe_specifics(name: str, run: Path, cfg: dict, out: str, rows: lis
         assert main(["sample", str(run), "--prompt", "<sos> spot spot saw the", "--beams", "3",
                      "--max-new-tokens", "8"]) == 0
         assert capsys.readouterr().out.startswith("<sos> spot spot saw the")
+        lm = load(run)
+        done = lm.complete("<sos> spot spot saw the", max_new_tokens=10, seed=1, temperature=1.0)[0]
+        new = [t for t in done.ids if t not in tok.markers]
+        assert tok.decode(done.prompt_ids) + done.text == tok.decode(done.prompt_ids + new)  # spaced as one text
+        assert "".join(lm.stream("<sos> spot spot saw the", max_new_tokens=10, seed=1, temperature=1.0)) == done.text
     elif name == "fineweb-edu-16m":
         assert "2,048 tokens/step (2 x 2 sequences)" in out  # 512-token windows in a model of context 1024
         assert cfg["model"]["context"] == 1024 and cfg["model"]["vocab_size"] == 50304

@@ -185,9 +185,14 @@ class Run:
         return dict(vocab_size=self.tokenizer.vocab_size, stop_ids=[eot] if eot is not None else [],
                     device=self.device, dtype=self.dtype)
 
-    def _text(self, ids: list[int], cfg: GenerationConfig) -> str:
-        markers = self.tokenizer.markers
-        return cut_at_stop(self.tokenizer.decode([t for t in ids if t not in markers]), cfg.stop)
+    def _text(self, prompt_ids: list[int], ids: list[int], cfg: GenerationConfig) -> str:
+        """The text `ids` add after the prompt, decoded after the prompt's ids: tokenizers that
+        space tokens by their neighbours (word) or merge bytes across tokens join it correctly."""
+        decode, markers = self.tokenizer.decode, self.tokenizer.markers
+        head = decode(prompt_ids)
+        whole = decode([*prompt_ids, *(t for t in ids if t not in markers)])
+        text = whole[len(head):] if whole.startswith(head) else decode([t for t in ids if t not in markers])
+        return cut_at_stop(text, cfg.stop)
 
     def complete(self, prompts: str | Sequence[str] = "", config: GenerationConfig | None = None,
                  **options: Any) -> list[Completion]:
@@ -200,10 +205,10 @@ class Run:
             return []
         args = self._engine_args()
         if cfg.beams > 1:
-            return [Completion(ids, beam.ids, self._text(beam.ids, cfg), beam.score) for ids in encoded
+            return [Completion(ids, beam.ids, self._text(ids, beam.ids, cfg), beam.score) for ids in encoded
                     for beam in beam_search(self.model, ids, cfg, decode=self.tokenizer.decode, **args)]
         new = generate_ids(self.model, encoded, cfg, decode=self.tokenizer.decode, **args)
-        return [Completion(ids, out, self._text(out, cfg)) for ids, out in zip(encoded, new, strict=True)]
+        return [Completion(ids, out, self._text(ids, out, cfg)) for ids, out in zip(encoded, new, strict=True)]
 
     def generate(self, prompt: str | Sequence[str] = "", config: GenerationConfig | None = None,
                  **options: Any) -> str | list[str] | list[list[str]]:
@@ -228,9 +233,10 @@ class Run:
         if cfg.beams > 1:
             yield from (t for t in [self.generate(prompt, cfg)] if t)
             return
-        ids = stream_ids(self.model, self.encode_prompt(prompt, cfg.truncate), cfg, **self._engine_args())
+        prompt_ids = self.encode_prompt(prompt, cfg.truncate)
+        ids = stream_ids(self.model, prompt_ids, cfg, **self._engine_args())
         markers = self.tokenizer.markers
-        pieces = stream_text((t for t in ids if t not in markers), self.tokenizer.decode)
+        pieces = stream_text((t for t in ids if t not in markers), self.tokenizer.decode, prefix=prompt_ids)
         yield from StopFilter(cfg.stop)(pieces) if cfg.stop else pieces
 
 

@@ -75,12 +75,15 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
 # --------------------------------------------------------------------------- text
 
 
-def stream_text(ids: Iterable[int], decode: Callable[[Sequence[int]], str], hold: str = "\ufffd") -> Iterator[str]:
+def stream_text(ids: Iterable[int], decode: Callable[[Sequence[int]], str], hold: str = "\ufffd",
+                prefix: Sequence[int] = ()) -> Iterator[str]:
     """Turn a stream of token ids into text pieces. A piece ending in U+FFFD may be a UTF-8
-    character split across tokens, so it is held back until the next token completes it."""
-    tokens: list[int] = []
-    emitted = 0
-    text = ""
+    character split across tokens, so it is held back until the next token completes it. The
+    ids are decoded after `prefix` (the prompt), which is not yielded: the first piece is spaced
+    or joined as it is in the whole text."""
+    tokens = list(prefix)
+    text = decode(tokens) if tokens else ""
+    emitted = len(text)
     for token in ids:
         tokens.append(token)
         text = decode(tokens)
