@@ -30,4 +30,4 @@ if procs.main:
     torch.save({name: p.grad for name, p in trainer.model.named_parameters()}, out_file)
 print(f"rank {procs.rank}/{procs.world_size}: {trainer.plan.micro} x {trainer.plan.accum} sequences, "
       f"loss {loss.item():.6f}", flush=True)
-distributed.stop()
+distributed.stop(together=True)

@@ -67,8 +67,13 @@ def start(procs: Procs, device: torch.device) -> torch.device:
     return device
 
 
-def stop() -> None:
+def stop(together: bool = False) -> None:
+    """Tear the process group down; with `together` (a normal end) after a barrier, so that no
+    process destroys its gloo/NCCL connections while a peer still uses them (a rank that left
+    early was seen to abort with "terminate called without an active exception")."""
     if dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 

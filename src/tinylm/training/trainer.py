@@ -502,9 +502,12 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> T
         plan_batch(cfg, procs.world_size)  # inconsistent batch settings fail before any work too
     check_trackers(cfg.train.trackers)
     try:
-        return _train(cfg, procs, run_dir, resume, overwrite)
-    finally:
-        distributed.stop()
+        result = _train(cfg, procs, run_dir, resume, overwrite)
+    except BaseException:
+        distributed.stop()  # no barrier: the other processes may never reach it
+        raise
+    distributed.stop(together=True)
+    return result
 
 
 def _train(cfg: RunConfig, procs: Procs, run_dir: Path, resume: bool, overwrite: bool) -> TrainResult:
