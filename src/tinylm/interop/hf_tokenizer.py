@@ -11,11 +11,14 @@ a `PreTrainedTokenizerFast` with no custom code, encoding text to the same ids a
     word   WordLevel over the words, split by the same regex as tinylm (TOKEN_RE; whitespace
            dropped), lower-cased first for `word:lower`; unknown words are `<unk>`
 
-Special tokens written in the text (`<|endoftext|>`, `<unk>`) are plain text for gpt2, char and
-word, as in tinylm (`split_special_tokens`), and special for bpe, as in tinylm. Differences: word decoding joins
-tokens with single spaces (tinylm's detokenizer hugs punctuation); regex classes (`\\w`, `\\d`)
-follow Oniguruma's Unicode definitions, which differ from Python's for rare characters such as
-combining marks.
+Special tokens written in the text (`<|endoftext|>`, `<unk>`) are plain text for gpt2 and char, as in
+tinylm (`split_special_tokens`), and special for bpe and word, as in tinylm. A fine-tuned run's
+prompt template is written as `chat_template` (`Template.jinja()`), so `apply_chat_template` gives
+tinylm's ids; it writes the end-of-text token as `eos_token` text, which gpt2 must then read as the
+special token (`split_special_tokens` false: `<|endoftext|>` typed in a message also becomes it).
+Differences: word decoding joins tokens with single spaces (tinylm's detokenizer hugs
+punctuation); regex classes (`\\w`, `\\d`) follow Oniguruma's Unicode definitions, which differ
+from Python's for rare characters such as combining marks.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
+from tinylm.templates import Template
 from tinylm.tokenizers.base import Tokenizer
 
 TOKENIZER_JSON = "tokenizer.json"
@@ -95,8 +99,10 @@ def hf_tokenizer(tokenizer: Tokenizer) -> tuple[HFTokenizer, dict[str, str]]:
     raise ValueError(f"no Hugging Face export for the {kind!r} tokenizer")
 
 
-def export_tokenizer(tokenizer: Tokenizer, out_dir: Path, *, model_max_length: int | None = None) -> None:
-    """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into `out_dir`."""
+def export_tokenizer(tokenizer: Tokenizer, out_dir: Path, *, model_max_length: int | None = None,
+                     chat_template: Template | None = None) -> None:
+    """Write tokenizer.json, tokenizer_config.json (with `chat_template` when given) and
+    special_tokens_map.json into `out_dir`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     hf, specials = hf_tokenizer(tokenizer)
@@ -112,6 +118,9 @@ def export_tokenizer(tokenizer: Tokenizer, out_dir: Path, *, model_max_length: i
     }
     if model_max_length is not None:
         config["model_max_length"] = model_max_length
+    if chat_template is not None:
+        config["chat_template"] = chat_template.jinja()
+        config["split_special_tokens"] = tokenizer.kind not in ("bpe", "word", "gpt2")
     (out_dir / TOKENIZER_CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (out_dir / SPECIAL_TOKENS_MAP).write_text(json.dumps(specials, indent=2, ensure_ascii=False) + "\n",
                                               encoding="utf-8")
