@@ -157,7 +157,7 @@ def record_messages(record: Any, where: str, fmt: str) -> list[dict[str, str]]:
     if not isinstance(record, dict) or "messages" not in record:
         raise DataError(f"{where}: a chat record needs \"messages\": [{{\"role\", \"content\"}}, ...]; "
                         "add it or fix the file")
-    messages = check_messages(record["messages"], where)
+    messages = check_messages(record["messages"], f"{where}: messages")
     if not any(m["role"] == "assistant" for m in messages):
         raise DataError(f"{where}: the conversation has no assistant message to train on; add the reply")
     return messages

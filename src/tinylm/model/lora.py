@@ -85,7 +85,7 @@ class LoRALinear(nn.Module):
         nn.init.kaiming_uniform_(a, a=math.sqrt(5))
         self.lora_A[name] = nn.Parameter(a)
         self.lora_B[name] = nn.Parameter(torch.zeros(self.out_features, r, device=weight.device, dtype=weight.dtype))
-        self.lora_dropout[name] = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.lora_dropout[name] = (nn.Dropout(dropout) if dropout > 0 else nn.Identity()).train(self.training)
         self.scale[name] = alpha / r
 
     def remove(self, name: str) -> None:
@@ -171,7 +171,7 @@ def add_lora(model: nn.Module, lora_cfg: LoRAConfig, name: str = "default") -> l
     for module_name in names:
         layer = model.get_submodule(module_name)
         if not isinstance(layer, LoRALinear):
-            layer = LoRALinear(layer)
+            layer = LoRALinear(layer).train(layer.training)  # the model's mode (a new module is in training)
             _set_module(model, module_name, layer)
         layer.add(name, lora_cfg.r, lora_cfg.alpha, lora_cfg.dropout)
     for param_name in extra_trainable(model, lora_cfg):

@@ -40,7 +40,8 @@ FINETUNE_SECTIONS = ("train", "finetune", "lora", "data")  # what a preset or --
 
 def finetune_config(base: str | Path, source: str = "", method: str = "lora") -> RunConfig:
     """The configuration of a fine-tune of run `base` on `source` before user overrides: the base's
-    model and tokenizer, FINETUNE_DEFAULTS for `method`, and the base weights' file and sha256 recorded."""
+    model, tokenizer and train.dtype, FINETUNE_DEFAULTS for `method`, and the base weights' file and
+    sha256 recorded."""
     base = Path(base)
     if not (base / CONFIG_FILE).is_file():
         what = "does not exist" if not base.exists() else f"is not a tinylm run directory (no {CONFIG_FILE})"
@@ -52,6 +53,7 @@ def finetune_config(base: str | Path, source: str = "", method: str = "lora") ->
     cfg.data = DataConfig(source=source, tokenizer=base_cfg.data.tokenizer)
     cfg.train = TrainConfig()
     update(cfg.train, {**FINETUNE_DEFAULTS["any"], **FINETUNE_DEFAULTS.get(method, {})}, origin="fine-tuning defaults")
+    cfg.train.dtype = base_cfg.train.dtype  # the precision the base was trained in
     cfg.finetune.method = method
     cfg.finetune.base = str(base.resolve())
     cfg.lora = LoRAConfig()
