@@ -73,7 +73,8 @@ def test_without_an_end_of_text_token_the_turns_line_break_ends_the_reply():
     assert char.decode([i for i, m in zip(ids, mask, strict=True) if m]) == "Blue!\n"
 
 
-TEXT = st.lists(st.sampled_from(list("ab xyTo,.!?\n\t'é你🎉<|>#-") + ["  ", "\n\n", "be", "the"]), max_size=25).map("".join)
+PIECES = list("ab xyTo,.!?\n\t'é你🎉<|>#-") + ["  ", "\n\n", "be", "the"]
+TEXT = st.lists(st.sampled_from(PIECES), max_size=25).map("".join)
 
 
 @pytest.mark.parametrize("kind", TOKENIZERS)
