@@ -1,7 +1,7 @@
 """Fine-tuning cost and effect: LoRA (r = 8 on qkv) vs full fine-tuning.
 
     python bench/finetune.py                                  # the tinystories-gpt2 model size, 30 steps each
-    python bench/finetune.py --size tiny --steps 5 --quality-steps 20 --base-steps 30   # a quick check
+    python bench/finetune.py --size tiny --steps 5 --quality-steps 60 --base-steps 100   # a quick check
 
 Cost (one JSON line per method): a base run of the tinystories-gpt2 preset's model (30M parameters, GPT-2
 tokenizer, context 128; random weights: cost does not depend on them) is fine-tuned with `tinylm finetune`'s
@@ -97,7 +97,8 @@ def worker(args: argparse.Namespace) -> None:
     state_bytes = sum(t.numel() * t.element_size() for o in trainer.optimizers for s in o.state.values()
                       for t in s.values() if hasattr(t, "numel"))
     print(json.dumps({
-        "method": args.method, "params": trainer.model.num_params(),
+        "method": args.method,
+        "base_params": sum(p.numel() for n, p in trainer.model.named_parameters() if "lora_" not in n),
         "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "optimizer_state_bytes": state_bytes,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

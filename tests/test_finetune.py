@@ -83,11 +83,9 @@ def test_finetuning_lowers_the_validation_loss_on_response_tokens(trained_run, i
     assert isinstance(reply, str) and "User:" not in reply
 
 
-class Crash(Exception):
-    pass
-
-
 def test_resumed_lora_run_equals_the_uninterrupted_run(trained_run, instructions, tmp_path, monkeypatch):
+    from test_training import TIMING, Crash, metrics
+
     def cfg(name: str):
         c = config(trained_run, instructions, tmp_path / name, max_steps=10, eval_interval=4, log_interval=2)
         c.lora.dropout = 0.1  # dropout masks come from the checkpointed RNG
@@ -109,13 +107,8 @@ def test_resumed_lora_run_equals_the_uninterrupted_run(trained_run, instructions
     assert main(["finetune", "--resume", str(tmp_path / "crashed")]) == 0
     a, b = (tinylm.load(d, checkpoint="latest", device="cpu").model for d in (straight, tmp_path / "crashed"))
     assert all(torch.equal(v, adapter_state(b)[k]) for k, v in adapter_state(a).items())
-    timing = ("elapsed", "tokens_per_s", "tflops", "mfu")
-
-    def rows(run: Path):
-        return [{k: v for k, v in json.loads(line).items() if k not in timing}
-                for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-    assert rows(straight) == rows(tmp_path / "crashed")
+    assert [{k: v for k, v in r.items() if k not in TIMING} for r in metrics(straight)] == [
+        {k: v for k, v in r.items() if k not in TIMING} for r in metrics(tmp_path / "crashed")]
 
 
 def test_cli_finetune_chat_merge_eval(trained_run, instructions, tmp_path, capsys):
