@@ -67,10 +67,13 @@ def test_every_reply_of_a_chat_is_trained_and_a_token_across_the_boundary_counts
 
 def test_without_an_end_of_text_token_the_turns_line_break_ends_the_reply():
     char = TOKENIZERS["char"]
-    ids, mask = encode_messages(char, get_template("plain"), [{"role": "user", "content": "Hi"},
-                                                              {"role": "assistant", "content": "Blue!"}])
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Blue!"}]
+    ids, mask = encode_messages(char, get_template("plain"), chat)
     assert char.decode(ids) == "User: Hi\nAssistant: Blue!\n"
     assert char.decode([i for i, m in zip(ids, mask, strict=True) if m]) == "Blue!\n"
+    # a training example also learns the next turn's marker, which generation stops at
+    [example], _ = make_examples([("x", chat)], char, get_template("plain"), max_len=100)
+    assert char.decode([int(t) for t in example.labels if t != IGNORE]) == "Blue!\nUser:"
 
 
 PIECES = list("ab xyTo,.!?\n\t'é你🎉<|>#-") + ["  ", "\n\n", "be", "the"]

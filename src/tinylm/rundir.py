@@ -18,6 +18,7 @@ sampling and evaluation; for an adapter run, the base's weights with the adapter
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from tinylm.generation import (GenerationConfig, StopFilter, beam_search, cut_at
                                stream_text)
 from tinylm.model import GPT, lora
 from tinylm.runtime import resolve_device, resolve_dtype
-from tinylm.templates import ALPACA_PREAMBLE, Template, check_messages, get_template
+from tinylm.templates import ALPACA_PREAMBLE, Template, get_template
 from tinylm.tokenizers import TOKENIZER_FILE, Tokenizer, load_tokenizer
 
 CONFIG_FILE = "config.json"
@@ -255,8 +256,16 @@ class Run:
 
     @property
     def chat_template(self) -> Template | None:
-        """The prompt template the run was fine-tuned with (saved in config.json), or None."""
-        return get_template(self.config.finetune.template) if self.config.finetune.template else None
+        """The prompt template the run was fine-tuned with (saved in config.json), or None. For a run
+        fine-tuned on instruction records, a conversation without a system message gets the Alpaca
+        preamble, as every instruction record had in training."""
+        ft = self.config.finetune
+        if not ft.template:
+            return None
+        template = get_template(ft.template)
+        if ft.format == "instruction" and not template.default_system:
+            template = dataclasses.replace(template, default_system=ALPACA_PREAMBLE)
+        return template
 
     def attach_adapter(self, name: str, run_dir: str | Path, checkpoint: str = "best") -> None:
         """Load the adapter of LoRA run `run_dir` onto this run's model as adapter `name` (not made
@@ -284,8 +293,7 @@ class Run:
              template: str | Template | None = None, **options: Any) -> str:
         """The assistant's reply to `messages` ([{"role": "system" | "user" | "assistant", "content"}]),
         rendered with the run's template (or `template`) and generated until end-of-text or the
-        template's stop strings. Options as for `generate`. A run fine-tuned on instruction records
-        gets the Alpaca preamble as its system message, as in training, unless `messages` bring one."""
+        template's stop strings. Options as for `generate`."""
         from tinylm.data.finetune import encode_messages
 
         tpl = get_template(template) if isinstance(template, str) else template or self.chat_template
@@ -294,18 +302,16 @@ class Run:
                               "data); pass template='chat', 'alpaca' or 'plain'")
         cfg = self.generation_config(config, **options)
         cfg = cfg.replace(stop=[*cfg.stop, *(s for s in tpl.stop if s not in cfg.stop)])
-        messages = check_messages(messages)
-        if self.config.finetune.format == "instruction" and messages[0]["role"] != "system":
-            messages = [{"role": "system", "content": ALPACA_PREAMBLE}, *messages]  # as in training
         ids, _ = encode_messages(self.tokenizer, tpl, messages, add_generation_prompt=True)
-        context = self.model.cfg.context
-        if len(ids) > context:
+        # as in fine-tuning, a long conversation loses tokens from the left, leaving room for the reply in
+        # the window (a reply generated past the context would see a slid, shorter window)
+        keep = self.model.cfg.context - min(cfg.max_new_tokens, self.model.cfg.context // 4)
+        if len(ids) > keep:
             if not cfg.truncate:
-                raise ConfigError(f"the conversation has {len(ids)} tokens, more than the context ({context}); "
-                                  "shorten it, or allow truncation to its last tokens (truncate=True)")
-            warn(f"the conversation has {len(ids)} tokens, more than the context ({context}); only its last "
-                 f"{context} tokens are used")
-            ids = ids[-context:]
+                raise ConfigError(f"the conversation has {len(ids)} tokens; with room for the reply only {keep} fit "
+                                  "the context: shorten it, or allow truncation to its last tokens (truncate=True)")
+            warn(f"the conversation has {len(ids)} tokens; its last {keep} are used (room for the reply)")
+            ids = ids[-keep:]
         new = generate_ids(self.model, [ids], cfg, decode=self.tokenizer.decode, **self._engine_args())[0]
         text = self._text(ids, new, cfg)
         suffix = tpl.assistant.suffix

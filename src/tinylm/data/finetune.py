@@ -14,8 +14,9 @@
         or to another example) ──► the trainer;   score_examples: loss on response tokens (validation)
 
 Tokenizers without an end-of-text id (char) cannot end a reply with a token: the assistant turn's
-suffix (a line break in every template) is trained as part of the reply instead, and generation
-stops at the template's `stop` strings (the next turn's marker).
+suffix (a line break in every template) is trained as part of the reply, and so is the template's
+first `stop` string after the last reply (the next turn's marker, e.g. "User:"), which generation
+stops at (`Run.chat` cuts it and the suffix off).
 """
 
 from __future__ import annotations
@@ -288,10 +289,14 @@ def make_examples(conversations: Iterable[tuple[str, list[dict[str, str]]]], tok
                   template: Template, max_len: int, train_on_prompt: bool = False) -> tuple[list[Example], FitCounts]:
     """Examples of at most `max_len` tokens (the training window + 1) from (where, messages) pairs; a
     conversation that encodes to fewer than 2 tokens, or with no reply token to train on, is a DataError
-    naming where it is."""
+    naming where it is. Without an end-of-text id, a conversation ending in a reply also trains the
+    template's first stop string after it (the next turn's marker), which generation stops at."""
     examples, counts = [], FitCounts()
     for where, messages in conversations:
-        ids, mask = encode_messages(tokenizer, template, messages)
+        pieces = template.render(messages)
+        if tokenizer.eot_id is None and template.stop and messages[-1]["role"] == "assistant":
+            pieces.append(Piece(template.stop[0], response=True))  # what ends a reply without end-of-text
+        ids, mask = encode_pieces(tokenizer, pieces)
         if len(ids) < 2:
             raise DataError(f"{where} encodes to {len(ids)} token(s); a record needs some text to train on")
         if not any(mask[1:]):
