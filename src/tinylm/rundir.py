@@ -173,6 +173,19 @@ def load_weights(model: GPT, path: Path) -> dict[str, str]:
 # --------------------------------------------------------------------------- loading a run
 
 
+def chat_template_of(cfg: RunConfig) -> Template | None:
+    """The prompt template a run was fine-tuned with (finetune.template in its config), or None. For a
+    run fine-tuned on instruction records, a conversation without a system message gets the Alpaca
+    preamble, as every instruction record had in training."""
+    ft = cfg.finetune
+    if not ft.template:
+        return None
+    template = get_template(ft.template)
+    if ft.format == "instruction" and not template.default_system:
+        template = dataclasses.replace(template, default_system=ALPACA_PREAMBLE)
+    return template
+
+
 def weights_path(run_dir: Path, checkpoint: str = "best", adapter: bool = False) -> Path:
     """The weights file (the adapter file for an adapter run) of `checkpoint`: best, latest or a path."""
     best, latest = (BEST_ADAPTER_FILE, ADAPTER_FILE) if adapter else (BEST_FILE, MODEL_FILE)
@@ -256,16 +269,8 @@ class Run:
 
     @property
     def chat_template(self) -> Template | None:
-        """The prompt template the run was fine-tuned with (saved in config.json), or None. For a run
-        fine-tuned on instruction records, a conversation without a system message gets the Alpaca
-        preamble, as every instruction record had in training."""
-        ft = self.config.finetune
-        if not ft.template:
-            return None
-        template = get_template(ft.template)
-        if ft.format == "instruction" and not template.default_system:
-            template = dataclasses.replace(template, default_system=ALPACA_PREAMBLE)
-        return template
+        """The prompt template the run was fine-tuned with, or None (see `chat_template_of`)."""
+        return chat_template_of(self.config)
 
     def attach_adapter(self, name: str, run_dir: str | Path, checkpoint: str = "best") -> None:
         """Load the adapter of LoRA run `run_dir` onto this run's model as adapter `name` (not made
