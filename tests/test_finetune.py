@@ -167,6 +167,9 @@ def test_bad_input_is_one_line_errors(trained_run, instructions, tmp_path, capsy
     assert "changed since" in error("sample", str(tmp_path / "adapter"), "--max-new-tokens", "2")
     with pytest.raises(CheckpointError, match="trained on other base weights"):
         tinylm.load(base, device="cpu").attach_adapter("other", tmp_path / "adapter")
+    original = tinylm.load(trained_run, device="cpu")
+    other = original.attach_adapter("other", tmp_path / "adapter")  # trained on a copy of the same weights
+    assert other.name == "other" and other.chat_template.name == "plain"
 
 
 def test_torchrun_two_processes_train_one_lora_adapter(trained_run, instructions, tmp_path):

@@ -237,6 +237,21 @@ class Completion:
 
 
 @dataclass
+class Adapter:
+    """A LoRA adapter attached to a run's model (`Run.attach_adapter`): its name on the model, its run
+    directory, config and weights file."""
+
+    name: str
+    run_dir: Path
+    config: RunConfig
+    weights: Path
+
+    @property
+    def chat_template(self) -> Template | None:
+        return chat_template_of(self.config)
+
+
+@dataclass
 class Run:
     """A trained model with its tokenizer and config, ready to generate or evaluate.
 
@@ -272,11 +287,11 @@ class Run:
         """The prompt template the run was fine-tuned with, or None (see `chat_template_of`)."""
         return chat_template_of(self.config)
 
-    def attach_adapter(self, name: str, run_dir: str | Path, checkpoint: str = "best") -> None:
+    def attach_adapter(self, name: str, run_dir: str | Path, checkpoint: str = "best") -> Adapter:
         """Load the adapter of LoRA run `run_dir` onto this run's model as adapter `name` (not made
-        active: see `tinylm.model.lora.set_active`). Refused in one line when that adapter was trained on
-        other base weights (recorded sha256), or trained base biases / norms (they cannot be switched per
-        adapter: merge such a run instead)."""
+        active: see `tinylm.model.lora.set_active`); returns it (its config and `chat_template`). Refused
+        in one line when that adapter was trained on other base weights (recorded sha256), or trained
+        base biases / norms (they cannot be switched per adapter: merge such a run instead)."""
         run_dir = Path(run_dir)
         cfg = read_config(run_dir)
         if not cfg.finetune.adapter:
@@ -291,8 +306,10 @@ class Run:
                                   f"switch per adapter; merge it (`tinylm merge {run_dir} --out MERGED`) and load that")
         with torch.random.fork_rng(devices=[]):
             lora.add_lora(self.model, cfg.lora, name)
-        load_adapter(self.model, weights_path(run_dir, checkpoint, adapter=True), cfg.lora, name)
+        path = weights_path(run_dir, checkpoint, adapter=True)
+        load_adapter(self.model, path, cfg.lora, name)
         self.model.to(self.device)
+        return Adapter(name, run_dir, cfg, path)
 
     def chat(self, messages: Sequence[dict[str, str]], config: GenerationConfig | None = None, *,
              template: str | Template | None = None, **options: Any) -> str:
