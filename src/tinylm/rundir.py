@@ -27,6 +27,7 @@ from tinylm.console import warn
 from tinylm.errors import CheckpointError, ConfigError, TinylmError
 from tinylm.generation import (GenerationConfig, StopFilter, beam_search, cut_at_stop, generate_ids, stream_ids,
                                stream_text)
+from tinylm.inputs import encode_text
 from tinylm.model import GPT
 from tinylm.runtime import resolve_device, resolve_dtype
 from tinylm.tokenizers import TOKENIZER_FILE, Tokenizer, load_tokenizer
@@ -163,19 +164,21 @@ class Run:
         """`config` (default: the defaults) with `options` changed, validated."""
         return (config or GenerationConfig()).replace(**options)
 
-    def encode_prompt(self, prompt: str, truncate: bool = True) -> list[int]:
-        """The prompt's ids: the tokenizer's start ids for an empty prompt; a prompt longer than
-        the context keeps its last `context` tokens (with a warning), or is an error if not `truncate`."""
+    def encode_prompt(self, prompt: str, truncate: bool = True, item: str = "the prompt") -> list[int]:
+        """The prompt's ids (`tinylm.inputs.encode_text`): a prompt that encodes to no tokens (empty,
+        or whitespace for the word tokenizer) is the empty prompt, the tokenizer's start ids; a
+        prompt longer than the context keeps its last `context` tokens (with a warning), or is an
+        error if not `truncate`. `item` names the prompt in messages."""
+        ids = encode_text(self.tokenizer, prompt, item=item)
         unknown = self.tokenizer.count_unknown(prompt)
         if unknown:
-            warn(f"{unknown} {self.tokenizer.unit}(s) of the prompt are not in the vocabulary; mapped to <unk>")
-        ids = self.tokenizer.encode(prompt) if prompt else self.tokenizer.start_ids()
+            warn(f"{unknown} {self.tokenizer.unit}(s) of {item} are not in the vocabulary; mapped to <unk>")
         context = self.model.cfg.context
         if len(ids) > context:
             if not truncate:
-                raise ConfigError(f"the prompt has {len(ids)} tokens, more than the context ({context}); "
+                raise ConfigError(f"{item} has {len(ids)} tokens, more than the context ({context}); "
                                   "shorten it, or allow truncation to its last tokens (truncate=True)")
-            warn(f"the prompt has {len(ids)} tokens, more than the context ({context}); "
+            warn(f"{item} has {len(ids)} tokens, more than the context ({context}); "
                  f"only its last {context} tokens are used")
             ids = ids[-context:]
         return ids
@@ -183,7 +186,7 @@ class Run:
     def _engine_args(self) -> dict[str, Any]:
         eot = self.tokenizer.eot_id
         return dict(vocab_size=self.tokenizer.vocab_size, stop_ids=[eot] if eot is not None else [],
-                    device=self.device, dtype=self.dtype)
+                    device=self.device, dtype=self.dtype, suppress_ids=sorted(self.tokenizer.suppressed_ids))
 
     def _text(self, prompt_ids: list[int], ids: list[int], cfg: GenerationConfig) -> str:
         """The text `ids` add after the prompt, decoded after the prompt's ids: tokenizers that
@@ -200,7 +203,8 @@ class Run:
         prompt, grouped by prompt (best first for beam search)."""
         cfg = self.generation_config(config, **options)
         texts = [prompts] if isinstance(prompts, str) else list(prompts)
-        encoded = [self.encode_prompt(p, cfg.truncate) for p in texts]
+        encoded = [self.encode_prompt(p, cfg.truncate, "the prompt" if len(texts) == 1 else f"prompt {i} of "
+                                      f"{len(texts)}") for i, p in enumerate(texts, 1)]
         if not encoded:
             return []
         args = self._engine_args()

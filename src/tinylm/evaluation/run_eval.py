@@ -99,6 +99,7 @@ def evaluate(run_dir: str | Path, cfg: EvalConfig, show_progress: bool = True) -
     directory) or `cfg.dataset` (a catalog dataset), on `cfg.text`, or with none of them on the
     run's own data (the split it was validated on), in windows of the run's training length
     `cfg.stride` tokens apart; the result is also appended to the run's evals.jsonl."""
+    cfg.validate()
     given = [flag for flag, value in (("--data", cfg.data), ("--text", cfg.text), ("--dataset", cfg.dataset))
              if value]
     if len(given) > 1:

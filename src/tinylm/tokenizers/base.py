@@ -91,6 +91,14 @@ class Tokenizer(ABC):
         return self.encode("\n") or [0]
 
     @property
+    def suppressed_ids(self) -> set[int]:
+        """Ids that generation never emits unless asked (`GenerationConfig.suppress_tokens`): the
+        unknown id (what text outside the vocabulary maps to is no text to write; for char it is
+        never even a training target) and the start-of-text marker (it opens documents; the model
+        continues after it). Padded embedding rows past `vocab_size` are never generated either."""
+        return {i for i in (self.unk_id, self.bos_id) if i is not None}
+
+    @property
     def markers(self) -> set[int]:
         """The document markers (start- and end-of-text), left out of generated text."""
         return {i for i in (self.bos_id, self.eot_id) if i is not None}

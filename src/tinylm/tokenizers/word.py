@@ -104,6 +104,11 @@ class WordTokenizer(Tokenizer):
         n = len(self.itos)
         return detokenize([self.itos[i] if 0 <= i < n else "<unk>" for i in ids if i != PAD_ID])
 
+    @property
+    def suppressed_ids(self) -> set[int]:
+        """`<pad>`, `<unk>` and `<sos>`: never generated unless asked (see Tokenizer.suppressed_ids)."""
+        return {PAD_ID, UNK_ID, SOS_ID}
+
     def normalize(self, text: str) -> str:
         """What `decode(encode(text))` gives when every word of `text` is in the vocabulary."""
         return detokenize([tok for tok in self.split(text) if tok != SPECIALS[PAD_ID]])

@@ -199,10 +199,12 @@ class Trainer:
             return self.ddp
 
     def _hellaswag_items(self) -> list:
-        from tinylm.evaluation.multiple_choice import hellaswag_file, read_items, subsample
+        from tinylm.evaluation.multiple_choice import encode_items, hellaswag_file, read_items, subsample
 
         t = self.cfg.train
-        return subsample(read_items(hellaswag_file(t.hellaswag_file), "hellaswag"), t.hellaswag_items, seed=0)
+        items = subsample(read_items(hellaswag_file(t.hellaswag_file), "hellaswag"), t.hellaswag_items, seed=0)
+        encode_items(self.tokenizer, items, self.cfg.model.context)  # an item that cannot be scored fails now
+        return items
 
     def restore(self) -> None:
         procs = self.procs
