@@ -93,6 +93,14 @@ class ModelConfig:
                f"tokenizer's vocabulary ({tokenizer_vocab}); set it to 0 to follow the tokenizer")
         return self.vocab_size
 
+    def min_params(self, vocab: int) -> int:
+        """A lower bound on the parameter count (the weight matrices alone), computed without
+        building the model, so sizes that cannot fit are refused before anything is allocated."""
+        d = self.d_model
+        attention = d * (self.n_head + 2 * self.kv_heads) * self.head_dim + d * d
+        mlp = (3 if self.mlp == "swiglu" else 2) * d * self.ff_width
+        return vocab * d + (self.context * d if self.pos == "learned" else 0) + self.n_layer * (attention + mlp)
+
     @property
     def kv_heads(self) -> int:
         return self.n_kv_head or self.n_head

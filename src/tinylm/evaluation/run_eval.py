@@ -112,7 +112,8 @@ def evaluate(run_dir: str | Path, cfg: EvalConfig, show_progress: bool = True) -
     data = cfg.data
     if not given:
         data = str(resolve_data_dir(run.config.data)[0])
-        console.print(f"scoring the {cfg.split} split of the run's data ({run.config.data.source}) in {data}")
+        name = f" ({run.config.data.source})" if run.config.data.source else ""  # trained with --data DIR: no name
+        console.print(f"scoring the {cfg.split} split of the run's data{name} in {data}")
     if data:
         tokens, nbytes, sha = _from_data_dir(run, data, cfg.split)
     elif cfg.dataset:

@@ -385,9 +385,10 @@ def generate_ids(model: torch.nn.Module, prompts: Sequence[Sequence[int]] | Sequ
     its fields. A row stops after a stop id (kept as its last id) or once its text contains a
     stop string (`decode` needed). `vocab_size` limits the choice to the tokenizer's ids when
     the embedding is padded; `suppress_ids` are never generated (unless `cfg.suppress_tokens`
-    names others; Run passes the tokenizer's `suppressed_ids`). Returns one list of new ids per prompt, or for beam search with
-    num_return_sequences = n, n lists per prompt (grouped by prompt, best first); given a single
-    prompt (a flat list of ids) it returns that prompt's first list."""
+    names others; Run passes the tokenizer's `suppressed_ids`). Returns one list of new ids per
+    prompt, or for beam search with num_return_sequences = n, n lists per prompt (grouped by
+    prompt, best first); given a single prompt (a flat list of ids) it returns that prompt's first
+    list. A prompt with no ids or ids outside the model's vocabulary is a one-line TinylmError."""
     single = bool(prompts) and not isinstance(prompts[0], (list, tuple, torch.Tensor))
     batch = [prompts] if single else prompts
     cfg = _options(cfg, options)
