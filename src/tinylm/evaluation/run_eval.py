@@ -43,10 +43,13 @@ def _from_data_dir(run: Run, data_dir: str, split: str) -> tuple[np.ndarray, int
 
 def _from_text(run: Run, path: str, errors: str) -> tuple[np.ndarray, int, str]:
     src = read_source(path, errors)
-    unknown = sum(run.tokenizer.count_unknown(d) for d in src.documents())
+    docs = src.documents()
+    if not any(d.strip() for d in docs):
+        raise DataError(f"{path} has no text in it (it is empty or only whitespace); nothing to score")
+    unknown = sum(run.tokenizer.count_unknown(d) for d in docs)
     if unknown:
         warn(f"{unknown:,} {run.tokenizer.unit}(s) of {path} are not in the run's vocabulary and count as <unk>")
-    tokens, nbytes = encode_documents(run.tokenizer, src.documents())
+    tokens, nbytes = encode_documents(run.tokenizer, docs)
     if len(tokens) < 2:
         raise DataError(f"{path} holds fewer than 2 tokens; nothing to score")
     return tokens, nbytes, src.sha256
