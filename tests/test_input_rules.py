@@ -3,9 +3,11 @@ or extreme, ids that are never generated, and advice that names commands that wo
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from hypothesis import strategies as st
 
 import tinylm
 from tinylm.cli import main
-from tinylm.config import ModelConfig, RunConfig, SampleConfig, load_preset
+from tinylm.config import EvalConfig, ModelConfig, RunConfig, SampleConfig, load_preset
 from tinylm.errors import ConfigError, DataError, TinylmError
 from tinylm.generation import GenerationConfig, generate_ids, sample_next, stream_ids
 from tinylm.inputs import EmptyInputError, check_fields, check_range, encode_text
@@ -256,6 +258,56 @@ def test_run_config_numbers_error_cleanly_or_train_a_finite_step(key, value, cor
     assert result.step == 1 and math.isfinite(result.val_loss)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r.get("train_loss", r.get("val_loss", 0))) for r in rows)
+
+
+def _numeric_fields(cfg) -> list[str]:
+    return [f.name for f in dataclasses.fields(cfg) if isinstance(getattr(cfg, f.name), (int, float))
+            and not isinstance(getattr(cfg, f.name), bool)]
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, "2", None])
+def test_every_numeric_field_refuses_non_finite_values(value) -> None:
+    """Every numeric field of every config: GenerationConfig (sampling), SampleConfig, EvalConfig
+    and RunConfig's model, data and train sections."""
+    checked = 0
+    for make in (GenerationConfig, SampleConfig, EvalConfig):
+        for name in _numeric_fields(make()) + (["seed"] if make is not EvalConfig else []):
+            cfg = make()
+            setattr(cfg, name, value)
+            if value is None and name == "seed":
+                continue  # seed None: a fresh random seed
+            with pytest.raises(ConfigError, match=rf"^(eval\.)?{name} must be"):
+                cfg.validate()
+            checked += 1
+    for section in ("model", "data", "train"):
+        for name in _numeric_fields(getattr(RunConfig(), section)):
+            cfg = RunConfig()
+            setattr(getattr(cfg, section), name, value)
+            with pytest.raises(ConfigError, match=rf"^{section}\.{name} must be"):
+                cfg.validate()
+            checked += 1
+    assert checked > 60
+
+
+def test_non_finite_values_are_refused_on_every_route(word_run: Path, tmp_path: Path, capsys) -> None:
+    toml = tmp_path / "bad.toml"
+    toml.write_text("[train]\nlr = nan\n")
+    config = tmp_path / "run"
+    shutil.copytree(word_run, config)
+    saved = json.loads((config / "config.json").read_text())
+    saved["model"]["rope_base"] = math.inf
+    (config / "config.json").write_text(json.dumps(saved))  # Infinity: what json writes for inf
+    for argv, fragment in ((["train", "--config", str(toml)], "train.lr must be a finite number, got nan"),
+                           (["train", "--set", "train.beta1=-inf"], "train.beta1 must be a finite number"),
+                           (["train", "--max-steps", "1e400"], "train.max_steps expects an integer"),
+                           (["sample", str(config)], "model.rope_base must be a finite number, got inf")):
+        capsys.readouterr()
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and "\n" not in err and fragment in err, err
+    run = tinylm.load(word_run)
+    with pytest.raises(ConfigError, match="^repetition_penalty must be a finite number, got nan$"):
+        run.generate("Spot", repetition_penalty=math.nan)
 
 
 def test_extreme_sizes_are_refused_before_allocating(corpus, tmp_path) -> None:

@@ -60,7 +60,7 @@ def read_config(run_dir: str | Path) -> RunConfig:
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not a tinylm run directory (no {CONFIG_FILE})")
     try:
-        return RunConfig.from_dict(json.loads(path.read_text(encoding="utf-8")), origin=str(path))
+        return RunConfig.from_dict(json.loads(path.read_text(encoding="utf-8")), origin=str(path)).validate()
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is corrupt ({e})") from None
     except ConfigError as e:
