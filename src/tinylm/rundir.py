@@ -27,7 +27,7 @@ from tinylm.console import warn
 from tinylm.errors import CheckpointError, ConfigError, TinylmError
 from tinylm.generation import (GenerationConfig, StopFilter, beam_search, cut_at_stop, generate_ids, stream_ids,
                                stream_text)
-from tinylm.inputs import encode_text
+from tinylm.inputs import EmptyInputError, encode_text
 from tinylm.model import GPT
 from tinylm.runtime import resolve_device, resolve_dtype
 from tinylm.tokenizers import TOKENIZER_FILE, Tokenizer, load_tokenizer
@@ -202,6 +202,8 @@ class Run:
         """Continue one prompt or a batch of prompts; num_return_sequences completions per
         prompt, grouped by prompt (best first for beam search)."""
         cfg = self.generation_config(config, **options)
+        if not isinstance(prompts, (str, list, tuple)):
+            raise EmptyInputError(f"the prompt must be text or a list of texts, got {type(prompts).__name__}")
         texts = [prompts] if isinstance(prompts, str) else list(prompts)
         encoded = [self.encode_prompt(p, cfg.truncate, "the prompt" if len(texts) == 1 else f"prompt {i} of "
                                       f"{len(texts)}") for i, p in enumerate(texts, 1)]
@@ -266,7 +268,10 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", dt
     model = GPT(cfg.model)
     path = weights_path(run_dir, checkpoint)
     if not path.is_file():
-        raise CheckpointError(f"{path} does not exist; train the run first (`tinylm train`)")
+        if checkpoint in ("best", "latest"):  # a run killed before its first checkpoint
+            raise CheckpointError(f"{run_dir} has no weights: the run never reached its first checkpoint; start it "
+                                  f"again with your training command and --out {run_dir} --overwrite")
+        raise CheckpointError(f"{path} does not exist; give --checkpoint best, latest or a .safetensors file")
     metadata = load_weights(model, path)
     fp = metadata.get("tokenizer_fingerprint")
     if fp and fp != tokenizer.fingerprint():

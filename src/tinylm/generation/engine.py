@@ -215,6 +215,9 @@ def _options(cfg: GenerationConfig | int | None, options: dict) -> GenerationCon
     if isinstance(cfg, int) and not isinstance(cfg, bool):  # generate_ids(model, prompt, 200, ...)
         options = {"max_new_tokens": cfg, **options}
         cfg = None
+    if cfg is not None and not isinstance(cfg, GenerationConfig):
+        raise ConfigError(f"the generation options must be a GenerationConfig or max_new_tokens (an integer), got "
+                          f"{cfg!r}")
     return (cfg or GenerationConfig()).replace(**options)
 
 
