@@ -96,6 +96,20 @@ def test_engine_refuses_prompts_without_ids_in_one_line(word_run: Path) -> None:
         generate_ids(run.model, [], max_new_tokens=2)
     with pytest.raises(ConfigError, match=r"token id 100000, outside the model's vocabulary"):
         generate_ids(run.model, [3, 100000], max_new_tokens=2)
+    with pytest.raises(ConfigError, match="must be a GenerationConfig or max_new_tokens"):
+        generate_ids(run.model, [3], 1e9)
+    with pytest.raises(EmptyInputError, match="the prompt must be text or a list of texts, got NoneType"):
+        run.generate(None)
+
+
+def test_a_run_without_weights_advises_overwrite(word_run: Path, tmp_path: Path, capsys) -> None:
+    half = tmp_path / "half"
+    shutil.copytree(word_run, half)
+    for name in ("model.safetensors", "best.safetensors"):
+        (half / name).unlink()
+    assert main(["sample", str(half)]) == 1
+    assert f"never reached its first checkpoint; start it again with your training command and --out {half} " \
+           "--overwrite" in capsys.readouterr().err
 
 
 def test_evaluation_items_that_encode_to_nothing(word_run: Path, tmp_path: Path, capsys) -> None:

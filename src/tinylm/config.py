@@ -293,7 +293,7 @@ class EvalConfig:
 
     def validate(self) -> EvalConfig:
         check_fields(self, "eval.")
-        check_range("eval.stride", self.stride, ge=0, note=" (0 = the training window)")
+        # eval.stride's range depends on the run's training window: evaluate() checks it
         check_range("eval.limit", self.limit, ge=0, note=" (0 = all items)")
         check_range("eval.batch_size", self.batch_size, ge=1)
         _check(self.errors in ENCODING_ERRORS, f"eval.errors must be strict or replace, got {self.errors!r}")
