@@ -33,6 +33,7 @@ from tinylm.templates import check_messages
 
 MAX_STOP = 16  # stop strings per request (OpenAI allows 4)
 MAX_LOGPROBS = 20  # alternatives per token
+MAX_TOP_K = 1_000_000  # top_k beyond the vocabulary keeps every token; larger values are typos
 SEED_LIMIT = 2**63  # seeds are int64 (as in the OpenAI API), choice i uses seed + i
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
@@ -102,7 +103,7 @@ class _Body(BaseModel):
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     logit_bias: dict[str, Any] | None = None
     # tinylm's extras
-    top_k: int | None = Field(None, ge=0)
+    top_k: int | None = Field(None, ge=0, le=MAX_TOP_K)
     min_p: float | None = Field(None, ge=0.0, lt=1.0)
     repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
     truncate: bool | None = None  # a prompt longer than the context: keep its last tokens (default) or 413
