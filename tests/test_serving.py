@@ -36,7 +36,7 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 def url(trained_run: Path):
     # float32: the offline references below run in float32 too (see "Exactness" in serving/engine.py)
     app = create_app(trained_run, model_name="tiny", api_key=KEY, chat_template="plain", max_batch=20,
-                     max_tokens=300, max_body=1 << 16, dtype="float32")
+                     max_tokens=5000, max_body=1 << 16, dtype="float32")
     with running(app) as base:
         yield base
 
@@ -218,22 +218,23 @@ def test_a_client_that_disconnects_frees_its_slot(url: str):
     before = health(url)["steps"]
     with httpx.Client(timeout=30) as http:
         with http.stream("POST", f"{url}/v1/completions", headers=AUTH,
-                         json={"model": "tiny", "prompt": "A", "max_tokens": 300, "stream": True}) as response:
+                         json={"model": "tiny", "prompt": "A", "max_tokens": 5000, "stream": True}) as response:
             lines = response.iter_lines()
             while not next(lines).startswith("data: {"):
                 pass
             assert health(url)["running"] == 1
     wait_for(lambda: health(url)["running"] == 0, 10)
-    assert health(url)["steps"] - before < 200  # stopped long before its 300 tokens
+    assert health(url)["steps"] - before < 2000  # stopped long before its 5,000 tokens
 
 
 def test_a_full_queue_answers_503_with_retry_after_and_oversized_input_413(trained_run: Path):
-    app = create_app(trained_run, model_name="tiny", max_batch=1, max_queue=1, max_body=2048, max_tokens=300,
+    app = create_app(trained_run, model_name="tiny", max_batch=1, max_queue=1, max_body=2048, max_tokens=100_000,
                      dtype="float32")
     with running(app) as base, httpx.Client(base_url=base, timeout=60) as http:
-        long = {"model": "tiny", "prompt": "A", "max_tokens": 300, "stream": True}
+        long = {"model": "tiny", "prompt": "A", "max_tokens": 100_000, "stream": True}  # runs until we hang up
         with http.stream("POST", "/v1/completions", json=long) as response:
-            next(response.iter_lines())
+            lines = response.iter_lines()  # (a dropped iterator would close the connection)
+            next(lines)
             wait_for(lambda: health(base)["running"] == 1)
             queued = threading.Thread(target=lambda: http.post("/v1/completions", json={
                 "model": "tiny", "prompt": "B", "max_tokens": 3}).raise_for_status())

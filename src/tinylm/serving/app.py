@@ -266,13 +266,18 @@ class API:
     async def events(self, http: Request, request: EngineRequest, queue: asyncio.Queue) -> AsyncIterator[Event]:
         """The request's events until every row finished; a client that goes away cancels the rest."""
         left = len(request.rows)
+        checked = time.monotonic()
         try:
             while left:
                 try:
                     event = await asyncio.wait_for(queue.get(), POLL)
                 except asyncio.TimeoutError:
+                    event = None
+                if time.monotonic() - checked >= POLL:  # also while events flow (non-streaming requests)
+                    checked = time.monotonic()
                     if await http.is_disconnected():
                         return
+                if event is None:
                     continue
                 if event.finish:
                     left -= 1

@@ -71,6 +71,10 @@ def serve(run_dir: str | Path, cfg: ServeConfig) -> None:
         console.print(f"serving {models} on http://{shown}:{port}  (playground: /, OpenAI API: /v1; Ctrl-C stops)")
         print(f"http://{shown}:{port}", flush=True)
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3))
-        server.run(sockets=[sock])
+        try:
+            server.run(sockets=[sock])
+        except KeyboardInterrupt:  # uvicorn shuts down on Ctrl-C, then re-raises the signal
+            pass
+        console.print("server stopped")
     finally:
         sock.close()
