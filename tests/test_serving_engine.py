@@ -12,6 +12,7 @@ import torch
 from tinylm.config import ModelConfig
 from tinylm.generation import GenerationConfig, generate_ids
 from tinylm.model import GPT
+from tinylm.serving import engine as engine_module
 from tinylm.serving.engine import Engine, Event, QueueFull, Request, Row
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -160,14 +161,16 @@ class Recording(Engine):
         super().__init__(*args, **kwargs)
         self.logits: dict[int, list[torch.Tensor]] = {}
         self.batches: list[int] = []
+        self.calls: list[tuple[int, bool]] = []  # (rows, whether only the last positions' logits)
 
     def _sample(self, seq):
         self.logits.setdefault(id(seq.request), []).append(seq.logits[:, :self.vocab_size].clone())
         super()._sample(seq)
 
-    def _forward(self, idx, cache, adapters):
+    def _forward(self, idx, cache, adapters, last=None):
         self.batches.append(idx.size(0))
-        return super()._forward(idx, cache, adapters)
+        self.calls.append((idx.size(0), last is not None))
+        return super()._forward(idx, cache, adapters, last)
 
 
 def test_a_seeded_row_among_16_others_samples_what_it_samples_alone():
@@ -200,6 +203,25 @@ def test_a_seeded_row_among_16_others_samples_what_it_samples_alone():
     assert torch.equal(seen[0], alone[0])  # the prefill ran alone
     worst = max(float((a - b).abs().max()) for a, b in zip(seen, alone, strict=True))
     assert worst < 1e-4, worst
+
+
+@pytest.mark.parametrize("budget", [4096, 30])
+def test_rows_admitted_together_are_prefilled_together(budget, monkeypatch):
+    monkeypatch.setattr(engine_module, "PREFILL_TOKENS", budget)  # 30: several prefill forwards
+    model = tiny_model(context=24)
+    engine = Recording(model, decode, vocab_size=VOCAB, device=torch.device("cpu"), max_batch=8)
+    prompts = [prompt(n, 200 + n) for n in (5, 12, 3, 24, 8, 6)]
+    requests = [Request([Row(p, greedy(30))], Collect(1)) for p in prompts]
+    for r in requests:
+        engine.submit(r)
+    drain(engine)
+    together = [rows for rows, last in engine.calls if last]
+    assert sum(together) == len(prompts) and len(together) == (1 if budget == 4096 else 4)
+    with torch.no_grad():
+        for p, r in zip(prompts, requests, strict=True):
+            assert r.on_event.tokens[0] == generate_ids(model, p, greedy(30))
+            alone = model(torch.tensor([p]), cache=model.new_cache(1))[0][:, -1]
+            torch.testing.assert_close(engine.logits[id(r)][0], alone, rtol=0, atol=1e-5)
 
 
 def test_stop_strings_and_stop_ids_end_a_row():

@@ -3,8 +3,8 @@
     submit(Request: rows of prompt ids + GenerationConfig) ──► waiting queue (at most `max_queue` rows)
                                                                   │ admitted between steps while fewer
                                                                   ▼ than `max_batch` rows run
-    per-row KV cache (`model.new_cache(max_batch, per_row=True)`): a new row is prefilled alone into a
-    free slot (batch of one: the computation `generate_ids` does), its last logits kept
+    per-row KV cache (`model.new_cache(max_batch, per_row=True)`): new rows are prefilled into free
+    slots (a row admitted alone as a batch of one: the computation `generate_ids` does), last logits kept
                                                                   │
     every step:  each running row samples its next token from its own logits with its own
                  torch.Generator and options (`sample_next` on that row alone: the generation engine's
@@ -13,7 +13,10 @@
                  one decode forward of every running row's new token; a row whose window is full is
                  refilled alone from its last context // 2 tokens (the generation engine's sliding rule)
 
-Exactness: a row's prefill, its refills and a step with one running row are bit-identical to
+Rows admitted in the same step are prefilled together (right-padded, one forward per 4,096 prompt
+tokens), a row admitted alone or asking for its prompt's log-probabilities on its own.
+
+Exactness: a row prefilled alone, its refills and a step with one running row are bit-identical to
 `generate_ids` (same shapes, same masks, same generator draws), so a lone greedy or seeded request
 gives exactly `Run.generate`'s text. With several rows the matrix products run with another batch
 size and CPU/GPU kernels sum in another order, so logits differ by float32 rounding (about 1e-7 of
@@ -38,6 +41,9 @@ from tinylm.generation.config import GenerationConfig
 from tinylm.generation.engine import _seen_mask
 from tinylm.generation.sampling import StopFilter, TextStream, sample_next
 from tinylm.runtime import autocast
+
+
+PREFILL_TOKENS = 4096  # prompt tokens (rows x longest prompt) per forward when rows are prefilled together
 
 
 class QueueFull(Exception):
@@ -204,8 +210,12 @@ class Engine:
         then decode all remaining rows together."""
         self.steps += 1
         admitted = self._admit()
+        together = [seq for seq in admitted if seq.row.prompt_logprobs is None]
+        if len(together) > 1:  # rows admitted together are prefilled as one batch (they come first)
+            self._prefill_together(together)
         for seq in admitted:
-            self._prefill(seq)
+            if len(together) < 2 or seq.row.prompt_logprobs is not None:
+                self._prefill(seq)
         for seq in self.running:
             if not seq.done and seq.logits is not None:
                 self._sample(seq)
@@ -222,18 +232,25 @@ class Engine:
                     seq.done = True
             self._retire()
             admitted = []
-            while self.waiting and len(self.running) < self.max_batch:
-                seq = self.waiting.popleft()
-                self.running.append(seq)
-                admitted.append(seq)
+            while self.waiting and len(self.running) + len(admitted) < self.max_batch:
+                admitted.append(self.waiting.popleft())
+            # rows that can be prefilled together first, so that their slots are contiguous
+            admitted.sort(key=lambda seq: seq.row.prompt_logprobs is not None)
+            self.running += admitted
             return admitted
 
-    def _forward(self, idx: torch.Tensor, cache, adapters: str | None | list[str | None]) -> torch.Tensor:
+    def _forward(self, idx: torch.Tensor, cache, adapters: str | None | list[str | None],
+                 last: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, vocab) of `idx` (B, T) appended to `cache`; with `last` (B,) only those
+        positions' (B, vocab). `adapters` is set active first (one name or None, or one per row)."""
         if self.activate is not None:
             self.activate(adapters)
         with autocast(self.device, self.dtype):
-            logits, _ = self.model(idx, cache=cache)
-        return logits
+            if last is None:
+                logits, _ = self.model(idx, cache=cache)
+                return logits
+            hidden = self.model.features(idx, cache=cache)
+            return self.model.head(hidden[torch.arange(idx.size(0), device=idx.device), last])
 
     def _fill(self, seq: _Seq, window: list[int]) -> torch.Tensor:
         """Prefill one row's slot alone with `window` (its prompt, or its last tokens when sliding)."""
@@ -254,6 +271,32 @@ class Engine:
             self._emit(seq, Event(seq.index, prompt_logprobs=prompt))
         if seq.row.config.max_new_tokens == 0:
             self._finish(seq, "length", Event(seq.index))
+
+    def _prefill_together(self, seqs: list[_Seq]) -> None:
+        """Prefill rows in consecutive slots as one right-padded batch (per-row lengths: padding sits
+        after each row's tokens, where the mask hides it), `PREFILL_TOKENS` tokens per forward at most;
+        the head runs on each row's last position only."""
+        first = self.running.index(seqs[0])
+        windows = [seq.ids[-self.context:] for seq in seqs]
+        start = 0
+        while start < len(seqs):
+            width = len(windows[start])
+            stop = start + 1
+            while stop < len(seqs) and (stop + 1 - start) * max(width, len(windows[stop])) <= PREFILL_TOKENS:
+                width = max(width, len(windows[stop]))
+                stop += 1
+            rows = windows[start:stop]
+            idx = torch.tensor([w + [0] * (width - len(w)) for w in rows], dtype=torch.long, device=self.device)
+            cache = self.cache.rows(first + start, first + stop)
+            cache.lengths.zero_()
+            last = torch.tensor([len(w) - 1 for w in rows], device=self.device)
+            logits = self._forward(idx, cache, [seq.row.adapter for seq in seqs[start:stop]], last)
+            for b, (seq, window) in enumerate(zip(seqs[start:stop], rows, strict=True)):
+                self.cache.lengths[first + start + b] = seq.length = len(window)
+                seq.logits = logits[b:b + 1].float()
+                if seq.row.config.max_new_tokens == 0:
+                    self._finish(seq, "length", Event(seq.index))
+            start = stop
 
     def _logprob(self, lp: torch.Tensor, token: int, n: int) -> TokenLogprob:
         """`token`'s entry of log-probabilities `lp` (1, vocab) with the n likeliest alternatives."""
