@@ -87,7 +87,9 @@ class Service:
             if attach is None:
                 raise ConfigError("this tinylm cannot serve LoRA adapters (no fine-tuning support installed)")
             handle = attach(adapter, path)
-            self.models[adapter] = Model(adapter, adapter, own_template(handle) or base_template, created)
+            # the adapter's own template: from what attach_adapter returns, else from the adapter run itself
+            template = own_template(handle) or own_template(load(path, cfg.checkpoint, "cpu", "float32"))
+            self.models[adapter] = Model(adapter, adapter, template or base_template, created)
         if cfg.adapter:
             from tinylm.model.lora import set_active
 
@@ -288,11 +290,23 @@ class API:
 
     # ------------------------------------------------------------------ /v1/completions
 
+    async def checked(self, http: Request, parse) -> tuple[Any, Model]:
+        """The steps every POST route begins with: the key, the body, its checks, the model."""
+        self.s.authorize(http)
+        req = parse(await self.s.body(http), self.s.limits)
+        return req, self.s.model(req.model)
+
+    async def collect(self, http: Request, request: EngineRequest, queue: asyncio.Queue,
+                      choices: list[_Choice]) -> None:
+        """Every event of a request into its choices (a failed generation becomes a 503)."""
+        async for event in self.events(http, request, queue):
+            _raise_failed(event)
+            choices[event.row].add(event)
+
     async def completions(self, http: Request) -> Response:
         s = self.s
-        s.authorize(http)
-        req: CompletionRequest = completion_request(await s.body(http), s.limits)
-        model = s.model(req.model)
+        req: CompletionRequest
+        req, model = await self.checked(http, completion_request)
         sp = req.sampling
         prompts = [s.encode(p, sp.truncate) for p in req.prompts]
         echoes = [(p if isinstance(p, str) else s.run.tokenizer.decode(p)) if req.echo else "" for p in req.prompts]
@@ -309,9 +323,7 @@ class API:
             return self.stream(self.completion_chunks(http, request, queue, head, echo_of, req, prompt_tokens))
 
         choices = [_Choice(len(echo_of[k])) for k in range(len(rows))]
-        async for event in self.events(http, request, queue):
-            _raise_failed(event)
-            choices[event.row].add(event)
+        await self.collect(http, request, queue, choices)
         out = []
         for k, c in enumerate(choices):
             choice = {"index": k, "text": echo_of[k] + "".join(c.text), "finish_reason": c.finish, "logprobs": None}
@@ -367,9 +379,8 @@ class API:
 
     async def chat(self, http: Request) -> Response:
         s = self.s
-        s.authorize(http)
-        req: ChatRequest = chat_request(await s.body(http), s.limits)
-        model = s.model(req.model)
+        req: ChatRequest
+        req, model = await self.checked(http, chat_request)
         sp = req.sampling
         ids = s.chat_ids(model, req.messages, sp.truncate)
         stops = model.template.stop
@@ -382,9 +393,7 @@ class API:
             return self.stream(self.chat_chunks(http, request, queue, {**head, "object": "chat.completion.chunk"},
                                                 req, len(ids)))
         choices = [_Choice() for _ in rows]
-        async for event in self.events(http, request, queue):
-            _raise_failed(event)
-            choices[event.row].add(event)
+        await self.collect(http, request, queue, choices)
         out = [{"index": j, "message": {"role": "assistant", "content": "".join(c.text)}, "finish_reason": c.finish,
                 "logprobs": self.chat_logprobs(c.tokens) if req.logprobs is not None else None}
                for j, c in enumerate(choices)]
