@@ -153,6 +153,16 @@ def test_streaming_completions_and_chats_equal_their_whole_answers(url: str, cli
     assert all(line.startswith("data: ") for line in lines) and lines[-1] == "data: [DONE]"
     assert all(json.loads(line[6:])["object"] == "text_completion" for line in lines[:-1])
 
+    many = dict(model="tiny", prompt="JULIET:\n", max_tokens=15, seed=8, temperature=1.0, n=3, logprobs=2)
+    whole = client.completions.create(**many).choices
+    texts, tokens = ["", "", ""], [[], [], []]
+    for chunk in client.completions.create(**many, stream=True):  # n > 1: chunks of every choice interleave
+        for c in chunk.choices:
+            texts[c.index] += c.text
+            tokens[c.index] += c.logprobs.tokens if c.logprobs else []
+    assert texts == [c.text for c in whole] and tokens == [c.logprobs.tokens for c in whole]
+    assert all("".join(t) == text for t, text in zip(tokens, texts, strict=True))
+
     messages = [{"role": "system", "content": "Speak verse."}, {"role": "user", "content": "Who is there?"}]
     chat = dict(model="tiny", messages=messages, max_tokens=25, seed=4, temperature=1.0)
     answer = client.chat.completions.create(**chat)
