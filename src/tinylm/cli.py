@@ -14,8 +14,8 @@ import sys
 import warnings
 
 from tinylm import __version__
-from tinylm.config import (DEFAULT_PRESET, EvalConfig, RunConfig, SampleConfig, apply_overrides, load_preset,
-                           preset_names, read_preset, read_toml, set_key, update, valid_keys)
+from tinylm.config import (DEFAULT_PRESET, EvalConfig, RunConfig, SampleConfig, ServeConfig, apply_overrides,
+                           load_preset, preset_names, read_preset, read_toml, set_key, update, valid_keys)
 from tinylm.console import TinylmWarning, console
 from tinylm.errors import ConfigError, TinylmError
 
@@ -210,6 +210,19 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    cfg = ServeConfig()
+    adapters = vars(args).pop("serve.adapter", None) or []  # repeatable: a list, set as is
+    _apply(cfg, args, prefix="serve.")
+    cfg.adapter = adapters
+    try:
+        from tinylm.serving import serve
+    except ImportError as e:
+        raise ConfigError(f"tinylm serve needs the serve extra ({e.name} is missing): pip install 'tinylm[serve]'")
+    serve(args.run_dir, cfg)
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from tinylm.recipes import describe, markdown_table
 
@@ -392,6 +405,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src_dir", metavar="DIR")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
     p.set_defaults(func=cmd_import)
+
+    p = verbs.add_parser("serve", parents=[common], help="serve a run over an OpenAI-compatible HTTP API",
+                         description="Serve RUN_DIR with an OpenAI-compatible API (/v1/completions, "
+                                     "/v1/chat/completions, /v1/models), continuous batching, streaming, and a "
+                                     "playground page at /. Docs: docs/serving.md.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--host", dest="serve.host", metavar="ADDR",
+                   help="address to listen on (default 127.0.0.1; others warn without an API key)")
+    p.add_argument("--port", dest="serve.port", metavar="N", help="port (default 8000; 0 = any free port)")
+    p.add_argument("--model-name", dest="serve.model_name", metavar="NAME",
+                   help="the model id clients use (default: the run directory's name)")
+    p.add_argument("--api-key", dest="serve.api_key", metavar="KEY",
+                   help="require \"Authorization: Bearer KEY\" (default $TINYLM_API_KEY, else none)")
+    p.add_argument("--max-batch", dest="serve.max_batch", metavar="N", help="sequences decoding together (16)")
+    p.add_argument("--max-queue", dest="serve.max_queue", metavar="N",
+                   help="sequences waiting for a slot before requests get 503 (256)")
+    p.add_argument("--max-tokens", dest="serve.max_tokens", metavar="N",
+                   help="the most new tokens one request may ask for (1024)")
+    p.add_argument("--max-body", dest="serve.max_body", metavar="BYTES", help="largest request body (1 MiB)")
+    p.add_argument("--chat-template", dest="serve.chat_template", metavar="NAME",
+                   help="chat template for runs without their own: alpaca, chat or plain (default: none, "
+                        "chat requests get a 400 saying how to get one)")
+    p.add_argument("--adapter", dest="serve.adapter", metavar="NAME=ADAPTER_RUN", action="append",
+                   help="also serve a LoRA fine-tuned run of this base as model NAME (repeatable)")
+    _runtime_flags(p, "serve", checkpoint=True)
+    p.set_defaults(func=cmd_serve)
 
     p = verbs.add_parser("presets", parents=[common], help="list the shipped presets and their published results")
     p.add_argument("name", nargs="?", metavar="NAME", help="show one preset with every value it sets")

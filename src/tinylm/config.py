@@ -274,6 +274,35 @@ class EvalConfig:
     dtype: str = "auto"
 
 
+@dataclass
+class ServeConfig:
+    """Options of `tinylm serve` (not saved with the run): the HTTP server, its limits, and what it serves."""
+
+    host: str = "127.0.0.1"  # the address to listen on (another than loopback without an API key: a warning)
+    port: int = 8000  # 0 = any free port
+    model_name: str = ""  # the model id clients ask for; "" = the run directory's name
+    api_key: str = ""  # clients must send "Authorization: Bearer KEY"; "" = $TINYLM_API_KEY, else no key
+    max_batch: int = 16  # sequences decoding together (continuous batching)
+    max_queue: int = 256  # sequences waiting for a slot; a request that does not fit gets 503 + Retry-After
+    max_tokens: int = 1024  # the most new tokens one request may ask for
+    max_body: int = 1_048_576  # bytes of a request body (larger: 413)
+    chat_template: str = ""  # for runs without their own: alpaca | chat | plain ("" = chat requests get a 400)
+    adapter: list[str] = field(default_factory=list)  # NAME=ADAPTER_RUN: a LoRA adapter served as model NAME
+    checkpoint: str = "best"
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def validate(self) -> ServeConfig:
+        _check(0 <= self.port <= 65535, f"serve.port must be in 0..65535, got {self.port}")
+        _check(bool(self.host), "serve.host must name an address, e.g. 127.0.0.1")
+        for name in ("max_batch", "max_queue", "max_tokens", "max_body"):
+            _check(getattr(self, name) >= 1, f"serve.{name} must be >= 1, got {getattr(self, name)}")
+        for spec in self.adapter:
+            name, sep, path = spec.partition("=")
+            _check(bool(sep and name.strip() and path.strip()), f"--adapter expects NAME=ADAPTER_RUN, got {spec!r}")
+        return self
+
+
 # --------------------------------------------------------------------------- loading & overrides
 
 
