@@ -232,10 +232,10 @@ def _spm_prefix(spec: dict[str, Any]) -> bool:
     an ExportError when its normalizer / pre_tokenizer is not one llama.cpp reproduces."""
     norm, pre = spec.get("normalizer"), spec.get("pre_tokenizer")
     steps = norm.get("normalizers", []) if norm and norm.get("type") == "Sequence" else [norm] if norm else []
-    kinds = [(s.get("type"), s.get("prepend") or s.get("content")) for s in steps]
-    replace = ("Replace", "▁") in kinds and steps[[k for k, _ in kinds].index("Replace")]["pattern"].get("String") == " "
-    if pre is None and kinds in ([("Prepend", "▁"), ("Replace", "▁")], [("Replace", "▁")]) and replace:
-        return kinds[0][0] == "Prepend"
+    keys = [(s.get("type"), s.get("prepend", s.get("pattern", {}).get("String")), s.get("content")) for s in steps]
+    prepend, replace = ("Prepend", "▁", None), ("Replace", " ", "▁")
+    if pre is None and keys in ([prepend, replace], [replace]):
+        return keys[0] == prepend
     if (not steps and pre and pre.get("type") == "Metaspace" and pre.get("replacement") == "▁"
             and not pre.get("split") and pre.get("prepend_scheme") in ("first", "always", "never")):
         return pre.get("prepend_scheme") != "never"
