@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,6 +15,21 @@ from tinylm.data.sources import read_source
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TINYLM_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def require(component: str) -> Any:
+    """A system component a test needs: a Python module (returned, imported) or an executable on
+    PATH (its path). Missing, the test is skipped locally but fails in CI (`TINYLM_CI=1`), where
+    every component must be installed."""
+    try:
+        return importlib.import_module(component)
+    except ImportError as e:
+        found, why = shutil.which(component), str(e)
+    if found:
+        return found
+    if os.environ.get("TINYLM_CI") == "1":
+        pytest.fail(f"{component} is required in CI (TINYLM_CI=1) but is missing: {why}")
+    pytest.skip(f"{component} is not installed ({why})")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -12,6 +12,7 @@ themselves (no download): the inputs of the hf tokenizer, Llama import and GGUF 
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,16 @@ SAMPLE_TEXTS = [
 ]
 
 
-def training_corpus(extra: str = "") -> list[str]:
-    """Real text (Shakespeare from the bundled corpus) plus the sample texts, for training test tokenizers."""
+@functools.cache
+def _shakespeare() -> tuple[str, ...]:
     from tinylm.data.sources import read_source
 
-    docs = read_source("shakespeare").documents()
-    return [d[:40_000] for d in docs[:4]] + SAMPLE_TEXTS + ([extra] if extra else [])
+    return tuple(d[:25_000] for d in read_source("shakespeare").documents()[:3])
+
+
+def training_corpus() -> list[str]:
+    """Real text (Shakespeare from the bundled corpus) plus the sample texts, for training test tokenizers."""
+    return [*_shakespeare(), *SAMPLE_TEXTS]
 
 
 def _save(tok: Tokenizer, directory: Path, config: dict[str, Any], specials: dict[str, str]) -> Path:

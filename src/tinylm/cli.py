@@ -204,9 +204,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from tinylm.interop.hf import import_hf
 
-    summary = import_hf(args.src_dir, args.out)
-    print(f"imported {args.src_dir} ({summary['params']:,} parameters, {summary['tokenizer']} tokenizer) "
-          f"into run directory {summary['out_dir']}")
+    summary = import_hf(args.src_dir, args.out, dtype=args.dtype, context=args.context)
+    print(f"imported {args.src_dir} ({summary['family']}, {summary['params']:,} parameters, {summary['dtype']}, "
+          f"{summary['tokenizer']} tokenizer) into run directory {summary['out_dir']}")
     return 0
 
 
@@ -386,11 +386,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which weights: best (default) or latest")
     p.set_defaults(func=cmd_export)
 
-    p = verbs.add_parser("import", parents=[common], help="turn a Hugging Face GPT-2 directory into a run",
-                         description="Convert a transformers GPT-2 directory (config.json + model.safetensors "
-                                     "or pytorch_model.bin) into a tinylm run directory.")
+    p = verbs.add_parser("import", parents=[common], help="turn a Hugging Face GPT-2 or Llama directory into a run",
+                         description="Convert a transformers directory (GPT2LMHeadModel, LlamaForCausalLM: "
+                                     "config.json + model.safetensors, its shards, or pytorch_model.bin; "
+                                     "tokenizer.json) into a tinylm run directory.")
     p.add_argument("src_dir", metavar="DIR")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "auto"), default="float32",
+                   help="how the weights are stored: float32 (default), bfloat16, float16 or auto (the checkpoint's)")
+    p.add_argument("--context", type=int, default=0, metavar="N",
+                   help="cap a rotary model's context to N positions (its KV cache size; default: "
+                        "max_position_embeddings)")
     p.set_defaults(func=cmd_import)
 
     p = verbs.add_parser("presets", parents=[common], help="list the shipped presets and their published results")
