@@ -193,6 +193,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.format == "gguf":
+        from tinylm.interop.gguf import export_gguf
+
+        summary = export_gguf(args.run_dir, args.out, dtype=args.dtype or "f32", checkpoint=args.checkpoint,
+                              chat_template=args.chat_template)
+        print(f"exported {summary['weights']} as GGUF ({summary['arch']}, {summary['dtype']}, "
+              f"{summary['bytes'] / 1e6:.1f} MB, {summary['tokenizer_model']} tokenizer with pre-tokenizer "
+              f"{summary['pre_tokenizer']}) to {summary['out']}\n"
+              f"  llama.cpp:  llama-cli -m {summary['out']}\n"
+              f"  Ollama:     ollama create NAME -f {summary['modelfile']}")
+        return 0
+    if args.dtype or args.chat_template:
+        raise ConfigError("--dtype and --chat-template are options of --format gguf")
     from tinylm.interop.hf import export_hf
 
     summary = export_hf(args.run_dir, args.out, checkpoint=args.checkpoint)
@@ -376,12 +389,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
 
-    p = verbs.add_parser("export", parents=[common], help="write a run as a Hugging Face transformers model",
+    p = verbs.add_parser("export", parents=[common], help="write a run as a Hugging Face model or a GGUF file",
                          description="Export a run as a transformers directory (GPT-2, or Llama where GPT-2 "
-                                     "cannot express the model) that AutoModelForCausalLM.from_pretrained loads.")
+                                     "cannot express the model) that AutoModelForCausalLM.from_pretrained loads, "
+                                     "or as a GGUF file for llama.cpp and Ollama (with a Modelfile beside it).")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--format", choices=("hf",), default="hf", help="hf (default): Hugging Face transformers")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--format", choices=("hf", "gguf"), default="hf",
+                   help="hf (default): Hugging Face transformers; gguf: llama.cpp / Ollama")
+    p.add_argument("--out", required=True, metavar="PATH", help="output directory (hf) or .gguf file (gguf)")
+    p.add_argument("--dtype", choices=("f32", "f16", "q8_0"), help="gguf: weight precision (default f32)")
+    p.add_argument("--chat-template", metavar="NAME",
+                   help="gguf: embed this prompt template (alpaca, chat, plain; default: the run's own)")
     p.add_argument("--checkpoint", choices=("best", "latest"), default="best",
                    help="which weights: best (default) or latest")
     p.set_defaults(func=cmd_export)
