@@ -58,6 +58,15 @@ _GPT2_BLOCK = (("ln1", "attn_norm"), ("attn.qkv", "attn_qkv"), ("attn.proj", "at
                ("mlp.fc", "ffn_up"), ("mlp.proj", "ffn_down"))
 
 
+def _gguf():
+    """The `gguf` package (extra `gguf`), or an ExportError saying how to install it."""
+    try:
+        import gguf
+    except ImportError:
+        raise ExportError("GGUF export needs the gguf package: pip install 'tinylm[gguf]'") from None
+    return gguf
+
+
 # --------------------------------------------------------------------------- architecture
 
 
@@ -134,7 +143,7 @@ def gguf_tensors(model: torch.nn.Module, arch: str) -> dict[str, np.ndarray]:
 
 def _stored(name: str, data: np.ndarray, dtype: str) -> tuple[np.ndarray, Any]:
     """(data, GGML type) of one tensor at `dtype`: 2-D weights at the requested precision, the rest f32."""
-    import gguf
+    gguf = _gguf()
 
     types = gguf.GGMLQuantizationType
     if dtype == "f32" or data.ndim < 2 or name.endswith("_norm.weight") or name == "position_embd.weight":
@@ -190,7 +199,7 @@ def _merge_pairs(model: dict[str, Any]) -> list[tuple[str, str]]:
 
 def _id_table(spec: dict[str, Any], rows: int) -> tuple[list[str], list[int], set[int], dict[int, bool]]:
     """(tokens by id padded to `rows` with [PADi], token types, the ids that are padding, added ids -> special)."""
-    import gguf
+    gguf = _gguf()
 
     by_id: dict[int, str] = {i: t for t, i in spec["model"].get("vocab", {}).items()}
     added = {a["id"]: bool(a.get("special")) for a in spec.get("added_tokens", [])}
@@ -273,7 +282,7 @@ def _spm_scores(spec: dict[str, Any], tokens: list[str]) -> list[float]:
 
 
 def _sentencepiece(spec: dict[str, Any], rows: int) -> GGUFVocab:
-    import gguf
+    gguf = _gguf()
 
     add_space_prefix = _spm_prefix(spec)
     tokens, types, padding, added = _id_table(spec, rows)
@@ -357,7 +366,7 @@ def export_gguf(run_dir: str | Path, out: str | Path, dtype: str = "f32", checkp
     Template (or a shipped template's name) to embed; default: the run's own, else an imported
     tokenizer's. Returns a summary (out, arch, dtype, bytes, tokenizer model and pre-tokenizer,
     modelfile, tensors). Raises ExportError naming what GGUF cannot express."""
-    import gguf
+    gguf = _gguf()
 
     from tinylm.rundir import load
 
