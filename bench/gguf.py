@@ -16,17 +16,23 @@ and one JSON line per measurement.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+# this file is bench/gguf.py: keep its folder off sys.path, or `import gguf` would import this script
+BENCH = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-from shakespeare_char import machine  # noqa: E402
+import torch  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("shakespeare_char", BENCH / "shakespeare_char.py")
+_helpers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_helpers)
+machine = _helpers.machine
 
 from tinylm.config import ModelConfig, RunConfig, load_preset  # noqa: E402
 from tinylm.generation import generate_ids  # noqa: E402

@@ -273,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", dest="data.dir", metavar="DATA_DIR",
                    help="output data directory (default: a directory in the cache, reused by `tinylm train`)")
     p.add_argument("--tokenizer", dest="data.tokenizer", metavar="KIND",
-                   help="tokenizer to build: char (default), word[:SIZE][:lower], gpt2, bpe[:SIZE]")
+                   help="tokenizer to build: char (default), word[:SIZE][:lower], gpt2, bpe[:SIZE], "
+                        "hf:DIR_OR_tokenizer.json (any Hugging Face tokenizer)")
     p.add_argument("--tokenizer-from", metavar="DIR", help="reuse the tokenizer of a run or data directory")
     p.add_argument("--val-fraction", dest="data.val_fraction", metavar="F",
                    help="fraction held out for validation when the source has no validation split (default 0.1)")
@@ -307,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", dest="data.source", metavar="SOURCE",
                    help="a dataset name, text/jsonl/parquet file or folder (prepared on the fly, cached)")
     p.add_argument("--tokenizer", dest="data.tokenizer", metavar="KIND",
-                   help="tokenizer for --text: char, word[:SIZE][:lower], gpt2, bpe[:SIZE]")
+                   help="tokenizer for --text: char, word[:SIZE][:lower], gpt2, bpe[:SIZE], hf:PATH")
     _errors_flag(p, "data")
     p.add_argument("--out", dest="train.out_dir", metavar="RUN_DIR", help="run directory (default runs/PRESET)")
     p.add_argument("--time-budget", dest="train.time_budget", metavar="S", help="wall-clock budget in seconds")

@@ -127,7 +127,7 @@ class DataConfig:
 
     source: str = "shakespeare"  # a catalog dataset (`tinylm datasets`), a .txt/.jsonl/.parquet file or a folder
     dir: str = ""  # a prepared data directory; when set, `source` is not read
-    tokenizer: str = "char"  # char | word[:SIZE][:lower] | gpt2 | bpe[:SIZE]
+    tokenizer: str = "char"  # char | word[:SIZE][:lower] | gpt2 | bpe[:SIZE] | hf:PATH (a tokenizer.json or its dir)
     val_fraction: float = 0.1  # held out for validation when the source has no validation split
     split: str = "tail"  # tail (the last val_fraction of the text) | shuffle (seeded random documents)
     split_seed: int = 1337  # seed of the shuffle split
