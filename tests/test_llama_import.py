@@ -117,6 +117,8 @@ def test_imported_run_samples_and_evaluates(tokenizers: dict[str, Path], tmp_pat
     assert main(["eval", str(tmp_path / "run"), "--text", str(text), "--json", "--device", "cpu"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["tokens"] > 100 and 0 < result["loss"] < 20
+    assert main(["eval", str(tmp_path / "run")]) == 1  # an imported run has no validation data of its own
+    assert "--dataset NAME, --text FILE or --data" in capsys.readouterr().err
 
 
 def _edit_config(src: Path, **changes: object) -> None:
