@@ -2,6 +2,7 @@
 themselves (no download): the inputs of the hf tokenizer, Llama import and GGUF tests.
 
     byte_level_bpe   GPT-2-style byte-level BPE (GPT-2's regex), <|endoftext|> = bos = eos, no BOS added
+    byte_level_variant  Llama-3-style (its regex, ignore_merges, BOS added) or SmolLM-style (digits split)
     sentencepiece    Llama-2-style BPE with byte fallback: <unk> <s> </s>, the 256 <0xNN> byte tokens,
                      "▁" for spaces (prepended), merges listing every split of every token (as transformers
                      writes tokenizer.json files converted from SentencePiece models), <s> added to inputs
@@ -17,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 SAMPLE_TEXTS = [
     "Hello world! The quick brown fox jumps over the lazy dog.",
@@ -62,6 +63,34 @@ def byte_level_bpe(directory: Path, vocab_size: int = 800) -> Path:
     eot = "<|endoftext|>"
     return _save(tok, directory, {"add_bos_token": False},
                  {"bos_token": eot, "eos_token": eot, "unk_token": eot})
+
+
+def byte_level_variant(directory: Path, style: str, vocab_size: int = 600) -> Path:
+    """Byte-level BPE split like Llama 3 (its regex, ignore_merges, <|begin_of_text|> added to every
+    input) or like SmolLM (digits one by one, then GPT-2's regex)."""
+    from tinylm.tokenizers.hf import LLAMA3_PATTERN
+
+    tok = Tokenizer(models.BPE())
+    if style == "llama3":
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        specials = ["<|begin_of_text|>", "<|end_of_text|>"]
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False)])
+        specials = ["<|endoftext|>"]
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(training_corpus(), trainer=trainer)
+    if style == "llama3":
+        spec = json.loads(tok.to_str())
+        spec["model"]["ignore_merges"] = True
+        tok = Tokenizer.from_str(json.dumps(spec))
+        tok.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A",
+                                                           special_tokens=[("<|begin_of_text|>", 0)])
+    return _save(tok, directory, {}, {"bos_token": specials[0], "eos_token": specials[-1]})
 
 
 def sentencepiece(directory: Path, vocab_size: int = 700) -> Path:
@@ -144,5 +173,5 @@ def save_llama(directory: Path, tokenizer_dir: Path | None, *, vocab_size: int, 
     return saved.float()
 
 
-__all__ = ["SAMPLE_TEXTS", "byte_level_bpe", "save_llama", "sentencepiece", "training_corpus",
+__all__ = ["SAMPLE_TEXTS", "byte_level_bpe", "byte_level_variant", "save_llama", "sentencepiece", "training_corpus",
            "unigram", "wordpiece"]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import require, tiny_config
-from hf_models import SAMPLE_TEXTS, save_llama, sentencepiece, wordpiece
+from hf_models import SAMPLE_TEXTS, byte_level_variant, save_llama, sentencepiece, wordpiece
 
 from tinylm.cli import main
 from tinylm.config import ModelConfig, RunConfig
@@ -248,6 +248,23 @@ def _random_run(tmp_path: Path, tokenizer, name: str, **model: object) -> Path:
     write_config(run_dir, run_cfg)
     save_weights(GPT(cfg), run_dir / MODEL_FILE, {"step": 0, "tokenizer_fingerprint": tokenizer.fingerprint()})
     return run_dir
+
+
+@pytest.mark.parametrize("style,pre", [("llama3", "llama-bpe"), ("smollm", "smollm")])
+def test_hf_byte_level_pre_tokenizers_in_llama_cpp(llama_cpp, tmp_path: Path, style: str, pre: str) -> None:
+    """Byte-level hf tokenizers map to the llama.cpp pre-tokenizer that splits their text the same way."""
+    tokenizer = train_tokenizer(f"hf:{byte_level_variant(tmp_path / style, style)}", [])
+    assert tokenizer.add_bos == (style == "llama3")
+    summary = export_gguf(_random_run(tmp_path, tokenizer, "run", pos="rope", norm="rmsnorm", mlp="swiglu"),
+                          tmp_path / "m.gguf")
+    assert summary["pre_tokenizer"] == pre
+    llm = _open(llama_cpp, summary["out"], vocab_only=True)
+    try:
+        for text in [*SAMPLE_TEXTS, PROMPT_TEXT, "12345678 3.14159", "don't WON'T"]:
+            theirs = llm.tokenize(text.encode("utf-8"), add_bos=tokenizer.add_bos, special=False)
+            assert theirs == tokenizer.prompt_ids(text), (style, text)
+    finally:
+        llm.close()
 
 
 def test_inexpressible_exports_name_the_field(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
