@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
 import os
-import shutil
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -15,21 +12,6 @@ from tinylm.data.sources import read_source
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TINYLM_SHARED_DATA", REPO.parent / "shared" / "data"))
-
-
-def require(component: str) -> Any:
-    """A system component a test needs: a Python module (returned, imported) or an executable on
-    PATH (its path). Missing, the test is skipped locally but fails in CI (`TINYLM_CI=1`), where
-    every component must be installed."""
-    try:
-        return importlib.import_module(component)
-    except ImportError as e:
-        found, why = shutil.which(component), str(e)
-    if found:
-        return found
-    if os.environ.get("TINYLM_CI") == "1":
-        pytest.fail(f"{component} is required in CI (TINYLM_CI=1) but is missing: {why}")
-    pytest.skip(f"{component} is not installed ({why})")
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -97,3 +79,29 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) -> 
 @pytest.fixture
 def tiny_cfg(tmp_path: Path, corpus_file: Path) -> RunConfig:
     return tiny_config(tmp_path / "run", corpus_file)
+
+
+# --------------------------------------------------------------------------- system components
+
+
+def _llama_cpp() -> str | None:
+    """Why llama.cpp (llama-cpp-python) cannot run, or None when it can."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError as e:
+        return f"llama-cpp-python is not installed ({e}); pip install llama-cpp-python (compiles llama.cpp)"
+    return None
+
+
+COMPONENTS = {"llama_cpp": _llama_cpp}
+
+
+def require(component: str) -> None:
+    """Skip the calling test when a system component is missing, but fail it when TINYLM_CI=1
+    (CI installs every component, so a skip there would hide a broken environment)."""
+    missing = COMPONENTS[component]()
+    if missing is None:
+        return
+    if os.environ.get("TINYLM_CI") == "1":
+        pytest.fail(f"{component} is required in CI (TINYLM_CI=1): {missing}")
+    pytest.skip(f"{component} unavailable: {missing}")

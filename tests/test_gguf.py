@@ -70,7 +70,10 @@ def files(runs: dict[str, Path]) -> dict[tuple[str, str], dict]:
 
 @pytest.fixture(scope="module")
 def llama_cpp():
-    return require("llama_cpp")
+    require("llama_cpp")
+    import llama_cpp
+
+    return llama_cpp
 
 
 def _open(llama_cpp, path: str, **options: object):
