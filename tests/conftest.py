@@ -109,7 +109,16 @@ def _chromium() -> str | None:
     return None
 
 
-COMPONENTS = {"chromium": _chromium}
+def _llama_cpp() -> str | None:
+    """Why llama.cpp (llama-cpp-python) cannot run, or None when it can."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError as e:
+        return f"llama-cpp-python is not installed ({e}); pip install llama-cpp-python (compiles llama.cpp)"
+    return None
+
+
+COMPONENTS = {"chromium": _chromium, "llama_cpp": _llama_cpp}
 
 
 def require(component: str) -> None:

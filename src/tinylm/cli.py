@@ -193,6 +193,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.format == "gguf":
+        from tinylm.interop.gguf import export_gguf
+
+        summary = export_gguf(args.run_dir, args.out, dtype=args.dtype or "f32", checkpoint=args.checkpoint,
+                              chat_template=args.chat_template)
+        print(f"exported {summary['weights']} as GGUF ({summary['arch']}, {summary['dtype']}, "
+              f"{summary['bytes'] / 1e6:.1f} MB, {summary['tokenizer_model']} tokenizer with pre-tokenizer "
+              f"{summary['pre_tokenizer']}) to {summary['out']}\n"
+              f"  llama.cpp:  llama-cli -m {summary['out']}\n"
+              f"  Ollama:     ollama create NAME -f {summary['modelfile']}")
+        return 0
+    if args.dtype or args.chat_template:
+        raise ConfigError("--dtype and --chat-template are options of --format gguf")
     from tinylm.interop.hf import export_hf
 
     summary = export_hf(args.run_dir, args.out, checkpoint=args.checkpoint)
@@ -204,9 +217,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from tinylm.interop.hf import import_hf
 
-    summary = import_hf(args.src_dir, args.out)
-    print(f"imported {args.src_dir} ({summary['params']:,} parameters, {summary['tokenizer']} tokenizer) "
-          f"into run directory {summary['out_dir']}")
+    summary = import_hf(args.src_dir, args.out, dtype=args.dtype, context=args.context)
+    print(f"imported {args.src_dir} ({summary['family']}, {summary['params']:,} parameters, {summary['dtype']}, "
+          f"{summary['tokenizer']} tokenizer) into run directory {summary['out_dir']}")
     return 0
 
 
@@ -273,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", dest="data.dir", metavar="DATA_DIR",
                    help="output data directory (default: a directory in the cache, reused by `tinylm train`)")
     p.add_argument("--tokenizer", dest="data.tokenizer", metavar="KIND",
-                   help="tokenizer to build: char (default), word[:SIZE][:lower], gpt2, bpe[:SIZE]")
+                   help="tokenizer to build: char (default), word[:SIZE][:lower], gpt2, bpe[:SIZE], "
+                        "hf:DIR_OR_tokenizer.json (any Hugging Face tokenizer)")
     p.add_argument("--tokenizer-from", metavar="DIR", help="reuse the tokenizer of a run or data directory")
     p.add_argument("--val-fraction", dest="data.val_fraction", metavar="F",
                    help="fraction held out for validation when the source has no validation split (default 0.1)")
@@ -307,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", dest="data.source", metavar="SOURCE",
                    help="a dataset name, text/jsonl/parquet file or folder (prepared on the fly, cached)")
     p.add_argument("--tokenizer", dest="data.tokenizer", metavar="KIND",
-                   help="tokenizer for --text: char, word[:SIZE][:lower], gpt2, bpe[:SIZE]")
+                   help="tokenizer for --text: char, word[:SIZE][:lower], gpt2, bpe[:SIZE], hf:PATH")
     _errors_flag(p, "data")
     p.add_argument("--out", dest="train.out_dir", metavar="RUN_DIR", help="run directory (default runs/PRESET)")
     p.add_argument("--time-budget", dest="train.time_budget", metavar="S", help="wall-clock budget in seconds")
@@ -389,21 +403,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
 
-    p = verbs.add_parser("export", parents=[common], help="write a run as a Hugging Face transformers model",
+    p = verbs.add_parser("export", parents=[common], help="write a run as a Hugging Face model or a GGUF file",
                          description="Export a run as a transformers directory (GPT-2, or Llama where GPT-2 "
-                                     "cannot express the model) that AutoModelForCausalLM.from_pretrained loads.")
+                                     "cannot express the model) that AutoModelForCausalLM.from_pretrained loads, "
+                                     "or as a GGUF file for llama.cpp and Ollama (with a Modelfile beside it).")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--format", choices=("hf",), default="hf", help="hf (default): Hugging Face transformers")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--format", choices=("hf", "gguf"), default="hf",
+                   help="hf (default): Hugging Face transformers; gguf: llama.cpp / Ollama")
+    p.add_argument("--out", required=True, metavar="PATH", help="output directory (hf) or .gguf file (gguf)")
+    p.add_argument("--dtype", choices=("f32", "f16", "q8_0"), help="gguf: weight precision (default f32)")
+    p.add_argument("--chat-template", metavar="NAME",
+                   help="gguf: embed this prompt template (alpaca, chat, plain; default: the run's own)")
     p.add_argument("--checkpoint", choices=("best", "latest"), default="best",
                    help="which weights: best (default) or latest")
     p.set_defaults(func=cmd_export)
 
-    p = verbs.add_parser("import", parents=[common], help="turn a Hugging Face GPT-2 directory into a run",
-                         description="Convert a transformers GPT-2 directory (config.json + model.safetensors "
-                                     "or pytorch_model.bin) into a tinylm run directory.")
+    p = verbs.add_parser("import", parents=[common], help="turn a Hugging Face GPT-2 or Llama directory into a run",
+                         description="Convert a transformers directory (GPT2LMHeadModel, LlamaForCausalLM: "
+                                     "config.json + model.safetensors, its shards, or pytorch_model.bin; "
+                                     "tokenizer.json) into a tinylm run directory.")
     p.add_argument("src_dir", metavar="DIR")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "auto"), default="float32",
+                   help="how the weights are stored: float32 (default), bfloat16, float16 or auto (the checkpoint's)")
+    p.add_argument("--context", type=int, default=0, metavar="N",
+                   help="cap a rotary model's context to N positions (its KV cache size; default: "
+                        "max_position_embeddings)")
     p.set_defaults(func=cmd_import)
 
     p = verbs.add_parser("serve", parents=[common], help="serve a run over an OpenAI-compatible HTTP API",

@@ -61,6 +61,12 @@ class ModelConfig:
     bias: bool = True  # biases in linear layers and LayerNorms
     tie_weights: bool = True  # output head shares the token embedding matrix
     init: str = "gpt2"  # gpt2 (normal 0.02, residual projections scaled by 1/sqrt(2 n_layer)) | xavier
+    # (imported Llama-family models set these; the defaults keep every older run unchanged)
+    head_size: int = 0  # per-head width of queries, keys and values; 0 = d_model // n_head
+    attn_bias: bool | None = None  # biases in the attention projections (q, k, v, output); None = model.bias
+    mlp_bias: bool | None = None  # biases in the MLP's linear layers; None = model.bias
+    norm_eps: float = 1e-5  # epsilon of every LayerNorm / RMSNorm
+    ff_multiple: int = 64  # swiglu's hidden width is rounded up to a multiple of this (1 = exactly d_ff)
 
     def validate(self) -> None:
         _check(self.vocab_size >= 0, "model.vocab_size must be >= 0 (0 = from the tokenizer)")
@@ -68,8 +74,11 @@ class ModelConfig:
         for name in ("context", "n_layer", "n_head", "d_model"):
             _check(getattr(self, name) > 0, f"model.{name} must be a positive integer")
         _check(self.d_ff >= 0, "model.d_ff must be >= 0 (0 = the default for the MLP kind)")
-        _check(self.d_model % self.n_head == 0,
+        _check(self.head_size >= 0, "model.head_size must be >= 0 (0 = d_model // n_head)")
+        _check(self.head_size > 0 or self.d_model % self.n_head == 0,
                f"model.d_model ({self.d_model}) must be divisible by model.n_head ({self.n_head})")
+        _check(self.norm_eps > 0, "model.norm_eps must be > 0")
+        _check(self.ff_multiple >= 1, "model.ff_multiple must be >= 1")
         _check(self.n_kv_head >= 0 and self.n_head % self.kv_heads == 0,
                f"model.n_kv_head ({self.n_kv_head}) must divide model.n_head ({self.n_head})")
         _check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
@@ -77,7 +86,7 @@ class ModelConfig:
                               ("attention", ("sdpa", "manual")), ("init", ("gpt2", "xavier"))):
             _check(getattr(self, name) in allowed,
                    f"model.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        _check(self.pos != "rope" or (self.d_model // self.n_head) % 2 == 0, "rotary positions need an even head size")
+        _check(self.pos != "rope" or self.head_dim % 2 == 0, "rotary positions need an even head size")
         _check(self.rope_base > 1, "model.rope_base must be > 1")
 
     def embedding_rows(self, tokenizer_vocab: int) -> int:
@@ -95,12 +104,20 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.n_head
+        return self.head_size or self.d_model // self.n_head
+
+    @property
+    def has_attn_bias(self) -> bool:
+        return self.bias if self.attn_bias is None else self.attn_bias
+
+    @property
+    def has_mlp_bias(self) -> bool:
+        return self.bias if self.mlp_bias is None else self.mlp_bias
 
     @property
     def ff_width(self) -> int:
         if self.mlp == "swiglu":  # 8/3 d keeps the parameter count of a 4 d GELU MLP (three matrices, not two)
-            return -(-(self.d_ff or 8 * self.d_model // 3) // 64) * 64
+            return -(-(self.d_ff or 8 * self.d_model // 3) // self.ff_multiple) * self.ff_multiple
         return self.d_ff or 4 * self.d_model
 
 
@@ -110,7 +127,7 @@ class DataConfig:
 
     source: str = "shakespeare"  # a catalog dataset (`tinylm datasets`), a .txt/.jsonl/.parquet file or a folder
     dir: str = ""  # a prepared data directory; when set, `source` is not read
-    tokenizer: str = "char"  # char | word[:SIZE][:lower] | gpt2 | bpe[:SIZE]
+    tokenizer: str = "char"  # char | word[:SIZE][:lower] | gpt2 | bpe[:SIZE] | hf:PATH (a tokenizer.json or its dir)
     val_fraction: float = 0.1  # held out for validation when the source has no validation split
     split: str = "tail"  # tail (the last val_fraction of the text) | shuffle (seeded random documents)
     split_seed: int = 1337  # seed of the shuffle split

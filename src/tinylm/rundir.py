@@ -169,7 +169,7 @@ class Run:
         unknown = self.tokenizer.count_unknown(prompt)
         if unknown:
             warn(f"{unknown} {self.tokenizer.unit}(s) of the prompt are not in the vocabulary; mapped to <unk>")
-        ids = self.tokenizer.encode(prompt) if prompt else self.tokenizer.start_ids()
+        ids = self.tokenizer.prompt_ids(prompt)
         context = self.model.cfg.context
         if len(ids) > context:
             if not truncate:
@@ -181,8 +181,7 @@ class Run:
         return ids
 
     def _engine_args(self) -> dict[str, Any]:
-        eot = self.tokenizer.eot_id
-        return dict(vocab_size=self.tokenizer.vocab_size, stop_ids=[eot] if eot is not None else [],
+        return dict(vocab_size=self.tokenizer.vocab_size, stop_ids=self.tokenizer.stop_ids,
                     device=self.device, dtype=self.dtype)
 
     def _text(self, prompt_ids: list[int], ids: list[int], cfg: GenerationConfig) -> str:

@@ -128,7 +128,7 @@ def hellaswag_file(path: str = "", source_dir: str = "") -> Path:
 
 def _sequences(tokenizer: Tokenizer, item: Item, context: int) -> list[tuple[list[int], int]]:
     """(token ids, number of choice tokens at the end) per choice, cut from the left to fit."""
-    ctx = tokenizer.encode(item.context) if item.context else tokenizer.start_ids()
+    ctx = tokenizer.prompt_ids(item.context)
     out = []
     for choice in item.choices:
         ids = tokenizer.encode(choice)

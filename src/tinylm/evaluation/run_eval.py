@@ -109,6 +109,9 @@ def evaluate(run_dir: str | Path, cfg: EvalConfig, show_progress: bool = True) -
         raise ConfigError(f"--stride must be between 0 and the model's training window ({window}), got {cfg.stride}")
     stride = cfg.stride or window
     data = cfg.data
+    if not given and run.config.preset == "imported":
+        raise ConfigError(f"{run_dir} was {run.config.description}: it has no data of its own to score; "
+                          "give --dataset NAME, --text FILE or --data DATA_DIR")
     if not given:
         data = str(resolve_data_dir(run.config.data)[0])
         console.print(f"scoring the {cfg.split} split of the run's data ({run.config.data.source}) in {data}")

@@ -10,6 +10,7 @@ a `PreTrainedTokenizerFast` with no custom code, encoding text to the same ids a
            an unknown one is the unk token U+FFFD (id 0); the decoder fuses pieces without spaces
     word   WordLevel over the words, split by the same regex as tinylm (TOKEN_RE; whitespace
            dropped), lower-cased first for `word:lower`; unknown words are `<unk>`
+    hf     the original files, unchanged
 
 Special tokens written in the text (`<|endoftext|>`, `<unk>`) are plain text for gpt2, char and
 word, as in tinylm (`split_special_tokens`), and special for bpe, as in tinylm. Differences: word decoding joins
@@ -92,13 +93,19 @@ def hf_tokenizer(tokenizer: Tokenizer) -> tuple[HFTokenizer, dict[str, str]]:
         return _char(tokenizer)
     if kind == "word":
         return _word(tokenizer)
+    if kind == "hf":
+        return HFTokenizer.from_str(tokenizer.hf.to_str()), {}
     raise ValueError(f"no Hugging Face export for the {kind!r} tokenizer")
 
 
 def export_tokenizer(tokenizer: Tokenizer, out_dir: Path, *, model_max_length: int | None = None) -> None:
-    """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into `out_dir`."""
+    """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into `out_dir`
+    (an `hf` tokenizer: its original files, unchanged)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if tokenizer.kind == "hf":
+        tokenizer.save_files(out_dir)
+        return
     hf, specials = hf_tokenizer(tokenizer)
     hf.save(str(out_dir / TOKENIZER_JSON), pretty=True)
     config: dict[str, Any] = {

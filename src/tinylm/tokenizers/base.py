@@ -42,9 +42,13 @@ class Tokenizer(ABC):
     flags: ClassVar[tuple[str, ...]] = ()  # boolean options a spec may name ("word:lower")
     default_vocab_size: ClassVar[int | None] = None  # fixed or default size; None: decided by the corpus
 
+    needs_corpus: ClassVar[bool] = True  # built from the training text (False: a given vocabulary, gpt2 and hf)
+
     eot_id: int | None = None  # end-of-text: separates documents, stops generation
     bos_id: int | None = None  # start-of-text: opens every document (the word tokenizer's <sos>)
     unk_id: int | None = None  # what text outside the vocabulary maps to
+    add_bos: bool = False  # prompts begin with bos_id too, as the original tokenizer does (hf: Llama's <s>)
+    chunk_safe: bool = True  # `safe_chunks` pieces encode to the ids of the whole text (else: encode whole)
 
     @classmethod
     @abstractmethod
@@ -64,7 +68,7 @@ class Tokenizer(ABC):
 
     def encode_long(self, text: str) -> list[int]:
         """`encode` for long texts: cut at safe places and encoded as a batch."""
-        chunks = safe_chunks(text)
+        chunks = safe_chunks(text) if self.chunk_safe else [text]
         return self.encode(text) if len(chunks) == 1 else [i for ids in self.encode_batch(chunks) for i in ids]
 
     @abstractmethod
@@ -90,10 +94,23 @@ class Tokenizer(ABC):
             return [self.eot_id]
         return self.encode("\n") or [0]
 
+    def prompt_ids(self, text: str) -> list[int]:
+        """A prompt's ids: `start_ids()` for an empty prompt, else `encode(text)`, after bos_id when
+        the tokenizer adds it to every input (`add_bos`, as transformers' Llama tokenizers do)."""
+        if not text:
+            return self.start_ids()
+        ids = self.encode(text)
+        return [self.bos_id, *ids] if self.add_bos and self.bos_id is not None else ids
+
+    @property
+    def stop_ids(self) -> list[int]:
+        """Ids that end generation: end-of-text (hf: also generation_config.json's other eos ids)."""
+        return [self.eot_id] if self.eot_id is not None else []
+
     @property
     def markers(self) -> set[int]:
-        """The document markers (start- and end-of-text), left out of generated text."""
-        return {i for i in (self.bos_id, self.eot_id) if i is not None}
+        """The document markers (start- and end-of-text, stop ids), left out of generated text."""
+        return {i for i in (self.bos_id, self.eot_id, *self.stop_ids) if i is not None}
 
     def fingerprint(self) -> str:
         """sha256 of the canonical state: two tokenizers with equal fingerprints encode alike."""
