@@ -256,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("prepare", parents=[common], help="tokenize a dataset or your text into a data directory",
                          description="Tokenize SOURCE once into memory-mapped <split>.bin files + meta.json.")
     p.add_argument("data.source", metavar="SOURCE",
-                   help="a dataset name (see `tinylm datasets`), a .txt/.jsonl/.parquet file, or a folder of them")
+                   help="a dataset name (see `tinylm datasets`), hf:OWNER/NAME[:CONFIG][@REVISION] (any Hugging Face "
+                        "dataset, streamed), a .txt/.jsonl/.parquet file, or a folder of them")
     p.add_argument("--out", dest="data.dir", metavar="DATA_DIR",
                    help="output data directory (default: a directory in the cache, reused by `tinylm train`)")
     p.add_argument("--tokenizer", dest="data.tokenizer", metavar="KIND",
@@ -271,7 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hold --val-fraction out of a dataset's train split instead of using its own validation split")
     p.add_argument("--max-tokens", dest="data.max_tokens", metavar="N", help="stop after N training tokens")
     p.add_argument("--text-field", dest="data.text_field", metavar="NAME",
-                   help="the JSONL field / Parquet column holding the text (default text)")
+                   help="the JSONL field / Parquet column / Hub dataset field holding the text (default text)")
+    p.add_argument("--hf-split", dest="data.hf_split", metavar="SPLIT",
+                   help="hf: sources: the dataset's split to train on (default train; its validation and test "
+                        "splits become val and test)")
     p.add_argument("--source-dir", dest="data.source_dir", metavar="DIR",
                    help="a local copy of datasets' raw files, as DIR/NAME/... (default $TINYLM_DATA_DIR)")
     p.add_argument("--workers", dest="data.workers", metavar="N",
@@ -292,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE.toml", help="a TOML file with [model], [data], [train] tables")
     p.add_argument("--data", dest="data.dir", metavar="DATA_DIR", help="a prepared data directory")
     p.add_argument("--text", dest="data.source", metavar="SOURCE",
-                   help="a dataset name, text/jsonl/parquet file or folder (prepared on the fly, cached)")
+                   help="a dataset name, hf:OWNER/NAME[:CONFIG], text/jsonl/parquet file or folder "
+                        "(prepared on the fly, cached)")
     p.add_argument("--tokenizer", dest="data.tokenizer", metavar="KIND",
                    help="tokenizer for --text: char, word[:SIZE][:lower], gpt2, bpe[:SIZE]")
     _errors_flag(p, "data")

@@ -19,7 +19,8 @@ from tinylm import fileio
 from tinylm.config import DataConfig, EvalConfig
 from tinylm.console import console, warn
 from tinylm.data.prepare import FORMAT, encode_documents, load_split, prepare, read_meta, resolve_data_dir
-from tinylm.data.sources import BUILTIN, Source, read_source
+from tinylm.data.sources import BUILTIN, Source
+from tinylm.data.spec import read_source
 from tinylm.errors import ConfigError, DataError
 from tinylm.evaluation.perplexity import LMEval, score_tokens, summarize
 from tinylm.rundir import Run, load, record_eval
