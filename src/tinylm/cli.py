@@ -78,7 +78,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     for r in rows:
         print("  ".join(r[k].ljust(widths[k]) for k in widths) + f"  {r['source']}")
     print("\nPrepare one with `tinylm prepare NAME --tokenizer gpt2`; with no internet, point --source-dir "
-          "(or TINYLM_DATA_DIR) at a folder holding NAME/<raw files>.")
+          "(or TINYLM_DATA_DIR) at a folder holding NAME/<raw files>.\nAny Hugging Face dataset: "
+          "`tinylm prepare hf:OWNER/NAME[:CONFIG]` (streamed; docs/datasets.md).")
     return 0
 
 

@@ -70,9 +70,9 @@ def dataset_dir_for(src: Source, fingerprint: str, split: str, errors: str = "st
 
 
 def _from_dataset(run: Run, name: str, split: str, source_dir: str, errors: str) -> tuple[np.ndarray, int, str]:
-    from tinylm.data import catalog
+    from tinylm.data import catalog, hub
 
-    if name not in BUILTIN and name not in catalog.DATASETS:
+    if name not in BUILTIN and name not in catalog.DATASETS and not hub.is_hub_spec(name):
         raise DataError(f"--dataset {name}: not a known dataset (known: {', '.join([*BUILTIN, *catalog.DATASETS])}); "
                         "score a file with --text FILE or a prepared directory with --data DATA_DIR")
     src = read_source(name, errors, source_dir=source_dir)
