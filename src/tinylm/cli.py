@@ -361,7 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", dest="eval.data", metavar="DATA_DIR", help="a prepared data directory")
     p.add_argument("--text", dest="eval.text", metavar="FILE", help="a text file (or folder), scored whole")
     p.add_argument("--dataset", dest="eval.dataset", metavar="NAME",
-                   help="a catalog dataset (`tinylm datasets`), prepared once with the run's tokenizer")
+                   help="a catalog dataset (`tinylm datasets`) or hf:OWNER/NAME[:CONFIG], prepared once with the "
+                        "run's tokenizer")
     p.add_argument("--source-dir", dest="eval.source_dir", metavar="DIR",
                    help="local copy of --dataset's raw files (default $TINYLM_DATA_DIR, else downloaded)")
     p.add_argument("--split", dest="eval.split", metavar="NAME", help="split of --data or --dataset (default val)")

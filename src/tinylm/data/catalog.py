@@ -31,13 +31,12 @@ from typing import Iterator
 from tinylm import fileio
 from tinylm.console import console
 from tinylm.data import remote
-from tinylm.data.hub import translated
+from tinylm.data.hub import cached_sha256, translated
 from tinylm.data.sources import (Piece, Source, Stream, _blocks, _Document, cache_key, chain, read_parquet,
                                  read_text)
 from tinylm.errors import DataError, DownloadError
 
 HF = "https://huggingface.co/datasets"
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -171,12 +170,6 @@ def _fetch(ds: Dataset, f: DataFile) -> Path:
     return dest
 
 
-def _published_sha256(path: Path) -> str | None:
-    """The sha256 the Hub published for a file of the Hub cache: its blob is named by it (LFS files)."""
-    blob = os.path.basename(os.path.realpath(path))
-    return blob if _SHA256.fullmatch(blob) else None
-
-
 def _git_blob_id(path: Path) -> str:
     """git's object id of a file (sha1 of "blob SIZE\0" + content): the Hub's ETag of a non-LFS file."""
     digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
@@ -191,7 +184,7 @@ def _describe(ds: Dataset, f: DataFile, path: Path, fetched: bool) -> dict:
     the Hub published for it: the Hub cache names each blob by its ETag, the sha256 of an LFS file
     or the git object id of a small one."""
     digest = fileio.sha256_file(path)
-    expected = f.sha256 or (_published_sha256(path) if fetched and f.path else None)
+    expected = f.sha256 or (cached_sha256(path) if fetched and f.path else None)
     blob = os.path.basename(os.path.realpath(path))
     damaged = expected and digest != expected
     if fetched and f.path and not expected and re.fullmatch(r"[0-9a-f]{40}", blob):
@@ -208,7 +201,7 @@ def _remote_parquet(ds: Dataset, f: DataFile, text_field: str, files: dict[str, 
 
     cached = try_to_load_from_cache(ds.repo, f.path, revision=ds.revision, repo_type="dataset")
     if isinstance(cached, str):  # already in the Hub cache (e.g. `hf download`): no network needed
-        files[f.name] = {"bytes": Path(cached).stat().st_size, "sha256": _published_sha256(Path(cached))}
+        files[f.name] = {"bytes": Path(cached).stat().st_size, "sha256": cached_sha256(Path(cached))}
         yield from read_parquet(Path(cached), text_field)
         return
     fs = HfFileSystem()

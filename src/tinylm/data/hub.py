@@ -173,7 +173,6 @@ def _datasets():
         import datasets
     except ImportError:
         raise DataError("hf: sources need the Hugging Face `datasets` library: pip install 'tinylm[hf]'") from None
-    datasets.utils.logging.set_verbosity_error()  # its notes on cache and card metadata are not ours to print
     return datasets
 
 
@@ -262,15 +261,20 @@ def open_hub(spec: str | HubSpec) -> HubDataset:
         return HubDataset(s, sha, _builder(datasets, s.repo, s, sha))
 
 
+def cached_sha256(path: Path) -> str | None:
+    """The sha256 the Hub published for a file in the Hub cache, or None: the cache names each blob
+    by the file's ETag, which is the sha256 for LFS files (a git object id for small ones)."""
+    blob = os.path.basename(os.path.realpath(path))
+    return blob if re.fullmatch(r"[0-9a-f]{64}", blob) else None
+
+
 def _describe_files(hd: HubDataset, files: list[str]) -> None:
     """Size and published sha256 (LFS files) of each data file, into hd.file_info."""
     wanted = [hd.repo_path(f) for f in files if hd.repo_path(f) not in hd.file_info]
     if hd.snapshot is not None:
         for path in wanted:
-            local = hd.snapshot / path
-            blob = os.path.basename(os.path.realpath(local))  # the cache names LFS blobs by their sha256
-            hd.file_info[path] = {"bytes": local.stat().st_size,
-                                  "sha256": blob if re.fullmatch(r"[0-9a-f]{64}", blob) else None}
+            hd.file_info[path] = {"bytes": (hd.snapshot / path).stat().st_size,
+                                  "sha256": cached_sha256(hd.snapshot / path)}
         return
     from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoFile

@@ -73,8 +73,8 @@ def _from_dataset(run: Run, name: str, split: str, source_dir: str, errors: str)
     from tinylm.data import catalog, hub
 
     if name not in BUILTIN and name not in catalog.DATASETS and not hub.is_hub_spec(name):
-        raise DataError(f"--dataset {name}: not a known dataset (known: {', '.join([*BUILTIN, *catalog.DATASETS])}); "
-                        "score a file with --text FILE or a prepared directory with --data DATA_DIR")
+        raise DataError(f"--dataset {name}: not a known dataset (known: {', '.join([*BUILTIN, *catalog.DATASETS])}, "
+                        "or hf:OWNER/NAME); score a file with --text FILE or a prepared directory with --data DATA_DIR")
     src = read_source(name, errors, source_dir=source_dir)
     splits = list(src.streams) if src.has_splits else ["train", "val"]
     if split not in splits:
