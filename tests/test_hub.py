@@ -54,6 +54,11 @@ def connect(self, address):
 
 
 socket.getaddrinfo, socket.socket.connect = getaddrinfo, connect
+
+import os, sys
+
+if os.environ.get("HIDE_DATASETS"):  # as if the `datasets` library were not installed
+    sys.modules["datasets"] = None
 '''
 README = """\
 ---
@@ -293,6 +298,10 @@ def test_bad_hub_input_gives_one_line_errors(run, tmp_path):
 
     gated = run("prepare", "hf:tinylm/gated", "--out", str(tmp_path / "gated"), env={"HF_TOKEN": TOKEN})
     assert "prepared hf:tinylm/gated" in gated.stderr
+
+    missing = run("prepare", "hf:tinylm/stories", env={"HIDE_DATASETS": "1"}, ok=False)
+    assert missing.returncode == 1 and missing.stderr.strip() == (
+        "error: hf: sources need the Hugging Face `datasets` library: pip install 'tinylm[hf]'")
 
     # (TinyStories' hf_hub_download retries for ~20 s before it gives up: the same message, not tested here)
     argvs = [["prepare", spec, "--out", str(tmp_path / spec)] for spec in ("hf:tinylm/stories", "fineweb-edu")]

@@ -13,6 +13,8 @@ import os
 import sys
 import warnings
 
+from rich.markup import escape
+
 from tinylm import __version__
 from tinylm.config import (DEFAULT_PRESET, EvalConfig, RunConfig, SampleConfig, apply_overrides, load_preset,
                            preset_names, read_preset, read_toml, set_key, update, valid_keys)
@@ -413,7 +415,7 @@ def _all_keys() -> list[str]:
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     if issubclass(category, TinylmWarning):
-        console.print(f"[yellow]warning:[/] {message}")
+        console.print(f"[yellow]warning:[/] {escape(str(message))}")
     else:
         _default_showwarning(message, category, filename, lineno, file, line)
 
@@ -429,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     except TinylmError as e:
         if args.debug:
             raise
-        console.print(f"[red]error:[/] {e}")
+        console.print(f"[red]error:[/] {escape(str(e))}")  # messages quote [brackets]: extras, lists
         return 1
     except BrokenPipeError:  # `tinylm ... | head`: the reader went away; stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -437,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # permissions, full disk, ... on paths the user chose
         if args.debug:
             raise
-        console.print(f"[red]error:[/] {e.strerror or e}: {e.filename or ''}")
+        console.print(f"[red]error:[/] {escape(str(e.strerror or e))}: {escape(str(e.filename or ''))}")
         return 1
     except KeyboardInterrupt:
         console.print("[yellow]interrupted")

@@ -22,7 +22,8 @@ exceptions become one-line `DataError`s naming the fix.
 `iter_records(spec, split)` yields a split's records themselves (dicts), for readers of
 structured data (instruction and chat records for fine-tuning); `split_names(spec)` lists them.
 
-`datasets` is an optional dependency (extra `hf`); `huggingface_hub` comes with it.
+`datasets` is an optional dependency (extra `hf`, named by the error when it is missing);
+`huggingface_hub` is a core one (the catalog downloads through it).
 """
 
 from __future__ import annotations
