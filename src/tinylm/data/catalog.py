@@ -11,10 +11,11 @@
 Hub files go through `huggingface_hub`, so HF_HOME, HF_TOKEN, HF_ENDPOINT and HF_HUB_OFFLINE work
 as in any Hugging Face tool (offline, files already in the Hub cache are read from it); a file is
 checked against its pinned sha256 or the checksum the Hub publishes (the cache names each blob by
-it: the sha256 of an LFS file, the git object id of a small one). WikiText-103's raw files and tinyshakespeare's `input.txt` are not files
-of a Hub repository (the Hub's `Salesforce/wikitext` holds Parquet conversions with the blank
-lines' whitespace dropped, not the raw files that published perplexities are measured on), so
-they keep their original URLs. Any other Hub dataset is `hf:OWNER/NAME` (hub.py).
+it: the sha256 of an LFS file, the git object id of a small one). WikiText-103's raw files and
+tinyshakespeare's `input.txt` are not files of a Hub repository (the Hub's `Salesforce/wikitext`
+holds Parquet conversions with the blank lines' whitespace dropped, not the raw files that
+published perplexities are measured on), so they keep their original URLs. Any other Hub dataset
+is `hf:OWNER/NAME` (hub.py).
 """
 
 from __future__ import annotations
