@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tinylm.config import RunConfig, load_preset
-from tinylm.data.sources import read_source
+from tinylm.data.spec import read_source
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TINYLM_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -13,6 +13,8 @@ import os
 import sys
 import warnings
 
+from rich.markup import escape
+
 from tinylm import __version__
 from tinylm.config import (DEFAULT_PRESET, EvalConfig, RunConfig, SampleConfig, ServeConfig, apply_overrides,
                            load_preset, preset_names, read_preset, read_toml, set_key, update, valid_keys)
@@ -78,7 +80,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     for r in rows:
         print("  ".join(r[k].ljust(widths[k]) for k in widths) + f"  {r['source']}")
     print("\nPrepare one with `tinylm prepare NAME --tokenizer gpt2`; with no internet, point --source-dir "
-          "(or TINYLM_DATA_DIR) at a folder holding NAME/<raw files>.")
+          "(or TINYLM_DATA_DIR) at a folder holding NAME/<raw files>.\nAny Hugging Face dataset: "
+          "`tinylm prepare hf:OWNER/NAME[:CONFIG]` (streamed; docs/datasets.md).")
     return 0
 
 
@@ -282,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("prepare", parents=[common], help="tokenize a dataset or your text into a data directory",
                          description="Tokenize SOURCE once into memory-mapped <split>.bin files + meta.json.")
     p.add_argument("data.source", metavar="SOURCE",
-                   help="a dataset name (see `tinylm datasets`), a .txt/.jsonl/.parquet file, or a folder of them")
+                   help="a dataset name (see `tinylm datasets`), hf:OWNER/NAME[:CONFIG][@REVISION] (any Hugging Face "
+                        "dataset, streamed), a .txt/.jsonl/.parquet file, or a folder of them")
     p.add_argument("--out", dest="data.dir", metavar="DATA_DIR",
                    help="output data directory (default: a directory in the cache, reused by `tinylm train`)")
     p.add_argument("--tokenizer", dest="data.tokenizer", metavar="KIND",
@@ -298,7 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hold --val-fraction out of a dataset's train split instead of using its own validation split")
     p.add_argument("--max-tokens", dest="data.max_tokens", metavar="N", help="stop after N training tokens")
     p.add_argument("--text-field", dest="data.text_field", metavar="NAME",
-                   help="the JSONL field / Parquet column holding the text (default text)")
+                   help="the JSONL field / Parquet column / Hub dataset field holding the text (default text)")
+    p.add_argument("--hf-split", dest="data.hf_split", metavar="SPLIT",
+                   help="hf: sources: the dataset's split to train on (default train; its validation and test "
+                        "splits become val and test)")
     p.add_argument("--source-dir", dest="data.source_dir", metavar="DIR",
                    help="a local copy of datasets' raw files, as DIR/NAME/... (default $TINYLM_DATA_DIR)")
     p.add_argument("--workers", dest="data.workers", metavar="N",
@@ -319,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE.toml", help="a TOML file with [model], [data], [train] tables")
     p.add_argument("--data", dest="data.dir", metavar="DATA_DIR", help="a prepared data directory")
     p.add_argument("--text", dest="data.source", metavar="SOURCE",
-                   help="a dataset name, text/jsonl/parquet file or folder (prepared on the fly, cached)")
+                   help="a dataset name, hf:OWNER/NAME[:CONFIG], text/jsonl/parquet file or folder "
+                        "(prepared on the fly, cached)")
     p.add_argument("--tokenizer", dest="data.tokenizer", metavar="KIND",
                    help="tokenizer for --text: char, word[:SIZE][:lower], gpt2, bpe[:SIZE], hf:PATH")
     _errors_flag(p, "data")
@@ -382,7 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", dest="eval.data", metavar="DATA_DIR", help="a prepared data directory")
     p.add_argument("--text", dest="eval.text", metavar="FILE", help="a text file (or folder), scored whole")
     p.add_argument("--dataset", dest="eval.dataset", metavar="NAME",
-                   help="a catalog dataset (`tinylm datasets`), prepared once with the run's tokenizer")
+                   help="a catalog dataset (`tinylm datasets`) or hf:OWNER/NAME[:CONFIG], prepared once with the "
+                        "run's tokenizer")
     p.add_argument("--source-dir", dest="eval.source_dir", metavar="DIR",
                    help="local copy of --dataset's raw files (default $TINYLM_DATA_DIR, else downloaded)")
     p.add_argument("--split", dest="eval.split", metavar="NAME", help="split of --data or --dataset (default val)")
@@ -470,7 +479,7 @@ def _all_keys() -> list[str]:
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     if issubclass(category, TinylmWarning):
-        console.print(f"[yellow]warning:[/] {message}")
+        console.print(f"[yellow]warning:[/] {escape(str(message))}")
     else:
         _default_showwarning(message, category, filename, lineno, file, line)
 
@@ -486,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     except TinylmError as e:
         if args.debug:
             raise
-        console.print(f"[red]error:[/] {e}")
+        console.print(f"[red]error:[/] {escape(str(e))}")  # messages quote [brackets]: extras, lists
         return 1
     except BrokenPipeError:  # `tinylm ... | head`: the reader went away; stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -494,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # permissions, full disk, ... on paths the user chose
         if args.debug:
             raise
-        console.print(f"[red]error:[/] {e.strerror or e}: {e.filename or ''}")
+        console.print(f"[red]error:[/] {escape(str(e.strerror or e))}: {escape(str(e.filename or ''))}")
         return 1
     except KeyboardInterrupt:
         console.print("[yellow]interrupted")

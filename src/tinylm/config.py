@@ -125,7 +125,7 @@ class ModelConfig:
 class DataConfig:
     """Where the tokens come from, how they are split, and how training windows are drawn."""
 
-    source: str = "shakespeare"  # a catalog dataset (`tinylm datasets`), a .txt/.jsonl/.parquet file or a folder
+    source: str = "shakespeare"  # a catalog dataset (`tinylm datasets`), hf:OWNER/NAME[:CONFIG][@REV], a file or folder
     dir: str = ""  # a prepared data directory; when set, `source` is not read
     tokenizer: str = "char"  # char | word[:SIZE][:lower] | gpt2 | bpe[:SIZE] | hf:PATH (a tokenizer.json or its dir)
     val_fraction: float = 0.1  # held out for validation when the source has no validation split
@@ -138,6 +138,7 @@ class DataConfig:
     errors: str = "strict"  # invalid UTF-8 in the source: strict (stop with an error) | replace (U+FFFD)
     sampling: str = "random"  # training windows: random (seeded offsets) | permutation (each window once per epoch)
     source_splits: bool = True  # use a dataset's own validation split; false: hold val_fraction out of its train split
+    hf_split: str = "train"  # hf: sources: the dataset's split to train on (its validation/test become val/test)
 
     def validate(self) -> None:
         _check(bool(self.source or self.dir), "set data.source (a dataset, text file or folder) or data.dir")
@@ -148,6 +149,7 @@ class DataConfig:
         _check(self.max_tokens >= 0, "data.max_tokens must be >= 0 (0 = no limit)")
         _check(self.workers >= 0, "data.workers must be >= 0 (0 = automatic)")
         _check(bool(self.text_field), "data.text_field must name a field")
+        _check(bool(self.hf_split), "data.hf_split must name a split of the Hub dataset (default train)")
 
 
 @dataclass

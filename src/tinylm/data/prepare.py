@@ -34,7 +34,8 @@ import numpy as np
 from tinylm import __version__, fileio
 from tinylm.config import DataConfig
 from tinylm.console import console, progress
-from tinylm.data.sources import Source, read_source
+from tinylm.data.sources import Source
+from tinylm.data.spec import read_source
 from tinylm.errors import DataError, TokenizerError
 from tinylm.tokenizers import Tokenizer, load_tokenizer, parse_spec, spec_identity, train_tokenizer
 from tinylm.tokenizers.base import safe_chunks
@@ -289,12 +290,12 @@ def _auto_workers(src: Source, workers: int, cap: int) -> int:
 
 def prepare(source: str | Source, tokenizer: str | Tokenizer, out_dir: str | Path, val_fraction: float = 0.1, *,
             split: str = "tail", split_seed: int = 1337, max_tokens: int = 0, workers: int = 0,
-            text_field: str = "text", source_dir: str = "", errors: str = "strict") -> Path:
+            text_field: str = "text", source_dir: str = "", errors: str = "strict", hf_split: str = "train") -> Path:
     """Tokenize `source` (a Source, or anything `read_source` takes) into `out_dir`;
     `tokenizer` is a spec to train (e.g. "char") or an existing tokenizer. Returns the directory."""
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"the validation fraction must be in (0, 1), got {val_fraction}")
-    src = source if isinstance(source, Source) else read_source(source, errors, text_field, source_dir)
+    src = source if isinstance(source, Source) else read_source(source, errors, text_field, source_dir, hf_split)
     cap = max_tokens or src.max_tokens
     counts = {"bytes": 0, "documents": 0}
     spec = tokenizer if isinstance(tokenizer, str) else tokenizer.kind
@@ -361,7 +362,8 @@ def prepare(source: str | Source, tokenizer: str | Tokenizer, out_dir: str | Pat
         "format": FORMAT,
         "tinylm_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "source": {"name": src.name, "sha256": src.sha256, "files": src.files,
+        "source": {"name": src.name, **({"revision": src.revision} if src.revision else {}),
+                   "sha256": src.sha256, "files": src.files,
                    "documents": sum(w.documents for w in writers.values()),
                    "bytes": sum(w.bytes for w in writers.values())},
         "tokenizer": {"spec": spec, "kind": tok.kind, "vocab_size": tok.vocab_size,
@@ -467,7 +469,7 @@ def prepare_config(src: Source, tokenizer: str | Tokenizer, out: str | Path, dat
 
 def open_source(data: DataConfig) -> Source:
     """The source `data` names; with data.source_splits false, a dataset's training split alone."""
-    src = read_source(data.source, data.errors, data.text_field, data.source_dir)
+    src = read_source(data.source, data.errors, data.text_field, data.source_dir, data.hf_split)
     return src if data.source_splits else src.training_split()
 
 

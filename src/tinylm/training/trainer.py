@@ -40,7 +40,7 @@ from tinylm.training import distributed
 from tinylm.training.checkpoint import keep_copy, load_checkpoint, rng_state, save_checkpoint
 from tinylm.training.distributed import Procs
 from tinylm.training.metrics import MetricsLog, plot_metrics
-from tinylm.training.optim import build_optimizers
+from tinylm.training.optim import build_optimizers, load_state
 from tinylm.training.schedule import learning_rate, progress_fraction
 from tinylm.training.trackers import check_trackers, open_trackers
 
@@ -220,7 +220,7 @@ class Trainer:
             raise CheckpointError(f"{self.run_dir} was trained with another train.optimizer; resume with the "
                                   "run's own optimizer")
         for optimizer, saved in zip(self.optimizers, saved_optimizers, strict=True):
-            optimizer.load_state_dict(saved)
+            load_state(optimizer, saved)
         self.scaler.load_state_dict(state["scaler"])
         self.loader.load_state_dict(state["loader"])
         self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed"]
