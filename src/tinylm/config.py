@@ -64,6 +64,12 @@ class ModelConfig:
     bias: bool = True  # biases in linear layers and LayerNorms
     tie_weights: bool = True  # output head shares the token embedding matrix
     init: str = "gpt2"  # gpt2 (normal 0.02, residual projections scaled by 1/sqrt(2 n_layer)) | xavier
+    # (imported Llama-family models set these; the defaults keep every older run unchanged)
+    head_size: int = 0  # per-head width of queries, keys and values; 0 = d_model // n_head
+    attn_bias: bool | None = None  # biases in the attention projections (q, k, v, output); None = model.bias
+    mlp_bias: bool | None = None  # biases in the MLP's linear layers; None = model.bias
+    norm_eps: float = 1e-5  # epsilon of every LayerNorm / RMSNorm
+    ff_multiple: int = 64  # swiglu's hidden width is rounded up to a multiple of this (1 = exactly d_ff)
 
     def validate(self) -> None:
         check_fields(self, "model.")
@@ -72,8 +78,11 @@ class ModelConfig:
         for name in ("context", "n_layer", "n_head", "d_model"):
             check_range(f"model.{name}", getattr(self, name), ge=1)
         check_range("model.d_ff", self.d_ff, ge=0, note=" (0 = the default for the MLP kind)")
-        _check(self.d_model % self.n_head == 0,
+        check_range("model.head_size", self.head_size, ge=0, note=" (0 = d_model // n_head)")
+        _check(self.head_size > 0 or self.d_model % self.n_head == 0,
                f"model.d_model ({self.d_model}) must be divisible by model.n_head ({self.n_head})")
+        _check(self.norm_eps > 0, "model.norm_eps must be > 0")
+        _check(self.ff_multiple >= 1, "model.ff_multiple must be >= 1")
         _check(self.n_kv_head >= 0 and self.n_head % self.kv_heads == 0,
                f"model.n_kv_head ({self.n_kv_head}) must divide model.n_head ({self.n_head})")
         check_range("model.dropout", self.dropout, ge=0, lt=1)
@@ -81,7 +90,7 @@ class ModelConfig:
                               ("attention", ("sdpa", "manual")), ("init", ("gpt2", "xavier"))):
             _check(getattr(self, name) in allowed,
                    f"model.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        _check(self.pos != "rope" or (self.d_model // self.n_head) % 2 == 0, "rotary positions need an even head size")
+        _check(self.pos != "rope" or self.head_dim % 2 == 0, "rotary positions need an even head size")
         check_range("model.rope_base", self.rope_base, gt=1)
 
     def embedding_rows(self, tokenizer_vocab: int) -> int:
@@ -96,8 +105,8 @@ class ModelConfig:
     def min_params(self, vocab: int) -> int:
         """A lower bound on the parameter count (the weight matrices alone), computed without
         building the model, so sizes that cannot fit are refused before anything is allocated."""
-        d = self.d_model
-        attention = d * (self.n_head + 2 * self.kv_heads) * self.head_dim + d * d
+        d, heads = self.d_model, self.n_head * self.head_dim
+        attention = d * (self.n_head + 2 * self.kv_heads) * self.head_dim + heads * d
         mlp = (3 if self.mlp == "swiglu" else 2) * d * self.ff_width
         return vocab * d + (self.context * d if self.pos == "learned" else 0) + self.n_layer * (attention + mlp)
 
@@ -107,12 +116,20 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.n_head
+        return self.head_size or self.d_model // self.n_head
+
+    @property
+    def has_attn_bias(self) -> bool:
+        return self.bias if self.attn_bias is None else self.attn_bias
+
+    @property
+    def has_mlp_bias(self) -> bool:
+        return self.bias if self.mlp_bias is None else self.mlp_bias
 
     @property
     def ff_width(self) -> int:
         if self.mlp == "swiglu":  # 8/3 d keeps the parameter count of a 4 d GELU MLP (three matrices, not two)
-            return -(-(self.d_ff or 8 * self.d_model // 3) // 64) * 64
+            return -(-(self.d_ff or 8 * self.d_model // 3) // self.ff_multiple) * self.ff_multiple
         return self.d_ff or 4 * self.d_model
 
 
@@ -120,9 +137,9 @@ class ModelConfig:
 class DataConfig:
     """Where the tokens come from, how they are split, and how training windows are drawn."""
 
-    source: str = "shakespeare"  # a catalog dataset (`tinylm datasets`), a .txt/.jsonl/.parquet file or a folder
+    source: str = "shakespeare"  # a catalog dataset (`tinylm datasets`), hf:OWNER/NAME[:CONFIG][@REV], a file or folder
     dir: str = ""  # a prepared data directory; when set, `source` is not read
-    tokenizer: str = "char"  # char | word[:SIZE][:lower] | gpt2 | bpe[:SIZE]
+    tokenizer: str = "char"  # char | word[:SIZE][:lower] | gpt2 | bpe[:SIZE] | hf:PATH (a tokenizer.json or its dir)
     val_fraction: float = 0.1  # held out for validation when the source has no validation split
     split: str = "tail"  # tail (the last val_fraction of the text) | shuffle (seeded random documents)
     split_seed: int = 1337  # seed of the shuffle split
@@ -133,6 +150,7 @@ class DataConfig:
     errors: str = "strict"  # invalid UTF-8 in the source: strict (stop with an error) | replace (U+FFFD)
     sampling: str = "random"  # training windows: random (seeded offsets) | permutation (each window once per epoch)
     source_splits: bool = True  # use a dataset's own validation split; false: hold val_fraction out of its train split
+    hf_split: str = "train"  # hf: sources: the dataset's split to train on (its validation/test become val/test)
 
     def validate(self) -> None:
         check_fields(self, "data.")
@@ -144,6 +162,7 @@ class DataConfig:
         check_range("data.max_tokens", self.max_tokens, ge=0, note=" (0 = no limit)")
         check_range("data.workers", self.workers, ge=0, le=MAX_WORKERS, note=" (0 = automatic)")
         _check(bool(self.text_field), "data.text_field must name a field")
+        _check(bool(self.hf_split), "data.hf_split must name a split of the Hub dataset (default train)")
 
 
 @dataclass
@@ -297,6 +316,35 @@ class EvalConfig:
         check_range("eval.limit", self.limit, ge=0, note=" (0 = all items)")
         check_range("eval.batch_size", self.batch_size, ge=1)
         _check(self.errors in ENCODING_ERRORS, f"eval.errors must be strict or replace, got {self.errors!r}")
+        return self
+
+
+@dataclass
+class ServeConfig:
+    """Options of `tinylm serve` (not saved with the run): the HTTP server, its limits, and what it serves."""
+
+    host: str = "127.0.0.1"  # the address to listen on (another than loopback without an API key: a warning)
+    port: int = 8000  # 0 = any free port
+    model_name: str = ""  # the model id clients ask for; "" = the run directory's name
+    api_key: str = ""  # clients must send "Authorization: Bearer KEY"; "" = $TINYLM_API_KEY, else no key
+    max_batch: int = 16  # sequences decoding together (continuous batching)
+    max_queue: int = 256  # sequences waiting for a slot; a request that does not fit gets 503 + Retry-After
+    max_tokens: int = 1024  # the most new tokens one request may ask for
+    max_body: int = 1_048_576  # bytes of a request body (larger: 413)
+    chat_template: str = ""  # for runs without their own: alpaca | chat | plain ("" = chat requests get a 400)
+    adapter: list[str] = field(default_factory=list)  # NAME=ADAPTER_RUN: a LoRA adapter served as model NAME
+    checkpoint: str = "best"
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def validate(self) -> ServeConfig:
+        _check(0 <= self.port <= 65535, f"serve.port must be in 0..65535, got {self.port}")
+        _check(bool(self.host), "serve.host must name an address, e.g. 127.0.0.1")
+        for name in ("max_batch", "max_queue", "max_tokens", "max_body"):
+            _check(getattr(self, name) >= 1, f"serve.{name} must be >= 1, got {getattr(self, name)}")
+        for spec in self.adapter:
+            name, sep, path = spec.partition("=")
+            _check(bool(sep and name.strip() and path.strip()), f"--adapter expects NAME=ADAPTER_RUN, got {spec!r}")
         return self
 
 

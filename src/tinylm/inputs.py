@@ -46,21 +46,24 @@ class _Encodes(Protocol):
 
     def start_ids(self) -> list[int]: ...
 
+    def prompt_ids(self, text: str) -> list[int]: ...
+
 
 def encode_text(tokenizer: _Encodes, text: str, *, item: str = "the prompt",
                 empty: Literal["start", "error"] = "start") -> list[int]:
-    """`text`'s ids under `tokenizer`. A text that encodes to no ids (the empty string; whitespace
-    for the word tokenizer) gives the tokenizer's start ids with `empty="start"` (an empty prompt:
-    condition on the start of a document), or with `empty="error"` raises `EmptyInputError`
-    naming `item` (e.g. "data.jsonl line 3: choice 2"). Raises `EmptyInputError` too when `text`
-    is not a string."""
+    """`text`'s ids under `tokenizer`. With `empty="start"` the text is a prompt (or a context):
+    `tokenizer.prompt_ids(text)`, which prepends BOS where the tokenizer does and gives a text that
+    encodes to no ids (the empty string; whitespace for the word tokenizer) the tokenizer's start
+    ids, the empty prompt. With `empty="error"` the text is a continuation (a choice, a response):
+    its plain ids, and `EmptyInputError` naming `item` (e.g. "data.jsonl line 3: choice 2") when
+    there are none. Raises `EmptyInputError` too when `text` is not a string."""
     if not isinstance(text, str):
         raise EmptyInputError(f"{item} must be text, got {type(text).__name__}")
+    if empty == "start":
+        return tokenizer.prompt_ids(text)
     ids = tokenizer.encode(text) if text else []
     if ids:
         return ids
-    if empty == "start":
-        return list(tokenizer.start_ids())
     shown = repr(text) if len(text) <= 20 else repr(text[:20]) + "..."
     raise EmptyInputError(f"{item} encodes to no tokens ({shown} has no {tokenizer.unit} the tokenizer "
                           "keeps); give it some text")

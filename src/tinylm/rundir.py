@@ -184,8 +184,7 @@ class Run:
         return ids
 
     def _engine_args(self) -> dict[str, Any]:
-        eot = self.tokenizer.eot_id
-        return dict(vocab_size=self.tokenizer.vocab_size, stop_ids=[eot] if eot is not None else [],
+        return dict(vocab_size=self.tokenizer.vocab_size, stop_ids=self.tokenizer.stop_ids,
                     device=self.device, dtype=self.dtype, suppress_ids=sorted(self.tokenizer.suppressed_ids))
 
     def _text(self, prompt_ids: list[int], ids: list[int], cfg: GenerationConfig) -> str:

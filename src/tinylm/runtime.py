@@ -109,7 +109,10 @@ _PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "
 
 def measure_matmul_flops(device: torch.device, dtype: torch.dtype, n: int = 1024, seconds: float = 0.3) -> float:
     """FLOP/s of square `n` x `n` matrix products in `dtype` on `device`, measured for ~`seconds`."""
-    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    # fixed values, not torch.randn: drawing from the global generator here (the first run on a machine
+    # measures, later ones read the cache) would change a training run's dropout masks
+    a = torch.linspace(-1.0, 1.0, n * n, device=device).reshape(n, n).to(dtype)
+    b = a.flip(0)
 
     def sync() -> None:
         if device.type == "cuda":

@@ -19,7 +19,8 @@ from tinylm import fileio
 from tinylm.config import DataConfig, EvalConfig
 from tinylm.console import console, warn
 from tinylm.data.prepare import FORMAT, encode_documents, load_split, prepare, read_meta, resolve_data_dir
-from tinylm.data.sources import BUILTIN, Source, read_source
+from tinylm.data.sources import BUILTIN, Source
+from tinylm.data.spec import read_source
 from tinylm.errors import ConfigError, DataError
 from tinylm.evaluation.perplexity import LMEval, score_tokens, summarize
 from tinylm.rundir import Run, load, record_eval
@@ -72,11 +73,11 @@ def dataset_dir_for(src: Source, fingerprint: str, split: str, errors: str = "st
 
 
 def _from_dataset(run: Run, name: str, split: str, source_dir: str, errors: str) -> tuple[np.ndarray, int, str]:
-    from tinylm.data import catalog
+    from tinylm.data import catalog, hub
 
-    if name not in BUILTIN and name not in catalog.DATASETS:
-        raise DataError(f"--dataset {name}: not a known dataset (known: {', '.join([*BUILTIN, *catalog.DATASETS])}); "
-                        "score a file with --text FILE or a prepared directory with --data DATA_DIR")
+    if name not in BUILTIN and name not in catalog.DATASETS and not hub.is_hub_spec(name):
+        raise DataError(f"--dataset {name}: not a known dataset (known: {', '.join([*BUILTIN, *catalog.DATASETS])}, "
+                        "or hf:OWNER/NAME); score a file with --text FILE or a prepared directory with --data DATA_DIR")
     src = read_source(name, errors, source_dir=source_dir)
     splits = list(src.streams) if src.has_splits else ["train", "val"]
     if split not in splits:
@@ -113,6 +114,9 @@ def evaluate(run_dir: str | Path, cfg: EvalConfig, show_progress: bool = True) -
         raise ConfigError(f"--stride must be between 0 and the model's training window ({window}), got {cfg.stride}")
     stride = cfg.stride or window
     data = cfg.data
+    if not given and run.config.preset == "imported":
+        raise ConfigError(f"{run_dir} was {run.config.description}: it has no data of its own to score; "
+                          "give --dataset NAME, --text FILE or --data DATA_DIR")
     if not given:
         data = str(resolve_data_dir(run.config.data)[0])
         name = f" ({run.config.data.source})" if run.config.data.source else ""  # trained with --data DIR: no name

@@ -3,8 +3,8 @@
 Logit filters (each returns logits with the dropped tokens at -inf, rows independent):
 `apply_repetition_penalty`, `top_k_filter`, `top_p_filter`, `min_p_filter`; `sample_next`
 applies them in that order after the temperature (`apply_temperature`, overflow-free) and draws
-one token per row. Text helpers:
-`stream_text` (UTF-8-safe pieces) and `cut_at_stop` / `StopFilter` (stop strings).
+one token per row. Text helpers: `stream_text` / `TextStream` (UTF-8-safe pieces) and
+`cut_at_stop` / `StopFilter` (stop strings).
 """
 
 from __future__ import annotations
@@ -97,23 +97,44 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
 # --------------------------------------------------------------------------- text
 
 
+class TextStream:
+    """Token ids in, text pieces out, one id at a time (what `stream_text` does for an iterable):
+    `push(id)` returns the text that id completes (maybe ""), `flush()` the held-back rest. A
+    piece ending in `hold` (U+FFFD) may be a UTF-8 character split across tokens, so it is held
+    back until the next token completes it. The ids are decoded after `prefix` (the prompt),
+    which is not returned: the first piece is spaced or joined as it is in the whole text."""
+
+    def __init__(self, decode: Callable[[Sequence[int]], str], prefix: Sequence[int] = (), hold: str = "\ufffd"):
+        self.decode, self.hold = decode, hold
+        self.tokens = list(prefix)
+        self.text = decode(self.tokens) if self.tokens else ""
+        self.emitted = len(self.text)
+
+    def push(self, token: int) -> str:
+        self.tokens.append(token)
+        self.text = self.decode(self.tokens)
+        if self.text.endswith(self.hold) or len(self.text) <= self.emitted:
+            return ""
+        out, self.emitted = self.text[self.emitted:], len(self.text)
+        return out
+
+    def flush(self) -> str:
+        out, self.emitted = self.text[self.emitted:], max(len(self.text), self.emitted)
+        return out
+
+
 def stream_text(ids: Iterable[int], decode: Callable[[Sequence[int]], str], hold: str = "\ufffd",
                 prefix: Sequence[int] = ()) -> Iterator[str]:
-    """Turn a stream of token ids into text pieces. A piece ending in U+FFFD may be a UTF-8
-    character split across tokens, so it is held back until the next token completes it. The
-    ids are decoded after `prefix` (the prompt), which is not yielded: the first piece is spaced
-    or joined as it is in the whole text."""
-    tokens = list(prefix)
-    text = decode(tokens) if tokens else ""
-    emitted = len(text)
+    """Turn a stream of token ids into text pieces (see `TextStream`: split UTF-8 characters are
+    held back; the first piece is spaced or joined after `prefix` as in the whole text)."""
+    stream = TextStream(decode, prefix, hold)
     for token in ids:
-        tokens.append(token)
-        text = decode(tokens)
-        if not text.endswith(hold) and len(text) > emitted:
-            yield text[emitted:]
-            emitted = len(text)
-    if len(text) > emitted:
-        yield text[emitted:]
+        piece = stream.push(token)
+        if piece:
+            yield piece
+    rest = stream.flush()
+    if rest:
+        yield rest
 
 
 def find_stop(text: str, stops: Sequence[str]) -> int:

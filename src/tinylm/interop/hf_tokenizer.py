@@ -13,6 +13,7 @@ a `PreTrainedTokenizerFast` with no custom code, encoding text to the same ids a
            `\\w`/`\\d`/`\\s` spelled out as code-point ranges so Oniguruma matches the same characters;
            whitespace dropped), lower-cased first for `word:lower` (the same Lowercase normalizer
            tinylm uses); unknown words are `<unk>`
+    hf     the original files, unchanged
 
 Special tokens written in the text (`<|endoftext|>`, `<unk>`) are plain text for gpt2 and char,
 as in tinylm (`split_special_tokens`), and special for bpe and word, as in tinylm. The ids and
@@ -136,13 +137,19 @@ def hf_tokenizer(tokenizer: Tokenizer) -> tuple[HFTokenizer, dict[str, str]]:
         return _char(tokenizer)
     if kind == "word":
         return _word(tokenizer)
+    if kind == "hf":
+        return HFTokenizer.from_str(tokenizer.hf.to_str()), {}
     raise ValueError(f"no Hugging Face export for the {kind!r} tokenizer")
 
 
 def export_tokenizer(tokenizer: Tokenizer, out_dir: Path, *, model_max_length: int | None = None) -> None:
-    """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into `out_dir`."""
+    """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into `out_dir`
+    (an `hf` tokenizer: its original files, unchanged)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if tokenizer.kind == "hf":
+        tokenizer.save_files(out_dir)
+        return
     hf, specials = hf_tokenizer(tokenizer)
     hf.save(str(out_dir / TOKENIZER_JSON), pretty=True)
     config: dict[str, Any] = {

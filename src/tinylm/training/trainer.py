@@ -42,7 +42,7 @@ from tinylm.training import distributed
 from tinylm.training.checkpoint import keep_copy, load_checkpoint, rng_state, save_checkpoint
 from tinylm.training.distributed import Procs
 from tinylm.training.metrics import MetricsLog, plot_metrics
-from tinylm.training.optim import build_optimizers
+from tinylm.training.optim import build_optimizers, load_state
 from tinylm.training.resume import apply_hyperparameters, check_resume, hyperparameters
 from tinylm.training.schedule import learning_rate, progress_fraction
 from tinylm.training.trackers import check_trackers, open_trackers
@@ -228,7 +228,7 @@ class Trainer:
                                   "run's own optimizer")
         fresh = hyperparameters(self.optimizers)  # from the resuming config
         for optimizer, saved in zip(self.optimizers, saved_optimizers, strict=True):
-            optimizer.load_state_dict(saved)
+            load_state(optimizer, saved)
         apply_hyperparameters(self.optimizers, fresh)  # the settings given take effect, not the saved ones
         if self.scaler.is_enabled() and state["scaler"]:  # a run resumed in float16 from another dtype starts afresh
             self.scaler.load_state_dict(state["scaler"])

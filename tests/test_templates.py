@@ -1,0 +1,75 @@
+"""Prompt templates: rendering, message checks, and the exported Jinja chat_template rendered by transformers."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tinylm.errors import ConfigError, DataError
+from tinylm.templates import TEMPLATES, check_messages, get_template, instruction_messages
+
+
+def _hf_tokenizer(template: str):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0, "<eos>": 1}, "<unk>")),
+                                  eos_token="<eos>", unk_token="<unk>")
+    tok.chat_template = template
+    return tok
+
+
+def test_alpaca_renders_the_published_format():
+    record = {"instruction": "Name a colour.", "input": "Think of the sky.", "output": "Blue."}
+    text = get_template("alpaca").text(instruction_messages(record), eot_text="<eos>")
+    assert text == ("Below is an instruction that describes a task, paired with an input that provides further "
+                    "context. Write a response that appropriately completes the request.\n\n"
+                    "### Instruction:\nName a colour.\n\n### Input:\nThink of the sky.\n\n"
+                    "### Response:\nBlue.<eos>\n\n")
+    prompt = get_template("alpaca").text(instruction_messages({"instruction": "Hi"}), "<eos>", True)
+    assert prompt.endswith("### Instruction:\nHi\n\n### Response:\n")
+
+
+def test_only_the_reply_and_its_end_are_response_pieces():
+    pieces = get_template("chat").render([{"role": "user", "content": "hello"},
+                                          {"role": "assistant", "content": "hi there"}])
+    assert [p.text for p in pieces if p.response] == ["hi there", ""]
+    assert [p.eot for p in pieces if p.response] == [False, True]
+    assert "".join(p.text for p in pieces if not p.response) == "<|user|>\nhello\n<|assistant|>\n\n"
+
+
+text_st = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=20)
+message_st = st.lists(st.tuples(st.sampled_from(["user", "assistant"]), text_st), min_size=1, max_size=4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(turns=message_st, system=st.one_of(st.none(), text_st), gen=st.booleans(),
+       name=st.sampled_from(sorted(TEMPLATES)))
+def test_jinja_chat_template_renders_the_same_text_in_transformers(turns, system, gen, name):
+    template = get_template(name)
+    messages = ([{"role": "system", "content": system}] if system is not None else []) + [
+        {"role": r, "content": c} for r, c in turns]
+    hf = _hf_tokenizer(template.jinja()).apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+    assert hf == template.text(messages, eot_text="<eos>", add_generation_prompt=gen)
+
+
+@pytest.mark.parametrize("messages, fragment", [
+    ([], "non-empty list"),
+    ("hello", "non-empty list"),
+    ([{"role": "user"}], "needs \"role\" and \"content\""),
+    ([{"role": "robot", "content": "x"}], "unknown role 'robot'"),
+    ([{"role": "user", "content": 3}], "content must be a string"),
+    ([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}], "only come first"),
+])
+def test_bad_messages_are_one_line_errors(messages, fragment):
+    with pytest.raises(DataError, match=fragment) as e:
+        check_messages(messages, where="line 3")
+    assert str(e.value).startswith("line 3") and "\n" not in str(e.value)
+
+
+def test_bad_instruction_records_and_template_names():
+    with pytest.raises(DataError, match="needs an \"instruction\""):
+        instruction_messages({"output": "x"}, where="data.jsonl line 2")
+    with pytest.raises(ConfigError, match="choose one of alpaca, chat, plain"):
+        get_template("zephyr")
