@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 transformers = pytest.importorskip("transformers")
 
 from tinylm.data.prepare import prepare  # noqa: E402
-from tinylm.data.sources import read_source  # noqa: E402
+from tinylm.data.spec import read_source  # noqa: E402
 from tinylm.interop.hf_tokenizer import export_tokenizer  # noqa: E402
 from tinylm.tokenizers import Tokenizer, load_tokenizer, train_tokenizer  # noqa: E402
 
