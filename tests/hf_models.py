@@ -33,7 +33,7 @@ SAMPLE_TEXTS = [
 
 @functools.cache
 def _shakespeare() -> tuple[str, ...]:
-    from tinylm.data.sources import read_source
+    from tinylm.data.spec import read_source
 
     return tuple(d[:25_000] for d in read_source("shakespeare").documents()[:3])
 
