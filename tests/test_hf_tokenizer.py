@@ -44,8 +44,10 @@ def test_ids_equal_auto_tokenizer(pairs: dict, name: str) -> None:
     ours, auto = pairs[name]
     for text in [*SAMPLE_TEXTS, "", " ", "\n", "x" * 300]:
         assert ours.encode(text) == auto.encode(text, add_special_tokens=False), (name, text)
-        if text:  # a prompt: with the BOS the original tokenizer adds (sentencepiece: <s>)
+        if ours.encode(text):  # a prompt: with the BOS the original tokenizer adds (sentencepiece: <s>)
             assert ours.prompt_ids(text) == auto(text)["input_ids"], (name, text)
+        else:  # a prompt that encodes to nothing is the empty prompt (docs/input-rules.md)
+            assert ours.prompt_ids(text) == ours.start_ids()
     assert ours.vocab_size == len(auto)
     assert ours.eot_id == auto.eos_token_id
     assert ours.unk_id == auto.unk_token_id

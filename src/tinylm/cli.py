@@ -125,8 +125,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                       f"Continue with: tinylm train --resume {result.run_dir}")
         return 130
     best = f", best {result.best_val_loss:.4f}" if result.best_val_loss is not None else ""
+    val = f"; val loss {result.val_loss:.4f}{best}" if result.val_loss is not None else ""
     console.print(f"[green]done[/]: {result.step} steps, {result.tokens:,} tokens in {result.elapsed:.0f}s "
-                  f"(stopped by {result.stopped_by.replace('_', ' ')}); val loss {result.val_loss:.4f}{best}\n"
+                  f"(stopped by {result.stopped_by.replace('_', ' ')}){val}\n"
                   f"  run directory {result.run_dir} (loss.png, perplexity.png, metrics.jsonl)\n"
                   f"  sample with:  tinylm sample {result.run_dir}")
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import platform
 import time
 from functools import lru_cache
@@ -75,6 +76,30 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def memory_bytes(device: torch.device) -> int | None:
+    """The device's whole memory in bytes (the machine's RAM for the CPU), or None where unknown."""
+    try:
+        if device.type == "cuda":
+            return torch.cuda.get_device_properties(device).total_memory
+        if device.type == "mps":
+            return int(torch.mps.recommended_max_memory())
+        if device.type == "cpu":
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError, RuntimeError):
+        pass
+    return None
+
+
+def check_memory(need: int, device: torch.device, what: str, fix: str) -> None:
+    """A one-line ConfigError when `need` bytes (a lower bound: what is certainly allocated) exceed
+    the device's whole memory, so impossible sizes fail before the allocation does (or before the
+    operating system kills the process)."""
+    have = memory_bytes(device)
+    if have is not None and need > have:
+        raise ConfigError(f"{what} need at least {need / 2**30:,.1f} GiB, more than this {device.type} device has "
+                          f"({have / 2**30:,.1f} GiB); {fix}")
 
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) of common GPUs, for model FLOPs utilisation (MFU).

@@ -44,10 +44,13 @@ def _from_data_dir(run: Run, data_dir: str, split: str) -> tuple[np.ndarray, int
 
 def _from_text(run: Run, path: str, errors: str) -> tuple[np.ndarray, int, str]:
     src = read_source(path, errors)
-    unknown = sum(run.tokenizer.count_unknown(d) for d in src.documents())
+    docs = src.documents()
+    if not any(d.strip() for d in docs):
+        raise DataError(f"{path} has no text in it (it is empty or only whitespace); nothing to score")
+    unknown = sum(run.tokenizer.count_unknown(d) for d in docs)
     if unknown:
         warn(f"{unknown:,} {run.tokenizer.unit}(s) of {path} are not in the run's vocabulary and count as <unk>")
-    tokens, nbytes = encode_documents(run.tokenizer, src.documents())
+    tokens, nbytes = encode_documents(run.tokenizer, docs)
     if len(tokens) < 2:
         raise DataError(f"{path} holds fewer than 2 tokens; nothing to score")
     return tokens, nbytes, src.sha256
@@ -100,6 +103,7 @@ def evaluate(run_dir: str | Path, cfg: EvalConfig, show_progress: bool = True) -
     directory) or `cfg.dataset` (a catalog dataset), on `cfg.text`, or with none of them on the
     run's own data (the split it was validated on), in windows of the run's training length
     `cfg.stride` tokens apart; the result is also appended to the run's evals.jsonl."""
+    cfg.validate()
     given = [flag for flag, value in (("--data", cfg.data), ("--text", cfg.text), ("--dataset", cfg.dataset))
              if value]
     if len(given) > 1:
@@ -115,7 +119,8 @@ def evaluate(run_dir: str | Path, cfg: EvalConfig, show_progress: bool = True) -
                           "give --dataset NAME, --text FILE or --data DATA_DIR")
     if not given:
         data = str(resolve_data_dir(run.config.data)[0])
-        console.print(f"scoring the {cfg.split} split of the run's data ({run.config.data.source}) in {data}")
+        name = f" ({run.config.data.source})" if run.config.data.source else ""  # trained with --data DIR: no name
+        console.print(f"scoring the {cfg.split} split of the run's data{name} in {data}")
     if data:
         tokens, nbytes, sha = _from_data_dir(run, data, cfg.split)
     elif cfg.dataset:

@@ -2,8 +2,9 @@
 
 Logit filters (each returns logits with the dropped tokens at -inf, rows independent):
 `apply_repetition_penalty`, `top_k_filter`, `top_p_filter`, `min_p_filter`; `sample_next`
-applies them in that order after the temperature and draws one token per row. Text helpers:
-`stream_text` / `TextStream` (UTF-8-safe pieces) and `cut_at_stop` / `StopFilter` (stop strings).
+applies them in that order after the temperature (`apply_temperature`, overflow-free) and draws
+one token per row. Text helpers: `stream_text` / `TextStream` (UTF-8-safe pieces) and
+`cut_at_stop` / `StopFilter` (stop strings).
 """
 
 from __future__ import annotations
@@ -12,17 +13,21 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
+from tinylm.inputs import FLOAT32_MAX
+
 NEG_INF = float("-inf")
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
     """CTRL (Keskar et al. 2019): for the tokens marked in `seen` (B, vocab) bool, divide positive
-    logits by `penalty` and multiply negative ones by it, so penalty > 1 makes them less likely."""
+    logits by `penalty` and multiply negative ones by it, so penalty > 1 makes them less likely.
+    A penalty so small or so large that the result leaves the float32 range saturates at its
+    ends (never inf, so the ranking stays defined); logits at -inf (suppressed) stay there."""
     if penalty == 1.0:
         return logits
     seen = seen[:, :logits.size(-1)]
-    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
-    return torch.where(seen, penalised, logits)
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty).clamp(-FLOAT32_MAX, FLOAT32_MAX)
+    return torch.where(seen & torch.isfinite(logits), penalised, logits)
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -57,18 +62,35 @@ def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
     return logits.masked_fill(probs < threshold, NEG_INF)
 
 
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor | None:
+    """`logits / temperature`, shifted so each row's largest value is 0 (the shift does not change
+    the softmax): the division then cannot overflow to +inf, however small the temperature, and
+    the likeliest token keeps probability > 0. A temperature above the float32 range acts as the
+    largest float32 (uniform over the tokens not at -inf). Returns None when float32 cannot tell
+    the temperature from 0 (below ~1.4e-45): that is greedy decoding."""
+    t = torch.tensor(min(temperature, FLOAT32_MAX), dtype=torch.float32)
+    if t <= 0:
+        return None
+    return (logits - logits.max(dim=-1, keepdim=True).values) / t.to(logits.device)
+
+
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
                 generator: torch.Generator | None = None, *, top_p: float = 1.0, min_p: float = 0.0,
-                repetition_penalty: float = 1.0, seen: torch.Tensor | None = None) -> torch.Tensor:
+                repetition_penalty: float = 1.0, seen: torch.Tensor | None = None,
+                suppress: torch.Tensor | None = None) -> torch.Tensor:
     """Pick the next token for each row of `logits` (B, vocab). temperature <= 0 is greedy (after
-    the repetition penalty; the other filters cannot change the likeliest token)."""
+    the repetition penalty; the other filters cannot change the likeliest token). `suppress`
+    (vocab,) bool marks ids that are never picked."""
     logits = logits.float()
     if seen is not None:
         logits = apply_repetition_penalty(logits, seen, repetition_penalty)
-    if temperature <= 0:
+    if suppress is not None:
+        logits = logits.masked_fill(suppress[:logits.size(-1)], NEG_INF)
+    scaled = apply_temperature(logits, temperature) if temperature > 0 else None
+    if scaled is None:
         return logits.argmax(dim=-1)
-    logits = min_p_filter(top_p_filter(top_k_filter(logits / temperature, top_k), top_p), min_p)
-    probs = torch.softmax(logits, dim=-1)
+    scaled = min_p_filter(top_p_filter(top_k_filter(scaled, top_k), top_p), min_p)
+    probs = torch.softmax(scaled, dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 

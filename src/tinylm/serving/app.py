@@ -172,6 +172,8 @@ class Service:
                 ids += [tok.eot_id] if tok.eot_id is not None else []
             elif piece.text:
                 ids += tok.encode(piece.text)
+        if not ids:  # messages that encode to nothing (a plain template, whitespace): the empty prompt (inputs.py)
+            ids = tok.start_ids()
         return self.fit(ids, truncate, "messages")
 
     def submit(self, rows: list[Row], loop: asyncio.AbstractEventLoop) -> tuple[EngineRequest, asyncio.Queue]:

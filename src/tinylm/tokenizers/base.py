@@ -95,17 +95,28 @@ class Tokenizer(ABC):
         return self.encode("\n") or [0]
 
     def prompt_ids(self, text: str) -> list[int]:
-        """A prompt's ids: `start_ids()` for an empty prompt, else `encode(text)`, after bos_id when
-        the tokenizer adds it to every input (`add_bos`, as transformers' Llama tokenizers do)."""
-        if not text:
+        """A prompt's ids: `encode(text)`, after bos_id when the tokenizer adds it to every input
+        (`add_bos`, as transformers' Llama tokenizers do); a prompt that encodes to no ids (empty, or
+        whitespace for word) is the empty prompt, `start_ids()`. Code that takes user text calls
+        `tinylm.inputs.encode_text`, which names the item in errors."""
+        ids = self.encode(text) if text else []
+        if not ids:
             return self.start_ids()
-        ids = self.encode(text)
         return [self.bos_id, *ids] if self.add_bos and self.bos_id is not None else ids
 
     @property
     def stop_ids(self) -> list[int]:
         """Ids that end generation: end-of-text (hf: also generation_config.json's other eos ids)."""
         return [self.eot_id] if self.eot_id is not None else []
+
+    @property
+    def suppressed_ids(self) -> set[int]:
+        """Ids that generation never emits unless asked (`GenerationConfig.suppress_tokens`): the
+        unknown id (what text outside the vocabulary maps to is no text to write; for char it is
+        never even a training target) and the start-of-text marker (it opens documents; the model
+        continues after it). Padded embedding rows past `vocab_size` are never generated either.
+        A stop id is never suppressed (hf: GPT-2's unk token is its end-of-text)."""
+        return {i for i in (self.unk_id, self.bos_id) if i is not None} - set(self.stop_ids)
 
     @property
     def markers(self) -> set[int]:
