@@ -64,8 +64,9 @@ class HubSpec:
             f"@{self.revision}" if self.revision else "")
 
 
-def is_hub_spec(spec: str) -> bool:
-    return spec.startswith(SCHEME)
+def is_hub_spec(spec: str | Path) -> bool:
+    """Whether a SOURCE names a Hub dataset (`hf:...`); paths never do."""
+    return isinstance(spec, str) and spec.startswith(SCHEME)
 
 
 def parse_spec(spec: str) -> HubSpec:

@@ -29,6 +29,7 @@ def read_source(spec: str, errors: str = "strict", text_field: str = "text", sou
     `errors="replace"` turns invalid UTF-8 in local files into U+FFFD instead of stopping."""
     if hub.is_hub_spec(spec):
         return hub.hub_source(spec, text_field, hf_split)
+    spec = str(spec)
     if Path(spec).expanduser().exists():
         return local_source(spec, text_field, errors)
     if spec in BUILTIN:
