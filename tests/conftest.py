@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tinylm.config import RunConfig, load_preset
-from tinylm.data.sources import read_source
+from tinylm.data.spec import read_source
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TINYLM_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -79,3 +79,54 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) -> 
 @pytest.fixture
 def tiny_cfg(tmp_path: Path, corpus_file: Path) -> RunConfig:
     return tiny_config(tmp_path / "run", corpus_file)
+
+
+@pytest.fixture
+def torch_one_thread():
+    """One torch thread for the test: many small ops (serving's decode steps) are far faster on a
+    loaded machine without OpenMP threads waiting for each other; restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------- system components
+
+CHROMIUM = Path(os.environ.get("TINYLM_CHROMIUM", "/usr/bin/chromium"))
+
+
+def _chromium() -> str | None:
+    """Why the headless browser tests cannot run, or None when they can."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright Python package is not installed (pip install playwright)"
+    if not CHROMIUM.is_file():
+        return f"Chromium is not installed at {CHROMIUM} (apt-get install -y chromium, or set TINYLM_CHROMIUM)"
+    return None
+
+
+def _llama_cpp() -> str | None:
+    """Why llama.cpp (llama-cpp-python) cannot run, or None when it can."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError as e:
+        return f"llama-cpp-python is not installed ({e}); pip install llama-cpp-python (compiles llama.cpp)"
+    return None
+
+
+COMPONENTS = {"chromium": _chromium, "llama_cpp": _llama_cpp}
+
+
+def require(component: str) -> None:
+    """Skip the calling test when a system component is missing, but fail it when TINYLM_CI=1
+    (CI installs every component, so a skip there would hide a broken environment)."""
+    missing = COMPONENTS[component]()
+    if missing is None:
+        return
+    if os.environ.get("TINYLM_CI") == "1":
+        pytest.fail(f"{component} is required in CI (TINYLM_CI=1): {missing}")
+    pytest.skip(f"{component} unavailable: {missing}")

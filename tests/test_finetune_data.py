@@ -123,6 +123,38 @@ def test_apply_chat_template_of_the_export_gives_tinylms_ids(hf_tokenizers, kind
     assert theirs == ours
 
 
+@pytest.fixture(scope="module")
+def hf_kind_tokenizers(tmp_path_factory):
+    """The hf kind (any tokenizer.json): a Llama-2-style SentencePiece BPE that adds <s> to every input, and a
+    GPT-2-style byte-level BPE; each exported with a chat template and loaded by transformers."""
+    transformers = pytest.importorskip("transformers")
+    from hf_models import byte_level_bpe, sentencepiece
+
+    from tinylm.tokenizers import train_tokenizer
+
+    out = {}
+    for name, build in (("sentencepiece", sentencepiece), ("byte_level", byte_level_bpe)):
+        ours = train_tokenizer(f"hf:{build(tmp_path_factory.mktemp(name) / 'tok')}", [])
+        folder = tmp_path_factory.mktemp(name + "-export")
+        export_tokenizer(ours, folder, chat_template=get_template("chat"))
+        out[name] = (ours, transformers.AutoTokenizer.from_pretrained(str(folder)))
+    return out
+
+
+@pytest.mark.parametrize("name", ["sentencepiece", "byte_level"])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(turns=TURNS, generation=st.booleans())
+def test_apply_chat_template_gives_tinylms_ids_for_hugging_face_tokenizers(hf_kind_tokenizers, name, turns,
+                                                                          generation):
+    ours, theirs = hf_kind_tokenizers[name]
+    messages = [{"role": r, "content": c} for r, c in turns]
+    expected = theirs.apply_chat_template(messages, add_generation_prompt=generation, tokenize=True)
+    expected = expected["input_ids"] if hasattr(expected, "keys") else expected
+    ids, mask = encode_messages(ours, get_template("chat"), messages, add_generation_prompt=generation)
+    assert ids == expected
+    assert (ids[0] == ours.bos_id and not mask[0]) == (name == "sentencepiece")  # Llama's <s> opens every input
+
+
 # --------------------------------------------------------------------------- records and bad input
 
 

@@ -132,7 +132,7 @@ def test_only_adapters_get_optimizer_state_and_biases_norms_when_asked():
 
 
 def test_bad_lora_settings_are_one_line_errors():
-    with pytest.raises(ConfigError, match=r"lora.r \(--lora-r\) must be a positive integer"):
+    with pytest.raises(ConfigError, match=r"lora.r must be >= 1 \(the adapters' rank, --lora-r\), got 0"):
         LoRAConfig(r=0).validate()
     with pytest.raises(ConfigError, match="no layer 'gate'.*choose from qkv, proj, fc, mlp_proj, head"):
         add_lora(model(), LoRAConfig(targets="qkv,gate"))

@@ -34,6 +34,7 @@ from tinylm.console import warn
 from tinylm.errors import CheckpointError, ConfigError, TinylmError
 from tinylm.generation import (GenerationConfig, StopFilter, beam_search, cut_at_stop, generate_ids, stream_ids,
                                stream_text)
+from tinylm.inputs import EmptyInputError, encode_text
 from tinylm.model import GPT, lora
 from tinylm.runtime import resolve_device, resolve_dtype
 from tinylm.templates import ALPACA_PREAMBLE, Template, get_template
@@ -69,7 +70,7 @@ def read_config(run_dir: str | Path) -> RunConfig:
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not a tinylm run directory (no {CONFIG_FILE})")
     try:
-        return RunConfig.from_dict(json.loads(path.read_text(encoding="utf-8")), origin=str(path))
+        return RunConfig.from_dict(json.loads(path.read_text(encoding="utf-8")), origin=str(path)).validate()
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is corrupt ({e})") from None
     except ConfigError as e:
@@ -287,6 +288,14 @@ class Run:
         """The prompt template the run was fine-tuned with, or None (see `chat_template_of`)."""
         return chat_template_of(self.config)
 
+    def merge_adapter(self) -> Run:
+        """Fold an adapter run's adapter "default" into the model's weights, in place (W + (alpha / r) B A;
+        a tied head with an adapter is untied): the model is then a plain GPT, as exporters need it. A
+        no-op for runs without one. Returns the run."""
+        if "default" in lora.adapter_names(self.model):
+            lora.merge_lora(self.model, "default")
+        return self
+
     def attach_adapter(self, name: str, run_dir: str | Path, checkpoint: str = "best") -> Adapter:
         """Load the adapter of LoRA run `run_dir` onto this run's model as adapter `name` (not made
         active: see `tinylm.model.lora.set_active`); returns it (its config and `chat_template`). Refused
@@ -345,27 +354,28 @@ class Run:
         """`config` (default: the defaults) with `options` changed, validated."""
         return (config or GenerationConfig()).replace(**options)
 
-    def encode_prompt(self, prompt: str, truncate: bool = True) -> list[int]:
-        """The prompt's ids: the tokenizer's start ids for an empty prompt; a prompt longer than
-        the context keeps its last `context` tokens (with a warning), or is an error if not `truncate`."""
+    def encode_prompt(self, prompt: str, truncate: bool = True, item: str = "the prompt") -> list[int]:
+        """The prompt's ids (`tinylm.inputs.encode_text`): a prompt that encodes to no tokens (empty,
+        or whitespace for the word tokenizer) is the empty prompt, the tokenizer's start ids; a
+        prompt longer than the context keeps its last `context` tokens (with a warning), or is an
+        error if not `truncate`. `item` names the prompt in messages."""
+        ids = encode_text(self.tokenizer, prompt, item=item)
         unknown = self.tokenizer.count_unknown(prompt)
         if unknown:
-            warn(f"{unknown} {self.tokenizer.unit}(s) of the prompt are not in the vocabulary; mapped to <unk>")
-        ids = self.tokenizer.encode(prompt) if prompt else self.tokenizer.start_ids()
+            warn(f"{unknown} {self.tokenizer.unit}(s) of {item} are not in the vocabulary; mapped to <unk>")
         context = self.model.cfg.context
         if len(ids) > context:
             if not truncate:
-                raise ConfigError(f"the prompt has {len(ids)} tokens, more than the context ({context}); "
+                raise ConfigError(f"{item} has {len(ids)} tokens, more than the context ({context}); "
                                   "shorten it, or allow truncation to its last tokens (truncate=True)")
-            warn(f"the prompt has {len(ids)} tokens, more than the context ({context}); "
+            warn(f"{item} has {len(ids)} tokens, more than the context ({context}); "
                  f"only its last {context} tokens are used")
             ids = ids[-context:]
         return ids
 
     def _engine_args(self) -> dict[str, Any]:
-        eot = self.tokenizer.eot_id
-        return dict(vocab_size=self.tokenizer.vocab_size, stop_ids=[eot] if eot is not None else [],
-                    device=self.device, dtype=self.dtype)
+        return dict(vocab_size=self.tokenizer.vocab_size, stop_ids=self.tokenizer.stop_ids,
+                    device=self.device, dtype=self.dtype, suppress_ids=sorted(self.tokenizer.suppressed_ids))
 
     def _text(self, prompt_ids: list[int], ids: list[int], cfg: GenerationConfig) -> str:
         """The text `ids` add after the prompt, decoded after the prompt's ids: tokenizers that
@@ -381,8 +391,11 @@ class Run:
         """Continue one prompt or a batch of prompts; num_return_sequences completions per
         prompt, grouped by prompt (best first for beam search)."""
         cfg = self.generation_config(config, **options)
+        if not isinstance(prompts, (str, list, tuple)):
+            raise EmptyInputError(f"the prompt must be text or a list of texts, got {type(prompts).__name__}")
         texts = [prompts] if isinstance(prompts, str) else list(prompts)
-        encoded = [self.encode_prompt(p, cfg.truncate) for p in texts]
+        encoded = [self.encode_prompt(p, cfg.truncate, "the prompt" if len(texts) == 1 else f"prompt {i} of "
+                                      f"{len(texts)}") for i, p in enumerate(texts, 1)]
         if not encoded:
             return []
         args = self._engine_args()
@@ -451,8 +464,10 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", dt
             lora.add_lora(model, cfg.lora)
     path = weights_path(run_dir, checkpoint, adapter=adapter)
     if not path.is_file():
-        verb = "finetune" if adapter else "train"
-        raise CheckpointError(f"{path} does not exist; train the run first (`tinylm {verb}`)")
+        if checkpoint in ("best", "latest"):  # a run killed before its first checkpoint
+            raise CheckpointError(f"{run_dir} has no weights: the run never reached its first checkpoint; start it "
+                                  f"again with your training command and --out {run_dir} --overwrite")
+        raise CheckpointError(f"{path} does not exist; give --checkpoint best, latest or a .safetensors file")
     metadata = load_adapter(model, path, cfg.lora) if adapter else load_weights(model, path)
     if adapter:
         lora.set_active(model, "default")

@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from tinylm.config import RunConfig
 from tinylm.console import console, warn
 from tinylm.data.prepare import META_FILE, prepare_config, prepared_dir_for, read_meta
-from tinylm.data.sources import BUILTIN, Source, builtin_source, cache_key, json_lines, read_source
+from tinylm.data.sources import BUILTIN, Source, builtin_source, cache_key, json_lines
+from tinylm.data.spec import read_source
 from tinylm.errors import ConfigError, DataError
 from tinylm.runtime import autocast
 from tinylm.templates import Piece, Template, check_messages, get_template, instruction_messages
@@ -45,9 +46,19 @@ IGNORE = -1  # the target index GPT.forward ignores
 RECORD_SUFFIXES = (".json", ".jsonl")
 Record = tuple[str, Any]  # (where: "file line N", the parsed record)
 RecordOpener = Callable[[str], Iterator[Record]]
-# Record sources other than local files, by prefix: `RECORD_SOURCES["hf:"] = open_hub_records` makes
-# `tinylm finetune BASE --data hf:OWNER/NAME` read records from there (each (where, record dict)).
+# Record sources other than local files, by prefix: an opener(spec) yields (where, record dict) pairs.
 RECORD_SOURCES: dict[str, RecordOpener] = {}
+
+
+def _hub_records(spec: str) -> Iterator[Record]:
+    """The records of a Hugging Face Hub dataset's train split (`hf:OWNER/NAME[:CONFIG][@REV]`, data/hub.py)."""
+    from tinylm.data.hub import iter_records
+
+    for number, record in enumerate(iter_records(spec, "train"), 1):
+        yield f"{spec} record {number}", record
+
+
+RECORD_SOURCES["hf:"] = _hub_records
 
 
 # --------------------------------------------------------------------------- reading records
@@ -196,12 +207,14 @@ def choose_template(name: str, fmt: str, tokenizer: Tokenizer) -> Template:
 def encode_pieces(tokenizer: Tokenizer, pieces: Sequence[Piece]) -> tuple[list[int], list[bool]]:
     """Token ids of rendered pieces and, per token, whether it belongs to a response.
 
-    The text between end-of-text pieces is encoded as one string (so the ids are those of the whole
-    rendered text, with the end-of-text id where the template puts it: what Hugging Face's
-    `apply_chat_template` gives on the exported tokenizer); a token is a response token when it
-    covers any character of a response piece. Without an end-of-text id, the piece after a reply's
-    end (the assistant suffix) counts as response: it is what ends the reply."""
-    eot = tokenizer.eot_id
+    The rendered text is encoded whole, the end-of-text piece written as the token's text where
+    `encode` reads that text as the token (`tokenizer.eot_text`: bpe, word, hf), else the text
+    between end-of-text pieces is encoded as one string and the id put between (gpt2): either way the
+    ids are those of the whole rendered text, what Hugging Face's `apply_chat_template` gives on the
+    exported tokenizer. A token is a response token when it covers any character of a response
+    piece. Without an end-of-text id, the piece after a reply's end (the assistant suffix) counts as
+    response: it is what ends the reply."""
+    eot, eot_text = tokenizer.eot_id, tokenizer.eot_text
     ids: list[int] = []
     mask: list[bool] = []
     text, spans, after_eot = "", [], False
@@ -216,7 +229,11 @@ def encode_pieces(tokenizer: Tokenizer, pieces: Sequence[Piece]) -> tuple[list[i
 
     for piece in pieces:
         if piece.eot:
-            if eot is not None:
+            if eot is not None and eot_text:
+                if piece.response:
+                    spans.append((len(text), len(text) + len(eot_text)))
+                text += eot_text
+            elif eot is not None:
                 flush()
                 text, spans = "", []
                 ids.append(eot)
@@ -232,10 +249,17 @@ def encode_pieces(tokenizer: Tokenizer, pieces: Sequence[Piece]) -> tuple[list[i
     return ids, mask
 
 
+def bos_ids(tokenizer: Tokenizer) -> list[int]:
+    """[bos_id] for tokenizers that begin every input with it (`add_bos`: Llama's), as prompts do; else []."""
+    return [tokenizer.bos_id] if tokenizer.add_bos and tokenizer.bos_id is not None else []
+
+
 def encode_messages(tokenizer: Tokenizer, template: Template, messages: Sequence[dict[str, str]],
                     add_generation_prompt: bool = False) -> tuple[list[int], list[bool]]:
-    """`encode_pieces` of `template.render(messages, add_generation_prompt)`."""
-    return encode_pieces(tokenizer, template.render(messages, add_generation_prompt))
+    """`encode_pieces` of `template.render(messages, add_generation_prompt)`, after `bos_ids`."""
+    ids, mask = encode_pieces(tokenizer, template.render(messages, add_generation_prompt))
+    bos = bos_ids(tokenizer)
+    return bos + ids, [False] * len(bos) + mask
 
 
 @dataclass
@@ -297,15 +321,16 @@ def make_examples(conversations: Iterable[tuple[str, list[dict[str, str]]]], tok
         if tokenizer.eot_id is None and template.stop and messages[-1]["role"] == "assistant":
             pieces.append(Piece(template.stop[0], response=True))  # what ends a reply without end-of-text
         ids, mask = encode_pieces(tokenizer, pieces)
-        if len(ids) < 2:
+        bos = bos_ids(tokenizer)  # kept when the prompt side is cut
+        if len(bos) + len(ids) < 2:
             raise DataError(f"{where} encodes to {len(ids)} token(s); a record needs some text to train on")
         if not any(mask[1:]):
             raise DataError(f"{where}: the reply encodes to no tokens to train on (an empty reply and no "
                             "end-of-text token in this tokenizer); give the reply some text")
-        fitted = fit_example(ids, mask, max_len, counts)
+        fitted = fit_example(ids, mask, max_len - len(bos), counts)
         if fitted is None:
             continue
-        ids, mask = fitted
+        ids, mask = bos + fitted[0], [False] * len(bos) + fitted[1]
         ids_array = np.asarray(ids, dtype=np.int64)
         labels = ids_array.copy() if train_on_prompt else np.where(mask, ids_array, IGNORE)
         examples.append(Example(ids_array, labels))
@@ -508,7 +533,7 @@ def text_data_dir(cfg: RunConfig, tokenizer: Tokenizer) -> Path:
                             f"base run {base}; prepare the text with `tinylm prepare SOURCE --tokenizer-from {base} "
                             "--out DATA_DIR`, or give the text file itself")
         return Path(data.dir)
-    src = read_source(data.source, data.errors, data.text_field, data.source_dir)
+    src = read_source(data.source, data.errors, data.text_field, data.source_dir, data.hf_split)
     if not data.source_splits:
         src = src.training_split()
     if cfg.finetune.val_data:

@@ -5,7 +5,7 @@
     stream_ids(model, prompt, cfg)        one prompt -> an iterator of new ids
     beam_search(model, prompt, cfg)       the best hypotheses with their scores
     sample_next, top_k_filter, top_p_filter, min_p_filter, apply_repetition_penalty
-    stream_text, StopFilter, cut_at_stop  ids -> UTF-8-safe text pieces; stop strings
+    stream_text, TextStream, StopFilter   ids -> UTF-8-safe text pieces; stop strings (cut_at_stop)
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 from tinylm.generation.config import GenerationConfig
 
 _ENGINE = ("Beam", "beam_search", "generate_ids", "reorder_cache", "stream_ids")
-_SAMPLING = ("StopFilter", "apply_repetition_penalty", "cut_at_stop", "min_p_filter", "sample_next", "stream_text",
-             "top_k_filter", "top_p_filter")
+_SAMPLING = ("StopFilter", "TextStream", "apply_repetition_penalty", "cut_at_stop", "min_p_filter", "sample_next",
+             "stream_text", "top_k_filter", "top_p_filter")
 
 __all__ = ["GenerationConfig", *_ENGINE, *_SAMPLING]
 

@@ -2,8 +2,9 @@
 
 Logit filters (each returns logits with the dropped tokens at -inf, rows independent):
 `apply_repetition_penalty`, `top_k_filter`, `top_p_filter`, `min_p_filter`; `sample_next`
-applies them in that order after the temperature and draws one token per row. Text helpers:
-`stream_text` (UTF-8-safe pieces) and `cut_at_stop` / `StopFilter` (stop strings).
+applies them in that order after the temperature (`apply_temperature`, overflow-free) and draws
+one token per row. Text helpers: `stream_text` / `TextStream` (UTF-8-safe pieces) and
+`cut_at_stop` / `StopFilter` (stop strings).
 """
 
 from __future__ import annotations
@@ -12,17 +13,21 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
+from tinylm.inputs import FLOAT32_MAX
+
 NEG_INF = float("-inf")
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
     """CTRL (Keskar et al. 2019): for the tokens marked in `seen` (B, vocab) bool, divide positive
-    logits by `penalty` and multiply negative ones by it, so penalty > 1 makes them less likely."""
+    logits by `penalty` and multiply negative ones by it, so penalty > 1 makes them less likely.
+    A penalty so small or so large that the result leaves the float32 range saturates at its
+    ends (never inf, so the ranking stays defined); logits at -inf (suppressed) stay there."""
     if penalty == 1.0:
         return logits
     seen = seen[:, :logits.size(-1)]
-    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
-    return torch.where(seen, penalised, logits)
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty).clamp(-FLOAT32_MAX, FLOAT32_MAX)
+    return torch.where(seen & torch.isfinite(logits), penalised, logits)
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -57,41 +62,79 @@ def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
     return logits.masked_fill(probs < threshold, NEG_INF)
 
 
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor | None:
+    """`logits / temperature`, shifted so each row's largest value is 0 (the shift does not change
+    the softmax): the division then cannot overflow to +inf, however small the temperature, and
+    the likeliest token keeps probability > 0. A temperature above the float32 range acts as the
+    largest float32 (uniform over the tokens not at -inf). Returns None when float32 cannot tell
+    the temperature from 0 (below ~1.4e-45): that is greedy decoding."""
+    t = torch.tensor(min(temperature, FLOAT32_MAX), dtype=torch.float32)
+    if t <= 0:
+        return None
+    return (logits - logits.max(dim=-1, keepdim=True).values) / t.to(logits.device)
+
+
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
                 generator: torch.Generator | None = None, *, top_p: float = 1.0, min_p: float = 0.0,
-                repetition_penalty: float = 1.0, seen: torch.Tensor | None = None) -> torch.Tensor:
+                repetition_penalty: float = 1.0, seen: torch.Tensor | None = None,
+                suppress: torch.Tensor | None = None) -> torch.Tensor:
     """Pick the next token for each row of `logits` (B, vocab). temperature <= 0 is greedy (after
-    the repetition penalty; the other filters cannot change the likeliest token)."""
+    the repetition penalty; the other filters cannot change the likeliest token). `suppress`
+    (vocab,) bool marks ids that are never picked."""
     logits = logits.float()
     if seen is not None:
         logits = apply_repetition_penalty(logits, seen, repetition_penalty)
-    if temperature <= 0:
+    if suppress is not None:
+        logits = logits.masked_fill(suppress[:logits.size(-1)], NEG_INF)
+    scaled = apply_temperature(logits, temperature) if temperature > 0 else None
+    if scaled is None:
         return logits.argmax(dim=-1)
-    logits = min_p_filter(top_p_filter(top_k_filter(logits / temperature, top_k), top_p), min_p)
-    probs = torch.softmax(logits, dim=-1)
+    scaled = min_p_filter(top_p_filter(top_k_filter(scaled, top_k), top_p), min_p)
+    probs = torch.softmax(scaled, dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
 # --------------------------------------------------------------------------- text
 
 
+class TextStream:
+    """Token ids in, text pieces out, one id at a time (what `stream_text` does for an iterable):
+    `push(id)` returns the text that id completes (maybe ""), `flush()` the held-back rest. A
+    piece ending in `hold` (U+FFFD) may be a UTF-8 character split across tokens, so it is held
+    back until the next token completes it. The ids are decoded after `prefix` (the prompt),
+    which is not returned: the first piece is spaced or joined as it is in the whole text."""
+
+    def __init__(self, decode: Callable[[Sequence[int]], str], prefix: Sequence[int] = (), hold: str = "\ufffd"):
+        self.decode, self.hold = decode, hold
+        self.tokens = list(prefix)
+        self.text = decode(self.tokens) if self.tokens else ""
+        self.emitted = len(self.text)
+
+    def push(self, token: int) -> str:
+        self.tokens.append(token)
+        self.text = self.decode(self.tokens)
+        if self.text.endswith(self.hold) or len(self.text) <= self.emitted:
+            return ""
+        out, self.emitted = self.text[self.emitted:], len(self.text)
+        return out
+
+    def flush(self) -> str:
+        out, self.emitted = self.text[self.emitted:], max(len(self.text), self.emitted)
+        return out
+
+
 def stream_text(ids: Iterable[int], decode: Callable[[Sequence[int]], str], hold: str = "\ufffd",
                 prefix: Sequence[int] = ()) -> Iterator[str]:
-    """Turn a stream of token ids into text pieces. A piece ending in U+FFFD may be a UTF-8
-    character split across tokens, so it is held back until the next token completes it. The
-    ids are decoded after `prefix` (the prompt), which is not yielded: the first piece is spaced
-    or joined as it is in the whole text."""
-    tokens = list(prefix)
-    text = decode(tokens) if tokens else ""
-    emitted = len(text)
+    """Turn a stream of token ids into text pieces (see `TextStream`: split UTF-8 characters are
+    held back; the first piece is spaced or joined after `prefix` as in the whole text)."""
+    stream = TextStream(decode, prefix, hold)
     for token in ids:
-        tokens.append(token)
-        text = decode(tokens)
-        if not text.endswith(hold) and len(text) > emitted:
-            yield text[emitted:]
-            emitted = len(text)
-    if len(text) > emitted:
-        yield text[emitted:]
+        piece = stream.push(token)
+        if piece:
+            yield piece
+    rest = stream.flush()
+    if rest:
+        yield rest
 
 
 def find_stop(text: str, stops: Sequence[str]) -> int:

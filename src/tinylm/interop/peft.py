@@ -98,7 +98,7 @@ def export_peft(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "bes
     if lora.extra_trainable(run.model, cfg.lora):
         raise ExportError(f"{run_dir} also trained base biases or norms, which a PEFT LoRA adapter does not hold; "
                           f"export the merged model instead (`tinylm export {run_dir} --format hf`)")
-    family, _, _ = _family(run.model.cfg, run.tokenizer.eot_id)
+    family, _, _ = _family(run.model.cfg, run.tokenizer)
     tensors, targets = peft_tensors(run.model, family)
     conv1d = family == "gpt2" and any(t != "lm_head" for t in targets)
     config = {

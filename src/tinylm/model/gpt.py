@@ -15,11 +15,14 @@ teaching and inspecting the weights). The MLP is Linear -> GELU (exact or tanh) 
 For generation, a `KVCache` keeps each layer's keys and values, so a new token attends to the
 cached ones instead of recomputing the prefix. `pad` marks left padding in batches of prompts of
 different lengths: padded positions are never attended to and each row counts positions from
-its first real token.
+its first real token. A cache with per-row lengths (`new_cache(..., per_row=True)`) lets rows at
+different positions decode together (continuous batching in `tinylm.serving`): each row starts at
+position 0 and attends to its own filled positions only.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -31,20 +34,42 @@ from tinylm.config import ModelConfig
 
 class KVCache:
     """Keys and values of every layer for up to `max_len` positions: k[layer], v[layer] are
-    (batch, n_kv_head, max_len, head_dim); `length` positions are filled."""
+    (batch, n_kv_head, max_len, head_dim); `length` positions are filled.
 
-    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device: torch.device, dtype: torch.dtype):
+    With `per_row=True` (continuous batching) every row has its own filled length, `lengths`
+    (batch,): rows start at position 0, a forward appends each row's new tokens at its own length
+    and a row attends to its first `lengths[b]` positions only (`length` is then the longest row's)."""
+
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device: torch.device, dtype: torch.dtype,
+                 per_row: bool = False):
         shape = (batch, cfg.kv_heads, max_len, cfg.head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.max_len, self.length = max_len, 0
+        self.lengths = torch.zeros(batch, dtype=torch.long, device=device) if per_row else None
 
     def reset(self) -> None:
         self.length = 0
+        if self.lengths is not None:
+            self.lengths.zero_()
+
+    def rows(self, start: int, stop: int, length: int | None = None) -> KVCache:
+        """A cache over rows start..stop-1 sharing this one's storage (writes go through). With
+        `length` the view has one shared length starting there (to prefill rows on their own, as
+        `generate_ids` would; the caller then records their `lengths`); else it shares `lengths`."""
+        view = copy.copy(self)
+        view.k, view.v = [t[start:stop] for t in self.k], [t[start:stop] for t in self.v]
+        if length is not None or self.lengths is None:
+            view.lengths, view.length = None, self.length if length is None else length
+        else:
+            view.lengths = self.lengths[start:stop]
+        return view
 
 
 def norm_layer(cfg: ModelConfig, dim: int) -> nn.Module:
-    return nn.RMSNorm(dim, eps=1e-5) if cfg.norm == "rmsnorm" else nn.LayerNorm(dim, bias=cfg.bias)
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(dim, eps=cfg.norm_eps)
+    return nn.LayerNorm(dim, eps=cfg.norm_eps, bias=cfg.bias)
 
 
 def sinusoidal_embedding(positions: torch.Tensor, dim: int) -> torch.Tensor:
@@ -74,10 +99,10 @@ class CausalSelfAttention(nn.Module):
         self.cfg = cfg
         self.n_head, self.n_kv, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
         # q for every head, k and v for the key/value heads, in one matmul
-        self.qkv = nn.Linear(cfg.d_model, (self.n_head + 2 * self.n_kv) * self.head_dim, bias=cfg.bias)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
-        self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-5) if cfg.qk_norm else None
-        self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-5) if cfg.qk_norm else None
+        self.qkv = nn.Linear(cfg.d_model, (self.n_head + 2 * self.n_kv) * self.head_dim, bias=cfg.has_attn_bias)
+        self.proj = nn.Linear(self.n_head * self.head_dim, cfg.d_model, bias=cfg.has_attn_bias)
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
         self.attn_drop = nn.Dropout(cfg.dropout)
         self.resid_drop = nn.Dropout(cfg.dropout)
         self.weights: torch.Tensor | None = None  # the last attention weights (manual attention only)
@@ -96,8 +121,14 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         if cache is not None:  # append to the cached keys and values and attend over all of them
             end = cache.length + T
-            cache.k[layer][:, :, cache.length:end] = k
-            cache.v[layer][:, :, cache.length:end] = v
+            if cache.lengths is not None:  # per-row lengths: row b writes at lengths[b] (the mask hides the rest)
+                rows = torch.arange(B, device=x.device)[:, None]
+                cols = cache.lengths[:, None] + torch.arange(T, device=x.device)
+                cache.k[layer][rows, :, cols] = k.transpose(1, 2).to(cache.k[layer].dtype)
+                cache.v[layer][rows, :, cols] = v.transpose(1, 2).to(cache.v[layer].dtype)
+            else:
+                cache.k[layer][:, :, cache.length:end] = k
+                cache.v[layer][:, :, cache.length:end] = v
             k, v = cache.k[layer][:, :, :end], cache.v[layer][:, :, :end]
         if self.n_kv != self.n_head:  # each key/value head serves n_head / n_kv query heads
             k = k.repeat_interleave(self.n_head // self.n_kv, dim=1)
@@ -111,7 +142,7 @@ class CausalSelfAttention(nn.Module):
             y = self.attn_drop(weights) @ v
         else:  # the same computation in a fused kernel
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=dropout)
-        y = y.transpose(1, 2).reshape(B, T, C)  # concatenate the heads
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # concatenate the heads
         return self.resid_drop(self.proj(y))
 
 
@@ -121,8 +152,8 @@ class MLP(nn.Module):
         self.swiglu = cfg.mlp == "swiglu"
         self.approximate = "tanh" if cfg.mlp == "gelu_tanh" else "none"
         # SwiGLU: proj(silu(gate) * up), with gate and up computed by one matmul
-        self.fc = nn.Linear(cfg.d_model, (2 if self.swiglu else 1) * cfg.ff_width, bias=cfg.bias)
-        self.proj = nn.Linear(cfg.ff_width, cfg.d_model, bias=cfg.bias)
+        self.fc = nn.Linear(cfg.d_model, (2 if self.swiglu else 1) * cfg.ff_width, bias=cfg.has_mlp_bias)
+        self.proj = nn.Linear(cfg.ff_width, cfg.d_model, bias=cfg.has_mlp_bias)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -200,10 +231,11 @@ class GPT(nn.Module):
         matmul_params = self.num_params(non_embedding=True) + (self.head.weight.numel() if self.cfg.tie_weights else 0)
         return 6 * matmul_params + 12 * self.cfg.n_layer * self.cfg.d_model * (seq_len or self.cfg.context)
 
-    def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
-        """An empty key/value cache for `batch` sequences of up to `max_len` (default: context) positions."""
+    def new_cache(self, batch: int, max_len: int | None = None, per_row: bool = False) -> KVCache:
+        """An empty key/value cache for `batch` sequences of up to `max_len` (default: context) positions
+        (`per_row`: each row with its own length, for continuous batching)."""
         weight = self.tok_emb.weight
-        return KVCache(self.cfg, batch, max_len or self.cfg.context, weight.device, weight.dtype)
+        return KVCache(self.cfg, batch, max_len or self.cfg.context, weight.device, weight.dtype, per_row)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: KVCache | None = None,
                 pad: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -221,6 +253,11 @@ class GPT(nn.Module):
         """The final normalised hidden states (B, T, d_model): `self.head` of them are the logits
         (callers that need few positions' logits apply the head to those alone)."""
         B, T = idx.shape
+        per_row = cache is not None and cache.lengths is not None
+        if per_row:
+            if pad is not None:
+                raise ValueError("a cache with per-row lengths takes no padding (its rows start at position 0)")
+            cache.length = int(cache.lengths.max())
         start = cache.length if cache is not None else 0
         limit = cache.max_len if cache is not None else self.cfg.context
         if start + T > limit:
@@ -230,7 +267,10 @@ class GPT(nn.Module):
         keys = torch.arange(start + T, device=idx.device)
         positions = queries[None].expand(B, T)
         mask = None  # plain causal attention unless the cache or padding needs an explicit mask
-        if cache is not None or pad is not None:
+        if per_row:  # row b's tokens sit at lengths[b] + t and see the keys up to themselves
+            positions = cache.lengths[:, None] + torch.arange(T, device=idx.device)
+            mask = (keys[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, keys)
+        elif cache is not None or pad is not None:
             mask = (keys[None, :] <= queries[:, None])[None, None]  # (1, 1, T, keys): causal
             if pad is not None:
                 positions = (positions - pad[:, None]).clamp(min=0)  # count from each row's first token
@@ -247,4 +287,6 @@ class GPT(nn.Module):
             x = block(x, mask, rotary, cache, layer)
         if cache is not None:
             cache.length = start + T
+            if per_row:
+                cache.lengths += T
         return self.ln_f(x)

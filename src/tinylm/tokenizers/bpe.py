@@ -49,6 +49,7 @@ _BYTE_OF_CHAR = _byte_level_alphabet()
 
 class BPETokenizer(Tokenizer):
     kind = "bpe"
+    eot_text = EOT
     default_vocab_size = DEFAULT_VOCAB_SIZE
     eot_id = 0
     sized = True

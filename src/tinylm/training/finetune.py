@@ -121,7 +121,7 @@ def merge(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best") ->
     if not run.config.finetune.adapter:
         raise CheckpointError(f"{run_dir} is not a LoRA adapter run (it has its own weights); nothing to merge")
     tied = run.model.cfg.tie_weights
-    lora.merge_lora(run.model, "default")
+    run.merge_adapter()
     cfg = copy.deepcopy(run.config)
     cfg.model = run.model.cfg
     cfg.finetune.merged = True

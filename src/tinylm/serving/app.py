@@ -1,0 +1,517 @@
+"""The HTTP side of `tinylm serve`: an OpenAI-compatible API (FastAPI) over the batching engine.
+
+    client ──HTTP──► FastAPI route ──► API key (Bearer, constant-time) ──► body (size-limited) ──► protocol.py
+                                                                                                    │ checked request
+       prompt text / chat messages (run's own template, else --chat-template) ──► token ids (truncated
+       to the context, or 413) ──► one Row per choice ──► Engine.submit (queue full: 503 + Retry-After)
+                                                                                                    │
+       engine thread ──Event──► loop.call_soon_threadsafe ──► asyncio.Queue of the request ──► JSON body,
+       or SSE chunks `data: {json}` ending with `data: [DONE]`; a client that goes away cancels its rows
+
+Routes: GET / (the playground page), GET /health, GET /v1/models[/{id}], POST /v1/completions,
+POST /v1/chat/completions. Every error is `{"error": {"message", "type", "param", "code"}}` with a
+4xx status (503 when the queue is full or generation failed); unexpected exceptions become a 500 in the
+same shape without a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hmac
+import json
+import os
+import time
+import uuid
+import warnings
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tinylm import __version__
+from tinylm.config import ServeConfig
+from tinylm.console import TinylmWarning, console
+from tinylm.errors import ConfigError
+from tinylm.serving.engine import Engine, Event, QueueFull, Request as EngineRequest, Row, TokenLogprob
+from tinylm.serving.protocol import (APIError, ChatRequest, CompletionRequest, Limits, chat_request,
+                                     completion_request, finite, parse_json)
+from tinylm.templates import Template, get_template
+
+RETRY_AFTER = "1"  # seconds a client should wait when the queue is full
+POLL = 0.25  # seconds between checks that a waiting client is still connected
+
+
+def own_template(obj: Any) -> Template | None:
+    """The chat template a run (or adapter) was fine-tuned with (`Run.chat_template`), if it has one."""
+    return getattr(obj, "chat_template", None)
+
+
+@dataclass
+class Model:
+    """One model id this server answers to: the run itself (adapter None) or a LoRA adapter on it."""
+
+    id: str
+    adapter: str | None
+    template: Template | None
+    created: int
+
+
+class Service:
+    """A loaded run with its engine, model ids and limits; the routes call into it."""
+
+    def __init__(self, run_dir: str | Path, cfg: ServeConfig):
+        from tinylm.rundir import load
+
+        self.cfg = cfg.validate()
+        self.run = load(run_dir, cfg.checkpoint, cfg.device, cfg.dtype)
+        self.api_key = cfg.api_key or os.environ.get("TINYLM_API_KEY", "")
+        tok = self.run.tokenizer
+        fallback = get_template(cfg.chat_template) if cfg.chat_template else None
+        base_template = own_template(self.run) or fallback
+        created = int(self.run.weights.stat().st_mtime)
+        name = cfg.model_name or Path(run_dir).resolve().name
+        self.models: dict[str, Model] = {name: Model(name, None, base_template, created)}
+        activate = None
+        for spec in cfg.adapter:
+            adapter, _, path = (part.strip() for part in spec.partition("="))
+            if adapter in self.models:
+                raise ConfigError(f"--adapter {spec}: the model id {adapter!r} is already taken; choose another NAME")
+            attach = getattr(self.run, "attach_adapter", None)
+            if attach is None:
+                raise ConfigError("this tinylm cannot serve LoRA adapters (no fine-tuning support installed)")
+            handle = attach(adapter, path)
+            # the adapter's own template: from what attach_adapter returns, else from the adapter run itself
+            template = own_template(handle) or own_template(load(path, cfg.checkpoint, "cpu", "float32"))
+            self.models[adapter] = Model(adapter, adapter, template or base_template, created)
+        if cfg.adapter:
+            from tinylm.model.lora import set_active
+
+            activate = functools.partial(set_active, self.run.model)
+        self.limits = Limits(max_tokens=cfg.max_tokens, max_batch=cfg.max_batch, max_rows=cfg.max_queue,
+                             vocab_size=tok.vocab_size)
+        self.engine = Engine(self.run.model, tok.decode, vocab_size=tok.vocab_size,
+                             stop_ids=tok.stop_ids, markers=sorted(tok.markers),
+                             max_batch=cfg.max_batch, max_queue=cfg.max_queue, device=self.run.device,
+                             dtype=self.run.dtype, activate=activate)
+        self.context = self.run.model.cfg.context
+
+    # ------------------------------------------------------------------ checks
+
+    def authorize(self, request: Request) -> None:
+        if not self.api_key:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), self.api_key.encode()):
+            raise APIError(401, "invalid or missing API key; send it as \"Authorization: Bearer KEY\"",
+                           code="invalid_api_key")
+
+    def model(self, model_id: str) -> Model:
+        if model_id not in self.models:
+            raise APIError(404, f"the model {model_id!r} does not exist; this server has "
+                                f"{', '.join(map(repr, self.models))} (GET /v1/models)", "model", "model_not_found")
+        return self.models[model_id]
+
+    async def body(self, request: Request) -> Any:
+        """The request's JSON; oversized bodies are drained (up to a bound) and refused with 413."""
+        limit = self.cfg.max_body
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > 64 * limit:
+            raise APIError(413, f"the request body has {int(length):,} bytes, more than this server's limit of "
+                                f"{limit:,} (--max-body)", code="request_too_large")
+        data, size = bytearray(), 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size <= limit:
+                data += chunk
+            elif size > 64 * limit:
+                break
+        if size > limit:
+            raise APIError(413, f"the request body has more than this server's limit of {limit:,} bytes "
+                                "(--max-body)", code="request_too_large")
+        return parse_json(bytes(data), limit)
+
+    def fit(self, ids: list[int], truncate: bool, what: str = "prompt") -> list[int]:
+        """`ids` cut to the context per the generation engine's rule (its last tokens), or a 413."""
+        if len(ids) <= self.context:
+            return ids
+        if not truncate:
+            raise APIError(413, f"the {what} has {len(ids):,} tokens, more than the model's context "
+                                f"({self.context}); shorten it, or allow truncation to its last tokens "
+                                "(\"truncate\": true, the default)", what, "context_length_exceeded")
+        return ids[-self.context:]
+
+    def encode(self, prompt: str | list[int], truncate: bool) -> list[int]:
+        """A prompt's ids (text: `Run.encode_prompt`, the rule of `tinylm sample`), fitted to the context."""
+        if isinstance(prompt, list):
+            return self.fit(prompt, truncate)
+        with warnings.catch_warnings():  # <unk> characters and truncation are normal for a server
+            warnings.simplefilter("ignore", TinylmWarning)
+            try:
+                return self.run.encode_prompt(prompt, truncate)
+            except ConfigError as e:  # longer than the context with truncate false
+                raise APIError(413, str(e), "prompt", "context_length_exceeded") from None
+
+    def chat_ids(self, model: Model, messages: list[dict[str, str]], truncate: bool) -> list[int]:
+        """The messages rendered with the model's template (end-of-text pieces as the end-of-text id)."""
+        if model.template is None:
+            raise APIError(400, f"the model {model.id!r} has no chat template: fine-tune it on chats (tinylm "
+                                "finetune --template NAME), or start the server with --chat-template alpaca|chat|plain",
+                           "messages", "no_chat_template")
+        tok = self.run.tokenizer
+        ids: list[int] = [tok.bos_id] if tok.add_bos and tok.bos_id is not None else []  # as prompt_ids does
+        for piece in model.template.render(messages, add_generation_prompt=True):
+            if piece.eot:
+                ids += [tok.eot_id] if tok.eot_id is not None else []
+            elif piece.text:
+                ids += tok.encode(piece.text)
+        if not ids:  # messages that encode to nothing (a plain template, whitespace): the empty prompt (inputs.py)
+            ids = tok.start_ids()
+        return self.fit(ids, truncate, "messages")
+
+    def submit(self, rows: list[Row], loop: asyncio.AbstractEventLoop) -> tuple[EngineRequest, asyncio.Queue]:
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def on_event(event: Event) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+
+        request = EngineRequest(rows, on_event)
+        try:
+            self.engine.submit(request)
+        except QueueFull as e:
+            raise APIError(503, f"the server is busy ({e}); retry after {RETRY_AFTER} s", code="queue_full",
+                           headers={"Retry-After": RETRY_AFTER}) from None
+        return request, queue
+
+    def cancel(self, request: EngineRequest) -> None:
+        request.cancel()
+        self.engine.wake()
+
+
+# --------------------------------------------------------------------------- response shapes
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+class _Choice:
+    """What has arrived for one choice (one engine row)."""
+
+    def __init__(self, offset: int = 0):
+        self.text: list[str] = []
+        self.tokens: list[TokenLogprob] = []
+        self.offsets: list[int] = []
+        self.finish: str | None = None
+        self.completion_tokens = 0
+        self.prompt_logprobs: list[TokenLogprob] | None = None
+        self.emitted = offset  # characters of the choice's text so far (text_offset of the next token)
+
+    def add(self, event: Event) -> None:
+        self.offsets += [self.emitted] * len(event.tokens)
+        self.text.append(event.text)
+        self.tokens += event.tokens
+        self.emitted += len(event.text)
+        if event.prompt_logprobs is not None:
+            self.prompt_logprobs = event.prompt_logprobs
+        if event.finish:
+            self.finish, self.completion_tokens = event.finish, event.completion_tokens
+
+
+def _failed(event: Event) -> APIError:
+    return APIError(503, event.error or "generation failed", code="generation_failed",
+                    headers={"Retry-After": RETRY_AFTER})
+
+
+def _raise_failed(event: Event) -> None:
+    if event.finish == "error":
+        raise _failed(event)
+
+
+class API:
+    """Route handlers, holding the service."""
+
+    def __init__(self, service: Service):
+        self.s = service
+        self.decode_one = functools.lru_cache(maxsize=65536)(lambda t: service.run.tokenizer.decode([t]))
+
+    # ------------------------------------------------------------------ logprobs
+
+    def completion_logprobs(self, tokens: list[TokenLogprob], offsets: list[int]) -> dict[str, Any]:
+        """The /v1/completions `logprobs` object (a prompt's first token has no log-probability)."""
+        return {"tokens": [self.decode_one(t.token) for t in tokens],
+                "token_logprobs": [finite(t.logprob) for t in tokens],
+                "top_logprobs": [None if t.logprob is None else {self.decode_one(i): finite(lp) for i, lp in t.top}
+                                 for t in tokens],
+                "text_offset": offsets}
+
+    def chat_logprobs(self, tokens: list[TokenLogprob]) -> dict[str, Any]:
+        def entry(token: int, logprob: float) -> dict[str, Any]:
+            text = self.decode_one(token)
+            return {"token": text, "logprob": finite(logprob), "bytes": list(text.encode("utf-8"))}
+
+        return {"content": [{**entry(t.token, t.logprob), "top_logprobs": [entry(i, lp) for i, lp in t.top]}
+                            for t in tokens]}
+
+    # ------------------------------------------------------------------ waiting for events
+
+    async def events(self, http: Request, request: EngineRequest, queue: asyncio.Queue) -> AsyncIterator[Event]:
+        """The request's events until every row finished; a client that goes away cancels the rest."""
+        left = len(request.rows)
+        checked = time.monotonic()
+        try:
+            while left:
+                try:
+                    event = await asyncio.wait_for(queue.get(), POLL)
+                except asyncio.TimeoutError:
+                    event = None
+                if time.monotonic() - checked >= POLL:  # also while events flow (non-streaming requests)
+                    checked = time.monotonic()
+                    if await http.is_disconnected():
+                        return
+                if event is None:
+                    continue
+                if event.finish:
+                    left -= 1
+                yield event
+        finally:
+            if left:
+                self.s.cancel(request)
+
+    # ------------------------------------------------------------------ /v1/completions
+
+    async def checked(self, http: Request, parse) -> tuple[Any, Model]:
+        """The steps every POST route begins with: the key, the body, its checks, the model."""
+        self.s.authorize(http)
+        req = parse(await self.s.body(http), self.s.limits)
+        return req, self.s.model(req.model)
+
+    async def collect(self, http: Request, request: EngineRequest, queue: asyncio.Queue,
+                      choices: list[_Choice]) -> None:
+        """Every event of a request into its choices (a failed generation becomes a 503)."""
+        async for event in self.events(http, request, queue):
+            _raise_failed(event)
+            choices[event.row].add(event)
+
+    async def completions(self, http: Request) -> Response:
+        s = self.s
+        req: CompletionRequest
+        req, model = await self.checked(http, completion_request)
+        sp = req.sampling
+        prompts = [s.encode(p, sp.truncate) for p in req.prompts]
+        echoes = [(p if isinstance(p, str) else s.run.tokenizer.decode(p)) if req.echo else "" for p in req.prompts]
+        rows = [Row(ids, sp.config(i * sp.n + j), model.adapter, req.logprobs,
+                    req.logprobs if req.echo and req.logprobs is not None else None)
+                for i, ids in enumerate(prompts) for j in range(sp.n)]
+        request, queue = s.submit(rows, asyncio.get_running_loop())
+        cid, created = f"cmpl-{uuid.uuid4().hex}", _now()
+        prompt_tokens = sum(map(len, prompts))
+        head = {"id": cid, "object": "text_completion", "created": created, "model": model.id}
+        echo_of = [echoes[k // sp.n] for k in range(len(rows))]
+
+        if sp.stream:
+            return self.stream(self.completion_chunks(http, request, queue, head, echo_of, req, prompt_tokens))
+
+        choices = [_Choice(len(echo_of[k])) for k in range(len(rows))]
+        await self.collect(http, request, queue, choices)
+        out = []
+        for k, c in enumerate(choices):
+            choice = {"index": k, "text": echo_of[k] + "".join(c.text), "finish_reason": c.finish, "logprobs": None}
+            if req.logprobs is not None:
+                tokens = [*(c.prompt_logprobs or []), *c.tokens]
+                offsets = [*self._prompt_offsets(c.prompt_logprobs), *c.offsets]
+                choice["logprobs"] = self.completion_logprobs(tokens, offsets)
+            out.append(choice)
+        completion = sum(c.completion_tokens for c in choices)
+        return JSONResponse({**head, "choices": out, "usage": _usage(prompt_tokens, completion)})
+
+    def _prompt_offsets(self, prompt: list[TokenLogprob] | None) -> list[int]:
+        """text_offset of the echoed prompt's tokens: where each token's text starts."""
+        offsets, text = [], 0
+        for t in prompt or []:
+            offsets.append(text)
+            text += len(self.decode_one(t.token))
+        return offsets
+
+    async def completion_chunks(self, http: Request, request: EngineRequest, queue: asyncio.Queue,
+                                head: dict[str, Any], echo_of: list[str], req: CompletionRequest,
+                                prompt_tokens: int) -> AsyncIterator[dict[str, Any]]:
+        def chunk(k: int, text: str, finish: str | None = None, logprobs: Any = None) -> dict[str, Any]:
+            return {**head, "choices": [{"index": k, "text": text, "finish_reason": finish, "logprobs": logprobs}]}
+
+        emitted = [0] * len(echo_of)  # characters of each choice's text so far
+        completion = 0
+        for k, echo in enumerate(echo_of):
+            if echo and req.logprobs is None:  # with logprobs the prompt comes with its event
+                emitted[k] = len(echo)
+                yield chunk(k, echo)
+        async for event in self.events(http, request, queue):
+            if event.finish == "error":
+                yield _failed(event).body()
+                return
+            k = event.row
+            if event.prompt_logprobs is not None:  # echo with logprobs: the prompt and its log-probabilities
+                emitted[k] = len(echo_of[k])
+                yield chunk(k, echo_of[k], logprobs=self.completion_logprobs(
+                    event.prompt_logprobs, self._prompt_offsets(event.prompt_logprobs)))
+                continue
+            logprobs = None
+            if req.logprobs is not None and event.tokens:
+                logprobs = self.completion_logprobs(event.tokens, [emitted[k]] * len(event.tokens))
+            emitted[k] += len(event.text)
+            completion += event.completion_tokens if event.finish else 0
+            if event.text or event.finish or logprobs:
+                yield chunk(k, event.text, event.finish, logprobs)
+        if req.sampling.include_usage:
+            yield {**head, "choices": [], "usage": _usage(prompt_tokens, completion)}
+
+    # ------------------------------------------------------------------ /v1/chat/completions
+
+    async def chat(self, http: Request) -> Response:
+        s = self.s
+        req: ChatRequest
+        req, model = await self.checked(http, chat_request)
+        sp = req.sampling
+        ids = s.chat_ids(model, req.messages, sp.truncate)
+        stops = model.template.stop
+        rows = [Row(ids, sp.config(j, stops), model.adapter, req.logprobs) for j in range(sp.n)]
+        request, queue = s.submit(rows, asyncio.get_running_loop())
+        cid, created = f"chatcmpl-{uuid.uuid4().hex}", _now()
+        head = {"id": cid, "object": "chat.completion", "created": created, "model": model.id,
+                "system_fingerprint": f"tinylm-{__version__}"}
+        if sp.stream:
+            return self.stream(self.chat_chunks(http, request, queue, {**head, "object": "chat.completion.chunk"},
+                                                req, len(ids)))
+        choices = [_Choice() for _ in rows]
+        await self.collect(http, request, queue, choices)
+        out = [{"index": j, "message": {"role": "assistant", "content": "".join(c.text)}, "finish_reason": c.finish,
+                "logprobs": self.chat_logprobs(c.tokens) if req.logprobs is not None else None}
+               for j, c in enumerate(choices)]
+        completion = sum(c.completion_tokens for c in choices)
+        return JSONResponse({**head, "choices": out, "usage": _usage(len(ids), completion)})
+
+    async def chat_chunks(self, http: Request, request: EngineRequest, queue: asyncio.Queue, head: dict[str, Any],
+                          req: ChatRequest, prompt_tokens: int) -> AsyncIterator[dict[str, Any]]:
+        for j in range(req.sampling.n):
+            yield {**head, "choices": [{"index": j, "delta": {"role": "assistant", "content": ""},
+                                        "finish_reason": None, "logprobs": None}]}
+        completion = 0
+        async for event in self.events(http, request, queue):
+            if event.finish == "error":
+                yield _failed(event).body()
+                return
+            logprobs = self.chat_logprobs(event.tokens) if req.logprobs is not None and event.tokens else None
+            if event.finish:
+                completion += event.completion_tokens
+            if event.text or logprobs:
+                yield {**head, "choices": [{"index": event.row, "delta": {"content": event.text},
+                                            "finish_reason": None, "logprobs": logprobs}]}
+            if event.finish:
+                yield {**head, "choices": [{"index": event.row, "delta": {}, "finish_reason": event.finish,
+                                            "logprobs": None}]}
+        if req.sampling.include_usage:
+            yield {**head, "choices": [], "usage": _usage(prompt_tokens, completion)}
+
+    @staticmethod
+    def stream(chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+        async def sse() -> AsyncIterator[bytes]:
+            async for chunk in chunks:
+                yield b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n"
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(sse(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    # ------------------------------------------------------------------ the rest
+
+    def list_models(self, http: Request) -> dict[str, Any]:
+        self.s.authorize(http)
+        return {"object": "list", "data": [self.model_card(m) for m in self.s.models.values()]}
+
+    def get_model(self, http: Request, model_id: str) -> dict[str, Any]:
+        self.s.authorize(http)
+        return self.model_card(self.s.model(model_id))
+
+    def model_card(self, m: Model) -> dict[str, Any]:
+        return {"id": m.id, "object": "model", "created": m.created, "owned_by": "tinylm",
+                "context_length": self.s.context, "chat": m.template is not None}
+
+    def health(self) -> dict[str, Any]:
+        running, waiting = self.s.engine.load
+        return {"status": "ok", "models": list(self.s.models), "running": running, "waiting": waiting,
+                "max_batch": self.s.cfg.max_batch, "steps": self.s.engine.steps}
+
+
+def _error_response(e: APIError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+
+def create_app(run_dir: str | Path, config: ServeConfig | None = None, **options: Any) -> FastAPI:
+    """The ASGI app serving `run_dir` (mount it, or run it with uvicorn). `options` are ServeConfig
+    fields (max_batch, max_queue, max_tokens, max_body, api_key, model_name, chat_template, adapter,
+    checkpoint, device, dtype). Loads the model now (errors are one-line TinylmErrors); the engine's
+    thread runs while the app's lifespan does."""
+    cfg = ServeConfig(**{**(vars(config) if config else {}), **options}).validate()
+    service = Service(run_dir, cfg)
+    api = API(service)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service.engine.start()
+        try:
+            yield
+        finally:
+            service.engine.stop()
+
+    app = FastAPI(title="tinylm", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.service = service
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, e: APIError) -> JSONResponse:
+        return _error_response(e)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        message = {404: f"no route {request.url.path}; see GET /v1/models, POST /v1/completions, "
+                        "POST /v1/chat/completions", 405: f"{request.method} is not allowed on {request.url.path}"}
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
+        return _error_response(APIError(e.status_code, message.get(e.status_code, str(e.detail)), code=code))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
+        return _error_response(APIError(400, "invalid request", code="invalid_value"))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, e: Exception) -> JSONResponse:
+        console.print(f"[red]internal error[/] on {request.method} {request.url.path}: {type(e).__name__}: {e}")
+        return _error_response(APIError(500, "internal server error", code="internal_error"))
+
+    @app.get("/", response_class=HTMLResponse)
+    async def playground() -> HTMLResponse:
+        return HTMLResponse(playground_html())
+
+    app.get("/health")(api.health)
+    app.get("/v1/models")(api.list_models)
+    app.get("/v1/models/{model_id:path}")(api.get_model)
+    app.post("/v1/completions")(api.completions)
+    app.post("/v1/chat/completions")(api.chat)
+    return app
+
+
+@functools.lru_cache(maxsize=1)
+def playground_html() -> str:
+    """The playground page shipped in the package (serving/playground.html)."""
+    return (resources.files("tinylm.serving") / "playground.html").read_text(encoding="utf-8")
+
