@@ -88,7 +88,6 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from tinylm.rundir import read_config
     from tinylm.training import train
-    from tinylm.training.distributed import from_environment
 
     if args.resume:
         clash = [flag for flag, given in (("--preset", args.preset), ("--config", args.config),
@@ -118,11 +117,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     apply_overrides(cfg, args.set)
     _apply(cfg, args)
     result = train(cfg, resume=bool(args.resume), overwrite=args.overwrite)
+    return _report_training(result, "train")
+
+
+def _report_training(result, verb: str) -> int:
+    """The end-of-training lines of `tinylm train` and `tinylm finetune`; the exit status."""
+    from tinylm.training.distributed import from_environment
+
     if not from_environment().main:  # under torchrun only rank 0 reports
         return 0
     if result.stopped_by == "interrupt":
         console.print(f"[yellow]interrupted at step {result.step}; checkpoint saved. "
-                      f"Continue with: tinylm train --resume {result.run_dir}")
+                      f"Continue with: tinylm {verb} --resume {result.run_dir}")
         return 130
     best = f", best {result.best_val_loss:.4f}" if result.best_val_loss is not None else ""
     val = f"; val loss {result.val_loss:.4f}{best}" if result.val_loss is not None else ""
@@ -130,6 +136,96 @@ def cmd_train(args: argparse.Namespace) -> int:
                   f"(stopped by {result.stopped_by.replace('_', ' ')}){val}\n"
                   f"  run directory {result.run_dir} (loss.png, perplexity.png, metrics.jsonl)\n"
                   f"  sample with:  tinylm sample {result.run_dir}")
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from tinylm.rundir import read_config
+    from tinylm.training import train
+    from tinylm.training.distributed import from_environment
+    from tinylm.training.finetune import apply_finetune_table, finetune_config
+
+    if args.resume:
+        clash = [flag for flag, given in (("BASE_RUN", args.base_run), ("--data", args.__dict__["data.source"]),
+                                          ("--out", args.__dict__["train.out_dir"]), ("--preset", args.preset),
+                                          ("--config", args.config), ("--method", args.__dict__["finetune.method"]))
+                 if given]
+        if clash:
+            raise ConfigError(f"{', '.join(clash)} cannot be combined with --resume: a resumed fine-tune keeps its "
+                              "base, data and directory")
+        cfg = read_config(args.resume)
+        if not cfg.finetune.method:
+            raise ConfigError(f"{args.resume} is not a fine-tune; continue it with `tinylm train --resume`")
+        cfg.train.out_dir = args.resume
+        for item in args.set:
+            if not item.startswith("train."):
+                raise ConfigError(f"--set {item}: only train.* settings can change when resuming")
+    else:
+        if not args.base_run or not args.__dict__["data.source"] or not args.__dict__["train.out_dir"]:
+            raise ConfigError("give the base run, the data and the output: tinylm finetune BASE_RUN --data SOURCE "
+                              "--out RUN_DIR")
+        cfg = finetune_config(args.base_run, method=args.__dict__["finetune.method"] or "lora")
+        if args.preset:
+            apply_finetune_table(cfg, read_preset(args.preset), f"preset {args.preset}")
+        if args.config:
+            apply_finetune_table(cfg, read_toml(args.config), args.config)
+    model_keys = [item for item in args.set if item.startswith("model.") and not item.startswith("model.dropout=")]
+    if model_keys:
+        raise ConfigError(f"--set {model_keys[0]}: a fine-tune keeps its base run's model (only model.dropout may "
+                          "change)")
+    apply_overrides(cfg, args.set)
+    _apply(cfg, args)
+    source = cfg.data.source
+    if source and (os.path.isdir(source) and os.path.isfile(os.path.join(source, "meta.json"))):
+        cfg.data.dir, cfg.data.source = source, ""  # a prepared data directory
+    steps_given = args.__dict__["train.max_steps"] or any(i.startswith("train.max_steps=") for i in args.set)
+    epochs_given = args.__dict__["train.epochs"] or any(i.startswith("train.epochs=") for i in args.set)
+    if steps_given and not epochs_given and not args.resume:
+        cfg.train.epochs = 0.0  # --max-steps replaces the default epochs
+    result = train(cfg, resume=bool(args.resume), overwrite=args.overwrite)
+    status = _report_training(result, "finetune")
+    if status == 0 and from_environment().main:
+        hints = [f"evaluate:  tinylm eval {result.run_dir}"]
+        if cfg.finetune.template:
+            hints.append(f"chat:      tinylm sample {result.run_dir} --chat")
+        if cfg.finetune.adapter:
+            hints.append(f"merge:     tinylm merge {result.run_dir} --out MERGED_RUN")
+        console.print("  " + "\n  ".join(hints))
+    return status
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from tinylm.training.finetune import merge
+
+    summary = merge(args.run_dir, args.out, checkpoint=args.checkpoint)
+    untied = " (the adapted head no longer shares the embedding matrix)" if summary["untied"] else ""
+    print(f"merged {summary['adapter']} into its base: {summary['params']:,} parameters -> {summary['out_dir']}"
+          f"{untied}")
+    return 0
+
+
+def _chat(run, cfg: SampleConfig) -> int:
+    """`tinylm sample --chat`: one turn with --prompt; else a conversation, a line per user turn (typed
+    at a `you>` prompt in a terminal). Empty input or end of input ends it."""
+    messages = [{"role": "system", "content": cfg.system}] if cfg.system else []
+    if cfg.prompt:
+        print(run.chat([*messages, {"role": "user", "content": cfg.prompt}], cfg))
+        return 0
+    terminal = sys.stdin.isatty()
+    if terminal:
+        console.print(f"chatting with {run.run_dir} (template {run.chat_template.name if run.chat_template else '?'});"
+                      " an empty line ends")
+    while True:
+        try:
+            line = input("you> ") if terminal else sys.stdin.readline()
+        except EOFError:
+            break
+        if not line.strip():
+            break
+        messages.append({"role": "user", "content": line.rstrip("\n")})
+        reply = run.chat(messages, cfg)
+        print(f"bot> {reply}" if terminal else reply, flush=True)
+        messages.append({"role": "assistant", "content": reply})
     return 0
 
 
@@ -142,6 +238,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     cfg.stop = stops
     cfg.validate()
     run = load(args.run_dir, cfg.checkpoint, cfg.device, cfg.dtype)
+    if cfg.chat:
+        return _chat(run, cfg)
     first = True
     for i in range(cfg.num_samples):
         seed = None if cfg.seed is None else cfg.seed + i
@@ -192,7 +290,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         bpb = f"{result.bits_per_byte:.4f}" if result.bits_per_byte is not None else "n/a"
         print(f"loss {result.loss:.4f} nats/token   perplexity {result.perplexity:.3f}   "
-              f"bits/byte {bpb}   ({result.tokens:,} tokens, {result.bytes:,} bytes)")
+              f"bits/byte {bpb}   ({result.tokens:,} tokens" + (f", {result.bytes:,} bytes)" if result.bytes else ")"))
     return 0
 
 
@@ -212,6 +310,17 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ConfigError("--dtype and --chat-template are options of --format gguf")
     from tinylm.interop.hf import export_hf
 
+    if args.format == "peft":
+        from tinylm.interop.peft import export_peft
+
+        summary = export_peft(args.run_dir, args.out, checkpoint=args.checkpoint, base_model=args.base_model)
+        print(f"exported the adapter {summary['weights']} ({summary['tensors']} tensors, targets "
+              f"{', '.join(summary['target_modules'])}) as a PEFT {summary['family']} adapter to {summary['out_dir']}; "
+              f"load it with peft.PeftModel.from_pretrained(model, {summary['out_dir']!r}) on the base exported "
+              f"with `tinylm export {summary['base']} --format hf`")
+        return 0
+    if args.base_model:
+        raise ConfigError("--base-model goes with --format peft")
     summary = export_hf(args.run_dir, args.out, checkpoint=args.checkpoint)
     print(f"exported {summary['weights']} as {summary['family']} ({summary['params']:,} parameters, with its "
           f"tokenizer) to {summary['out_dir']}; load it with transformers.AutoModelForCausalLM.from_pretrained")
@@ -271,6 +380,28 @@ def _runtime_flags(p: argparse.ArgumentParser, section: str, checkpoint: bool = 
 def _errors_flag(p: argparse.ArgumentParser, section: str) -> None:
     p.add_argument("--errors", dest=f"{section}.errors", metavar="MODE", choices=("strict", "replace"),
                    help="invalid UTF-8 in the text: strict (default: stop with an error) or replace (U+FFFD)")
+
+
+def _training_flags(p: argparse.ArgumentParser) -> None:
+    """The flags `tinylm train` and `tinylm finetune` share."""
+    p.add_argument("--time-budget", dest="train.time_budget", metavar="S", help="wall-clock budget in seconds")
+    p.add_argument("--max-steps", dest="train.max_steps", metavar="N", help="optimizer steps at most")
+    _runtime_flags(p, "train")
+    p.add_argument("--seed", dest="train.seed", metavar="N", help="random seed")
+    p.add_argument("--compile", dest="train.compile", action="store_const", const="true",
+                   help="use torch.compile (falls back with a warning where it does not work)")
+    p.add_argument("--optimizer", dest="train.optimizer", metavar="NAME", help="adamw (default), adam or muon")
+    p.add_argument("--lr", dest="train.lr", metavar="LR", help="peak learning rate")
+    p.add_argument("--schedule", dest="train.schedule", metavar="S", help="cosine (default), wsd or constant")
+    p.add_argument("--batch-size", dest="train.batch_size", metavar="N",
+                   help="sequences (fine-tuning: examples) per micro-batch and process (0: the largest that fits)")
+    p.add_argument("--batch-tokens", dest="train.batch_tokens", metavar="N",
+                   help="tokens per optimizer step over all processes (sets the gradient accumulation)")
+    p.add_argument("--trackers", dest="train.trackers", metavar="LIST", help="also log to tensorboard and/or wandb")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set model.n_layer=4 (repeatable)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -333,25 +464,47 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokenizer for --text: char, word[:SIZE][:lower], gpt2, bpe[:SIZE], hf:PATH")
     _errors_flag(p, "data")
     p.add_argument("--out", dest="train.out_dir", metavar="RUN_DIR", help="run directory (default runs/PRESET)")
-    p.add_argument("--time-budget", dest="train.time_budget", metavar="S", help="wall-clock budget in seconds")
-    p.add_argument("--max-steps", dest="train.max_steps", metavar="N", help="optimizer steps at most")
-    _runtime_flags(p, "train")
-    p.add_argument("--seed", dest="train.seed", metavar="N", help="random seed")
-    p.add_argument("--compile", dest="train.compile", action="store_const", const="true",
-                   help="use torch.compile (falls back with a warning where it does not work)")
-    p.add_argument("--optimizer", dest="train.optimizer", metavar="NAME", help="adamw (default), adam or muon")
-    p.add_argument("--lr", dest="train.lr", metavar="LR", help="peak learning rate")
-    p.add_argument("--schedule", dest="train.schedule", metavar="S", help="cosine (default), wsd or constant")
-    p.add_argument("--batch-size", dest="train.batch_size", metavar="N",
-                   help="sequences per micro-batch and process (0: the largest that fits)")
-    p.add_argument("--batch-tokens", dest="train.batch_tokens", metavar="N",
-                   help="tokens per optimizer step over all processes (sets the gradient accumulation)")
-    p.add_argument("--trackers", dest="train.trackers", metavar="LIST", help="also log to tensorboard and/or wandb")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field, e.g. --set model.n_layer=4 (repeatable)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    _training_flags(p)
     p.set_defaults(func=cmd_train)
+
+    p = verbs.add_parser(
+        "finetune", parents=[common], help="fine-tune a run (LoRA or full) on text, instructions or chats",
+        description="Fine-tune BASE_RUN (trained or imported) on SOURCE: plain text (continued pre-training), "
+                    "instruction records (Alpaca JSON/JSONL) or chat records (JSONL with \"messages\"). LoRA "
+                    "writes a small adapter run; --method full a standalone run. Guide: docs/finetuning.md.",
+        epilog=f"--set keys: {keys}")
+    p.add_argument("base_run", nargs="?", metavar="BASE_RUN", help="the run to fine-tune [finetune.base]")
+    p.add_argument("--data", dest="data.source", metavar="SOURCE",
+                   help="a .json/.jsonl file of instruction or chat records, or text: a .txt/.jsonl/.parquet file, "
+                        "folder, dataset name or prepared data directory")
+    p.add_argument("--val-data", dest="finetune.val_data", metavar="FILE",
+                   help="validation data in the same format (default: hold out --val-fraction of SOURCE)")
+    p.add_argument("--val-fraction", dest="data.val_fraction", metavar="F", help="held out for validation (0.1)")
+    p.add_argument("--out", dest="train.out_dir", metavar="RUN_DIR", help="the fine-tuned run's directory")
+    p.add_argument("--method", dest="finetune.method", metavar="M", choices=("lora", "full"),
+                   help="lora (default: adapters on the frozen base) or full (every weight)")
+    p.add_argument("--lora-r", dest="lora.r", metavar="R", help="the adapters' rank (8)")
+    p.add_argument("--lora-alpha", dest="lora.alpha", metavar="A", help="the update is scaled by alpha / r (16)")
+    p.add_argument("--lora-dropout", dest="lora.dropout", metavar="P", help="dropout on the adapters' input (0.05)")
+    p.add_argument("--lora-targets", dest="lora.targets", metavar="LIST",
+                   help="layers to adapt, comma-separated: qkv (default), proj, fc, mlp_proj, head")
+    p.add_argument("--lora-train-biases", dest="lora.train_biases", action="store_const", const="true",
+                   help="also train the base's biases (saved with the adapter)")
+    p.add_argument("--lora-train-norms", dest="lora.train_norms", action="store_const", const="true",
+                   help="also train the base's normalisation weights (saved with the adapter)")
+    p.add_argument("--template", dest="finetune.template", metavar="NAME",
+                   help="prompt template: alpaca, chat or plain (default: alpaca for instructions, chat for chats; "
+                        "plain where the vocabulary lacks their markers)")
+    p.add_argument("--format", dest="finetune.format", metavar="F", choices=("auto", "text", "instruction", "chat"),
+                   help="the data's format (default auto: from the file)")
+    p.add_argument("--train-on-prompt", dest="finetune.train_on_prompt", action="store_const", const="true",
+                   help="also train on the prompt's tokens (default: loss on the responses only)")
+    p.add_argument("--text-field", dest="data.text_field", metavar="NAME", help="JSONL text field of plain text")
+    p.add_argument("--preset", metavar="NAME", help="a preset's [train], [finetune], [lora] settings")
+    p.add_argument("--config", metavar="FILE.toml", help="a TOML file with [train], [finetune], [lora], [data] tables")
+    p.add_argument("--epochs", dest="train.epochs", metavar="N", help="passes over the data (default 3)")
+    _training_flags(p)
+    p.set_defaults(func=cmd_finetune)
 
     p = verbs.add_parser("sample", parents=[common], help="generate text from a trained run")
     p.add_argument("run_dir", metavar="RUN_DIR")
@@ -381,6 +534,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the text as it is generated (default: all at once at the end)")
     p.add_argument("--verbose", dest="sample.verbose", action="store_const", const="true",
                    help="also print the prompt's token ids and tokens and the generated ids (text at the end)")
+    p.add_argument("--chat", dest="sample.chat", action="store_const", const="true",
+                   help="chat in the run's template: a loop in a terminal (one reply per line read otherwise), "
+                        "one turn with --prompt")
+    p.add_argument("--system", dest="sample.system", metavar="TEXT", help="the chat's system message")
     _runtime_flags(p, "sample", checkpoint=True)
     p.set_defaults(func=cmd_sample)
 
@@ -418,15 +575,28 @@ def build_parser() -> argparse.ArgumentParser:
                                      "cannot express the model) that AutoModelForCausalLM.from_pretrained loads, "
                                      "or as a GGUF file for llama.cpp and Ollama (with a Modelfile beside it).")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--format", choices=("hf", "gguf"), default="hf",
-                   help="hf (default): Hugging Face transformers; gguf: llama.cpp / Ollama")
-    p.add_argument("--out", required=True, metavar="PATH", help="output directory (hf) or .gguf file (gguf)")
+    p.add_argument("--format", choices=("hf", "gguf", "peft"), default="hf",
+                   help="hf (default): Hugging Face transformers (a LoRA run merged into its base); gguf: llama.cpp "
+                        "/ Ollama; peft: a LoRA run's adapter as a PEFT adapter directory, for the base exported "
+                        "with --format hf")
+    p.add_argument("--out", required=True, metavar="PATH", help="output directory (hf, peft) or .gguf file (gguf)")
     p.add_argument("--dtype", choices=("f32", "f16", "q8_0"), help="gguf: weight precision (default f32)")
     p.add_argument("--chat-template", metavar="NAME",
                    help="gguf: embed this prompt template (alpaca, chat, plain; default: the run's own)")
     p.add_argument("--checkpoint", choices=("best", "latest"), default="best",
                    help="which weights: best (default) or latest")
+    p.add_argument("--base-model", metavar="NAME",
+                   help="peft: base_model_name_or_path to record (default: the base run's directory)")
     p.set_defaults(func=cmd_export)
+
+    p = verbs.add_parser("merge", parents=[common], help="fold a LoRA run's adapter into its base: a standalone run",
+                         description="Write RUN_DIR's base weights with its LoRA adapter folded in (W + alpha/r BA) "
+                                     "as a standalone run directory.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--out", required=True, metavar="MERGED_RUN", help="run directory to write")
+    p.add_argument("--checkpoint", choices=("best", "latest"), default="best",
+                   help="which adapter: best (default) or latest")
+    p.set_defaults(func=cmd_merge)
 
     p = verbs.add_parser("import", parents=[common], help="turn a Hugging Face GPT-2 or Llama directory into a run",
                          description="Convert a transformers directory (GPT2LMHeadModel, LlamaForCausalLM: "

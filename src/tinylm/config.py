@@ -37,6 +37,9 @@ SAMPLING = ("random", "permutation")
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "gelu_tanh", "swiglu")
+FINETUNE_METHODS = ("", "lora", "full")
+FINETUNE_FORMATS = ("auto", "text", "instruction", "chat")
+LORA_TARGETS = ("qkv", "proj", "fc", "mlp_proj", "head")  # the model's linear layers by short name (model/lora.py)
 MAX_THREADS = 1024  # train.threads: CPU threads per process
 MAX_WORKERS = 256  # data.workers: tokenizer processes
 
@@ -238,6 +241,69 @@ class TrainConfig:
 
 
 @dataclass
+class LoRAConfig:
+    """Low-rank adapters (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models"):
+    each target layer's output gains (alpha / r) * B A dropout(x), A (r x in) and B (out x r)
+    trained, the base weights frozen. Used when finetune.method = "lora"."""
+
+    r: int = 8  # the adapters' rank
+    alpha: float = 16.0  # scale numerator: the update is multiplied by alpha / r
+    dropout: float = 0.05  # dropout on the adapters' input (training only)
+    targets: str = "qkv"  # comma-separated layers to adapt: qkv, proj (attention out), fc, mlp_proj, head
+    train_biases: bool = False  # also train the base model's biases (saved with the adapter)
+    train_norms: bool = False  # also train the base model's normalisation weights (saved with the adapter)
+
+    @property
+    def target_list(self) -> list[str]:
+        return [t.strip() for t in self.targets.split(",") if t.strip()]
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.r
+
+    def validate(self) -> None:
+        check_fields(self, "lora.")
+        check_range("lora.r", self.r, ge=1, note=" (the adapters' rank, --lora-r)")
+        check_range("lora.alpha", self.alpha, gt=0, note=" (--lora-alpha)")
+        check_range("lora.dropout", self.dropout, ge=0, lt=1, note=" (--lora-dropout)")
+        _check(bool(self.target_list), "lora.targets (--lora-targets) must name at least one layer: "
+               + ", ".join(LORA_TARGETS))
+        for target in self.target_list:
+            close = difflib.get_close_matches(target, LORA_TARGETS, n=1)
+            _check(target in LORA_TARGETS, f"lora.targets: the model has no layer {target!r}"
+                   + (f" (did you mean {close[0]!r}?)" if close else "") + f"; choose from {', '.join(LORA_TARGETS)}")
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning of a base run (`tinylm finetune`); method "" for a run trained from scratch.
+    The base fields are recorded when fine-tuning starts and checked whenever the run is loaded."""
+
+    method: str = ""  # "" (not a fine-tune) | lora (adapters on the frozen base) | full (every weight)
+    base: str = ""  # the base run directory (absolute path)
+    base_weights: str = ""  # the base weights file fine-tuned from (recorded)
+    base_sha256: str = ""  # sha256 of that file (recorded; an adapter on changed base weights is refused)
+    format: str = "auto"  # auto (from the file) | text | instruction (Alpaca records) | chat (OpenAI messages)
+    val_data: str = ""  # a validation file of the same format ("" = hold out data.val_fraction of the data)
+    template: str = ""  # prompt template: alpaca | chat | plain ("" = chosen for the data and the tokenizer)
+    train_on_prompt: bool = False  # also train on prompt tokens (default: loss on response tokens only)
+    merged: bool = False  # set by `tinylm merge`: the adapter is folded into this run's own weights
+
+    @property
+    def adapter(self) -> bool:
+        """Whether the run directory holds an adapter on a base run (not its own weights)."""
+        return self.method == "lora" and not self.merged
+
+    def validate(self) -> None:
+        check_fields(self, "finetune.")
+        _check(self.method in FINETUNE_METHODS,
+               f"finetune.method (--method) must be lora or full, got {self.method!r}")
+        _check(self.format in FINETUNE_FORMATS,
+               f"finetune.format must be one of {', '.join(FINETUNE_FORMATS)}, got {self.format!r}")
+        _check(not self.method or bool(self.base), "finetune.base must name the base run directory")
+
+
+@dataclass
 class RunConfig:
     """Everything needed to reproduce a training run; saved as config.json in the run dir."""
 
@@ -246,11 +312,15 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
     def validate(self) -> RunConfig:
         self.model.validate()
         self.data.validate()
         self.train.validate()
+        self.finetune.validate()
+        self.lora.validate()
         _check(self.train.seq_len <= self.model.context,
                f"train.seq_len ({self.train.seq_len}) must not exceed model.context ({self.model.context})")
         return self
@@ -282,6 +352,8 @@ class SampleConfig(GenerationConfig):
     dtype: str = "auto"
     stream: bool = False  # print the text as it is generated (else all at once at the end)
     verbose: bool = False  # also print the prompt's ids and tokens and the generated ids
+    chat: bool = False  # chat in the run's template: a loop in a terminal, one turn with --prompt
+    system: str = ""  # the system message of a chat ("" = none, or the template's default)
 
     def validate(self) -> SampleConfig:
         super().validate()

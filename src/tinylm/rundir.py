@@ -6,14 +6,21 @@
     train_state.pt       optimizer, RNG, loader position, step (see training/checkpoint.py)
     metrics.jsonl  loss.png  perplexity.png  evals.jsonl
 
+A LoRA fine-tune (`tinylm finetune`, finetune.method = "lora") holds no model weights of its own:
+
+    adapter.safetensors  latest adapter        best_adapter.safetensors   best validation adapter
+    config.json          finetune.base (the base run), finetune.base_weights + base_sha256 (the base
+                         weights it was trained on: loading refuses base weights that changed since)
+
 Weights are safetensors (no pickle). `load(run_dir)` restores model + tokenizer + config for
-sampling and evaluation.
+sampling and evaluation; for an adapter run, the base's weights with the adapter "default" active.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -22,27 +29,30 @@ import safetensors.torch
 import torch
 
 from tinylm import __version__, fileio
-from tinylm.config import RunConfig
+from tinylm.config import LoRAConfig, RunConfig
 from tinylm.console import warn
 from tinylm.errors import CheckpointError, ConfigError, TinylmError
 from tinylm.generation import (GenerationConfig, StopFilter, beam_search, cut_at_stop, generate_ids, stream_ids,
                                stream_text)
 from tinylm.inputs import EmptyInputError, encode_text
-from tinylm.model import GPT
+from tinylm.model import GPT, lora
 from tinylm.runtime import resolve_device, resolve_dtype
+from tinylm.templates import ALPACA_PREAMBLE, Template, get_template
 from tinylm.tokenizers import TOKENIZER_FILE, Tokenizer, load_tokenizer
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
 BEST_FILE = "best.safetensors"
 STATE_FILE = "train_state.pt"
+ADAPTER_FILE = "adapter.safetensors"  # a LoRA run's latest adapter (the base's weights stay in the base run)
+BEST_ADAPTER_FILE = "best_adapter.safetensors"
 METRICS_FILE = "metrics.jsonl"
 EVALS_FILE = "evals.jsonl"
 PLOTS = ("loss.png", "perplexity.png")
 CHECKPOINTS_DIR = "checkpoints"  # copies of the last train.keep_last checkpoints, one folder per step
 TRACKER_FILES = ("tensorboard", "wandb", "wandb_id.txt")  # written by the optional experiment trackers
 RUN_FILES = {CONFIG_FILE, MODEL_FILE, BEST_FILE, STATE_FILE, METRICS_FILE, EVALS_FILE, *PLOTS,
-             TOKENIZER_FILE, CHECKPOINTS_DIR, *TRACKER_FILES}
+             TOKENIZER_FILE, CHECKPOINTS_DIR, *TRACKER_FILES, ADAPTER_FILE, BEST_ADAPTER_FILE, "tokenizer.json"}
 
 
 # --------------------------------------------------------------------------- config
@@ -71,20 +81,64 @@ def read_config(run_dir: str | Path) -> RunConfig:
 
 
 def weights_state(model: GPT) -> dict[str, torch.Tensor]:
-    """The tensors to store: the state dict without the tied head (it is the embedding)."""
-    state = model.state_dict()
+    """The tensors to store: the state dict without the tied head (it is the embedding) and without
+    LoRA adapters (under the plain model's names)."""
+    state = lora.base_state(model)
     if model.cfg.tie_weights:
         state.pop("head.weight")
     return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
 
 
-def save_weights(model: GPT, path: Path, metadata: dict[str, Any], *, replace: bool = True) -> str:
-    """Write weights atomically (with replace=False: to the temp name only). Returns the sha256."""
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, Any], *,
+                 replace: bool = True) -> str:
+    """Write tensors atomically (with replace=False: to the temp name only). Returns the sha256."""
     meta = {"format": "tinylm-1", "tinylm_version": __version__, **{k: str(v) for k, v in metadata.items()}}
-    data = safetensors.torch.save(weights_state(model), metadata=meta)
+    data = safetensors.torch.save(tensors, metadata=meta)
     with fileio.atomic_write(path, replace=replace) as f:
         f.write(data)
     return fileio.sha256_bytes(data)
+
+
+def save_weights(model: GPT, path: Path, metadata: dict[str, Any], *, replace: bool = True) -> str:
+    """Write weights atomically (with replace=False: to the temp name only). Returns the sha256."""
+    return save_tensors(weights_state(model), path, metadata, replace=replace)
+
+
+def adapter_tensors(model: GPT, lora_cfg: LoRAConfig, name: str = "default") -> dict[str, torch.Tensor]:
+    """What an adapter file holds: the adapter's A and B matrices, plus the base biases / norm weights
+    the adapter trained too (lora.train_biases / train_norms), under their plain names."""
+    state = lora.adapter_state(model, name)
+    extra = lora.extra_trainable(model, lora_cfg)
+    if extra:
+        base = lora.base_state(model)
+        state.update({k: base[k].detach().to("cpu").contiguous().clone() for k in extra})
+    return state
+
+
+def save_adapter(model: GPT, path: Path, metadata: dict[str, Any], lora_cfg: LoRAConfig, *,
+                 replace: bool = True) -> str:
+    """Write adapter "default" (see `adapter_tensors`) atomically. Returns the sha256."""
+    return save_tensors(adapter_tensors(model, lora_cfg), path, metadata, replace=replace)
+
+
+def load_adapter(model: GPT, path: Path, lora_cfg: LoRAConfig, name: str = "default") -> dict[str, str]:
+    """Load an adapter file into adapter `name` (created by `lora.add_lora`) and the base tensors it
+    trained; returns the file's metadata."""
+    tensors, metadata = read_weights(path)
+    lora.load_adapter_state(model, tensors, name, origin=str(path))
+    extra = {k: v for k, v in tensors.items() if not k.endswith((".lora_A", ".lora_B"))}
+    expected = set(lora.extra_trainable(model, lora_cfg))
+    if set(extra) != expected:
+        raise CheckpointError(f"{path} does not fit the run's lora settings (base tensors "
+                              f"{sorted(set(extra) ^ expected)[:3]})")
+    params = {lora.plain_name(k): p for k, p in model.named_parameters()}
+    with torch.no_grad():
+        for key, tensor in extra.items():
+            if tuple(params[key].shape) != tuple(tensor.shape):
+                raise CheckpointError(f"{path}: {key} has shape {tuple(tensor.shape)}, the model's is "
+                                      f"{tuple(params[key].shape)}")
+            params[key].copy_(tensor)
+    return metadata
 
 
 def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -120,12 +174,55 @@ def load_weights(model: GPT, path: Path) -> dict[str, str]:
 # --------------------------------------------------------------------------- loading a run
 
 
-def weights_path(run_dir: Path, checkpoint: str = "best") -> Path:
+def chat_template_of(cfg: RunConfig) -> Template | None:
+    """The prompt template a run was fine-tuned with (finetune.template in its config), or None. For a
+    run fine-tuned on instruction records, a conversation without a system message gets the Alpaca
+    preamble, as every instruction record had in training."""
+    ft = cfg.finetune
+    if not ft.template:
+        return None
+    template = get_template(ft.template)
+    if ft.format == "instruction" and not template.default_system:
+        template = dataclasses.replace(template, default_system=ALPACA_PREAMBLE)
+    return template
+
+
+def weights_path(run_dir: Path, checkpoint: str = "best", adapter: bool = False) -> Path:
+    """The weights file (the adapter file for an adapter run) of `checkpoint`: best, latest or a path."""
+    best, latest = (BEST_ADAPTER_FILE, ADAPTER_FILE) if adapter else (BEST_FILE, MODEL_FILE)
     if checkpoint == "best":
-        return run_dir / BEST_FILE if (run_dir / BEST_FILE).is_file() else run_dir / MODEL_FILE
+        return run_dir / best if (run_dir / best).is_file() else run_dir / latest
     if checkpoint == "latest":
-        return run_dir / MODEL_FILE
+        return run_dir / latest
     return Path(checkpoint)
+
+
+def base_weights(cfg: RunConfig, run_dir: Path | str = "") -> Path:
+    """The base weights of a fine-tuned run (cfg.finetune): the file it was fine-tuned from, checked
+    against the recorded sha256 (recorded here if not yet). One-line errors for a base run that is
+    missing, an adapter itself, or whose weights changed since."""
+    ft = cfg.finetune
+    base = Path(ft.base)
+    what = f"the base run {base}" + (f" of {run_dir}" if run_dir else "")
+    if not base.is_dir():
+        raise CheckpointError(f"{what} does not exist; give an existing run directory (trained with `tinylm "
+                              "train` or imported with `tinylm import`)" + (", or set finetune.base in "
+                              f"{Path(run_dir) / CONFIG_FILE} to where it moved" if run_dir else ""))
+    base_cfg = read_config(base)
+    if base_cfg.finetune.adapter:
+        raise CheckpointError(f"{base} is itself a LoRA adapter run; merge it first (`tinylm merge {base} --out "
+                              "MERGED`) and fine-tune the merged run")
+    path = base / ft.base_weights if ft.base_weights else weights_path(base, "best")
+    if not path.is_file():
+        raise CheckpointError(f"{what} has no weights file {path.name}; train it first, or restore the file")
+    sha = fileio.sha256_file(path)
+    if not ft.base_sha256:
+        ft.base_weights, ft.base_sha256 = path.name, sha
+    elif sha != ft.base_sha256:
+        raise CheckpointError(f"the base weights {path} changed since {run_dir or 'this adapter'} was trained on "
+                              f"them (sha256 {ft.base_sha256[:12]}... recorded, {sha[:12]}... now); restore those "
+                              "weights or fine-tune again on the new ones")
+    return path
 
 
 @dataclass
@@ -138,6 +235,21 @@ class Completion:
     ids: list[int]
     text: str
     score: float | None = None
+
+
+@dataclass
+class Adapter:
+    """A LoRA adapter attached to a run's model (`Run.attach_adapter`): its name on the model, its run
+    directory, config and weights file."""
+
+    name: str
+    run_dir: Path
+    config: RunConfig
+    weights: Path
+
+    @property
+    def chat_template(self) -> Template | None:
+        return chat_template_of(self.config)
 
 
 @dataclass
@@ -159,6 +271,84 @@ class Run:
     dtype: torch.dtype
     weights: Path
     metadata: dict[str, str]
+    _weights_sha256: str = field(default="", repr=False)
+
+    @property
+    def base_sha256(self) -> str:
+        """sha256 of the base weights under this run's model: the recorded base of an adapter run, else
+        the run's own weights file (what an adapter trained on this run records)."""
+        if self.config.finetune.adapter:
+            return self.config.finetune.base_sha256
+        if not self._weights_sha256:
+            self._weights_sha256 = fileio.sha256_file(self.weights)
+        return self._weights_sha256
+
+    @property
+    def chat_template(self) -> Template | None:
+        """The prompt template the run was fine-tuned with, or None (see `chat_template_of`)."""
+        return chat_template_of(self.config)
+
+    def merge_adapter(self) -> Run:
+        """Fold an adapter run's adapter "default" into the model's weights, in place (W + (alpha / r) B A;
+        a tied head with an adapter is untied): the model is then a plain GPT, as exporters need it. A
+        no-op for runs without one. Returns the run."""
+        if "default" in lora.adapter_names(self.model):
+            lora.merge_lora(self.model, "default")
+        return self
+
+    def attach_adapter(self, name: str, run_dir: str | Path, checkpoint: str = "best") -> Adapter:
+        """Load the adapter of LoRA run `run_dir` onto this run's model as adapter `name` (not made
+        active: see `tinylm.model.lora.set_active`); returns it (its config and `chat_template`). Refused
+        in one line when that adapter was trained on other base weights (recorded sha256), or trained
+        base biases / norms (they cannot be switched per adapter: merge such a run instead)."""
+        run_dir = Path(run_dir)
+        cfg = read_config(run_dir)
+        if not cfg.finetune.adapter:
+            raise CheckpointError(f"{run_dir} is not a LoRA adapter run (finetune.method is "
+                                  f"{cfg.finetune.method or 'none'}); load it as a run of its own")
+        if cfg.finetune.base_sha256 != self.base_sha256:
+            raise CheckpointError(f"the adapter {run_dir} was trained on other base weights than {self.run_dir}'s "
+                                  f"(sha256 {cfg.finetune.base_sha256[:12]}... vs {self.base_sha256[:12]}...); "
+                                  "attach it to the run it was fine-tuned from")
+        if lora.extra_trainable(self.model, cfg.lora):
+            raise CheckpointError(f"the adapter {run_dir} also trained base biases or norms, which one model cannot "
+                                  f"switch per adapter; merge it (`tinylm merge {run_dir} --out MERGED`) and load that")
+        with torch.random.fork_rng(devices=[]):
+            lora.add_lora(self.model, cfg.lora, name)
+        path = weights_path(run_dir, checkpoint, adapter=True)
+        load_adapter(self.model, path, cfg.lora, name)
+        self.model.to(self.device)
+        return Adapter(name, run_dir, cfg, path)
+
+    def chat(self, messages: Sequence[dict[str, str]], config: GenerationConfig | None = None, *,
+             template: str | Template | None = None, **options: Any) -> str:
+        """The assistant's reply to `messages` ([{"role": "system" | "user" | "assistant", "content"}]),
+        rendered with the run's template (or `template`) and generated until end-of-text or the
+        template's stop strings. Options as for `generate`."""
+        from tinylm.data.finetune import encode_messages
+
+        tpl = get_template(template) if isinstance(template, str) else template or self.chat_template
+        if tpl is None:
+            raise ConfigError(f"{self.run_dir} has no chat template (it was not fine-tuned on instruction or chat "
+                              "data); pass template='chat', 'alpaca' or 'plain'")
+        cfg = self.generation_config(config, **options)
+        cfg = cfg.replace(stop=[*cfg.stop, *(s for s in tpl.stop if s not in cfg.stop)])
+        ids, _ = encode_messages(self.tokenizer, tpl, messages, add_generation_prompt=True)
+        # as in fine-tuning, a long conversation loses tokens from the left, leaving room for the reply in
+        # the window (a reply generated past the context would see a slid, shorter window)
+        keep = self.model.cfg.context - min(cfg.max_new_tokens, self.model.cfg.context // 4)
+        if len(ids) > keep:
+            if not cfg.truncate:
+                raise ConfigError(f"the conversation has {len(ids)} tokens; with room for the reply only {keep} fit "
+                                  "the context: shorten it, or allow truncation to its last tokens (truncate=True)")
+            warn(f"the conversation has {len(ids)} tokens; its last {keep} are used (room for the reply)")
+            ids = ids[-keep:]
+        new = generate_ids(self.model, [ids], cfg, decode=self.tokenizer.decode, **self._engine_args())[0]
+        text = self._text(ids, new, cfg)
+        suffix = tpl.assistant.suffix
+        if self.tokenizer.eot_id is None and suffix and text.endswith(suffix):  # the reply's end, see data/finetune.py
+            text = text[:-len(suffix)]
+        return text
 
     def generation_config(self, config: GenerationConfig | None = None, **options: Any) -> GenerationConfig:
         """`config` (default: the defaults) with `options` changed, validated."""
@@ -256,7 +446,9 @@ def record_eval(run: Run, result: dict[str, Any]) -> None:
 
 
 def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", dtype: str = "auto") -> Run:
-    """Restore a run for sampling or evaluation: `tinylm.load("runs/shakespeare-char")`."""
+    """Restore a run for sampling or evaluation: `tinylm.load("runs/shakespeare-char")`. A LoRA adapter
+    run loads its base run's weights (checked against the recorded sha256) with the adapter "default"
+    active; `checkpoint` then picks the adapter (best or latest)."""
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
     tokenizer = load_tokenizer(run_dir)
@@ -265,13 +457,20 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", dt
                               f"tokenizer's {tokenizer.vocab_size}")
     dev = resolve_device(device)
     model = GPT(cfg.model)
-    path = weights_path(run_dir, checkpoint)
+    adapter = cfg.finetune.adapter
+    if adapter:
+        load_weights(model, base_weights(cfg, run_dir))
+        with torch.random.fork_rng(devices=[]):  # A's initial values are overwritten: leave the RNG alone
+            lora.add_lora(model, cfg.lora)
+    path = weights_path(run_dir, checkpoint, adapter=adapter)
     if not path.is_file():
         if checkpoint in ("best", "latest"):  # a run killed before its first checkpoint
             raise CheckpointError(f"{run_dir} has no weights: the run never reached its first checkpoint; start it "
                                   f"again with your training command and --out {run_dir} --overwrite")
         raise CheckpointError(f"{path} does not exist; give --checkpoint best, latest or a .safetensors file")
-    metadata = load_weights(model, path)
+    metadata = load_adapter(model, path, cfg.lora) if adapter else load_weights(model, path)
+    if adapter:
+        lora.set_active(model, "default")
     fp = metadata.get("tokenizer_fingerprint")
     if fp and fp != tokenizer.fingerprint():
         raise TinylmError(f"{path} was trained with a different tokenizer than {run_dir}'s tokenizer file")

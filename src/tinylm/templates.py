@@ -100,8 +100,9 @@ class Template:
         "<|endoftext|>"): what `jinja()` renders in Hugging Face `apply_chat_template`."""
         return "".join(eot_text if p.eot else p.text for p in self.render(messages, add_generation_prompt))
 
-    def jinja(self) -> str:
-        """This template as a Hugging Face `chat_template` (Jinja; the end-of-text token is `eos_token`).
+    def jinja(self, bos: bool = False) -> str:
+        """This template as a Hugging Face `chat_template` (Jinja; the end-of-text token is `eos_token`;
+        with `bos`, the rendering opens with `bos_token`, for tokenizers that begin every input with it).
         Literal text is written as quoted expressions, so the tokenizer's trim/lstrip settings cannot
         change it."""
         def lit(s: str) -> str:
@@ -113,7 +114,7 @@ class Template:
                 return lit(fmt.prefix) + "{{ message['content'] }}{{ eos_token }}" + lit(fmt.suffix)
             return lit(fmt.prefix) + "{{ message['content'] }}" + lit(fmt.suffix)
 
-        out = ""
+        out = "{{ bos_token }}" if bos else ""
         if self.default_system:
             out += ("{% if messages and messages[0]['role'] != 'system' %}"
                     + lit(self.system.prefix + self.default_system + self.system.suffix) + "{% endif %}")

@@ -4,7 +4,9 @@ or by default on the run's own data (the split it was validated on, from the cac
 `--dataset NAME` tokenizes the dataset with the run's own tokenizer into the cache, once per
 (dataset files, tokenizer fingerprint, split): a dataset with its own splits (TinyStories,
 WikiText-103) has only the requested split prepared; one without (Tiny Shakespeare, ...) is
-prepared whole with the usual tail split (train, and the last 10% as val). `--stride` scores
+prepared whole with the usual tail split (train, and the last 10% as val). A run fine-tuned on
+instructions or chats is scored by default on its validation examples' response tokens
+(data/finetune.py; no bits per byte), one fine-tuned on text on that text's validation split. `--stride` scores
 with overlapping windows (see perplexity.py). Every result is appended to the run's evals.jsonl.
 """
 
@@ -98,6 +100,19 @@ def _from_dataset(run: Run, name: str, split: str, source_dir: str, errors: str)
     return _from_data_dir(run, str(out), split)
 
 
+def _examples_eval(run: Run, examples: list, cfg: EvalConfig, score_examples) -> LMEval:
+    """Loss on the response tokens of a fine-tuned run's validation examples."""
+    if cfg.split != "val" or cfg.stride:
+        raise ConfigError("a run fine-tuned on instructions or chats is scored on its validation examples; "
+                          "--split and --stride apply to text (give --data, --text or --dataset)")
+    console.print(f"scoring the response tokens of {len(examples):,} validation examples of {run.config.data.source}")
+    nats, count = score_examples(run.model, examples, batch_size=cfg.batch_size, device=run.device, dtype=run.dtype)
+    result = summarize(nats, count, None)
+    record_eval(run, {"data": run.config.data.source, "dataset": None, "split": "val (response tokens)",
+                      "sha256": None, **result.to_dict()})
+    return result
+
+
 def evaluate(run_dir: str | Path, cfg: EvalConfig, show_progress: bool = True) -> LMEval:
     """Loss, perplexity and bits per byte of a run on a split of `cfg.data` (a prepared
     directory) or `cfg.dataset` (a catalog dataset), on `cfg.text`, or with none of them on the
@@ -117,7 +132,13 @@ def evaluate(run_dir: str | Path, cfg: EvalConfig, show_progress: bool = True) -
     if not given and run.config.preset == "imported":
         raise ConfigError(f"{run_dir} was {run.config.description}: it has no data of its own to score; "
                           "give --dataset NAME, --text FILE or --data DATA_DIR")
-    if not given:
+    if not given and run.config.finetune.method:
+        from tinylm.data.finetune import resolve_format, run_examples, score_examples, text_data_dir
+
+        if resolve_format(run.config) != "text":
+            return _examples_eval(run, run_examples(run.config, run.tokenizer, quiet=True).val, cfg, score_examples)
+        data = str(text_data_dir(run.config, run.tokenizer))
+    elif not given:
         data = str(resolve_data_dir(run.config.data)[0])
         name = f" ({run.config.data.source})" if run.config.data.source else ""  # trained with --data DIR: no name
         console.print(f"scoring the {cfg.split} split of the run's data{name} in {data}")

@@ -372,7 +372,7 @@ def export_gguf(run_dir: str | Path, out: str | Path, dtype: str = "f32", checkp
 
     if dtype not in DTYPES:
         raise ExportError(f"unknown GGUF dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    run = load(run_dir, checkpoint=checkpoint, device="cpu", dtype="float32")
+    run = load(run_dir, checkpoint=checkpoint, device="cpu", dtype="float32").merge_adapter()  # LoRA: merged
     cfg, tokenizer = run.model.cfg, run.tokenizer
     arch = gguf_architecture(cfg)
     vocab = gguf_vocab(tokenizer, cfg.vocab_size)

@@ -1,7 +1,9 @@
 """Export tinylm runs to Hugging Face transformers directories, and import GPT-2 ones.
 
     export_hf(run_dir, out_dir)   config.json, model.safetensors, generation_config.json and the
-                                  tokenizer: `AutoModelForCausalLM.from_pretrained(out_dir)` loads it
+                                  tokenizer: `AutoModelForCausalLM.from_pretrained(out_dir)` loads it;
+                                  a LoRA run is exported merged into its base, and a fine-tuned run's
+                                  template goes into tokenizer_config.json as `chat_template`
     import_hf(src_dir, run_dir)   a transformers GPT-2 or Llama-family directory (model.safetensors,
                                   its shards, or pytorch_model.bin) + tokenizer.json -> a tinylm run
                                   directory for `tinylm sample` / `eval` / `train --resume`
@@ -55,11 +57,12 @@ def _family(cfg, tokenizer: Tokenizer) -> tuple[str, dict[str, Any], Any]:
 
 
 def export_hf(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best") -> dict[str, Any]:
-    """Write run `run_dir` as a transformers model directory `out_dir`. Returns a summary
-    (family, out_dir, weights, parameter count, tensors, whether the tokenizer was exported)."""
+    """Write run `run_dir` as a transformers model directory `out_dir` (a LoRA adapter run merged into its
+    base weights). Returns a summary (family, out_dir, weights, parameter count, tensors, whether the
+    tokenizer was exported)."""
     from tinylm.rundir import load
 
-    run = load(run_dir, checkpoint=checkpoint, device="cpu", dtype="float32")
+    run = load(run_dir, checkpoint=checkpoint, device="cpu", dtype="float32").merge_adapter()
     cfg, tokenizer = run.model.cfg, run.tokenizer
     family, config, state_builder = _family(cfg, tokenizer)
     state = {k: v.detach().to("cpu").contiguous() for k, v in state_builder(run.model).items()}
@@ -78,7 +81,7 @@ def export_hf(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best"
         fileio.write_json(out / "generation_config.json", generation)
     # tinylm's own tokenizer file, so `import_hf` of this directory restores the same tokenizer
     fileio.write_json(out / TOKENIZER_FILE, {"kind": tokenizer.kind, "format": 1, **tokenizer.to_dict()})
-    export_tokenizer(tokenizer, out, model_max_length=cfg.context)
+    export_tokenizer(tokenizer, out, model_max_length=cfg.context, chat_template=run.chat_template)
     return {"family": family, "out_dir": str(out), "weights": str(run.weights), "tensors": len(state),
             "params": run.model.num_params(), "tokenizer": True}
 

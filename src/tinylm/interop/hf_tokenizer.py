@@ -18,8 +18,11 @@ a `PreTrainedTokenizerFast` with no custom code, encoding text to the same ids a
 Special tokens written in the text (`<|endoftext|>`, `<unk>`) are plain text for gpt2 and char,
 as in tinylm (`split_special_tokens`), and special for bpe and word, as in tinylm. The ids and
 the vocabulary size (`len(tokenizer)`) equal tinylm's on every text (a property test checks
-this for every kind, tests/test_tokenizer_export_property.py). Difference: word decoding joins
-tokens with single spaces (tinylm's detokenizer hugs punctuation).
+this for every kind, tests/test_tokenizer_export_property.py). A fine-tuned run's prompt template
+is written as `chat_template` (`Template.jinja()`), so `apply_chat_template` gives tinylm's ids; it
+writes the end-of-text token as `eos_token` text, which gpt2 must then read as the special token
+(`split_special_tokens` false: `<|endoftext|>` typed in a message also becomes it). Difference: word
+decoding joins tokens with single spaces (tinylm's detokenizer hugs punctuation).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
+from tinylm.templates import Template
 from tinylm.tokenizers.base import Tokenizer
 
 TOKENIZER_JSON = "tokenizer.json"
@@ -142,13 +146,26 @@ def hf_tokenizer(tokenizer: Tokenizer) -> tuple[HFTokenizer, dict[str, str]]:
     raise ValueError(f"no Hugging Face export for the {kind!r} tokenizer")
 
 
-def export_tokenizer(tokenizer: Tokenizer, out_dir: Path, *, model_max_length: int | None = None) -> None:
-    """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into `out_dir`
-    (an `hf` tokenizer: its original files, unchanged)."""
+def export_tokenizer(tokenizer: Tokenizer, out_dir: Path, *, model_max_length: int | None = None,
+                     chat_template: Template | None = None) -> None:
+    """Write tokenizer.json, tokenizer_config.json (with `chat_template` when given) and
+    special_tokens_map.json into `out_dir` (an `hf` tokenizer: its original files, unchanged, but the
+    chat template)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # tokenizers that begin every input with BOS (Llama's) have the template write it (prompt_ids' rule)
+    bos = tokenizer.add_bos and tokenizer.bos_id is not None
+    jinja = chat_template.jinja(bos=bos) if chat_template is not None else None
     if tokenizer.kind == "hf":
         tokenizer.save_files(out_dir)
+        if jinja is not None:  # the fine-tuned template replaces the original one (both places it may live)
+            config = json.loads((out_dir / TOKENIZER_CONFIG).read_text(encoding="utf-8")) \
+                if (out_dir / TOKENIZER_CONFIG).is_file() else {}
+            config["chat_template"] = jinja
+            (out_dir / TOKENIZER_CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
+                                                    encoding="utf-8")
+            if (out_dir / "chat_template.jinja").is_file():
+                (out_dir / "chat_template.jinja").write_text(jinja, encoding="utf-8")
         return
     hf, specials = hf_tokenizer(tokenizer)
     hf.save(str(out_dir / TOKENIZER_JSON), pretty=True)
@@ -163,6 +180,9 @@ def export_tokenizer(tokenizer: Tokenizer, out_dir: Path, *, model_max_length: i
     }
     if model_max_length is not None:
         config["model_max_length"] = model_max_length
+    if jinja is not None:
+        config["chat_template"] = jinja
+        config["split_special_tokens"] = tokenizer.kind not in ("bpe", "word", "gpt2")
     (out_dir / TOKENIZER_CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (out_dir / SPECIAL_TOKENS_MAP).write_text(json.dumps(specials, indent=2, ensure_ascii=False) + "\n",
                                               encoding="utf-8")

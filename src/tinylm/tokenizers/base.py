@@ -13,6 +13,8 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Sequence
 
+import numpy as np
+
 from tinylm import fileio
 
 TOKENIZER_FILE = "tokenizer.tinylm.json"
@@ -48,6 +50,7 @@ class Tokenizer(ABC):
     bos_id: int | None = None  # start-of-text: opens every document (the word tokenizer's <sos>)
     unk_id: int | None = None  # what text outside the vocabulary maps to
     add_bos: bool = False  # prompts begin with bos_id too, as the original tokenizer does (hf: Llama's <s>)
+    eot_text: str | None = None  # text that `encode` reads as eot_id (a special token matched in text), if any
     chunk_safe: bool = True  # `safe_chunks` pieces encode to the ids of the whole text (else: encode whole)
 
     @classmethod
@@ -73,6 +76,19 @@ class Tokenizer(ABC):
 
     @abstractmethod
     def decode(self, ids: Sequence[int]) -> str: ...
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The UTF-8 bytes token `token_id` stands for (byte-level tokenizers)."""
+        raise NotImplementedError(f"the {self.kind} tokenizer has no per-token bytes")
+
+    def encode_offsets(self, text: str) -> tuple[list[int], list[int]]:
+        """`encode(text)` and, for each token, where it ends in `text`: the number of characters
+        that the tokens up to and including it cover (a token ending inside a character's UTF-8
+        bytes covers that character). Fine-tuning uses it to tell prompt from response tokens."""
+        ids = self.encode(text)
+        char_starts = np.cumsum([0] + [len(c.encode("utf-8")) for c in text[:-1]]) if text else np.zeros(0)
+        byte_ends = np.cumsum([len(self.token_bytes(i)) for i in ids])
+        return ids, np.searchsorted(char_starts, byte_ends, side="left").tolist()
 
     @abstractmethod
     def to_dict(self) -> dict[str, Any]:

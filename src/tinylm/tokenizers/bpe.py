@@ -31,8 +31,25 @@ SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1
                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level mapping (`bytes_to_unicode`), inverted: the character standing for each byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+_BYTE_OF_CHAR = _byte_level_alphabet()
+
+
 class BPETokenizer(Tokenizer):
     kind = "bpe"
+    eot_text = EOT
     default_vocab_size = DEFAULT_VOCAB_SIZE
     eot_id = 0
     sized = True
@@ -78,6 +95,12 @@ class BPETokenizer(Tokenizer):
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+
+    def token_bytes(self, token_id: int) -> bytes:
+        token = self.hf.id_to_token(token_id)
+        if token_id == self.eot_id or token is None:
+            return (token or "").encode("utf-8")  # a special token stands for its own text
+        return bytes(_BYTE_OF_CHAR[c] for c in token)
 
     def decode(self, ids: Sequence[int]) -> str:
         n = self.vocab_size

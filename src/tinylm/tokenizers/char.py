@@ -57,6 +57,9 @@ class CharTokenizer(Tokenizer):
         """Vectorised encode for whole corpora."""
         return self._lookup(text)[0] if text else np.zeros(0, dtype=np.int64)
 
+    def encode_offsets(self, text: str) -> tuple[list[int], list[int]]:
+        return self.encode(text), list(range(1, len(text) + 1))
+
     def count_unknown(self, text: str) -> int:
         return int((~self._lookup(text)[1]).sum()) if text else 0
 

@@ -89,6 +89,9 @@ class GPT2Tokenizer(Tokenizer):
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return self.encoding.encode_ordinary_batch(texts)
 
+    def token_bytes(self, token_id: int) -> bytes:
+        return self.encoding.decode_single_token_bytes(token_id)
+
     def decode(self, ids: Sequence[int]) -> str:
         if all(0 <= i < VOCAB_SIZE for i in ids):
             return self.encoding.decode(list(ids), errors="replace")

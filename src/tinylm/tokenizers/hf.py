@@ -198,6 +198,9 @@ class HFTokenizer(Tokenizer):
             and self.bos_token_id is not None
         self.bos_id = self.bos_token_id if self.add_bos else None
         self.chunk_safe = chunk_safe(self.spec)
+        eos_text = self.eos_token
+        self.eot_text = eos_text if eos_text and self.eot_id is not None and self.encode(eos_text) == [self.eot_id] \
+            else None
         # byte fallback or byte-level BPE: every text encodes without the unknown token
         byte_level = split_family(self.spec.get("pre_tokenizer")) is not None
         self.never_unknown = bool(self.spec.get("model", {}).get("byte_fallback")) or byte_level
@@ -245,6 +248,14 @@ class HFTokenizer(Tokenizer):
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+
+    def encode_offsets(self, text: str) -> tuple[list[int], list[int]]:
+        encoding = self.hf.encode(text, add_special_tokens=False)
+        ends, end = [], 0
+        for _, stop in encoding.offsets:  # character offsets into `text`
+            end = max(end, stop)
+            ends.append(end)
+        return encoding.ids, ends
 
     def decode(self, ids: Sequence[int]) -> str:
         n, pieces, run = self._size, [], []

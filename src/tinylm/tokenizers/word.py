@@ -17,6 +17,7 @@ import re
 from collections import Counter
 from typing import Any, Iterable, Sequence
 
+import numpy as np
 from tokenizers import normalizers
 
 from tinylm.errors import TokenizerError
@@ -73,6 +74,7 @@ class WordTokenizer(Tokenizer):
     unit = "word"
     unk_id = UNK_ID
     eot_id = EOS_ID  # ends documents and stops generation
+    eot_text = "<eos>"
     bos_id = SOS_ID  # opens documents
     sized = True
     flags = ("lower",)
@@ -114,6 +116,16 @@ class WordTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         get = self.stoi.get
         return [get(tok, UNK_ID) for tok in self.split(text)]
+
+    def encode_offsets(self, text: str) -> tuple[list[int], list[int]]:
+        source = text.lower() if self.lower else text
+        matches = list(TOKEN_RE.finditer(source))
+        get = self.stoi.get
+        ids, ends = [get(m.group(), UNK_ID) for m in matches], [m.end() for m in matches]
+        if len(source) != len(text):  # lower() lengthened a character (e.g. U+0130): map back to `text`
+            lowered_starts = np.cumsum([0] + [len(c.lower()) for c in text[:-1]])
+            ends = np.searchsorted(lowered_starts, ends, side="left").tolist()
+        return ids, ends
 
     def decode(self, ids: Sequence[int]) -> str:
         n = len(self.itos)

@@ -1,6 +1,7 @@
 """Resumable checkpoints: model.safetensors + train_state.pt, committed together.
 
-A checkpoint is two files that must agree. Saving writes both to temporary names, then
+A checkpoint is two files that must agree (a LoRA run's weights file is adapter.safetensors: only the
+adapter is saved, the frozen base stays in the base run). Saving writes both to temporary names, then
 renames train_state.pt (the commit point: it records the sha256 of the new weights), then
 model.safetensors. A SIGKILL before the commit leaves the previous checkpoint intact; after
 it, `load_checkpoint` finds the new weights under their temporary name by their sha256 and
@@ -23,9 +24,11 @@ import numpy as np
 import torch
 
 from tinylm import fileio
+from tinylm.config import LoRAConfig
 from tinylm.errors import CheckpointError
 from tinylm.model import GPT
-from tinylm.rundir import CHECKPOINTS_DIR, MODEL_FILE, STATE_FILE, load_weights, save_weights
+from tinylm.rundir import (ADAPTER_FILE, CHECKPOINTS_DIR, MODEL_FILE, STATE_FILE, load_adapter, load_weights,
+                           save_adapter, save_weights)
 
 FORMAT = 1
 
@@ -59,20 +62,29 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.mps.set_rng_state(state["mps"])
 
 
-def save_checkpoint(run_dir: Path, model: GPT, state: dict[str, Any], metadata: dict[str, Any]) -> None:
-    """Atomically replace the run's checkpoint with `model` and `state` (optimizer, loader,
-    counters; this process's RNG states are added here unless `state` brings them)."""
-    model_path, state_path = run_dir / MODEL_FILE, run_dir / STATE_FILE
-    sha = save_weights(model, model_path, metadata, replace=False)
+def weights_file(adapter: LoRAConfig | None) -> str:
+    return ADAPTER_FILE if adapter is not None else MODEL_FILE
+
+
+def save_checkpoint(run_dir: Path, model: GPT, state: dict[str, Any], metadata: dict[str, Any],
+                    adapter: LoRAConfig | None = None) -> None:
+    """Atomically replace the run's checkpoint with `model` (its adapter alone for a LoRA run) and
+    `state` (optimizer, loader, counters; this process's RNG states are added here unless `state`
+    brings them)."""
+    model_path, state_path = run_dir / weights_file(adapter), run_dir / STATE_FILE
+    if adapter is not None:
+        sha = save_adapter(model, model_path, metadata, adapter, replace=False)
+    else:
+        sha = save_weights(model, model_path, metadata, replace=False)
     full = {"format": FORMAT, "model_sha256": sha, "rng": rng_state(), **state}
     with fileio.atomic_write(state_path) as f:  # the commit point
         torch.save(full, f)
     fileio.commit(fileio.temp_path(model_path), model_path)
 
 
-def _repair(run_dir: Path, expected_sha: str) -> None:
-    """Make model.safetensors the weights train_state.pt was saved with, or fail clearly."""
-    model_path = run_dir / MODEL_FILE
+def _repair(run_dir: Path, expected_sha: str, name: str = MODEL_FILE) -> None:
+    """Make model.safetensors (or the adapter) the weights train_state.pt was saved with, or fail clearly."""
+    model_path = run_dir / name
     if model_path.is_file() and fileio.sha256_file(model_path) == expected_sha:
         return
     pending = fileio.temp_path(model_path)
@@ -99,20 +111,24 @@ def read_state(run_dir: Path) -> dict[str, Any]:
     return state
 
 
-def load_checkpoint(run_dir: Path, model: GPT, rank: int = 0) -> dict[str, Any]:
-    """Load the weights into `model` and return the training state (RNG states restored; a run of
-    several processes saved one set per rank, a list: process `rank` takes its own)."""
+def load_checkpoint(run_dir: Path, model: GPT, rank: int = 0, adapter: LoRAConfig | None = None) -> dict[str, Any]:
+    """Load the weights (the adapter, for a LoRA run) into `model` and return the training state (RNG
+    states restored; a run of several processes saved one set per rank, a list: process `rank` takes its own)."""
     state = read_state(run_dir)
-    _repair(run_dir, state["model_sha256"])
+    name = weights_file(adapter)
+    _repair(run_dir, state["model_sha256"], name)
     for stale in run_dir.glob(".*.tmp"):  # half-written files of the killed process
         stale.unlink(missing_ok=True)
-    load_weights(model, run_dir / MODEL_FILE)
+    if adapter is not None:
+        load_adapter(model, run_dir / name, adapter)
+    else:
+        load_weights(model, run_dir / name)
     rng = state["rng"]
     set_rng_state(rng[rank % len(rng)] if isinstance(rng, list) else rng)
     return state
 
 
-def keep_copy(run_dir: Path, step: int, keep_last: int) -> Path:
+def keep_copy(run_dir: Path, step: int, keep_last: int, weights: str = MODEL_FILE) -> Path:
     """Keep the checkpoint just saved as checkpoints/step-NNNNNNN/ and drop all but the last
     `keep_last` such copies. Returns the copy's folder."""
     folder = run_dir / CHECKPOINTS_DIR
@@ -120,7 +136,7 @@ def keep_copy(run_dir: Path, step: int, keep_last: int) -> Path:
     staging = folder / f".{target.name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    for name in (MODEL_FILE, STATE_FILE):
+    for name in (weights, STATE_FILE):
         try:
             os.link(run_dir / name, staging / name)  # the run's file is replaced by rename later: the link stays
         except OSError:  # file systems without hard links

@@ -1,7 +1,13 @@
-"""The training loop.
+"""The training loop, for pre-training and fine-tuning alike.
 
-    data dir -> loader (random windows | permutation) -> [micro-batches x accumulation -> optimizer step] x steps
+    data dir -> WindowData: loader (random windows | permutation)       \
+    fine-tuning examples -> ExampleData: padded example batches          > [micro-batches x accumulation
+    (data/finetune.py, opened by training/finetune.py)                  /   -> optimizer step] x steps
                 every eval_interval: validation loss, checkpoint, best weights, plots
+
+The model is built from the config; a fine-tune (cfg.finetune.method) first loads its base run's
+weights and, for LoRA, adds the adapter and freezes the rest (training/finetune.py `prepare_model`):
+only trainable parameters reach the optimizer, and a LoRA run checkpoints its adapter alone.
 
 The run ends at `max_steps` or when the wall-clock `time_budget` is spent, whichever comes
 first; the learning rate follows that progress (see schedule.py). Ctrl-C stops at the next
@@ -34,12 +40,12 @@ from tinylm.errors import CheckpointError, ConfigError, DataError, TinylmError
 from tinylm.evaluation.perplexity import score_tokens
 from tinylm.model import GPT
 from tinylm.inputs import INT64_MAX
-from tinylm.rundir import (BEST_FILE, METRICS_FILE, RUN_FILES, STATE_FILE, read_config, read_weights, save_weights,
-                           write_config)
+from tinylm.rundir import (BEST_ADAPTER_FILE, BEST_FILE, METRICS_FILE, RUN_FILES, STATE_FILE, read_config, read_weights,
+                           save_adapter, save_weights, write_config)
 from tinylm.runtime import autocast, check_memory, peak_flops, resolve_device, resolve_dtype
 from tinylm.tokenizers import Tokenizer, load_tokenizer, spec_vocab_size
 from tinylm.training import distributed
-from tinylm.training.checkpoint import keep_copy, load_checkpoint, rng_state, save_checkpoint
+from tinylm.training.checkpoint import keep_copy, load_checkpoint, rng_state, save_checkpoint, weights_file
 from tinylm.training.distributed import Procs
 from tinylm.training.metrics import MetricsLog, plot_metrics
 from tinylm.training.optim import build_optimizers, load_state
@@ -104,6 +110,33 @@ def plan_batch(cfg: RunConfig, processes: int, fits: Callable[[int], bool] | Non
     return BatchPlan(micro, sequences // micro, processes, context)
 
 
+class WindowData:
+    """Token windows of a prepared data directory: what pre-training (and continued pre-training) trains
+    and validates on. Fine-tuning examples (`tinylm.data.finetune.ExampleData`) offer the same methods."""
+
+    def __init__(self, data_dir: str | Path):
+        self.dir = Path(data_dir)
+        self.splits = read_meta(self.dir)["splits"]
+        self.train = load_split(self.dir, "train")
+        self.val = load_split(self.dir, "val")
+
+    def loader(self, seq_len: int, micro: int, seed: int, sampling: str, shard: tuple[int, int]):
+        return make_loader(self.train, seq_len, micro, seed, sampling=sampling, shard=shard)
+
+    def steps_per_epoch(self, plan: BatchPlan) -> float:
+        return len(self.train) / plan.tokens
+
+    def validation(self, model: torch.nn.Module, *, seq_len: int, batch_size: int, device: torch.device,
+                   dtype: torch.dtype, max_tokens: int, shard: tuple[int, int]) -> tuple[float, int]:
+        """(total nats, tokens scored) on this process's share of the validation windows."""
+        max_windows = max(1, max_tokens // seq_len) if max_tokens else 0
+        return score_tokens(model, self.val, context=seq_len, batch_size=batch_size, device=device, dtype=dtype,
+                            max_windows=max_windows, shard=shard)
+
+    def describe(self) -> str:
+        return f"{self.splits['train']['tokens']:,} train / {self.splits['val']['tokens']:,} val tokens, {self.dir}"
+
+
 class StopRequest:
     """Turns the first Ctrl-C into a request honoured at the next step boundary."""
 
@@ -127,9 +160,11 @@ class StopRequest:
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, run_dir: Path, data_dir: Path, tokenizer: Tokenizer,
+    def __init__(self, cfg: RunConfig, run_dir: Path, data: Path | Any, tokenizer: Tokenizer,
                  procs: Procs | None = None):
+        """`data`: a prepared data directory, or an object with WindowData's methods (fine-tuning examples)."""
         procs = procs or Procs()
+        self.data = WindowData(data) if isinstance(data, (str, Path)) else data
         self.cfg, self.run_dir, self.tokenizer, self.procs = cfg, run_dir, tokenizer, procs
         t = cfg.train
         self.device = distributed.start(procs, resolve_device(t.device))
@@ -140,20 +175,24 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(t.seed)  # the same initial weights in every process
-        self.model = GPT(cfg.model).to(self.device)
+        self.model = GPT(cfg.model)
+        self.adapter = None  # a LoRA fine-tune's LoRAConfig: its checkpoints hold the adapter alone
+        if cfg.finetune.method:
+            from tinylm.training.finetune import prepare_model
+
+            self.adapter = prepare_model(self.model, cfg)
+        self.model.to(self.device)
         self.plan = plan_batch(cfg, procs.world_size, self._fits if self.device.type == "cuda" else None)
         if procs.distributed:
             torch.manual_seed(t.seed + 7919 * procs.rank)  # but different dropout masks
         self.optimizers = build_optimizers(self.model, t, self.device)
         # loss scaling only where it applies: float16 autocast on CUDA
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16 and self.device.type == "cuda")
-        train_tokens = load_split(data_dir, "train")
-        self.loader = make_loader(train_tokens, cfg.seq_len, self.plan.micro, t.seed,
-                                  sampling=cfg.data.sampling, shard=(procs.rank, procs.world_size))
+        self.loader = self.data.loader(cfg.seq_len, self.plan.micro, t.seed, cfg.data.sampling,
+                                       (procs.rank, procs.world_size))
         if t.epochs:  # resolved here, saved in config.json (at most int64: epochs may be huge)
-            steps = t.epochs * len(train_tokens) / self.plan.tokens
+            steps = t.epochs * self.data.steps_per_epoch(self.plan)
             t.max_steps = max(1, min(INT64_MAX, math.ceil(steps))) if math.isfinite(steps) else INT64_MAX
-        self.val_tokens = load_split(data_dir, "val")
         self.tokens_per_step = self.plan.tokens
         self.flops_per_token = self.model.flops_per_token(cfg.seq_len)
         self.peak_flops = peak_flops(self.device, self.dtype)  # for MFU (per process); None where unknown
@@ -215,7 +254,7 @@ class Trainer:
         procs = self.procs
         if not procs.main:
             distributed.barrier(procs)  # rank 0 repairs an interrupted save first
-        state = load_checkpoint(self.run_dir, self.model, rank=procs.rank)
+        state = load_checkpoint(self.run_dir, self.model, rank=procs.rank, adapter=self.adapter)
         if procs.main:
             distributed.barrier(procs)
         saved_procs = len(state["rng"]) if isinstance(state["rng"], list) else 1
@@ -239,8 +278,9 @@ class Trainer:
         self.loss_sum, self.loss_count = state["loss_sum"], state["loss_count"]
         self.skipped_steps = state.get("skipped_steps", 0)
         self._last_save = self.elapsed
-        if (self.run_dir / BEST_FILE).is_file():  # best weights may be newer than train_state.pt
-            _, meta = read_weights(self.run_dir / BEST_FILE)
+        best = self.run_dir / (BEST_ADAPTER_FILE if self.adapter else BEST_FILE)
+        if best.is_file():  # best weights may be newer than train_state.pt
+            _, meta = read_weights(best)
             self.best_val_loss = min(self.best_val_loss, float(meta.get("val_loss", math.inf)))
         if procs.main:
             self.metrics.truncate_after(self.step)
@@ -322,14 +362,18 @@ class Trainer:
             raise TinylmError(f"the weights became non-finite ({bad}) at step {self.step}; " + self.divergence_advice())
 
     def validation_loss(self) -> float:
-        """Mean loss over the validation windows, each process scoring its share."""
-        t = self.cfg.train
-        max_windows = max(1, t.eval_tokens // self.cfg.seq_len) if t.eval_tokens else 0
-        nats, count = score_tokens(self.model, self.val_tokens, context=self.cfg.seq_len, batch_size=self.plan.micro,
-                                   device=self.device, dtype=self.dtype, max_windows=max_windows,
-                                   shard=(self.procs.rank, self.procs.world_size))
+        """Mean loss over the validation windows (response tokens of the validation examples when
+        fine-tuning on instructions or chats), each process scoring its share."""
+        nats, count = self.data.validation(self.model, seq_len=self.cfg.seq_len, batch_size=self.plan.micro,
+                                           device=self.device, dtype=self.dtype, max_tokens=self.cfg.train.eval_tokens,
+                                           shard=(self.procs.rank, self.procs.world_size))
         nats, count = distributed.all_sum(self.procs, [nats, count], self.device)
-        return nats / count
+        return nats / max(count, 1)
+
+    def step_tokens(self) -> int:
+        """Tokens of the global batches of the step just taken (padding not counted for examples)."""
+        take = getattr(self.loader, "take_tokens", None)
+        return take() if take is not None else self.tokens_per_step
 
     def save(self, val_loss: float | None) -> None:
         """Checkpoint (every process takes part: RNG states are gathered; rank 0 writes)."""
@@ -342,15 +386,18 @@ class Trainer:
         meta = {"step": self.step, "tokenizer_fingerprint": self.tokenizer.fingerprint()}
         if val_loss is not None and val_loss < self.best_val_loss:
             self.best_val_loss = val_loss
-            save_weights(self.model, self.run_dir / BEST_FILE, {**meta, "val_loss": val_loss})
+            if self.adapter is not None:
+                save_adapter(self.model, self.run_dir / BEST_ADAPTER_FILE, {**meta, "val_loss": val_loss}, self.adapter)
+            else:
+                save_weights(self.model, self.run_dir / BEST_FILE, {**meta, "val_loss": val_loss})
         state = {"step": self.step, "tokens": self.tokens, "elapsed": self.elapsed,
                  "best_val_loss": self.best_val_loss, "loss_sum": self.loss_sum, "loss_count": self.loss_count,
                  "skipped_steps": self.skipped_steps, "optimizers": [o.state_dict() for o in self.optimizers],
                  "scaler": self.scaler.state_dict(), "loader": self.loader.state_dict(),
                  "rng": rngs if self.procs.distributed else rngs[0]}
-        save_checkpoint(self.run_dir, self.model, state, meta)
+        save_checkpoint(self.run_dir, self.model, state, meta, adapter=self.adapter)
         if self.cfg.train.keep_last:
-            keep_copy(self.run_dir, self.step, self.cfg.train.keep_last)
+            keep_copy(self.run_dir, self.step, self.cfg.train.keep_last, weights_file(self.adapter))
 
     def plot(self) -> None:
         if not self.procs.main:
@@ -450,7 +497,7 @@ class Trainer:
                     lr = learning_rate(self.step, progress_fraction(self.step, self.elapsed, t), t)
                     loss, grad_norm = self.train_step(lr / t.lr)
                     self.step += 1
-                    self.tokens += self.tokens_per_step
+                    self.tokens += self.step_tokens()
                     self.loss_sum += loss.item()
                     self.loss_count += 1
                     self.elapsed = time.perf_counter() - self._start
@@ -506,18 +553,21 @@ def default_run_dir(cfg: RunConfig) -> Path:
     return Path(cfg.train.out_dir or Path("runs") / (cfg.preset or "run"))
 
 
-def _summary(cfg: RunConfig, trainer: Trainer, data_dir: Path, resume: bool) -> str:
+def _summary(cfg: RunConfig, trainer: Trainer, resume: bool) -> str:
     m, t, tok, plan = cfg.model, cfg.train, trainer.tokenizer, trainer.plan
-    splits = read_meta(data_dir)["splits"]
+    ft = cfg.finetune
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    tuned = (f"\n  base    {ft.base} ({ft.base_weights}), {ft.method} fine-tuning: {trainable:,} trainable parameters"
+             + (f" (LoRA r={cfg.lora.r}, alpha={cfg.lora.alpha:g} on {cfg.lora.targets})" if trainer.adapter else "")
+             if ft.method else "")
     limits = (f"budget {t.time_budget:.0f}s or " if t.time_budget else "") + f"{t.max_steps} steps"
     procs = f" x {plan.processes} processes" if plan.processes > 1 else ""
     return "\n".join([
         f"[bold]tinylm[/] {'resuming' if resume else 'training'} {cfg.preset or 'run'} -> {trainer.run_dir}",
         f"  model   {trainer.model.num_params() / 1e6:.2f}M parameters ({m.n_layer} layers, {m.n_head} heads, "
         f"width {m.d_model}, context {m.context}, {m.pos} positions, {m.norm}, {m.mlp}), "
-        f"{trainer.flops_per_token / 1e6:.1f} MFLOP/token",
-        f"  data    {splits['train']['tokens']:,} train / {splits['val']['tokens']:,} val tokens, "
-        f"{tok.kind} tokenizer ({tok.vocab_size} ids), {data_dir}",
+        f"{trainer.flops_per_token / 1e6:.1f} MFLOP/token{tuned}",
+        f"  data    {trainer.data.describe()}, {tok.kind} tokenizer ({tok.vocab_size} ids)",
         f"  device  {trainer.device.type}{procs} {str(trainer.dtype).removeprefix('torch.')}, {t.optimizer}, "
         f"{trainer.tokens_per_step:,} tokens/step ({plan.micro} x {plan.accum} sequences{procs}), {limits}"
         + (f", from step {trainer.step}" if resume else ""),
@@ -568,28 +618,37 @@ def check_fits(cfg: RunConfig, vocab: int, device: torch.device) -> None:
                  "or train.batch_size")
 
 
+def _open_data(cfg: RunConfig, main: bool) -> tuple[Any, Tokenizer]:
+    """The training data and tokenizer: a data dir (prepared now if need be), or a fine-tune's data."""
+    if cfg.finetune.method:
+        from tinylm.training.finetune import open_finetune_data
+
+        return open_finetune_data(cfg, quiet=not main)
+    data_dir, prepared = resolve_data_dir(cfg.data)
+    if prepared:
+        console.print(f"prepared {cfg.data.source} into {data_dir}")
+    cfg.data.tokenizer = read_meta(data_dir)["tokenizer"]["spec"]  # a given data dir brings its own
+    return WindowData(data_dir), load_tokenizer(data_dir)
+
+
 def _train(cfg: RunConfig, procs: Procs, run_dir: Path, resume: bool, overwrite: bool) -> TrainResult:
     if procs.main:  # one process prepares (and caches) the data; the others find it prepared
-        data_dir, prepared = resolve_data_dir(cfg.data)
-        if prepared:
-            console.print(f"prepared {cfg.data.source} into {data_dir}")
+        data, tokenizer = _open_data(cfg, main=True)
     distributed.start(procs, resolve_device(cfg.train.device))  # join the process group
     distributed.barrier(procs)
     if not procs.main:
-        data_dir, _ = resolve_data_dir(cfg.data)
-    cfg.data.tokenizer = read_meta(data_dir)["tokenizer"]["spec"]  # a given data dir brings its own
-    tokenizer = load_tokenizer(data_dir)
+        data, tokenizer = _open_data(cfg, main=False)
     if resume:
         run_tokenizer = load_tokenizer(run_dir)
         if run_tokenizer.fingerprint() != tokenizer.fingerprint():
-            raise DataError(f"the data in {data_dir} was tokenized differently from the run in {run_dir}; "
+            raise DataError(f"the data of {run_dir} was tokenized differently from its run; "
                             "resume with the data the run was started on")
     elif procs.main:
         _claim_run_dir(run_dir, overwrite)
     try:
         cfg.model.vocab_size = cfg.model.embedding_rows(tokenizer.vocab_size)
         check_fits(cfg, cfg.model.vocab_size, resolve_device(cfg.train.device))
-        trainer = Trainer(cfg, run_dir, data_dir, tokenizer, procs)
+        trainer = Trainer(cfg, run_dir, data, tokenizer, procs)
         if resume:
             trainer.restore()
             if trainer.step >= cfg.train.max_steps or progress_fraction(trainer.step, trainer.elapsed, cfg.train) >= 1:
@@ -601,7 +660,7 @@ def _train(cfg: RunConfig, procs: Procs, run_dir: Path, resume: bool, overwrite:
                 tokenizer.save(run_dir)
         distributed.barrier(procs)
         if procs.main:
-            console.print(_summary(cfg, trainer, data_dir, resume))
+            console.print(_summary(cfg, trainer, resume))
         return trainer.fit(resume)
     except BaseException:
         # a new run that fails before its first checkpoint leaves no half-made directory behind

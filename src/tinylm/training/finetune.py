@@ -1,0 +1,137 @@
+"""`tinylm finetune`: adapt a base run to new text, instructions or chats, through the one trainer.
+
+    base run (config.json, tokenizer, weights) ──► finetune_config: the base's model and tokenizer, the
+        fine-tuning defaults (FINETUNE_DEFAULTS), then preset / --config / --set / flags; finetune.base,
+        base_weights and base_sha256 recorded
+    ──► train(cfg) (trainer.py), which calls back here:
+          open_finetune_data  text ─► the base's tokenizer prepares it (cached by tokenizer fingerprint) ─► windows
+                              instruction / chat records ─► template ─► examples (data/finetune.py)
+          prepare_model       the base weights (sha256 checked) ─► LoRA: add the adapter, freeze the rest
+    ──► run dir: LoRA ─► adapter.safetensors (+ the base's path and sha256 in config.json);
+                 full ─► model.safetensors, a standalone run
+
+`merge(run_dir, out_dir)` folds a LoRA run's adapter into its base's weights and writes a standalone run.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from tinylm.config import DataConfig, LoRAConfig, RunConfig, TrainConfig, update
+from tinylm.data.finetune import resolve_format, run_examples, text_data_dir
+from tinylm.errors import CheckpointError, ConfigError
+from tinylm.model import GPT, lora
+from tinylm.rundir import (CONFIG_FILE, MODEL_FILE, base_weights, load, load_weights, read_config, save_weights,
+                           write_config)
+from tinylm.tokenizers import Tokenizer, load_tokenizer
+
+# train.* values a fine-tune starts from (before any preset, --config, --set or flag): a few epochs at a
+# learning rate suited to the method, no weight decay (it would pull LoRA's B, or the weights, to zero)
+FINETUNE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "lora": {"lr": 1e-3, "min_lr": 1e-4},
+    "full": {"lr": 1e-4, "min_lr": 1e-5},
+    "any": {"epochs": 3.0, "warmup_steps": 10, "weight_decay": 0.0, "batch_size": 8, "eval_interval": 50,
+            "log_interval": 10, "eval_tokens": 0},
+}
+FINETUNE_SECTIONS = ("train", "finetune", "lora", "data")  # what a preset or --config may set for a fine-tune
+
+
+def finetune_config(base: str | Path, source: str = "", method: str = "lora") -> RunConfig:
+    """The configuration of a fine-tune of run `base` on `source` before user overrides: the base's
+    model, tokenizer and train.dtype, FINETUNE_DEFAULTS for `method`, and the base weights' file and
+    sha256 recorded."""
+    base = Path(base)
+    if not (base / CONFIG_FILE).is_file():
+        what = "does not exist" if not base.exists() else f"is not a tinylm run directory (no {CONFIG_FILE})"
+        raise CheckpointError(f"the base run {base} {what}; give a run directory trained with `tinylm train` "
+                              "or imported with `tinylm import`")
+    base_cfg = read_config(base)
+    cfg = RunConfig(preset="", description=f"{method} fine-tune of {base}")
+    cfg.model = copy.deepcopy(base_cfg.model)
+    cfg.data = DataConfig(source=source, tokenizer=base_cfg.data.tokenizer)
+    cfg.train = TrainConfig()
+    update(cfg.train, {**FINETUNE_DEFAULTS["any"], **FINETUNE_DEFAULTS.get(method, {})}, origin="fine-tuning defaults")
+    cfg.train.dtype = base_cfg.train.dtype  # the precision the base was trained in
+    cfg.finetune.method = method
+    cfg.finetune.base = str(base.resolve())
+    cfg.lora = LoRAConfig()
+    base_weights(cfg)  # checks the base and records its weights' name and sha256
+    return cfg
+
+
+def apply_finetune_table(cfg: RunConfig, values: dict[str, Any], origin: str) -> None:
+    """Apply a preset's or TOML file's tables to a fine-tune: [train], [finetune], [lora] and [data]; the
+    model is the base's ([model] may only change dropout)."""
+    values = dict(values)
+    values.pop("reference", None)
+    values.pop("description", None)
+    model = values.pop("model", {}) or {}
+    if set(model) - {"dropout"}:
+        raise ConfigError(f"{origin}: a fine-tune keeps its base run's model; only model.dropout may change "
+                          f"(got {', '.join(f'model.{k}' for k in model)})")
+    data = dict(values.pop("data", {}) or {})
+    for key in ("source", "dir", "tokenizer"):  # the data is --data, the tokenizer the base's
+        data.pop(key, None)
+    unknown = set(values) - set(FINETUNE_SECTIONS)
+    if unknown:
+        raise ConfigError(f"{origin}: a fine-tune takes tables {', '.join(FINETUNE_SECTIONS)}, "
+                          f"not {sorted(unknown)[0]}")
+    update(cfg, {**values, "data": data, "model": model}, origin)
+
+
+# --------------------------------------------------------------------------- called by the trainer
+
+
+def prepare_model(model: GPT, cfg: RunConfig) -> LoRAConfig | None:
+    """Load the base run's weights into `model` (checked against the recorded sha256) and, for LoRA, add
+    the adapter "default" (base frozen). Returns the LoRAConfig for a LoRA run, None for full fine-tuning."""
+    load_weights(model, base_weights(cfg))
+    if cfg.finetune.method != "lora":
+        return None
+    lora.add_lora(model, cfg.lora)
+    lora.set_active(model, "default")
+    return cfg.lora
+
+
+def open_finetune_data(cfg: RunConfig, quiet: bool = False) -> tuple[Any, Tokenizer]:
+    """The data of a fine-tune and the base's tokenizer: windows of text (continued pre-training) or
+    instruction / chat examples (finetune.format and finetune.template are resolved into `cfg`)."""
+    from tinylm.training.trainer import WindowData
+
+    base_weights(cfg)
+    tokenizer = load_tokenizer(cfg.finetune.base)
+    if resolve_format(cfg) == "text":
+        return WindowData(text_data_dir(cfg, tokenizer)), tokenizer
+    return run_examples(cfg, tokenizer, quiet=quiet), tokenizer
+
+
+# --------------------------------------------------------------------------- merging
+
+
+def merge(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best") -> dict[str, Any]:
+    """Fold LoRA run `run_dir`'s adapter into its base's weights and write the result as a standalone run
+    `out_dir` (config.json with finetune.merged = true, tokenizer, model.safetensors). A tied head with an
+    adapter is untied. Returns a summary."""
+    run_dir, out = Path(run_dir), Path(out_dir)
+    if (out / CONFIG_FILE).exists():
+        raise CheckpointError(f"{out} is already a run directory; choose another --out")
+    run = load(run_dir, checkpoint=checkpoint, device="cpu", dtype="float32")
+    if not run.config.finetune.adapter:
+        raise CheckpointError(f"{run_dir} is not a LoRA adapter run (it has its own weights); nothing to merge")
+    tied = run.model.cfg.tie_weights
+    run.merge_adapter()
+    cfg = copy.deepcopy(run.config)
+    cfg.model = run.model.cfg
+    cfg.finetune.merged = True
+    cfg.description = f"{run_dir} merged into its base {cfg.finetune.base}"
+    out.mkdir(parents=True, exist_ok=True)
+    run.tokenizer.save(out)
+    meta = {"step": run.metadata.get("step", 0), "merged_from": str(run_dir.resolve()),
+            "tokenizer_fingerprint": run.tokenizer.fingerprint()}
+    sha = save_weights(run.model, out / MODEL_FILE, meta)
+    write_config(out, cfg)  # last: a directory with config.json is a complete run
+    return {"out_dir": str(out), "params": run.model.num_params(), "sha256": sha,
+            "adapter": str(run.weights), "untied": tied and not run.model.cfg.tie_weights}
+
