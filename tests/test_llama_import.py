@@ -165,3 +165,33 @@ def test_bad_directories_are_one_line_errors(tokenizers: dict[str, Path], tmp_pa
     shutil.copytree(src, d)
     _edit_config(d, architectures=["MistralForCausalLM"], model_type="mistral", sliding_window=None)
     assert import_hf(d, tmp_path / "run-mistral")["family"] == "llama"
+
+
+@pytest.mark.slow
+def test_imported_run_fine_tunes_and_serves(tokenizers: dict[str, Path], tmp_path: Path) -> None:
+    """An imported Llama-family run (hf tokenizer that adds <s>) goes through `tinylm finetune` (LoRA on
+    chats) and `tinylm serve`: the served greedy chat reply equals `Run.chat` offline."""
+    openai = pytest.importorskip("openai")
+    from serving_server import running
+
+    from tinylm.serving import create_app
+
+    src = llama_dir(tmp_path, tokenizers["sentencepiece"])
+    assert main(["import", str(src), "--out", str(tmp_path / "base"), "--context", "96"]) == 0
+    chats = tmp_path / "chats.jsonl"
+    with chats.open("w", encoding="utf-8") as f:
+        for i in range(24):
+            f.write(json.dumps({"messages": [{"role": "user", "content": f"count to {i % 5}"},
+                                             {"role": "assistant", "content": " ".join(map(str, range(i % 5 + 1)))}]})
+                    + "\n")
+    assert main(["finetune", str(tmp_path / "base"), "--data", str(chats), "--out", str(tmp_path / "ft"),
+                 "--template", "chat", "--max-steps", "4", "--device", "cpu", "--dtype", "float32"]) == 0
+    run = load(tmp_path / "ft", device="cpu", dtype="float32")
+    assert run.chat_template is not None and run.chat_template.name == "chat"
+    messages = [{"role": "user", "content": "count to 3"}]
+    offline = run.chat(messages, temperature=0.0, max_new_tokens=8)
+    app = create_app(tmp_path / "ft", model_name="ft", device="cpu", dtype="float32")
+    with running(app) as base:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused")
+        reply = client.chat.completions.create(model="ft", messages=messages, temperature=0, max_tokens=8)
+    assert reply.choices[0].message.content == offline

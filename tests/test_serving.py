@@ -179,9 +179,12 @@ def test_chat_completions_render_the_template(client: OpenAI, run):
     template = get_template("plain")
     rendered = template.text(messages, eot_text="", add_generation_prompt=True)
     assert rendered == "User: Good morrow.\nAssistant: "
-    assert r.usage.prompt_tokens == len(rendered)
-    for c in r.choices:  # a reply stops where the next turn would begin
-        offline = run.generate(rendered, seed=21 + c.index, temperature=1.0, max_new_tokens=30, stop=template.stop)
+    ids = run.chat_ids(messages, template, max_new_tokens=30)  # room for the reply: context 32 keeps 32 - 32 // 4
+    assert r.usage.prompt_tokens == len(ids) == 24 and run.tokenizer.decode(ids) == rendered[-24:]
+    for c in r.choices:  # the reply Run.chat gives: it stops where the next turn would begin
+        offline = run.chat(messages, template="plain", seed=21 + c.index, temperature=1.0, max_new_tokens=30)
+        assert offline == run.generate(rendered[-24:], seed=21 + c.index, temperature=1.0, max_new_tokens=30,
+                                       stop=template.reply_stops(has_eot=False))
         assert c.message.role == "assistant" and c.message.content == offline
         assert c.finish_reason == ("stop" if len(c.logprobs.content) < 30 else "length")
         assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in c.logprobs.content)

@@ -91,9 +91,7 @@ def test_an_adapter_chats_with_its_own_template(client: OpenAI, adapter_run: Pat
     assert template is not None and template.name == "plain"
     messages = [{"role": "user", "content": "Who is there?"}]
     r = client.chat.completions.create(model="poet", messages=messages, max_tokens=30, seed=5, temperature=1.0)
-    prompt = template.text(messages, eot_text="", add_generation_prompt=True)
-    assert r.choices[0].message.content == tuned.generate(prompt, seed=5, temperature=1.0, max_new_tokens=30,
-                                                          stop=template.stop)
+    assert r.choices[0].message.content == tuned.chat(messages, seed=5, temperature=1.0, max_new_tokens=30)
     with pytest.raises(openai.BadRequestError):  # the base run has no template and none was given
         client.chat.completions.create(model="tiny", messages=messages, max_tokens=5)
 

@@ -73,3 +73,12 @@ def test_bad_instruction_records_and_template_names():
         instruction_messages({"output": "x"}, where="data.jsonl line 2")
     with pytest.raises(ConfigError, match="choose one of alpaca, chat, plain"):
         get_template("zephyr")
+
+
+def test_reply_stops_cut_the_end_of_a_reply_whole_without_an_end_of_text_token():
+    plain = get_template("plain")
+    assert plain.reply_stops(has_eot=True) == ["User:", "System:"]
+    assert plain.reply_stops(has_eot=False) == ["\nUser:", "\nSystem:", "User:", "System:"]
+    from tinylm.generation import cut_at_stop
+
+    assert cut_at_stop("Cleopatra\nUser: who", plain.reply_stops(has_eot=False)) == "Cleopatra"

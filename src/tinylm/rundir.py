@@ -325,30 +325,37 @@ class Run:
         """The assistant's reply to `messages` ([{"role": "system" | "user" | "assistant", "content"}]),
         rendered with the run's template (or `template`) and generated until end-of-text or the
         template's stop strings. Options as for `generate`."""
-        from tinylm.data.finetune import encode_messages
-
         tpl = get_template(template) if isinstance(template, str) else template or self.chat_template
         if tpl is None:
             raise ConfigError(f"{self.run_dir} has no chat template (it was not fine-tuned on instruction or chat "
                               "data); pass template='chat', 'alpaca' or 'plain'")
         cfg = self.generation_config(config, **options)
-        cfg = cfg.replace(stop=[*cfg.stop, *(s for s in tpl.stop if s not in cfg.stop)])
-        ids, _ = encode_messages(self.tokenizer, tpl, messages, add_generation_prompt=True)
-        # as in fine-tuning, a long conversation loses tokens from the left, leaving room for the reply in
-        # the window (a reply generated past the context would see a slid, shorter window)
-        keep = self.model.cfg.context - min(cfg.max_new_tokens, self.model.cfg.context // 4)
+        stops = tpl.reply_stops(self.tokenizer.eot_id is not None)
+        cfg = cfg.replace(stop=[*cfg.stop, *(s for s in stops if s not in cfg.stop)])
+        ids = self.chat_ids(messages, tpl, cfg.max_new_tokens, cfg.truncate)
+        new = generate_ids(self.model, [ids], cfg, decode=self.tokenizer.decode, **self._engine_args())[0]
+        return self._text(ids, new, cfg)
+
+    def chat_ids(self, messages: Sequence[dict[str, str]], template: Template, max_new_tokens: int,
+                 truncate: bool = True) -> list[int]:
+        """The ids a reply to `messages` is generated after (`Run.chat` and `tinylm serve` use this): the
+        conversation rendered with `template` and the assistant prefix, encoded as in fine-tuning
+        (`data.finetune.encode_messages`: the whole text at once, BOS first where the tokenizer adds it);
+        messages that encode to nothing are the empty prompt (the start ids). As in fine-tuning, a long
+        conversation loses tokens from the left, leaving room for the reply in the window (a reply
+        generated past the context would see a slid, shorter window): a ConfigError if not `truncate`."""
+        from tinylm.data.finetune import encode_messages
+
+        ids, _ = encode_messages(self.tokenizer, template, messages, add_generation_prompt=True)
+        ids = ids or self.tokenizer.start_ids()
+        keep = self.model.cfg.context - min(max_new_tokens, self.model.cfg.context // 4)
         if len(ids) > keep:
-            if not cfg.truncate:
+            if not truncate:
                 raise ConfigError(f"the conversation has {len(ids)} tokens; with room for the reply only {keep} fit "
                                   "the context: shorten it, or allow truncation to its last tokens (truncate=True)")
             warn(f"the conversation has {len(ids)} tokens; its last {keep} are used (room for the reply)")
             ids = ids[-keep:]
-        new = generate_ids(self.model, [ids], cfg, decode=self.tokenizer.decode, **self._engine_args())[0]
-        text = self._text(ids, new, cfg)
-        suffix = tpl.assistant.suffix
-        if self.tokenizer.eot_id is None and suffix and text.endswith(suffix):  # the reply's end, see data/finetune.py
-            text = text[:-len(suffix)]
-        return text
+        return ids
 
     def generation_config(self, config: GenerationConfig | None = None, **options: Any) -> GenerationConfig:
         """`config` (default: the defaults) with `options` changed, validated."""

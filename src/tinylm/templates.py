@@ -76,6 +76,13 @@ class Template:
         learned to emit end-of-text, or a tokenizer has none)."""
         return [s for s in (self.user.prefix.strip(), self.system.prefix.strip()) if s]
 
+    def reply_stops(self, has_eot: bool) -> list[str]:
+        """Stop strings for a reply: `stop`, and for a tokenizer without an end-of-text token (char) also
+        each preceded by the assistant suffix, so the reply's end (suffix + next turn) is cut whole."""
+        if has_eot or not self.assistant.suffix:
+            return self.stop
+        return [self.assistant.suffix + s for s in self.stop] + self.stop
+
     def render(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = False) -> list[Piece]:
         """The pieces of `messages` (checked with `check_messages`). With `add_generation_prompt` the
         rendering ends with the assistant prefix, ready for the model to write the reply."""

@@ -159,22 +159,18 @@ class Service:
             except ConfigError as e:  # longer than the context with truncate false
                 raise APIError(413, str(e), "prompt", "context_length_exceeded") from None
 
-    def chat_ids(self, model: Model, messages: list[dict[str, str]], truncate: bool) -> list[int]:
-        """The messages rendered with the model's template (end-of-text pieces as the end-of-text id)."""
+    def chat_ids(self, model: Model, messages: list[dict[str, str]], max_tokens: int, truncate: bool) -> list[int]:
+        """The messages rendered with the model's template and encoded as `Run.chat` does (`Run.chat_ids`)."""
         if model.template is None:
             raise APIError(400, f"the model {model.id!r} has no chat template: fine-tune it on chats (tinylm "
                                 "finetune --template NAME), or start the server with --chat-template alpaca|chat|plain",
                            "messages", "no_chat_template")
-        tok = self.run.tokenizer
-        ids: list[int] = [tok.bos_id] if tok.add_bos and tok.bos_id is not None else []  # as prompt_ids does
-        for piece in model.template.render(messages, add_generation_prompt=True):
-            if piece.eot:
-                ids += [tok.eot_id] if tok.eot_id is not None else []
-            elif piece.text:
-                ids += tok.encode(piece.text)
-        if not ids:  # messages that encode to nothing (a plain template, whitespace): the empty prompt (inputs.py)
-            ids = tok.start_ids()
-        return self.fit(ids, truncate, "messages")
+        with warnings.catch_warnings():  # truncation is normal for a server
+            warnings.simplefilter("ignore", TinylmWarning)
+            try:
+                return self.run.chat_ids(messages, model.template, max_tokens, truncate)
+            except ConfigError as e:  # longer than the context with truncate false
+                raise APIError(413, str(e), "messages", "context_length_exceeded") from None
 
     def submit(self, rows: list[Row], loop: asyncio.AbstractEventLoop) -> tuple[EngineRequest, asyncio.Queue]:
         queue: asyncio.Queue = asyncio.Queue()
@@ -383,8 +379,8 @@ class API:
         req: ChatRequest
         req, model = await self.checked(http, chat_request)
         sp = req.sampling
-        ids = s.chat_ids(model, req.messages, sp.truncate)
-        stops = model.template.stop
+        ids = s.chat_ids(model, req.messages, sp.max_tokens, sp.truncate)
+        stops = model.template.reply_stops(s.run.tokenizer.eot_id is not None)
         rows = [Row(ids, sp.config(j, stops), model.adapter, req.logprobs) for j in range(sp.n)]
         request, queue = s.submit(rows, asyncio.get_running_loop())
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", _now()
