@@ -29,10 +29,14 @@ def _fields(args: argparse.Namespace) -> dict[str, str]:
     return {k: v for k, v in vars(args).items() if "." in k and v is not None}
 
 
-def _apply(cfg, args: argparse.Namespace, prefix: str = "") -> None:
+def _apply(cfg, args: argparse.Namespace, prefix: str = "", lists: tuple[str, ...] = ()) -> None:
+    """Set the flags given on `cfg`; `lists` name repeatable flags (lists of strings, set as they are)."""
+    given = {name: vars(args).pop(prefix + name, None) or [] for name in lists}
     for key, value in _fields(args).items():
         set_key(cfg, key.removeprefix(prefix), value if isinstance(value, str) else str(value),
                 f"--{key.split('.')[-1].replace('_', '-')}", parse=True)
+    for name, values in given.items():
+        setattr(cfg, name, list(values))
 
 
 # --------------------------------------------------------------------------- verbs
@@ -233,9 +237,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from tinylm.rundir import load
 
     cfg = SampleConfig()
-    stops = vars(args).pop("sample.stop", None) or []  # repeatable: a list, set as is
-    _apply(cfg, args, prefix="sample.")
-    cfg.stop = stops
+    _apply(cfg, args, prefix="sample.", lists=("stop",))
     cfg.validate()
     run = load(args.run_dir, cfg.checkpoint, cfg.device, cfg.dtype)
     if cfg.chat:
@@ -338,9 +340,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = ServeConfig()
-    adapters = vars(args).pop("serve.adapter", None) or []  # repeatable: a list, set as is
-    _apply(cfg, args, prefix="serve.")
-    cfg.adapter = adapters
+    _apply(cfg, args, prefix="serve.", lists=("adapter",))
     try:
         from tinylm.serving import serve
     except ImportError as e:
