@@ -303,6 +303,37 @@ def test_every_numeric_field_refuses_non_finite_values(value) -> None:
     assert checked > 60
 
 
+def test_integers_in_float_fields_are_stored_as_floats() -> None:
+    """`cfg.train.beta1 = 0` from Python (or an integer in JSON) is a float after validation:
+    torch's optimizers refuse betas that mix int and float."""
+    checked = 0
+    for section in ("model", "data", "train", "finetune", "lora"):
+        part = getattr(RunConfig(), section)
+        floats = [f.name for f in dataclasses.fields(part) if isinstance(getattr(part, f.name), float)]
+        for name in floats:
+            cfg = RunConfig(data=dataclasses.replace(RunConfig().data, source="x.txt"))
+            setattr(getattr(cfg, section), name, 0)
+            try:
+                cfg.validate()
+            except ConfigError:
+                continue  # 0 out of range for this field: refused, the point is elsewhere
+            assert type(getattr(getattr(cfg, section), name)) is float, f"{section}.{name}"
+            checked += 1
+    for make in (GenerationConfig, SampleConfig):
+        cfg = make(temperature=1, top_p=1)
+        cfg.validate()
+        assert type(cfg.temperature) is float and type(cfg.top_p) is float
+    assert checked > 5
+    cfg = RunConfig(data=dataclasses.replace(RunConfig().data, source="x.txt"))
+    cfg.train.beta1, cfg.train.beta2 = 0, 0
+    cfg.validate()
+    from tinylm.training.optim import build_optimizers  # the consumer that refused ints
+
+    model = GPT(ModelConfig(vocab_size=16, context=8, n_layer=1, n_head=2, d_model=16))
+    (adam,) = build_optimizers(model, cfg.train, torch.device("cpu"))
+    assert adam.param_groups[0]["betas"] == (0.0, 0.0)
+
+
 def test_non_finite_values_are_refused_on_every_route(word_run: Path, tmp_path: Path, capsys) -> None:
     toml = tmp_path / "bad.toml"
     toml.write_text("[train]\nlr = nan\n")

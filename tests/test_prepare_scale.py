@@ -4,6 +4,7 @@ reports the same measurement with timings in BENCHMARKS.md)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -18,8 +19,11 @@ from tinylm.data import read_meta
 from tinylm.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
-from prepare_scale import make_corpus, run_prepare  # noqa: E402
+# the benchmark script by its path: bench/ on sys.path would let its files shadow packages
+_spec = importlib.util.spec_from_file_location("bench_prepare_scale", REPO / "bench" / "prepare_scale.py")
+_bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_bench)
+make_corpus, run_prepare = _bench.make_corpus, _bench.run_prepare
 
 
 def _prepare(args: list[str], env: dict[str, str]) -> subprocess.Popen:

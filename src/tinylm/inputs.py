@@ -80,7 +80,9 @@ def check_fields(cfg: Any, prefix: str = "") -> None:
     """Refuse, for every numeric field of dataclass `cfg` (annotated int or float, optionally
     `| None`), a value of the wrong type (a bool, a string, a float where an int belongs), a
     float that is NaN or infinite, and an integer outside int64. `prefix` names the section in
-    messages ("train."). Ranges are each field's own (`check_range`)."""
+    messages ("train."). Ranges are each field's own (`check_range`). An integer in a float
+    field (`cfg.train.beta1 = 0`) is stored back as that float, so every consumer sees the
+    declared type (torch's optimizers refuse betas that mix int and float)."""
     hints = typing.get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
         kinds = _kinds(hints.get(f.name))
@@ -95,6 +97,8 @@ def check_fields(cfg: Any, prefix: str = "") -> None:
             raise ConfigError(f"{key} must be a finite number, got {value}")
         if isinstance(value, int) and abs(value) > INT64_MAX:
             raise ConfigError(f"{key} must be an integer of at most {INT64_MAX:,} in size, got {value:,}")
+        if isinstance(value, int) and int not in kinds:
+            setattr(cfg, f.name, float(value))
 
 
 def _bounds(gt: float | None, ge: float | None, lt: float | None, le: float | None) -> str:

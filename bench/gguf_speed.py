@@ -1,8 +1,8 @@
 """llama.cpp (through llama-cpp-python) vs tinylm's own sampling: decode speed and file sizes for one model.
 
-    python bench/gguf.py                          # the tinystories-gpt2 shape (30M parameters), random weights
-    python bench/gguf.py --train-steps 200        # briefly trained on the bundled corpus first (same speed)
-    python bench/gguf.py --tiny --tokens 32       # a 2-layer, width-64 model: checks the script in seconds
+    python bench/gguf_speed.py                          # the tinystories-gpt2 shape (30M parameters), random weights
+    python bench/gguf_speed.py --train-steps 200        # briefly trained on the bundled corpus first (same speed)
+    python bench/gguf_speed.py --tiny --tokens 32       # a 2-layer, width-64 model: checks the script in seconds
 
 The model is a preset's shape (default tinystories-gpt2: 6 layers, width 384, context 128, GPT-2's 50,257
 tokens) with the gpt2 tokenizer, saved as a tinylm run and exported with `export_gguf` at f32, f16 and
@@ -18,16 +18,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-# this file is bench/gguf.py: keep its folder off sys.path, or `import gguf` would import this script
-BENCH = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
+import torch
 
-import torch  # noqa: E402
+BENCH = Path(__file__).resolve().parent
 
 _spec = importlib.util.spec_from_file_location("shakespeare_char", BENCH / "shakespeare_char.py")
 _helpers = importlib.util.module_from_spec(_spec)
