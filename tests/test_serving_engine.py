@@ -163,9 +163,10 @@ class Recording(Engine):
         self.batches: list[int] = []
         self.calls: list[tuple[int, bool]] = []  # (rows, whether only the last positions' logits)
 
-    def _sample(self, seq):
-        self.logits.setdefault(id(seq.request), []).append(seq.logits[:, :self.vocab_size].clone())
-        super()._sample(seq)
+    def _sample_all(self, seqs):
+        for seq in seqs:
+            self.logits.setdefault(id(seq.request), []).append(seq.logits[:, :self.vocab_size].clone())
+        super()._sample_all(seqs)
 
     def _forward(self, idx, cache, adapters, last=None):
         self.batches.append(idx.size(0))
@@ -197,7 +198,7 @@ def test_a_seeded_row_among_16_others_samples_what_it_samples_alone():
     assert target.tokens[0] == generate_ids(model, p, cfg)
     with torch.no_grad():  # the same tokens fed to a lone cache: the logits the row would have had alone
         cache = model.new_cache(1)
-        alone = [model(torch.tensor([p]), cache=cache)[0][:, -1]]
+        alone = [model.head(model.features(torch.tensor([p]), cache=cache)[:, -1])]  # (the head on the last only)
         alone += [model(torch.tensor([[t]]), cache=cache)[0][:, -1] for t in target.tokens[0][:-1]]
     seen = engine.logits[id(request)]
     assert torch.equal(seen[0], alone[0])  # the prefill ran alone

@@ -36,6 +36,8 @@ SAMPLING = ("random", "permutation")
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "gelu_tanh", "swiglu")
+QUANTIZE = ("none", "int8")  # inference weights: as they are, or int8 weight-only (torchao)
+COMPILE = ("auto", "on", "off")  # torch.compile of the decode step (auto: on for CUDA GPUs)
 
 
 @dataclass
@@ -242,13 +244,16 @@ class SampleConfig(GenerationConfig):
     num_samples: int = 1  # samples drawn one after another (seeds seed, seed + 1, ...)
     checkpoint: str = "best"  # best | latest
     device: str = "auto"
-    dtype: str = "auto"
+    dtype: str = "auto"  # the weights' precision: auto (fastest for the device) | float32 | bfloat16 | float16
+    quantize: str = "none"  # none | int8 (weight-only, torchao)
+    compile: str = "auto"  # torch.compile the decode step: auto (CUDA GPUs) | on | off
     stream: bool = False  # print the text as it is generated (else all at once at the end)
     verbose: bool = False  # also print the prompt's ids and tokens and the generated ids
 
     def validate(self) -> SampleConfig:
         super().validate()
         _check(self.num_samples >= 1, f"num_samples must be >= 1, got {self.num_samples}")
+        _check_inference(self, "sample")
         return self
 
 
@@ -271,7 +276,12 @@ class EvalConfig:
     batch_size: int = 16
     checkpoint: str = "best"
     device: str = "auto"
-    dtype: str = "auto"
+    dtype: str = "auto"  # the weights' precision: auto | float32 | bfloat16 | float16
+    quantize: str = "none"  # none | int8 (weight-only, torchao): its held-out loss against the float weights'
+
+    def validate(self) -> EvalConfig:
+        _check_inference(self, "eval")
+        return self
 
 
 @dataclass
@@ -290,9 +300,12 @@ class ServeConfig:
     adapter: list[str] = field(default_factory=list)  # NAME=ADAPTER_RUN: a LoRA adapter served as model NAME
     checkpoint: str = "best"
     device: str = "auto"
-    dtype: str = "auto"
+    dtype: str = "auto"  # the weights' precision: auto (fastest for the device) | float32 | bfloat16 | float16
+    quantize: str = "none"  # none | int8 (weight-only, torchao)
+    compile: str = "auto"  # torch.compile the batched decode step: auto (CUDA GPUs) | on | off
 
     def validate(self) -> ServeConfig:
+        _check_inference(self, "serve")
         _check(0 <= self.port <= 65535, f"serve.port must be in 0..65535, got {self.port}")
         _check(bool(self.host), "serve.host must name an address, e.g. 127.0.0.1")
         for name in ("max_batch", "max_queue", "max_tokens", "max_body"):
@@ -309,6 +322,14 @@ class ServeConfig:
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def _check_inference(cfg: Any, section: str) -> None:
+    """The inference options shared by sample, eval and serve: dtype, quantize (and compile)."""
+    _check(cfg.dtype in DTYPES, f"{section}.dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
+    _check(cfg.quantize in QUANTIZE, f"{section}.quantize must be one of {', '.join(QUANTIZE)}, got {cfg.quantize!r}")
+    compile_ = getattr(cfg, "compile", "auto")
+    _check(compile_ in COMPILE, f"{section}.compile must be one of {', '.join(COMPILE)}, got {compile_!r}")
 
 
 def _field_types(obj: Any) -> dict[str, Any]:

@@ -38,11 +38,9 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from tinylm.config import COMPILE, QUANTIZE
 from tinylm.errors import ConfigError
 from tinylm.runtime import resolve_dtype
-
-QUANTIZE = ("none", "int8")
-COMPILE = ("auto", "on", "off")
 
 
 # --------------------------------------------------------------------------- precision and quantization
