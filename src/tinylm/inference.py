@@ -54,6 +54,9 @@ def resolve(device: torch.device, dtype: str = "auto", quantize: str = "none") -
     gives bfloat16 there even on CPUs without native bfloat16), and on CUDA in bfloat16 or float16."""
     if quantize not in QUANTIZE:
         raise ConfigError(f"unknown quantization {quantize!r}; use none or int8")
+    if dtype == "float16" and device.type == "cpu":
+        raise ConfigError("float16 weights are for GPUs (CPUs have no fast float16 kernels); "
+                          "use --dtype bfloat16 or float32")
     resolved = resolve_dtype(dtype, device)
     if quantize == "none":
         return resolved
@@ -70,16 +73,19 @@ def resolve(device: torch.device, dtype: str = "auto", quantize: str = "none") -
 
 def _torchao():
     """torchao's quantize_ and Int8WeightOnlyConfig (quiet about its optional GPU kernels)."""
-    log = logging.getLogger("torchao")
-    level = log.level
-    log.setLevel(logging.ERROR)  # it warns about CUDA-only extensions it cannot load on CPU-only installs
+    # at import it warns about CUDA-only extensions a CPU install lacks, and torch about its enums
+    logs = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [log.level for log in logs]
+    for log in logs:
+        log.setLevel(logging.ERROR)
     try:
         from torchao.quantization import Int8WeightOnlyConfig, quantize_
     except ImportError as e:
         raise ConfigError(f"--quantize int8 needs torchao ({e.name} is missing): "
                           "pip install 'tinylm[quantize]'") from None
     finally:
-        log.setLevel(level)
+        for log, level in zip(logs, levels, strict=True):
+            log.setLevel(level)
     return quantize_, Int8WeightOnlyConfig
 
 
@@ -119,48 +125,53 @@ def weights_dtype(model: nn.Module) -> torch.dtype:
 
 
 class PackedLinear(nn.Linear):
-    """An nn.Linear whose forward runs a CPU kernel on a packed copy of its weight: oneDNN's
-    prepacked bfloat16 matrix product, or `aten::_weight_int8pack_mm` for torchao int8 weights.
-    Same parameters and names as the nn.Linear it was (`pack_for_decoding` changes the class of
-    the module in place); the copy is rebuilt when the weight changes in place (e.g. an adapter
-    merged into it)."""
-
-    packed: torch.Tensor
-    packed_version: int
+    """An nn.Linear whose forward runs oneDNN's bfloat16 matrix product on a copy of its weight
+    prepacked for it (`mkldnn::_reorder_linear_weight`, what inductor's freezing does), instead of
+    a reorder of the whole weight at every call. Same parameters and names as the nn.Linear it was
+    (`pack_for_decoding` changes the class of the module in place); the copy is rebuilt when the
+    weight changes in place (e.g. an adapter merged into it)."""
 
     def _repack(self) -> None:
-        weight = self.weight
-        if is_quantized(weight):
-            self.packed = (weight.qdata.contiguous(), weight.scale.reshape(-1).contiguous())
-        else:
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1)
-        self.packed_version = weight._version
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 1)
+        self.packed_version = self.weight._version
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.weight._version != self.packed_version:
+        if not torch.compiler.is_compiling() and self.weight._version != self.packed_version:
             self._repack()
-        if isinstance(self.packed, tuple):  # int8 data, per-row scales
-            data, scale = self.packed
-            flat = x.reshape(-1, x.size(-1))
-            y = torch._weight_int8pack_mm(flat, data, scale.to(x.dtype)).view(*x.shape[:-1], data.size(0))
-            return y + self.bias if self.bias is not None else y
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
 
-def _pack(linear: nn.Linear) -> str:
-    """Give one CPU linear layer its decode kernel; returns what it got."""
+class Int8PackedLinear(PackedLinear):
+    """A linear layer with a torchao int8 weight (one scale per output row) computed by
+    `aten::_weight_int8pack_mm` (int8 weights, bfloat16 activations: what inductor lowers
+    torchao's int8 linear to) on the tensor's own data and scales."""
+
+    def _repack(self) -> None:
+        weight = self.weight
+        self.qdata = weight.qdata.contiguous()
+        self.qscale = weight.scale.reshape(-1).to(weight.dtype).contiguous()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch._weight_int8pack_mm(x.reshape(-1, x.size(-1)), self.qdata, self.qscale)
+        y = y.view(*x.shape[:-1], self.qdata.size(0))
+        return y if self.bias is None else y + self.bias
+
+
+def _pack(linear: nn.Linear, compiled: bool) -> str:
+    """Give one CPU linear layer its decode kernel (for a compiled model: none for bfloat16, which
+    inductor prepacks itself); returns what it got."""
     weight = linear.weight
     if is_quantized(weight):
-        if weight.qdata.dim() != 2 or weight.scale.numel() != weight.qdata.size(0):
-            return "torchao"  # per-tensor or grouped scales: torchao's own kernel
-        linear.__class__ = PackedLinear
+        if weight.qdata.dim() != 2 or weight.scale.numel() != weight.qdata.size(0) or weight.dtype != torch.bfloat16:
+            return "torchao"  # per-tensor or grouped scales, or not bfloat16: torchao's own computation
+        linear.__class__ = Int8PackedLinear
         linear._repack()
         return "int8"
     if weight.dtype == torch.float32:
         if weight.stride() != (1, weight.size(0)):  # column-major: x @ W^T is a plain product
             weight.data = weight.data.t().contiguous().t()
         return "float32"
-    if weight.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available():
+    if weight.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available() and not compiled:
         try:
             linear.__class__ = PackedLinear
             linear._repack()
@@ -170,13 +181,17 @@ def _pack(linear: nn.Linear) -> str:
     return "plain"
 
 
-def pack_for_decoding(model: nn.Module) -> dict[str, int]:
+def pack_for_decoding(model: nn.Module, compiled: bool = False) -> dict[str, int]:
     """Give every linear layer of a CPU model the decode kernel for its weight (see the module
-    docstring); a no-op on other devices. Idempotent. Returns how many layers got which kernel."""
+    docstring); a no-op on other devices. Idempotent. `compiled`: for a model that will decode
+    through its compiled step (bfloat16 layers stay plain: inductor prepacks them itself). Returns how
+    many layers got which kernel."""
     done: dict[str, int] = {}
     for name, module in model.named_modules():
+        if type(module) is PackedLinear and compiled:
+            module.__class__ = nn.Linear
         if type(module) is nn.Linear and _is_model_linear(module, name) and module.weight.device.type == "cpu":
-            kind = _pack(module)
+            kind = _pack(module, compiled)
             done[kind] = done.get(kind, 0) + 1
     return done
 
@@ -195,8 +210,10 @@ class DecodeStep:
     def __init__(self, model: nn.Module, on_warmup: Callable[[float], None] | None = None):
         self.model, self.on_warmup = model, on_warmup
         self.cuda = weights_device(model).type == "cuda"
+        # CUDA graphs on GPUs; on CPUs, freezing: the weights become constants inductor prepacks
+        options = None if self.cuda else {"freezing": True}
         mode = "reduce-overhead" if self.cuda else None
-        self.fn = torch.compile(self._step, fullgraph=True, dynamic=False, mode=mode)
+        self.fn = torch.compile(self._step, fullgraph=True, dynamic=False, mode=mode, options=options)
         self.warmup_s: float | None = None
         self.failed: str | None = None
         self.batches: set[int] = set()
@@ -296,7 +313,7 @@ def linear_kernel_names(model: nn.Module) -> list[str]:
     for _, m in model.named_modules():
         if isinstance(m, nn.Linear):
             if isinstance(m, PackedLinear):
-                out.append("int8pack" if isinstance(m.packed, tuple) else "onednn-bf16")
+                out.append("int8pack" if isinstance(m, Int8PackedLinear) else "onednn-bf16")
             elif is_quantized(m.weight):
                 out.append("torchao-int8")
             else:
