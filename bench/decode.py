@@ -144,7 +144,6 @@ def llama_source(given: str, work: Path) -> Path:
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                         f"llama-cpp-python=={version}", "-d", str(work)], check=True, capture_output=True)
         path = next(work.glob("llama_cpp_python-*.tar.gz"))
-    out = work / "llama.cpp"
     with tarfile.open(path) as tar:
         members = [m for m in tar.getmembers() if "/vendor/llama.cpp/" in m.name and (
             m.name.endswith("convert_hf_to_gguf.py") or "/conversion/" in m.name or "/gguf-py/" in m.name)]

@@ -134,10 +134,13 @@ def test_a_packed_weight_changed_in_place_is_repacked():
     model = inference.prepare(small_model(), torch.device("cpu"), torch.bfloat16)
     inference.pack_for_decoding(model)
     layer = model.blocks[0].mlp.fc
-    x = torch.randn(2, 32).bfloat16()
+    assert layer.weight.dtype == torch.bfloat16 and layer.bias.dtype == torch.float32  # CPU: weight-only
+    x = torch.randn(2, 32)
     with torch.no_grad():
+        layer(x)
         layer.weight.add_(1.0)  # e.g. an adapter merged into it
-        assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+        expected = torch.nn.functional.linear(x.bfloat16(), layer.weight).float() + layer.bias
+        assert torch.equal(layer(x), expected)
 
 
 @pytest.mark.slow

@@ -1,7 +1,9 @@
 """Inference precision, int8 weight-only quantization, CPU decode kernels and the compiled decode step.
 
     load(run, dtype=, quantize=, compile=) ─► prepare(model, device, dtype, quantize)
-        weights cast to the inference dtype: bfloat16 / float16 are the weights, not an autocast
+        GPUs: the whole model cast to `dtype` (bfloat16 / float16 weights and activations)
+        CPUs: weight-only: the linear layers' weights cast to `dtype` (an output layer tied to the
+              embedding gets its own copy), everything else, activations and the KV cache float32
         quantize="int8": torchao's int8 weight-only quantization of every linear layer
                          (`quantize_(model, Int8WeightOnlyConfig())`: symmetric, one scale per output row)
     first generation ─► pack_for_decoding(model)   (CPU only; a no-op elsewhere)
@@ -11,19 +13,23 @@
           float32   weights stored column-major, so x @ W^T runs as MKL's non-transposed product
                     (2-3x faster than the row-major one on the AMD EPYC CPUs we measured)
           bfloat16  a copy prepacked for oneDNN (`mkldnn::_linear_pointwise`, what inductor's
-                    freezing uses), instead of a reorder of the whole weight at every call
+                    freezing uses), instead of a reorder of the whole weight at every call;
+                    input rounded to bfloat16, output and bias added in float32
           int8      `aten::_weight_int8pack_mm` on torchao's int8 data and scales (what inductor
-                    lowers torchao's int8 linear to), with bfloat16 activations
+                    lowers torchao's int8 linear to), input rounded to bfloat16, output float32
     compile ─► DecodeStep: torch.compile of the one-token decode step over a static per-row KV cache
         (`model.new_cache(..., static=True)`: fixed shapes, no host reads), CUDA graphs on GPUs
         (mode "reduce-overhead"); registered for the model, so `generate_ids`, `stream_ids`, beam
         search and the server decode through it. Its first call compiles (the warm-up, reported);
-        it is "auto" = on for CUDA GPUs and off on CPUs, where the eager kernels above already read
-        the weights at close to the memory bandwidth and the warm-up (about a minute) outweighs
-        what it saves unless many thousands of tokens follow.
+        it is "auto" = on for CUDA GPUs and off on CPUs, where the eager kernels above are as fast
+        (measured: within +-5%) and the warm-up takes 10 s to a minute.
 
-The precision of `auto`: bfloat16 on CUDA GPUs that support it (float16 on older ones) and on CPUs
-with native bfloat16 (AVX512-BF16 or AMX), float32 elsewhere (`runtime.resolve_dtype`).
+Why weight-only on CPUs: decoding is bound by reading the weights, so halving (bfloat16) or
+quartering (int8) their bytes is what pays; float32 activations keep the residual stream, norms,
+attention and softmax as exact as before (what bfloat16 autocast did), and CPU attention over a
+handful of positions is faster in float32 than in bfloat16. The precision of `auto`: bfloat16 on
+CUDA GPUs that support it (float16 on older ones) and on CPUs with native bfloat16 (AVX512-BF16 or
+AMX), float32 elsewhere (`runtime.resolve_dtype`).
 """
 
 from __future__ import annotations
@@ -96,17 +102,31 @@ def _is_model_linear(module: nn.Module, name: str) -> bool:
 
 
 def prepare(model: nn.Module, device: torch.device, dtype: torch.dtype, quantize: str = "none") -> nn.Module:
-    """Make `model` (on `device`, eval mode) an inference model in place: weights cast to `dtype`, and
-    with quantize="int8" every linear layer's weight quantized by torchao (int8 weight-only, one
-    scale per output channel). Returns the model. Linear layers already quantized are left as they are."""
+    """Make `model` an inference model on `device` in place (eval mode): on GPUs every weight cast to
+    `dtype`; on CPUs the linear layers' weights only (weight-only, see the module docstring); with
+    quantize="int8" every linear layer's weight quantized by torchao (int8 weight-only, one scale per
+    output channel). Records `model.inference_dtype` (the generation engine then runs it without
+    autocast). Returns the model. Linear layers already quantized are left as they are."""
     if quantize not in QUANTIZE:
         raise ConfigError(f"unknown quantization {quantize!r}; use none or int8")
-    model.to(device=device, dtype=dtype).eval()
+    model.to(device=device).eval()
+    if device.type != "cpu":
+        model.to(dtype=dtype)
+    elif dtype != torch.float32 or quantize == "int8":
+        head, emb = getattr(model, "head", None), getattr(model, "tok_emb", None)
+        if head is not None and emb is not None and head.weight is emb.weight:  # the output layer's own copy
+            head.weight = nn.Parameter(emb.weight.detach().clone())
+        if quantize == "none":  # bfloat16 weights, float32 inputs: the packed product rounds them
+            for name, module in model.named_modules():
+                if _is_model_linear(module, name) and not is_quantized(module.weight):
+                    module.weight.data = module.weight.data.to(dtype)
+                    module.__class__ = PackedLinear
     if quantize == "int8":
         quantize_, Int8WeightOnlyConfig = _torchao()
         # set_inductor_config=False: leave the process's torch.compile settings as they are
         quantize_(model, Int8WeightOnlyConfig(set_inductor_config=False),
                   filter_fn=lambda m, name: _is_model_linear(m, name) and not is_quantized(m.weight))
+    model.inference_dtype = dtype
     return model
 
 
@@ -125,20 +145,36 @@ def weights_dtype(model: nn.Module) -> torch.dtype:
 
 
 class PackedLinear(nn.Linear):
-    """An nn.Linear whose forward runs oneDNN's bfloat16 matrix product on a copy of its weight
-    prepacked for it (`mkldnn::_reorder_linear_weight`, what inductor's freezing does), instead of
-    a reorder of the whole weight at every call. Same parameters and names as the nn.Linear it was
-    (`pack_for_decoding` changes the class of the module in place); the copy is rebuilt when the
-    weight changes in place (e.g. an adapter merged into it)."""
+    """An nn.Linear with a bfloat16 weight whose forward runs oneDNN's matrix product on a copy of
+    the weight prepacked for it (`mkldnn::_reorder_linear_weight`, what inductor's freezing does),
+    instead of a reorder of the whole weight at every call; a float32 input is rounded to bfloat16
+    for the product, and the output and bias are added in the input's dtype. Same parameters and
+    names as the nn.Linear it was (`prepare` changes the class of the module in place); the copy
+    is made at the first call and rebuilt when the weight changes in place (e.g. an adapter merged
+    into it). Under torch.compile, or where oneDNN has no bfloat16, it is a plain product."""
+
+    packed: torch.Tensor | bool | None = None
+    packed_version = -1
 
     def _repack(self) -> None:
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 1)
+        try:
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 1)
+        except (RuntimeError, AttributeError):  # no oneDNN bfloat16 here: the plain product
+            self.packed = False
         self.packed_version = self.weight._version
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.compiler.is_compiling() and self.weight._version != self.packed_version:
+    def _product(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():  # inductor prepacks for itself
+            return nn.functional.linear(x, self.weight)
+        if self.weight._version != self.packed_version:
             self._repack()
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        if self.packed is False:
+            return nn.functional.linear(x, self.weight)
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._product(x.to(torch.bfloat16)).to(x.dtype)
+        return y if self.bias is None else y + self.bias
 
 
 class Int8PackedLinear(PackedLinear):
@@ -149,21 +185,19 @@ class Int8PackedLinear(PackedLinear):
     def _repack(self) -> None:
         weight = self.weight
         self.qdata = weight.qdata.contiguous()
-        self.qscale = weight.scale.reshape(-1).to(weight.dtype).contiguous()
+        self.qscale = weight.scale.reshape(-1).to(torch.bfloat16).contiguous()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _product(self, x: torch.Tensor) -> torch.Tensor:
         y = torch._weight_int8pack_mm(x.reshape(-1, x.size(-1)), self.qdata, self.qscale)
-        y = y.view(*x.shape[:-1], self.qdata.size(0))
-        return y if self.bias is None else y + self.bias
+        return y.view(*x.shape[:-1], self.qdata.size(0))
 
 
-def _pack(linear: nn.Linear, compiled: bool) -> str:
-    """Give one CPU linear layer its decode kernel (for a compiled model: none for bfloat16, which
-    inductor prepacks itself); returns what it got."""
+def _pack(linear: nn.Linear) -> str:
+    """Give one CPU linear layer its decode kernel; returns what it got."""
     weight = linear.weight
     if is_quantized(weight):
-        if weight.qdata.dim() != 2 or weight.scale.numel() != weight.qdata.size(0) or weight.dtype != torch.bfloat16:
-            return "torchao"  # per-tensor or grouped scales, or not bfloat16: torchao's own computation
+        if weight.qdata.dim() != 2 or weight.scale.numel() != weight.qdata.size(0):
+            return "torchao"  # per-tensor or grouped scales: torchao's own computation
         linear.__class__ = Int8PackedLinear
         linear._repack()
         return "int8"
@@ -171,27 +205,21 @@ def _pack(linear: nn.Linear, compiled: bool) -> str:
         if weight.stride() != (1, weight.size(0)):  # column-major: x @ W^T is a plain product
             weight.data = weight.data.t().contiguous().t()
         return "float32"
-    if weight.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available() and not compiled:
-        try:
-            linear.__class__ = PackedLinear
-            linear._repack()
-            return "bfloat16"
-        except RuntimeError:  # oneDNN without bfloat16 on this CPU: the plain product
-            linear.__class__ = nn.Linear
+    if weight.dtype == torch.bfloat16:
+        linear.__class__ = PackedLinear
+        linear._repack()
+        return "bfloat16" if linear.packed is not False else "plain"
     return "plain"
 
 
-def pack_for_decoding(model: nn.Module, compiled: bool = False) -> dict[str, int]:
+def pack_for_decoding(model: nn.Module) -> dict[str, int]:
     """Give every linear layer of a CPU model the decode kernel for its weight (see the module
-    docstring); a no-op on other devices. Idempotent. `compiled`: for a model that will decode
-    through its compiled step (bfloat16 layers stay plain: inductor prepacks them itself). Returns how
-    many layers got which kernel."""
+    docstring); a no-op on other devices. Idempotent. Returns how many layers got which kernel."""
     done: dict[str, int] = {}
     for name, module in model.named_modules():
-        if type(module) is PackedLinear and compiled:
-            module.__class__ = nn.Linear
-        if type(module) is nn.Linear and _is_model_linear(module, name) and module.weight.device.type == "cpu":
-            kind = _pack(module, compiled)
+        if type(module) in (nn.Linear, PackedLinear) and _is_model_linear(module, name) \
+                and module.weight.device.type == "cpu":
+            kind = _pack(module)
             done[kind] = done.get(kind, 0) + 1
     return done
 
@@ -299,10 +327,10 @@ def compiled_step(model: nn.Module) -> DecodeStep | None:
 
 def autocast_for(model: nn.Module, device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
     """Autocast to `dtype` for a model whose weights are another dtype (a float32 model run in
-    bfloat16); nothing for a model already in `dtype` (prepared for inference)."""
+    bfloat16); nothing for a model prepared for inference (`prepare`) or already in `dtype`."""
     from tinylm.runtime import autocast
 
-    if dtype == weights_dtype(model):
+    if getattr(model, "inference_dtype", None) is not None or dtype == weights_dtype(model):
         return contextlib.nullcontext()
     return autocast(device, dtype)
 

@@ -172,7 +172,7 @@ class Run:
         (`inference.pack_for_decoding`) and, with `compile`, the compiled decode step (its warm-up,
         the compilation at the first generation, is reported on stderr)."""
         if not self._ready:
-            inference.pack_for_decoding(self.model, compiled=self.compile)
+            inference.pack_for_decoding(self.model)
             if self.compile:
                 inference.enable_compile(self.model, on_warmup=lambda s: console.print(
                     f"compiled the decode step in {s:.1f}s (a one-time warm-up)"))
