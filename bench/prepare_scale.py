@@ -23,7 +23,7 @@ SHARED = Path(os.environ.get("TINYLM_SHARED_DATA", Path(__file__).resolve().pare
 
 def make_corpus(path: Path, size: int) -> Path:
     """About `size` bytes of real text: documents separated by <|endoftext|> lines, repeated."""
-    from tinylm.data.sources import read_source
+    from tinylm.data.spec import read_source
 
     docs = read_source("shakespeare").documents()
     for extra in ("tinystories/train-head.txt", "wikitext-2/wiki.valid.tokens"):

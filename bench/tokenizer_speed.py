@@ -24,7 +24,7 @@ SHARED = Path(os.environ.get("TINYLM_SHARED_DATA", ROOT.parent / "shared" / "dat
 sys.path.insert(0, str(ROOT / "bench"))
 from shakespeare_char import machine  # noqa: E402
 
-from tinylm.data.sources import read_source  # noqa: E402
+from tinylm.data.spec import read_source  # noqa: E402
 from tinylm.tokenizers import train_tokenizer  # noqa: E402
 from tinylm.tokenizers.base import safe_chunks  # noqa: E402
 

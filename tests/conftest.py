@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tinylm.config import RunConfig, load_preset
-from tinylm.data.sources import read_source
+from tinylm.data.spec import read_source
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TINYLM_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -109,7 +109,16 @@ def _chromium() -> str | None:
     return None
 
 
-COMPONENTS = {"chromium": _chromium}
+def _llama_cpp() -> str | None:
+    """Why llama.cpp (llama-cpp-python) cannot run, or None when it can."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError as e:
+        return f"llama-cpp-python is not installed ({e}); pip install llama-cpp-python (compiles llama.cpp)"
+    return None
+
+
+COMPONENTS = {"chromium": _chromium, "llama_cpp": _llama_cpp}
 
 
 def require(component: str) -> None:

@@ -1,11 +1,13 @@
 """Small files in the real formats of the catalog's datasets, for tests: TinyStories' stories,
-WikiText's raw articles and FineWeb-Edu's Parquet shards."""
+WikiText's raw articles and FineWeb-Edu's Parquet shards; and a comparison of data directories."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+
+from tinylm.data import read_meta
 
 
 def stories(text: str, n: int, offset: int = 0) -> list[str]:
@@ -32,3 +34,15 @@ def write_parquet(path: Path, texts: list[str], row_group: int) -> bytes:
                       "score": [3.0 + i % 2 for i in range(len(texts))]})
     pq.write_table(table, path, row_group_size=row_group)
     return path.read_bytes()
+
+
+def same_data_dirs(a: Path, b: Path) -> dict:
+    """Assert two prepared data directories are identical but for their timestamps; their meta.json."""
+    meta_a, meta_b = read_meta(a), read_meta(b)
+    for meta in (meta_a, meta_b):
+        meta.pop("created"), meta.pop("seconds")
+    assert meta_a == meta_b
+    for split in meta_a["splits"]:
+        assert (a / f"{split}.bin").read_bytes() == (b / f"{split}.bin").read_bytes()
+    assert (a / "tokenizer.tinylm.json").read_bytes() == (b / "tokenizer.tinylm.json").read_bytes()
+    return meta_a

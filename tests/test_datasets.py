@@ -1,23 +1,23 @@
 """The dataset catalog and local inputs, prepared end to end.
 
-Each catalog dataset is built as a tiny fixture in its real file format and prepared twice: from
-a local copy (`--source-dir`) and "from the network" through a fake transport serving the same
-bytes at the catalog's URLs. Both must give identical data directories.
+Each catalog dataset is built as a tiny fixture in its real file format and prepared from a local
+copy (`--source-dir`). WikiText-103 is also prepared "from the network" through a fake transport
+serving the same zip at its plain URL: both must give identical data directories. The catalog's
+Hub datasets (TinyStories, FineWeb-Edu) are prepared through huggingface_hub against a fake Hub in
+test_hub.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from dataset_files import stories, wikitext_raw, write_parquet
+from dataset_files import same_data_dirs, stories, wikitext_raw, write_parquet
 from tinylm.cli import main
 from tinylm.config import DataConfig
 from tinylm.data import catalog, load_split, read_meta, read_source, remote, resolve_data_dir
@@ -27,23 +27,18 @@ from tinylm.tokenizers import load_tokenizer
 
 
 class FakeRemote:
-    """A Transport serving fixed bytes per URL, publishing Hugging Face-style sha256 checksums,
-    and recording what was asked for."""
+    """A Transport serving fixed bytes per URL and recording what was asked for."""
 
     def __init__(self, files: dict[str, bytes]):
         self.files = files
-        self.requests: list[tuple[str, int, int | None]] = []
-        self.bytes_sent = 0
+        self.requests: list[tuple[str, int]] = []
 
     def info(self, url: str) -> remote.RemoteInfo:
-        data = self._get(url)
-        return remote.RemoteInfo(len(data), hashlib.sha256(data).hexdigest(), True)
+        return remote.RemoteInfo(len(self._get(url)), True)
 
-    def open(self, url: str, start: int = 0, end: int | None = None):
-        data = self._get(url)[start:end]
-        self.requests.append((url, start, end))
-        self.bytes_sent += len(data)
-        return io.BytesIO(data)
+    def open(self, url: str, start: int = 0):
+        self.requests.append((url, start))
+        return io.BytesIO(self._get(url)[start:])
 
     def _get(self, url: str) -> bytes:
         if url not in self.files:
@@ -64,48 +59,7 @@ def fake_remote(no_network, monkeypatch):
     remote.set_transport(None)
 
 
-def _same_data_dirs(a: Path, b: Path) -> dict:
-    meta_a, meta_b = read_meta(a), read_meta(b)
-    for meta in (meta_a, meta_b):
-        meta.pop("created"), meta.pop("seconds")
-    assert meta_a == meta_b
-    for split in meta_a["splits"]:
-        assert (a / f"{split}.bin").read_bytes() == (b / f"{split}.bin").read_bytes()
-    assert (a / "tokenizer.tinylm.json").read_bytes() == (b / "tokenizer.tinylm.json").read_bytes()
-    return meta_a
-
-
-def _url(dataset: str, name: str) -> str:
-    return next(f.url for files in catalog.DATASETS[dataset].splits.values() for f in files if f.name == name)
-
-
 # --------------------------------------------------------------------------- catalog datasets
-
-
-def test_tinystories_local_copy_and_network_give_the_same_data(tmp_path, corpus_text, fake_remote):
-    train, val = stories(corpus_text, 60), stories(corpus_text, 8, offset=100)
-    raw = {name: "".join(f"{s}\n<|endoftext|>\n" for s in stories).encode()
-           for name, stories in (("TinyStoriesV2-GPT4-train.txt", train), ("TinyStoriesV2-GPT4-valid.txt", val))}
-    (tmp_path / "copy" / "tinystories").mkdir(parents=True)
-    for name, data in raw.items():
-        (tmp_path / "copy" / "tinystories" / name).write_bytes(data)
-
-    local = prepare("tinystories", "gpt2", tmp_path / "local", source_dir=str(tmp_path / "copy"))
-    fake = fake_remote({_url("tinystories", name): data for name, data in raw.items()})
-    network = prepare("tinystories", "gpt2", tmp_path / "network")
-    meta = _same_data_dirs(local, network)
-
-    assert meta["split"] == {"method": "source"}
-    assert meta["splits"]["train"]["documents"] == 60 and meta["splits"]["val"]["documents"] == 8
-    tok = load_tokenizer(local)
-    ids = load_split(local, "val").tolist()
-    expected = [i for s in val for i in tok.encode(s) + [tok.eot_id]]
-    assert ids == expected  # each story whole, separators become end-of-text, nothing else
-    assert meta["source"]["files"]["TinyStoriesV2-GPT4-valid.txt"]["sha256"] == hashlib.sha256(
-        raw["TinyStoriesV2-GPT4-valid.txt"]).hexdigest()
-
-    downloads = len(fake.requests)  # the raw files now sit in the download cache
-    assert prepare("tinystories", "gpt2", tmp_path / "again") and len(fake.requests) == downloads
 
 
 def test_wikitext103_splits_articles_and_matches_the_network_zip(tmp_path, corpus_text, fake_remote, monkeypatch):
@@ -125,9 +79,10 @@ def test_wikitext103_splits_articles_and_matches_the_network_zip(tmp_path, corpu
     ds = catalog.DATASETS["wikitext103"]  # the real archive's pinned size does not fit the fixture
     monkeypatch.setitem(catalog.DATASETS, "wikitext103",
                         dataclasses.replace(ds, archive=dataclasses.replace(ds.archive, size=None)))
-    fake_remote({ds.archive.url: buffer.getvalue()})
+    fake = fake_remote({ds.archive.url: buffer.getvalue()})
     network = prepare("wikitext103", "char", tmp_path / "network")
-    meta = _same_data_dirs(local, network)
+    assert [url for url, _ in fake.requests] == [ds.archive.url]
+    meta = same_data_dirs(local, network)
 
     assert list(meta["splits"]) == ["train", "val", "test"]
     assert [meta["splits"][s]["documents"] for s in ("train", "val", "test")] == [10, 2, 1]
@@ -136,27 +91,6 @@ def test_wikitext103_splits_articles_and_matches_the_network_zip(tmp_path, corpu
     articles = val_text.split("\n\n = ")
     assert val_text.startswith(" = Valkyria Chronicles III = \n \n") and "= = Section 1 = =" in val_text
     assert articles[1].startswith("Tower Building = \n")
-
-
-def test_fineweb_edu_streams_only_what_the_token_cap_needs(tmp_path, corpus_text, fake_remote):
-    copy = tmp_path / "copy" / "fineweb-edu"
-    copy.mkdir(parents=True)
-    pages = stories(corpus_text, 4000)
-    first = write_parquet(copy / "000_00000.parquet", pages[:2000], row_group=50)
-    second = write_parquet(copy / "001_00000.parquet", pages[2000:], row_group=50)
-
-    local = prepare("fineweb-edu", "gpt2", tmp_path / "local", max_tokens=3000, source_dir=str(tmp_path / "copy"))
-    fake = fake_remote({_url("fineweb-edu", "000_00000.parquet"): first,
-                        _url("fineweb-edu", "001_00000.parquet"): second})
-    network = prepare("fineweb-edu", "gpt2", tmp_path / "network", max_tokens=3000)
-    meta = _same_data_dirs(local, network)
-
-    assert meta["splits"]["train"]["tokens"] == 3000 and meta["splits"]["val"]["tokens"] == round(3000 / 9)
-    assert meta["max_tokens"] == 3000 and list(meta["source"]["files"]) == ["000_00000.parquet"]
-    assert len(first) > 300_000 and fake.bytes_sent < len(first) / 2  # row groups past the cap were not fetched
-    assert {url for url, _, _ in fake.requests} == {_url("fineweb-edu", "000_00000.parquet")}
-    tok = load_tokenizer(local)
-    assert tok.decode(load_split(local, "train")[:50].tolist()) == tok.decode(tok.encode(pages[0])[:50])
 
 
 def test_unknown_dataset_and_missing_local_files_are_clear_errors(tmp_path):
@@ -291,7 +225,7 @@ def test_worker_processes_write_what_one_process_writes(tmp_path, corpus_text, m
     (tmp_path / "docs.txt").write_text("<|endoftext|>".join(stories(corpus_text, 200)))
     one = prepare(str(tmp_path / "docs.txt"), "gpt2", tmp_path / "one", workers=1)
     two = prepare(str(tmp_path / "docs.txt"), "gpt2", tmp_path / "two", workers=2)
-    _same_data_dirs(one, two)
+    same_data_dirs(one, two)
 
 
 def test_catalog_dataset_prepares_on_the_fly_for_training(tmp_path, corpus_text, monkeypatch):

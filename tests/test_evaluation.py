@@ -11,7 +11,7 @@ from tinylm.config import EvalConfig, ModelConfig
 from tinylm.data.prepare import prepare
 from tinylm.errors import ConfigError, DataError
 from tinylm.cli import main
-from tinylm.data.sources import read_source
+from tinylm.data.spec import read_source
 from tinylm.evaluation import evaluate, score_tokens
 from tinylm.evaluation.perplexity import scoring_windows
 from tinylm.evaluation.run_eval import dataset_dir_for

@@ -384,7 +384,7 @@ def test_prompt_problems_warn(trained_run):
 @pytest.mark.parametrize("options, fragment", [
     ({"top_p": 0.0}, "top_p must be in (0, 1]"),
     ({"top_p": 1.5}, "top_p must be in (0, 1]"),
-    ({"beams": 0}, "beams must be >= 1"),
+    ({"beams": 0}, "beams must be in [1, 1024]"),
     ({"min_p": 1.0}, "min_p must be in [0, 1)"),
     ({"min_p": -0.1}, "min_p must be in [0, 1)"),
     ({"repetition_penalty": 0.0}, "repetition_penalty must be > 0"),
@@ -452,7 +452,7 @@ def test_sample_flags_stream_and_print_alike(trained_run, capsys):
 
 @pytest.mark.parametrize("flags, fragment", [
     (["--top-p", "0"], "top_p must be in (0, 1]"),
-    (["--beams", "0"], "beams must be >= 1"),
+    (["--beams", "0"], "beams must be in [1, 1024]"),
     (["--min-p", "1"], "min_p must be in [0, 1)"),
     (["--repetition-penalty", "-1"], "repetition_penalty must be > 0"),
     (["--beams", "2", "--num-return-sequences", "3"], "must not exceed beams"),

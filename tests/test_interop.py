@@ -199,11 +199,11 @@ def test_malicious_bin_refused_without_running_code(tmp_path: Path) -> None:
     assert not (tmp_path / "run" / "config.json").exists()
 
 
-def test_import_non_gpt2_config_names_model_type(tmp_path: Path) -> None:
-    src = tmp_path / "llama"
+def test_import_unsupported_config_names_model_type(tmp_path: Path) -> None:
+    src = tmp_path / "qwen"
     src.mkdir()
-    (src / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 100}))
-    with pytest.raises(ConfigError, match="model_type"):
+    (src / "config.json").write_text(json.dumps({"model_type": "qwen2", "vocab_size": 100}))
+    with pytest.raises(ConfigError, match="model_type 'qwen2'"):
         import_hf(src, tmp_path / "run")
 
 

@@ -103,11 +103,11 @@ def test_hellaswag_default_file_from_a_local_copy_or_a_download(trained_run, tmp
 
     class Fake:
         def info(self, url):
-            return remote.RemoteInfo(len(data), hashlib.sha256(data).hexdigest(), True)
+            return remote.RemoteInfo(len(data), True)
 
-        def open(self, url, start=0, end=None):
+        def open(self, url, start=0):
             assert url == HELLASWAG_URL
-            return io.BytesIO(data[start:end])
+            return io.BytesIO(data[start:])
 
     monkeypatch.delenv("TINYLM_DATA_DIR")
     remote.set_transport(Fake())

@@ -1,15 +1,14 @@
-"""Muon: the Newton-Schulz orthogonalization, the update rule, parity with torch.optim.Muon, training
-and checkpoint resumption."""
+"""Muon, as tinylm uses it (torch.optim.Muon through `tinylm.training.optim.muon`): the Newton-Schulz band,
+the update rule against a hand computation in the reference's terms (modded-nanogpt), training, and
+checkpoint resumption, also from the state of tinylm's former own Muon."""
 
 from __future__ import annotations
-
-import re
 
 import pytest
 import torch
 from torch import nn
 
-from tinylm.training.muon import Muon, orthogonalize
+from tinylm.training.optim import load_state, muon
 
 SHAPES = [(64, 64), (32, 128), (128, 32)]
 REFERENCE_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # modded-nanogpt's zeropower_via_newtonschulz5
@@ -27,21 +26,42 @@ def _quintic(x: torch.Tensor, steps: int = 5) -> torch.Tensor:
     return x
 
 
-# --- orthogonalize ------------------------------------------------------------------------------
+def reference_orthogonalize(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
+    """The reference's Newton-Schulz iteration, in float32: X <- a X + (b A + c A^2) X with A = X X^T,
+    on the wide orientation, from X = G / ||G||_F."""
+    a, b, c = REFERENCE_COEFFICIENTS
+    x = g.float().mT if g.size(0) > g.size(1) else g.float()
+    x = x / (x.norm() + eps)
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.mT if g.size(0) > g.size(1) else x
+
+
+def _shape_factor(shape: tuple[int, ...]) -> float:
+    return max(1.0, shape[0] / shape[1]) ** 0.5
+
+
+# --- the orthogonalized update -------------------------------------------------------------------
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_orthogonalize_keeps_singular_vectors_and_maps_singular_values_into_a_band(shape):
+def test_update_keeps_singular_vectors_and_maps_singular_values_into_a_band(shape):
     g = _randn(*shape)
-    out = orthogonalize(g)
+    p = nn.Parameter(torch.zeros(shape))
+    opt = muon([p], lr=1.0, momentum=0.0)  # no momentum: the update is NS(g) itself
+    p.grad = g.clone()
+    opt.step()
+    out = -p.detach() / _shape_factor(shape)
     assert out.shape == g.shape and out.dtype == g.dtype
 
     u, s, vh = torch.linalg.svd(g.double(), full_matrices=False)
     proj = u.mT @ out.double() @ vh.mT  # diagonal iff out = U diag(s') V^T with the input's U, V
     diag = torch.diagonal(proj)
-    # float32 reaches ~2e-6 on both; 1e-4 still fails for any wrong coefficient or a missed transpose.
-    assert (proj - torch.diag(diag)).abs().max() < 1e-4
+    # torch runs the iteration in bfloat16 (8 significant bits): ~0.03 off the exact values; a wrong
+    # coefficient, a missed transpose or a missing shape factor is off by 0.1 or more.
+    assert (proj - torch.diag(diag)).abs().max() < 0.05
     rel = s / s.norm()
-    torch.testing.assert_close(diag, _quintic(rel), rtol=0, atol=1e-4)
+    torch.testing.assert_close(diag, _quintic(rel), rtol=0, atol=0.06)
 
     # The reference's band: 5 steps map every x in [2e-3, 1] into [0.68, 1.21] (not exactly 1, by
     # design). Directions below 2e-3 of ||G||_F (a square Gaussian matrix has one or two) are only
@@ -53,110 +73,69 @@ def test_orthogonalize_keeps_singular_vectors_and_maps_singular_values_into_a_ba
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
-def test_orthogonalize_returns_the_input_dtype(dtype):
-    g = _randn(16, 8).to(dtype)
-    out = orthogonalize(g)
-    assert out.dtype == dtype and out.shape == (16, 8)
-    atol = 2e-3 if dtype == torch.bfloat16 else 0.0  # computed in float32 either way; only the result is rounded
-    torch.testing.assert_close(out.float(), orthogonalize(g.float()), rtol=0, atol=atol)
+def test_parameters_keep_their_dtype(dtype):
+    p = nn.Parameter(_randn(16, 8).to(dtype))
+    opt = muon([p], lr=0.02)
+    p.grad = _randn(16, 8, seed=1).to(dtype)
+    before = p.detach().clone()
+    opt.step()
+    assert p.dtype == dtype and p.shape == (16, 8) and not torch.equal(p.detach(), before)
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 4), (5,)])
-def test_orthogonalize_rejects_non_matrices(shape):
-    with pytest.raises(ValueError, match=re.escape(str(shape))):
-        orthogonalize(torch.ones(shape))
+@pytest.mark.parametrize("shape", [(5,), (2, 3, 4)])
+def test_rejects_parameters_that_are_not_matrices(shape):
+    with pytest.raises(ValueError, match="2D"):
+        muon([nn.Parameter(torch.zeros(4, 4)), nn.Parameter(torch.zeros(shape))], lr=0.02)
 
 
 # --- the update rule ----------------------------------------------------------------------------
+# The reference keeps buf = mu buf + g and orthogonalizes g + mu buf (Nesterov) or buf; torch keeps
+# (1 - mu) times that buffer, which the normalisation inside Newton-Schulz cancels. The update is
+# applied with lr * sqrt(max(1, rows / cols)) after decoupled weight decay p *= 1 - lr * wd.
 
 @pytest.mark.parametrize("nesterov", [True, False])
 def test_two_steps_match_a_hand_computation(nesterov):
     lr, mu, wd = 0.1, 0.9, 0.5
     p0, g1, g2 = _randn(8, 4, seed=1), _randn(8, 4, seed=2), _randn(8, 4, seed=3)
     p, frozen = nn.Parameter(p0.clone()), nn.Parameter(torch.ones(3, 3))  # frozen never gets a grad
-    opt = Muon([p, frozen], lr=lr, momentum=mu, nesterov=nesterov, weight_decay=wd)
+    opt = muon([p, frozen], lr=lr, momentum=mu, weight_decay=wd)
+    opt.param_groups[0]["nesterov"] = nesterov
 
     expected, buf = p0.clone(), torch.zeros(8, 4)
     for g in (g1, g2):
         p.grad = g.clone()
         opt.step()
         buf = mu * buf + g
-        update = orthogonalize(g + mu * buf if nesterov else buf)
+        update = reference_orthogonalize(g + mu * buf if nesterov else buf)
         expected = expected * (1 - lr * wd) - lr * (8 / 4) ** 0.5 * update  # shape factor sqrt(2)
-        torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(opt.state[p]["momentum_buffer"], buf)
+        # bfloat16 Newton-Schulz: each step's update is within ~2% of the float32 reference
+        assert (p.detach() - expected).norm() / (lr * update.norm()) < 0.05
+        expected = p.detach().clone()  # the next step starts from where torch's went
+    torch.testing.assert_close(opt.state[p]["momentum_buffer"], (1 - mu) * buf)
     assert torch.equal(frozen.detach(), torch.ones(3, 3)) and frozen not in opt.state
 
 
-@pytest.mark.parametrize("shape", [(5,), (2, 3, 4)])
-def test_rejects_parameters_that_are_not_matrices(shape):
-    with pytest.raises(ValueError, match=re.escape(str(shape))):
-        Muon([nn.Parameter(torch.zeros(4, 4)), nn.Parameter(torch.zeros(shape))])
-    opt = Muon([nn.Parameter(torch.zeros(4, 4))])
-    with pytest.raises(ValueError, match="2-D"):
-        opt.add_param_group({"params": [nn.Parameter(torch.zeros(shape))]})
-    assert len(opt.param_groups) == 1
-
-
-# --- parity with torch.optim.Muon ---------------------------------------------------------------
-# torch's Muon (2.9+) is the same algorithm written differently:
-#  * momentum as an EMA, buf = mu buf + (1 - mu) g, and Nesterov as (1 - mu) g + mu buf: both are
-#    exactly (1 - mu) times ours, and orthogonalize() divides by the norm, so the updates agree (up
-#    to eps); its "momentum_buffer" state is (1 - mu) times ours, so the state dicts do not mix;
-#  * adjust_lr_fn=None / "original" multiplies lr by sqrt(max(1, rows / cols)) for the update and
-#    uses the plain lr for weight decay: the reference shape factor, as here ("match_rms_adamw" is
-#    Moonshot's 0.2 sqrt(max(rows, cols)) and would not match);
-#  * its defaults differ (lr=1e-3, weight_decay=0.1), so every setting is passed explicitly;
-#  * its Newton-Schulz always runs in bfloat16, also on the CPU, where ours uses float32.
-
-needs_torch_muon = pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs torch >= 2.9")
-
-
-def _run_both(nesterov: bool, steps: int = 5) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    settings = {"lr": 0.02, "momentum": 0.95, "nesterov": nesterov, "weight_decay": 0.5}
-    starts = [0.1 * _randn(*shape, seed=i) for i, shape in enumerate(SHAPES)]
-    ours = [nn.Parameter(p.clone()) for p in starts]
-    theirs = [nn.Parameter(p.clone()) for p in starts]
-    opt_ours = Muon(ours, ns_steps=5, **settings)
-    # ns_coefficients and eps stay at torch's defaults, which are the reference's (3.4445, -4.7750, 2.0315), 1e-7.
-    opt_theirs = torch.optim.Muon(theirs, ns_steps=5, adjust_lr_fn="original", **settings)
-    for step in range(steps):
-        for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
-            a.grad = _randn(*a.shape, seed=100 * step + i)
-            b.grad = a.grad.clone()
-        opt_ours.step()
-        opt_theirs.step()
-    return [(p0, a.detach(), b.detach()) for p0, a, b in zip(starts, ours, theirs, strict=True)]
-
-
-@needs_torch_muon
 @pytest.mark.parametrize("nesterov", [True, False])
-def test_matches_torch_muon_exactly_with_its_newton_schulz_swapped_for_ours(nesterov, monkeypatch):
-    """Everything but the bfloat16 iteration: momentum, Nesterov, shape factor, weight decay."""
-    from torch.optim import _muon
-
-    if not hasattr(_muon, "_zeropower_via_newtonschulz"):
-        pytest.skip("torch.optim._muon changed its private Newton-Schulz function")
-
-    def ours_in_float32(grad, ns_coefficients, ns_steps, eps):
-        assert tuple(ns_coefficients) == REFERENCE_COEFFICIENTS and ns_steps == 5 and eps == 1e-7
-        return orthogonalize(grad, ns_steps, eps)
-
-    monkeypatch.setattr(_muon, "_zeropower_via_newtonschulz", ours_in_float32)
-    for _, a, b in _run_both(nesterov):
-        # Only float32 rounding of the two momentum formulations separates them (~1e-7 relative).
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-
-
-@needs_torch_muon
-@pytest.mark.parametrize("nesterov", [True, False])
-def test_matches_torch_muon(nesterov):
-    for p0, a, b in _run_both(nesterov):
+def test_five_steps_match_the_float32_reference(nesterov):
+    settings = {"lr": 0.02, "momentum": 0.95, "weight_decay": 0.5}
+    for i, shape in enumerate(SHAPES):
+        p0 = 0.1 * _randn(*shape, seed=i)
+        p = nn.Parameter(p0.clone())
+        opt = muon([p], **settings)
+        opt.param_groups[0]["nesterov"] = nesterov
+        ref, buf, mu = p0.clone(), torch.zeros(shape), settings["momentum"]
+        for step in range(5):
+            g = _randn(*shape, seed=100 * step + i)
+            p.grad = g.clone()
+            opt.step()
+            buf = mu * buf + g
+            update = reference_orthogonalize(g + mu * buf if nesterov else buf)
+            ref = ref * (1 - settings["lr"] * settings["weight_decay"]) - settings["lr"] * _shape_factor(shape) * update
         # bfloat16 keeps 8 significant bits; through 5 Newton-Schulz steps its update differs from
         # the float32 one by ~1.5% (RMS), and the 5-step displacement by ~1%. 3% leaves room for
         # that and still fails for a missing shape factor (41% or 100%) or a wrong momentum rule.
-        ours, theirs = a - p0, b - p0
-        assert (ours - theirs).norm() / ours.norm() < 0.03
+        ours, reference = p.detach() - p0, ref - p0
+        assert (ours - reference).norm() / reference.norm() < 0.03
 
 
 # --- training and resumption --------------------------------------------------------------------
@@ -173,7 +152,7 @@ def _model() -> nn.Module:
     return nn.Sequential(nn.Linear(16, 64, bias=False), nn.Tanh(), nn.Linear(64, 4, bias=False))
 
 
-def _train(model: nn.Module, opt: Muon, steps: int) -> list[float]:
+def _train(model: nn.Module, opt: torch.optim.Optimizer, steps: int) -> list[float]:
     x, y = _problem()
 
     def closure() -> torch.Tensor:
@@ -187,27 +166,49 @@ def _train(model: nn.Module, opt: Muon, steps: int) -> list[float]:
 
 def test_muon_trains_a_small_network():
     model = _model()
-    losses = _train(model, Muon(model.parameters(), lr=0.02), 100)
+    losses = _train(model, muon(model.parameters(), lr=0.02), 100)
     # ~0.47 -> ~0.003 (150x) for this problem; demand 30x.
     assert losses[-1] < losses[0] / 30
 
 
 def test_resuming_from_a_saved_state_dict_is_bit_identical(tmp_path):
     straight = _model()
-    _train(straight, Muon(straight.parameters(), lr=0.02, weight_decay=0.1), 40)
+    _train(straight, muon(straight.parameters(), lr=0.02, weight_decay=0.1), 40)
 
     first = _model()
-    opt = Muon(first.parameters(), lr=0.02, weight_decay=0.1)
+    opt = muon(first.parameters(), lr=0.02, weight_decay=0.1)
     _train(first, opt, 20)
     torch.save({"model": first.state_dict(), "optim": opt.state_dict()}, tmp_path / "ckpt.pt")
 
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     resumed = _model()
     resumed.load_state_dict(ckpt["model"])
-    opt = Muon(resumed.parameters(), lr=0.5)  # the saved hyperparameters replace these
-    opt.load_state_dict(ckpt["optim"])
+    opt = muon(resumed.parameters(), lr=0.5)  # the saved hyperparameters replace these
+    load_state(opt, ckpt["optim"])
     assert opt.param_groups[0]["lr"] == 0.02 and len(opt.state) == 2
     _train(resumed, opt, 20)
 
     for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_state_of_tinylms_former_muon_resumes_with_the_same_updates():
+    """Before torch.optim.Muon, tinylm saved its own Muon's state: groups without torch's keys and the
+    reference's momentum sum. Converted on load, it continues exactly like torch's own state."""
+    model, twin = _model(), _model()
+    opt = muon(model.parameters(), lr=0.02, weight_decay=0.1)
+    _train(model, opt, 10)
+    twin.load_state_dict(model.state_dict())
+    current = opt.state_dict()
+    mu = current["param_groups"][0]["momentum"]
+    former = {"state": {i: {"momentum_buffer": s["momentum_buffer"] / (1 - mu)} for i, s in current["state"].items()},
+              "param_groups": [{k: v for k, v in g.items() if k in ("lr", "momentum", "nesterov", "ns_steps",
+                                                                     "weight_decay", "base_lr", "params")}
+                               for g in current["param_groups"]]}
+    restored = muon(twin.parameters(), lr=1.0)
+    load_state(restored, former)
+    assert restored.param_groups[0]["adjust_lr_fn"] == "original" and restored.param_groups[0]["lr"] == 0.02
+    _train(model, opt, 5)
+    _train(twin, restored, 5)
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-4)  # unconverted: 2e-2 apart

@@ -253,7 +253,7 @@ def test_overwrite_replaces_a_half_deleted_run_but_never_foreign_files(tmp_path,
     (half / "metrics.jsonl").write_text("")  # what a kill during a previous --overwrite can leave
     (half / ".model.safetensors.tmp").write_bytes(b"x")
     cfg = tiny_config(half, corpus_file, max_steps=5)
-    with pytest.raises(ConfigError, match="already holds a run"):
+    with pytest.raises(ConfigError, match="holds a run that never reached its first checkpoint .* pass --overwrite"):
         train(cfg)
     assert train(cfg, overwrite=True).step == 5
     foreign = tmp_path / "mine"

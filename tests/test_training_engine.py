@@ -15,7 +15,6 @@ from tinylm.errors import ConfigError
 from tinylm.model import GPT
 from tinylm.training import train
 from tinylm.training.checkpoint import rng_state, set_rng_state
-from tinylm.training.muon import Muon
 from tinylm.training.optim import build_optimizers
 from tinylm.training.schedule import learning_rate
 from tinylm.training.trainer import plan_batch
@@ -86,12 +85,15 @@ def test_optimizer_groups():
     muon, adamw = build_optimizers(model, cfg, torch.device("cpu"))
     hidden = {id(p) for n, p in model.named_parameters() if n.startswith("blocks.") and n.endswith(".weight")
               and p.ndim == 2}
-    assert isinstance(muon, Muon) and {id(p) for g in muon.param_groups for p in g["params"]} == hidden
+    assert isinstance(muon, torch.optim.Muon) and {id(p) for g in muon.param_groups for p in g["params"]} == hidden
     in_adamw = {id(p) for g in adamw.param_groups for p in g["params"]}
     assert not in_adamw & hidden and len(in_adamw | hidden) == len(list(model.parameters()))
     decayed = {id(p) for g in adamw.param_groups if g["weight_decay"] for p in g["params"]}
     assert decayed == {id(model.head.weight)}  # the only matrix AdamW gets; embeddings, norms, biases are not
     assert muon.param_groups[0]["base_lr"] == 0.03 and adamw.param_groups[0]["base_lr"] == 1e-3
+    # the reference's update scale sqrt(max(1, rows/cols)), momentum 0.95 and no decay on the hidden matrices
+    assert muon.param_groups[0]["adjust_lr_fn"] == "original" and muon.param_groups[0]["weight_decay"] == 0.0
+    assert muon.param_groups[0]["momentum"] == 0.95 and muon.param_groups[0]["nesterov"]
     (adam,) = build_optimizers(model, TrainConfig(optimizer="adam", decay_all=True), torch.device("cpu"))
     assert type(adam) is torch.optim.Adam and all(g["weight_decay"] == 0.1 for g in adam.param_groups)
 

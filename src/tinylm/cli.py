@@ -13,6 +13,8 @@ import os
 import sys
 import warnings
 
+from rich.markup import escape
+
 from tinylm import __version__
 from tinylm.config import (COMPILE, DEFAULT_PRESET, QUANTIZE, EvalConfig, RunConfig, SampleConfig, ServeConfig,
                            apply_overrides, load_preset, preset_names, read_preset, read_toml, set_key, update,
@@ -79,7 +81,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     for r in rows:
         print("  ".join(r[k].ljust(widths[k]) for k in widths) + f"  {r['source']}")
     print("\nPrepare one with `tinylm prepare NAME --tokenizer gpt2`; with no internet, point --source-dir "
-          "(or TINYLM_DATA_DIR) at a folder holding NAME/<raw files>.")
+          "(or TINYLM_DATA_DIR) at a folder holding NAME/<raw files>.\nAny Hugging Face dataset: "
+          "`tinylm prepare hf:OWNER/NAME[:CONFIG]` (streamed; docs/datasets.md).")
     return 0
 
 
@@ -123,8 +126,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                       f"Continue with: tinylm train --resume {result.run_dir}")
         return 130
     best = f", best {result.best_val_loss:.4f}" if result.best_val_loss is not None else ""
+    val = f"; val loss {result.val_loss:.4f}{best}" if result.val_loss is not None else ""
     console.print(f"[green]done[/]: {result.step} steps, {result.tokens:,} tokens in {result.elapsed:.0f}s "
-                  f"(stopped by {result.stopped_by.replace('_', ' ')}); val loss {result.val_loss:.4f}{best}\n"
+                  f"(stopped by {result.stopped_by.replace('_', ' ')}){val}\n"
                   f"  run directory {result.run_dir} (loss.png, perplexity.png, metrics.jsonl)\n"
                   f"  sample with:  tinylm sample {result.run_dir}")
     return 0
@@ -194,6 +198,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.format == "gguf":
+        from tinylm.interop.gguf import export_gguf
+
+        summary = export_gguf(args.run_dir, args.out, dtype=args.dtype or "f32", checkpoint=args.checkpoint,
+                              chat_template=args.chat_template)
+        print(f"exported {summary['weights']} as GGUF ({summary['arch']}, {summary['dtype']}, "
+              f"{summary['bytes'] / 1e6:.1f} MB, {summary['tokenizer_model']} tokenizer with pre-tokenizer "
+              f"{summary['pre_tokenizer']}) to {summary['out']}\n"
+              f"  llama.cpp:  llama-cli -m {summary['out']}\n"
+              f"  Ollama:     ollama create NAME -f {summary['modelfile']}")
+        return 0
+    if args.dtype or args.chat_template:
+        raise ConfigError("--dtype and --chat-template are options of --format gguf")
     from tinylm.interop.hf import export_hf
 
     summary = export_hf(args.run_dir, args.out, checkpoint=args.checkpoint)
@@ -205,9 +222,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from tinylm.interop.hf import import_hf
 
-    summary = import_hf(args.src_dir, args.out)
-    print(f"imported {args.src_dir} ({summary['params']:,} parameters, {summary['tokenizer']} tokenizer) "
-          f"into run directory {summary['out_dir']}")
+    summary = import_hf(args.src_dir, args.out, dtype=args.dtype, context=args.context)
+    print(f"imported {args.src_dir} ({summary['family']}, {summary['params']:,} parameters, {summary['dtype']}, "
+          f"{summary['tokenizer']} tokenizer) into run directory {summary['out_dir']}")
     return 0
 
 
@@ -282,11 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("prepare", parents=[common], help="tokenize a dataset or your text into a data directory",
                          description="Tokenize SOURCE once into memory-mapped <split>.bin files + meta.json.")
     p.add_argument("data.source", metavar="SOURCE",
-                   help="a dataset name (see `tinylm datasets`), a .txt/.jsonl/.parquet file, or a folder of them")
+                   help="a dataset name (see `tinylm datasets`), hf:OWNER/NAME[:CONFIG][@REVISION] (any Hugging Face "
+                        "dataset, streamed), a .txt/.jsonl/.parquet file, or a folder of them")
     p.add_argument("--out", dest="data.dir", metavar="DATA_DIR",
                    help="output data directory (default: a directory in the cache, reused by `tinylm train`)")
     p.add_argument("--tokenizer", dest="data.tokenizer", metavar="KIND",
-                   help="tokenizer to build: char (default), word[:SIZE][:lower], gpt2, bpe[:SIZE]")
+                   help="tokenizer to build: char (default), word[:SIZE][:lower], gpt2, bpe[:SIZE], "
+                        "hf:DIR_OR_tokenizer.json (any Hugging Face tokenizer)")
     p.add_argument("--tokenizer-from", metavar="DIR", help="reuse the tokenizer of a run or data directory")
     p.add_argument("--val-fraction", dest="data.val_fraction", metavar="F",
                    help="fraction held out for validation when the source has no validation split (default 0.1)")
@@ -297,7 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hold --val-fraction out of a dataset's train split instead of using its own validation split")
     p.add_argument("--max-tokens", dest="data.max_tokens", metavar="N", help="stop after N training tokens")
     p.add_argument("--text-field", dest="data.text_field", metavar="NAME",
-                   help="the JSONL field / Parquet column holding the text (default text)")
+                   help="the JSONL field / Parquet column / Hub dataset field holding the text (default text)")
+    p.add_argument("--hf-split", dest="data.hf_split", metavar="SPLIT",
+                   help="hf: sources: the dataset's split to train on (default train; its validation and test "
+                        "splits become val and test)")
     p.add_argument("--source-dir", dest="data.source_dir", metavar="DIR",
                    help="a local copy of datasets' raw files, as DIR/NAME/... (default $TINYLM_DATA_DIR)")
     p.add_argument("--workers", dest="data.workers", metavar="N",
@@ -318,9 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE.toml", help="a TOML file with [model], [data], [train] tables")
     p.add_argument("--data", dest="data.dir", metavar="DATA_DIR", help="a prepared data directory")
     p.add_argument("--text", dest="data.source", metavar="SOURCE",
-                   help="a dataset name, text/jsonl/parquet file or folder (prepared on the fly, cached)")
+                   help="a dataset name, hf:OWNER/NAME[:CONFIG], text/jsonl/parquet file or folder "
+                        "(prepared on the fly, cached)")
     p.add_argument("--tokenizer", dest="data.tokenizer", metavar="KIND",
-                   help="tokenizer for --text: char, word[:SIZE][:lower], gpt2, bpe[:SIZE]")
+                   help="tokenizer for --text: char, word[:SIZE][:lower], gpt2, bpe[:SIZE], hf:PATH")
     _errors_flag(p, "data")
     p.add_argument("--out", dest="train.out_dir", metavar="RUN_DIR", help="run directory (default runs/PRESET)")
     p.add_argument("--time-budget", dest="train.time_budget", metavar="S", help="wall-clock budget in seconds")
@@ -382,7 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", dest="eval.data", metavar="DATA_DIR", help="a prepared data directory")
     p.add_argument("--text", dest="eval.text", metavar="FILE", help="a text file (or folder), scored whole")
     p.add_argument("--dataset", dest="eval.dataset", metavar="NAME",
-                   help="a catalog dataset (`tinylm datasets`), prepared once with the run's tokenizer")
+                   help="a catalog dataset (`tinylm datasets`) or hf:OWNER/NAME[:CONFIG], prepared once with the "
+                        "run's tokenizer")
     p.add_argument("--source-dir", dest="eval.source_dir", metavar="DIR",
                    help="local copy of --dataset's raw files (default $TINYLM_DATA_DIR, else downloaded)")
     p.add_argument("--split", dest="eval.split", metavar="NAME", help="split of --data or --dataset (default val)")
@@ -404,21 +428,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
 
-    p = verbs.add_parser("export", parents=[common], help="write a run as a Hugging Face transformers model",
+    p = verbs.add_parser("export", parents=[common], help="write a run as a Hugging Face model or a GGUF file",
                          description="Export a run as a transformers directory (GPT-2, or Llama where GPT-2 "
-                                     "cannot express the model) that AutoModelForCausalLM.from_pretrained loads.")
+                                     "cannot express the model) that AutoModelForCausalLM.from_pretrained loads, "
+                                     "or as a GGUF file for llama.cpp and Ollama (with a Modelfile beside it).")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--format", choices=("hf",), default="hf", help="hf (default): Hugging Face transformers")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--format", choices=("hf", "gguf"), default="hf",
+                   help="hf (default): Hugging Face transformers; gguf: llama.cpp / Ollama")
+    p.add_argument("--out", required=True, metavar="PATH", help="output directory (hf) or .gguf file (gguf)")
+    p.add_argument("--dtype", choices=("f32", "f16", "q8_0"), help="gguf: weight precision (default f32)")
+    p.add_argument("--chat-template", metavar="NAME",
+                   help="gguf: embed this prompt template (alpaca, chat, plain; default: the run's own)")
     p.add_argument("--checkpoint", choices=("best", "latest"), default="best",
                    help="which weights: best (default) or latest")
     p.set_defaults(func=cmd_export)
 
-    p = verbs.add_parser("import", parents=[common], help="turn a Hugging Face GPT-2 directory into a run",
-                         description="Convert a transformers GPT-2 directory (config.json + model.safetensors "
-                                     "or pytorch_model.bin) into a tinylm run directory.")
+    p = verbs.add_parser("import", parents=[common], help="turn a Hugging Face GPT-2 or Llama directory into a run",
+                         description="Convert a transformers directory (GPT2LMHeadModel, LlamaForCausalLM: "
+                                     "config.json + model.safetensors, its shards, or pytorch_model.bin; "
+                                     "tokenizer.json) into a tinylm run directory.")
     p.add_argument("src_dir", metavar="DIR")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "auto"), default="float32",
+                   help="how the weights are stored: float32 (default), bfloat16, float16 or auto (the checkpoint's)")
+    p.add_argument("--context", type=int, default=0, metavar="N",
+                   help="cap a rotary model's context to N positions (its KV cache size; default: "
+                        "max_position_embeddings)")
     p.set_defaults(func=cmd_import)
 
     p = verbs.add_parser("serve", parents=[common], help="serve a run over an OpenAI-compatible HTTP API",
@@ -461,7 +496,7 @@ def _all_keys() -> list[str]:
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     if issubclass(category, TinylmWarning):
-        console.print(f"[yellow]warning:[/] {message}")
+        console.print(f"[yellow]warning:[/] {escape(str(message))}")
     else:
         _default_showwarning(message, category, filename, lineno, file, line)
 
@@ -477,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     except TinylmError as e:
         if args.debug:
             raise
-        console.print(f"[red]error:[/] {e}")
+        console.print(f"[red]error:[/] {escape(str(e))}")  # messages quote [brackets]: extras, lists
         return 1
     except BrokenPipeError:  # `tinylm ... | head`: the reader went away; stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -485,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # permissions, full disk, ... on paths the user chose
         if args.debug:
             raise
-        console.print(f"[red]error:[/] {e.strerror or e}: {e.filename or ''}")
+        console.print(f"[red]error:[/] {escape(str(e.strerror or e))}: {escape(str(e.filename or ''))}")
         return 1
     except KeyboardInterrupt:
         console.print("[yellow]interrupted")

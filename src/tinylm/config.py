@@ -20,6 +20,7 @@ from typing import Any
 
 from tinylm.errors import ConfigError
 from tinylm.generation.config import GenerationConfig
+from tinylm.inputs import FLOAT32_TINY, check_fields, check_range
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,6 +37,8 @@ SAMPLING = ("random", "permutation")
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "gelu_tanh", "swiglu")
+MAX_THREADS = 1024  # train.threads: CPU threads per process
+MAX_WORKERS = 256  # data.workers: tokenizer processes
 QUANTIZE = ("none", "int8")  # inference weights: as they are, or int8 weight-only (torchao)
 COMPILE = ("auto", "on", "off")  # torch.compile of the decode step (auto: on for CUDA GPUs)
 
@@ -63,24 +66,34 @@ class ModelConfig:
     bias: bool = True  # biases in linear layers and LayerNorms
     tie_weights: bool = True  # output head shares the token embedding matrix
     init: str = "gpt2"  # gpt2 (normal 0.02, residual projections scaled by 1/sqrt(2 n_layer)) | xavier
+    # (imported Llama-family models set these; the defaults keep every older run unchanged)
+    head_size: int = 0  # per-head width of queries, keys and values; 0 = d_model // n_head
+    attn_bias: bool | None = None  # biases in the attention projections (q, k, v, output); None = model.bias
+    mlp_bias: bool | None = None  # biases in the MLP's linear layers; None = model.bias
+    norm_eps: float = 1e-5  # epsilon of every LayerNorm / RMSNorm
+    ff_multiple: int = 64  # swiglu's hidden width is rounded up to a multiple of this (1 = exactly d_ff)
 
     def validate(self) -> None:
-        _check(self.vocab_size >= 0, "model.vocab_size must be >= 0 (0 = from the tokenizer)")
-        _check(self.vocab_multiple >= 1, "model.vocab_multiple must be >= 1")
+        check_fields(self, "model.")
+        check_range("model.vocab_size", self.vocab_size, ge=0, note=" (0 = from the tokenizer)")
+        check_range("model.vocab_multiple", self.vocab_multiple, ge=1)
         for name in ("context", "n_layer", "n_head", "d_model"):
-            _check(getattr(self, name) > 0, f"model.{name} must be a positive integer")
-        _check(self.d_ff >= 0, "model.d_ff must be >= 0 (0 = the default for the MLP kind)")
-        _check(self.d_model % self.n_head == 0,
+            check_range(f"model.{name}", getattr(self, name), ge=1)
+        check_range("model.d_ff", self.d_ff, ge=0, note=" (0 = the default for the MLP kind)")
+        check_range("model.head_size", self.head_size, ge=0, note=" (0 = d_model // n_head)")
+        _check(self.head_size > 0 or self.d_model % self.n_head == 0,
                f"model.d_model ({self.d_model}) must be divisible by model.n_head ({self.n_head})")
+        _check(self.norm_eps > 0, "model.norm_eps must be > 0")
+        _check(self.ff_multiple >= 1, "model.ff_multiple must be >= 1")
         _check(self.n_kv_head >= 0 and self.n_head % self.kv_heads == 0,
                f"model.n_kv_head ({self.n_kv_head}) must divide model.n_head ({self.n_head})")
-        _check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
+        check_range("model.dropout", self.dropout, ge=0, lt=1)
         for name, allowed in (("mlp", MLPS), ("pos", POSITIONS), ("norm", NORMS), ("norm_position", ("pre", "post")),
                               ("attention", ("sdpa", "manual")), ("init", ("gpt2", "xavier"))):
             _check(getattr(self, name) in allowed,
                    f"model.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        _check(self.pos != "rope" or (self.d_model // self.n_head) % 2 == 0, "rotary positions need an even head size")
-        _check(self.rope_base > 1, "model.rope_base must be > 1")
+        _check(self.pos != "rope" or self.head_dim % 2 == 0, "rotary positions need an even head size")
+        check_range("model.rope_base", self.rope_base, gt=1)
 
     def embedding_rows(self, tokenizer_vocab: int) -> int:
         """The model's vocabulary for a tokenizer of this size: vocab_size if set (at least the
@@ -91,18 +104,34 @@ class ModelConfig:
                f"tokenizer's vocabulary ({tokenizer_vocab}); set it to 0 to follow the tokenizer")
         return self.vocab_size
 
+    def min_params(self, vocab: int) -> int:
+        """A lower bound on the parameter count (the weight matrices alone), computed without
+        building the model, so sizes that cannot fit are refused before anything is allocated."""
+        d, heads = self.d_model, self.n_head * self.head_dim
+        attention = d * (self.n_head + 2 * self.kv_heads) * self.head_dim + heads * d
+        mlp = (3 if self.mlp == "swiglu" else 2) * d * self.ff_width
+        return vocab * d + (self.context * d if self.pos == "learned" else 0) + self.n_layer * (attention + mlp)
+
     @property
     def kv_heads(self) -> int:
         return self.n_kv_head or self.n_head
 
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.n_head
+        return self.head_size or self.d_model // self.n_head
+
+    @property
+    def has_attn_bias(self) -> bool:
+        return self.bias if self.attn_bias is None else self.attn_bias
+
+    @property
+    def has_mlp_bias(self) -> bool:
+        return self.bias if self.mlp_bias is None else self.mlp_bias
 
     @property
     def ff_width(self) -> int:
         if self.mlp == "swiglu":  # 8/3 d keeps the parameter count of a 4 d GELU MLP (three matrices, not two)
-            return -(-(self.d_ff or 8 * self.d_model // 3) // 64) * 64
+            return -(-(self.d_ff or 8 * self.d_model // 3) // self.ff_multiple) * self.ff_multiple
         return self.d_ff or 4 * self.d_model
 
 
@@ -110,9 +139,9 @@ class ModelConfig:
 class DataConfig:
     """Where the tokens come from, how they are split, and how training windows are drawn."""
 
-    source: str = "shakespeare"  # a catalog dataset (`tinylm datasets`), a .txt/.jsonl/.parquet file or a folder
+    source: str = "shakespeare"  # a catalog dataset (`tinylm datasets`), hf:OWNER/NAME[:CONFIG][@REV], a file or folder
     dir: str = ""  # a prepared data directory; when set, `source` is not read
-    tokenizer: str = "char"  # char | word[:SIZE][:lower] | gpt2 | bpe[:SIZE]
+    tokenizer: str = "char"  # char | word[:SIZE][:lower] | gpt2 | bpe[:SIZE] | hf:PATH (a tokenizer.json or its dir)
     val_fraction: float = 0.1  # held out for validation when the source has no validation split
     split: str = "tail"  # tail (the last val_fraction of the text) | shuffle (seeded random documents)
     split_seed: int = 1337  # seed of the shuffle split
@@ -123,16 +152,19 @@ class DataConfig:
     errors: str = "strict"  # invalid UTF-8 in the source: strict (stop with an error) | replace (U+FFFD)
     sampling: str = "random"  # training windows: random (seeded offsets) | permutation (each window once per epoch)
     source_splits: bool = True  # use a dataset's own validation split; false: hold val_fraction out of its train split
+    hf_split: str = "train"  # hf: sources: the dataset's split to train on (its validation/test become val/test)
 
     def validate(self) -> None:
+        check_fields(self, "data.")
         _check(bool(self.source or self.dir), "set data.source (a dataset, text file or folder) or data.dir")
         _check(self.errors in ENCODING_ERRORS, f"data.errors must be strict or replace, got {self.errors!r}")
-        _check(0.0 < self.val_fraction < 1.0, "data.val_fraction must be in (0, 1)")
+        check_range("data.val_fraction", self.val_fraction, gt=0, lt=1)
         _check(self.split in SPLIT_METHODS, f"data.split must be one of {', '.join(SPLIT_METHODS)}, got {self.split!r}")
         _check(self.sampling in SAMPLING, f"data.sampling must be one of {', '.join(SAMPLING)}, got {self.sampling!r}")
-        _check(self.max_tokens >= 0, "data.max_tokens must be >= 0 (0 = no limit)")
-        _check(self.workers >= 0, "data.workers must be >= 0 (0 = automatic)")
+        check_range("data.max_tokens", self.max_tokens, ge=0, note=" (0 = no limit)")
+        check_range("data.workers", self.workers, ge=0, le=MAX_WORKERS, note=" (0 = automatic)")
         _check(bool(self.text_field), "data.text_field must name a field")
+        _check(bool(self.hf_split), "data.hf_split must name a split of the Hub dataset (default train)")
 
 
 @dataclass
@@ -177,6 +209,7 @@ class TrainConfig:
     trackers: str = ""  # also log to: tensorboard, wandb (comma-separated; extras tinylm[tensorboard|wandb])
 
     def validate(self) -> None:
+        check_fields(self, "train.")
         _check(self.device in DEVICES or self.device.startswith("cuda:"),
                f"train.device must be one of {', '.join(DEVICES)} (or cuda:N), got {self.device!r}")
         _check(self.dtype in DTYPES, f"train.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
@@ -185,17 +218,21 @@ class TrainConfig:
         _check(self.schedule in SCHEDULES,
                f"train.schedule {self.schedule!r} does not exist; choose one of {', '.join(SCHEDULES)}")
         for name in ("grad_accum", "max_steps", "eval_interval", "log_interval"):
-            _check(getattr(self, name) > 0, f"train.{name} must be a positive integer")
+            check_range(f"train.{name}", getattr(self, name), ge=1)
         for name in ("time_budget", "warmup_steps", "weight_decay", "grad_clip", "eval_tokens", "min_lr",
-                     "hellaswag_items", "batch_size", "batch_tokens", "epochs", "threads", "save_interval",
-                     "save_minutes", "keep_last", "eps", "seq_len"):
-            _check(getattr(self, name) >= 0, f"train.{name} must be >= 0")
-        _check(self.lr > 0, "train.lr must be > 0")
+                     "hellaswag_items", "batch_size", "batch_tokens", "epochs", "save_interval",
+                     "save_minutes", "keep_last", "seq_len"):
+            check_range(f"train.{name}", getattr(self, name), ge=0)
+        check_range("train.threads", self.threads, ge=0, le=MAX_THREADS, note=" (0 = automatic)")
+        # Adam divides by sqrt(v) + eps: an eps that float32 flushes to 0 gives 0/0 for a zero gradient
+        check_range("train.eps", self.eps, ge=FLOAT32_TINY, note=" (the smallest normal float32)")
+        check_range("train.lr", self.lr, gt=0)
         _check(self.min_lr <= self.lr, "train.min_lr must not exceed train.lr")
-        _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1 and train.beta2 must be in [0, 1)")
-        _check(0 < self.cooldown <= 1, "train.cooldown must be a fraction of the run in (0, 1]")
-        _check(self.muon_lr > 0 and 0 <= self.muon_momentum < 1,
-               "train.muon_lr must be > 0 and train.muon_momentum in [0, 1)")
+        check_range("train.beta1", self.beta1, ge=0, lt=1)
+        check_range("train.beta2", self.beta2, ge=0, lt=1)
+        check_range("train.cooldown", self.cooldown, gt=0, le=1, note=" (a fraction of the run)")
+        check_range("train.muon_lr", self.muon_lr, gt=0)
+        check_range("train.muon_momentum", self.muon_momentum, ge=0, lt=1)
         _check(self.batch_size > 0 or self.batch_tokens > 0,
                "train.batch_size 0 (automatic) needs train.batch_tokens, the tokens per optimizer step")
         _check(self.batch_tokens == 0 or self.grad_accum == 1,
@@ -252,7 +289,7 @@ class SampleConfig(GenerationConfig):
 
     def validate(self) -> SampleConfig:
         super().validate()
-        _check(self.num_samples >= 1, f"num_samples must be >= 1, got {self.num_samples}")
+        check_range("num_samples", self.num_samples, ge=1)
         _check_inference(self, "sample")
         return self
 
@@ -280,7 +317,12 @@ class EvalConfig:
     quantize: str = "none"  # none | int8 (weight-only, torchao): its held-out loss against the float weights'
 
     def validate(self) -> EvalConfig:
+        check_fields(self, "eval.")
         _check_inference(self, "eval")
+        # eval.stride's range depends on the run's training window: evaluate() checks it
+        check_range("eval.limit", self.limit, ge=0, note=" (0 = all items)")
+        check_range("eval.batch_size", self.batch_size, ge=1)
+        _check(self.errors in ENCODING_ERRORS, f"eval.errors must be strict or replace, got {self.errors!r}")
         return self
 
 

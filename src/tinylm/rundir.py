@@ -29,6 +29,7 @@ from tinylm.console import console, warn
 from tinylm.errors import CheckpointError, ConfigError, TinylmError
 from tinylm.generation import (GenerationConfig, StopFilter, beam_search, cut_at_stop, generate_ids, stream_ids,
                                stream_text)
+from tinylm.inputs import EmptyInputError, encode_text
 from tinylm.model import GPT
 from tinylm.runtime import resolve_device
 from tinylm.tokenizers import TOKENIZER_FILE, Tokenizer, load_tokenizer
@@ -61,7 +62,7 @@ def read_config(run_dir: str | Path) -> RunConfig:
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not a tinylm run directory (no {CONFIG_FILE})")
     try:
-        return RunConfig.from_dict(json.loads(path.read_text(encoding="utf-8")), origin=str(path))
+        return RunConfig.from_dict(json.loads(path.read_text(encoding="utf-8")), origin=str(path)).validate()
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is corrupt ({e})") from None
     except ConfigError as e:
@@ -183,27 +184,28 @@ class Run:
         """`config` (default: the defaults) with `options` changed, validated."""
         return (config or GenerationConfig()).replace(**options)
 
-    def encode_prompt(self, prompt: str, truncate: bool = True) -> list[int]:
-        """The prompt's ids: the tokenizer's start ids for an empty prompt; a prompt longer than
-        the context keeps its last `context` tokens (with a warning), or is an error if not `truncate`."""
+    def encode_prompt(self, prompt: str, truncate: bool = True, item: str = "the prompt") -> list[int]:
+        """The prompt's ids (`tinylm.inputs.encode_text`): a prompt that encodes to no tokens (empty,
+        or whitespace for the word tokenizer) is the empty prompt, the tokenizer's start ids; a
+        prompt longer than the context keeps its last `context` tokens (with a warning), or is an
+        error if not `truncate`. `item` names the prompt in messages."""
+        ids = encode_text(self.tokenizer, prompt, item=item)
         unknown = self.tokenizer.count_unknown(prompt)
         if unknown:
-            warn(f"{unknown} {self.tokenizer.unit}(s) of the prompt are not in the vocabulary; mapped to <unk>")
-        ids = self.tokenizer.encode(prompt) if prompt else self.tokenizer.start_ids()
+            warn(f"{unknown} {self.tokenizer.unit}(s) of {item} are not in the vocabulary; mapped to <unk>")
         context = self.model.cfg.context
         if len(ids) > context:
             if not truncate:
-                raise ConfigError(f"the prompt has {len(ids)} tokens, more than the context ({context}); "
+                raise ConfigError(f"{item} has {len(ids)} tokens, more than the context ({context}); "
                                   "shorten it, or allow truncation to its last tokens (truncate=True)")
-            warn(f"the prompt has {len(ids)} tokens, more than the context ({context}); "
+            warn(f"{item} has {len(ids)} tokens, more than the context ({context}); "
                  f"only its last {context} tokens are used")
             ids = ids[-context:]
         return ids
 
     def _engine_args(self) -> dict[str, Any]:
-        eot = self.tokenizer.eot_id
-        return dict(vocab_size=self.tokenizer.vocab_size, stop_ids=[eot] if eot is not None else [],
-                    device=self.device, dtype=self.dtype)
+        return dict(vocab_size=self.tokenizer.vocab_size, stop_ids=self.tokenizer.stop_ids,
+                    device=self.device, dtype=self.dtype, suppress_ids=sorted(self.tokenizer.suppressed_ids))
 
     def _text(self, prompt_ids: list[int], ids: list[int], cfg: GenerationConfig) -> str:
         """The text `ids` add after the prompt, decoded after the prompt's ids: tokenizers that
@@ -219,8 +221,11 @@ class Run:
         """Continue one prompt or a batch of prompts; num_return_sequences completions per
         prompt, grouped by prompt (best first for beam search)."""
         cfg = self.generation_config(config, **options)
+        if not isinstance(prompts, (str, list, tuple)):
+            raise EmptyInputError(f"the prompt must be text or a list of texts, got {type(prompts).__name__}")
         texts = [prompts] if isinstance(prompts, str) else list(prompts)
-        encoded = [self.encode_prompt(p, cfg.truncate) for p in texts]
+        encoded = [self.encode_prompt(p, cfg.truncate, "the prompt" if len(texts) == 1 else f"prompt {i} of "
+                                      f"{len(texts)}") for i, p in enumerate(texts, 1)]
         if not encoded:
             return []
         args = self._engine_args()
@@ -293,7 +298,10 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", dt
     model = GPT(cfg.model)
     path = weights_path(run_dir, checkpoint)
     if not path.is_file():
-        raise CheckpointError(f"{path} does not exist; train the run first (`tinylm train`)")
+        if checkpoint in ("best", "latest"):  # a run killed before its first checkpoint
+            raise CheckpointError(f"{run_dir} has no weights: the run never reached its first checkpoint; start it "
+                                  f"again with your training command and --out {run_dir} --overwrite")
+        raise CheckpointError(f"{path} does not exist; give --checkpoint best, latest or a .safetensors file")
     metadata = load_weights(model, path)
     fp = metadata.get("tokenizer_fingerprint")
     if fp and fp != tokenizer.fingerprint():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import platform
 import time
 from functools import lru_cache
@@ -77,6 +78,30 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def memory_bytes(device: torch.device) -> int | None:
+    """The device's whole memory in bytes (the machine's RAM for the CPU), or None where unknown."""
+    try:
+        if device.type == "cuda":
+            return torch.cuda.get_device_properties(device).total_memory
+        if device.type == "mps":
+            return int(torch.mps.recommended_max_memory())
+        if device.type == "cpu":
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError, RuntimeError):
+        pass
+    return None
+
+
+def check_memory(need: int, device: torch.device, what: str, fix: str) -> None:
+    """A one-line ConfigError when `need` bytes (a lower bound: what is certainly allocated) exceed
+    the device's whole memory, so impossible sizes fail before the allocation does (or before the
+    operating system kills the process)."""
+    have = memory_bytes(device)
+    if have is not None and need > have:
+        raise ConfigError(f"{what} need at least {need / 2**30:,.1f} GiB, more than this {device.type} device has "
+                          f"({have / 2**30:,.1f} GiB); {fix}")
+
+
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) of common GPUs, for model FLOPs utilisation (MFU).
 _PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12,
                "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12}
@@ -84,7 +109,10 @@ _PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "
 
 def measure_matmul_flops(device: torch.device, dtype: torch.dtype, n: int = 1024, seconds: float = 0.3) -> float:
     """FLOP/s of square `n` x `n` matrix products in `dtype` on `device`, measured for ~`seconds`."""
-    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    # fixed values, not torch.randn: drawing from the global generator here (the first run on a machine
+    # measures, later ones read the cache) would change a training run's dropout masks
+    a = torch.linspace(-1.0, 1.0, n * n, device=device).reshape(n, n).to(dtype)
+    b = a.flip(0)
 
     def sync() -> None:
         if device.type == "cuda":

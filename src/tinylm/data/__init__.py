@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from tinylm.data.prepare import META_FILE, load_split, prepared_dir_for, read_meta, resolve_data_dir
-from tinylm.data.sources import Source, read_source
+from tinylm.data.sources import Source
+from tinylm.data.spec import read_source
 
 # `prepare()` itself is imported from tinylm.data.prepare (re-exporting it here would hide the module)
 __all__ = ["META_FILE", "PermutationWindows", "RandomWindows", "Source", "eval_windows", "load_split",

@@ -1,14 +1,26 @@
 """The datasets `tinylm prepare NAME` knows: where they come from, their licence and layout.
 
-A dataset's raw files are found, in order: in a local copy (`--source-dir DIR` or
-`$TINYLM_DATA_DIR`, as `DIR/<dataset>/<file>` or `DIR/<file>`); in the download cache
-(`$TINYLM_CACHE/downloads`); else they are downloaded there (resumable, checksummed where the
-publisher gives a checksum; see remote.py). FineWeb-Edu is never downloaded whole: its Parquet
-files are read remotely a row group at a time until `--max-tokens` training tokens are reached.
+    NAME ─► local copy (--source-dir DIR / $TINYLM_DATA_DIR: DIR/NAME/<file> or DIR/<file>)
+         └► else, files in a Hub repository (tinystories, fineweb-edu), pinned to a commit:
+              huggingface_hub.hf_hub_download ─► the Hub cache (HF_HOME), shared with every HF tool
+              fineweb-edu: HfFileSystem ─► pyarrow reads remote Parquet row groups until --max-tokens
+         └► else, a plain URL (tinyshakespeare from GitHub, WikiText-103's zip): remote.download
+              ─► $TINYLM_CACHE/downloads/NAME/ (resumable, size- and sha256-checked)
+         ─► readers of sources.py (text with <|endoftext|>, WikiText articles, Parquet rows) ─► Source
+
+Hub files go through `huggingface_hub`, so HF_HOME, HF_TOKEN, HF_ENDPOINT and HF_HUB_OFFLINE work
+as in any Hugging Face tool (offline, files already in the Hub cache are read from it); a file is
+checked against its pinned sha256 or the checksum the Hub publishes (the cache names each blob by
+it: the sha256 of an LFS file, the git object id of a small one). WikiText-103's raw files and
+tinyshakespeare's `input.txt` are not files of a Hub repository (the Hub's `Salesforce/wikitext`
+holds Parquet conversions with the blank lines' whitespace dropped, not the raw files that
+published perplexities are measured on), so they keep their original URLs. Any other Hub dataset
+is `hf:OWNER/NAME` (hub.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -20,19 +32,21 @@ from typing import Iterator
 from tinylm import fileio
 from tinylm.console import console
 from tinylm.data import remote
+from tinylm.data.hub import cached_sha256, translated
 from tinylm.data.sources import (Piece, Source, Stream, _blocks, _Document, cache_key, chain, read_parquet,
                                  read_text)
-from tinylm.errors import DataError
+from tinylm.errors import DataError, DownloadError
 
 HF = "https://huggingface.co/datasets"
 
 
 @dataclass(frozen=True)
 class DataFile:
-    name: str  # its name in a local copy and in the cache
-    url: str = ""  # where to download it ("" for a member of the dataset's archive)
+    name: str  # its name in a local copy (and in the download cache, for URL files)
+    path: str = ""  # its path in the dataset's Hub repository (Dataset.repo), for Hub files
+    url: str = ""  # a plain download URL, for files not on the Hub ("" for a member of the dataset's archive)
     size: int | None = None  # bytes, where known
-    sha256: str | None = None  # pinned checksum, where known (Hugging Face also publishes one per file)
+    sha256: str | None = None  # pinned checksum, where known (the Hub publishes one per LFS file)
     member: str = ""  # path inside the dataset's archive
 
 
@@ -49,37 +63,38 @@ class Dataset:
     archive: DataFile | None = None  # the split files are members of this zip
     streamed: bool = False  # read remotely, a row group at a time, never downloaded whole
     max_tokens: int = 0  # default cap on training tokens
+    repo: str = ""  # the Hub dataset repository of its files (DataFile.path)
+    revision: str = ""  # the commit of `repo` the files are pinned to
     notes: str = field(default="", compare=False)
 
 
 def _fineweb_files() -> tuple[DataFile, ...]:
-    base = f"{HF}/HuggingFaceFW/fineweb-edu/resolve/main/sample/10BT"
-    return tuple(DataFile(f"{i:03d}_00000.parquet", f"{base}/{i:03d}_00000.parquet") for i in range(14))
+    return tuple(DataFile(f"{i:03d}_00000.parquet", path=f"sample/10BT/{i:03d}_00000.parquet") for i in range(14))
 
 
 DATASETS: dict[str, Dataset] = {d.name: d for d in (
     Dataset("tinyshakespeare", "Tiny Shakespeare (char-rnn)", "https://github.com/karpathy/char-rnn",
             "public domain", "1.1 MB", "one document; the last 10% is the usual validation split", "text",
-            {"all": (DataFile("input.txt", "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
-                              "tinyshakespeare/input.txt", 1_115_394,
-                              "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"),)}),
+            {"all": (DataFile("input.txt", url="https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
+                              "tinyshakespeare/input.txt", size=1_115_394,
+                              sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"),)}),
     Dataset("tinystories", "TinyStories V2 (GPT-4 stories)", f"{HF}/roneneldan/TinyStories",
             "CDLA-Sharing-1.0", "2.2 GB + 22 MB", "<|endoftext|> lines between stories", "text",
-            {"train": (DataFile("TinyStoriesV2-GPT4-train.txt",
-                                f"{HF}/roneneldan/TinyStories/resolve/main/TinyStoriesV2-GPT4-train.txt"),),
-             "val": (DataFile("TinyStoriesV2-GPT4-valid.txt",
-                              f"{HF}/roneneldan/TinyStories/resolve/main/TinyStoriesV2-GPT4-valid.txt"),)}),
+            {"train": (DataFile("TinyStoriesV2-GPT4-train.txt", path="TinyStoriesV2-GPT4-train.txt"),),
+             "val": (DataFile("TinyStoriesV2-GPT4-valid.txt", path="TinyStoriesV2-GPT4-valid.txt"),)},
+            repo="roneneldan/TinyStories", revision="f54c09fd23315a6f9c86f9dc80f725de7d8f9c64"),
     Dataset("wikitext103", "WikiText-103 (raw)", "https://blog.salesforceairesearch.com/the-wikitext-long-term-"
             "dependency-language-modeling-dataset/", "CC BY-SA 3.0", "192 MB zip",
             "articles start at ' = Title = ' lines", "wikitext",
             {"train": (DataFile("wiki.train.raw", member="wikitext-103-raw/wiki.train.raw"),),
              "val": (DataFile("wiki.valid.raw", member="wikitext-103-raw/wiki.valid.raw"),),
              "test": (DataFile("wiki.test.raw", member="wikitext-103-raw/wiki.test.raw"),)},
-            archive=DataFile("wikitext-103-raw-v1.zip", "https://wikitext.smerity.com/wikitext-103-raw-v1.zip",
-                             191_984_949)),
+            archive=DataFile("wikitext-103-raw-v1.zip", url="https://wikitext.smerity.com/wikitext-103-raw-v1.zip",
+                             size=191_984_949)),
     Dataset("fineweb-edu", "FineWeb-Edu, sample-10BT", f"{HF}/HuggingFaceFW/fineweb-edu", "ODC-By 1.0",
             "14 x 2.2 GB Parquet (10B tokens)", "one document per row (`text` column)",
             "parquet", {"all": _fineweb_files()}, streamed=True, max_tokens=100_000_000,
+            repo="HuggingFaceFW/fineweb-edu", revision="87f09149ef4734204d70ed1d046ddc9ca3f2b8f9",
             notes="streamed: only the row groups needed for --max-tokens (default 100M) are fetched"),
 )}
 
@@ -118,21 +133,85 @@ def _download_dir(ds: Dataset) -> Path:
     return fileio.cache_root() / "downloads" / ds.name
 
 
+def _hub_label(ds: Dataset) -> str:
+    return f"{ds.name} ({ds.repo}@{ds.revision[:10]})"
+
+
+def _download(ds: Dataset, f: DataFile) -> Path:
+    """A plain-URL file into the download cache, with the no-network advice of the catalog."""
+    try:
+        return remote.download(f.url, _download_dir(ds) / f.name, sha256=f.sha256, size=f.size,
+                               description=f"{ds.name}/{f.name}")
+    except DownloadError as e:
+        if not str(e).startswith("cannot reach"):
+            raise
+        raise DownloadError(f"{e}; with no network, point --source-dir (or TINYLM_DATA_DIR) at a local copy "
+                            f"of the raw files (`tinylm datasets {ds.name}` lists them)") from None
+
+
 def _fetch(ds: Dataset, f: DataFile) -> Path:
-    """The cached file, downloading it (or the dataset's archive, then extracting it) if needed."""
+    """The file on disk: from the Hub cache (downloading it there if needed), or from the download
+    cache (downloading it, or the dataset's archive and extracting it, if needed)."""
     dest = _download_dir(ds) / f.name
-    if dest.is_file():
+    if dest.is_file():  # a URL file, or a Hub file an earlier tinylm downloaded here
         return dest
+    if f.path:
+        from huggingface_hub import hf_hub_download
+
+        with translated(_hub_label(ds), f"{ds.repo} --revision {ds.revision}"):
+            return Path(hf_hub_download(ds.repo, f.path, repo_type="dataset", revision=ds.revision))
     if ds.archive is None:
-        return remote.download(f.url, dest, sha256=f.sha256, size=f.size, description=f"{ds.name}/{f.name}")
-    archive = remote.download(ds.archive.url, _download_dir(ds) / ds.archive.name, sha256=ds.archive.sha256,
-                              size=ds.archive.size, description=f"{ds.name}/{ds.archive.name}")
+        return _download(ds, f)
+    archive = _download(ds, ds.archive)
     try:
         with zipfile.ZipFile(archive) as z, z.open(f.member) as src, fileio.atomic_write(dest) as out:
             shutil.copyfileobj(src, out, 1 << 20)
     except (zipfile.BadZipFile, KeyError) as e:
         raise DataError(f"{archive} is not the expected archive ({e}); delete it and run the command again") from None
     return dest
+
+
+def _git_blob_id(path: Path) -> str:
+    """git's object id of a file (sha1 of "blob SIZE\0" + content): the Hub's ETag of a non-LFS file."""
+    digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _describe(ds: Dataset, f: DataFile, path: Path, fetched: bool) -> dict:
+    """Size and sha256 of a file read. A fetched file must match its pinned sha256, or the checksum
+    the Hub published for it: the Hub cache names each blob by its ETag, the sha256 of an LFS file
+    or the git object id of a small one."""
+    digest = fileio.sha256_file(path)
+    expected = f.sha256 or (cached_sha256(path) if fetched and f.path else None)
+    blob = os.path.basename(os.path.realpath(path))
+    damaged = expected and digest != expected
+    if fetched and f.path and not expected and re.fullmatch(r"[0-9a-f]{40}", blob):
+        damaged = _git_blob_id(path) != blob
+    if fetched and damaged:
+        raise DataError(f"{path} does not match its published checksum (sha256 {digest}); delete it and run the "
+                        "command again to download it afresh")
+    return {"bytes": path.stat().st_size, "sha256": digest}
+
+
+def _remote_parquet(ds: Dataset, f: DataFile, text_field: str, files: dict[str, dict]) -> Iterator[Piece]:
+    """A Parquet file of the Hub read in place: its footer, then row groups as they are consumed."""
+    from huggingface_hub import HfFileSystem, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(ds.repo, f.path, revision=ds.revision, repo_type="dataset")
+    if isinstance(cached, str):  # already in the Hub cache (e.g. `hf download`): no network needed
+        files[f.name] = {"bytes": Path(cached).stat().st_size, "sha256": cached_sha256(Path(cached))}
+        yield from read_parquet(Path(cached), text_field)
+        return
+    fs = HfFileSystem()
+    url = f"datasets/{ds.repo}@{ds.revision}/{f.path}"
+    with translated(_hub_label(ds), f"{ds.repo} --revision {ds.revision}"):
+        info = fs.info(url)
+        files[f.name] = {"bytes": info["size"], "sha256": (info.get("lfs") or {}).get("sha256")}
+        with fs.open(url, "rb", block_size=1 << 16) as remote_file:  # small blocks: fetch little beyond need
+            yield from read_parquet(remote_file, text_field, name=f"hf://{url}")
 
 
 def _reader(ds: Dataset, path: Path, text_field: str, errors: str) -> Iterator[Piece]:
@@ -144,7 +223,7 @@ def _reader(ds: Dataset, path: Path, text_field: str, errors: str) -> Iterator[P
 
 
 def open_dataset(name: str, source_dir: str = "", errors: str = "strict", text_field: str = "text") -> Source:
-    """A catalog dataset as a Source, from a local copy, the download cache or the network."""
+    """A catalog dataset as a Source, from a local copy, the Hub (through its cache) or a URL."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
     ds = DATASETS[name]
@@ -154,13 +233,11 @@ def open_dataset(name: str, source_dir: str = "", errors: str = "strict", text_f
     def stream(f: DataFile, local: Path | None) -> Stream:
         def pieces() -> Iterator[Piece]:
             if local is None and ds.streamed:
-                info = remote.get_transport().info(f.url)
-                files[f.name] = {"bytes": info.size, "sha256": info.sha256}
-                yield from read_parquet(remote.open_remote(f.url, buffer_size=1 << 16), text_field, name=f.url)
+                yield from _remote_parquet(ds, f, text_field, files)
                 return
             path = local or _fetch(ds, f)
             if f.name not in files:
-                files[f.name] = {"bytes": path.stat().st_size, "sha256": fileio.sha256_file(path)}
+                files[f.name] = _describe(ds, f, path, fetched=local is None)
             yield from _reader(ds, path, text_field, errors)
         return pieces
 
@@ -170,7 +247,7 @@ def open_dataset(name: str, source_dir: str = "", errors: str = "strict", text_f
     for split, split_files in ds.splits.items():
         if root is None:
             streams[split] = chain(*(stream(f, None) for f in split_files))
-            identity.append((split, "network", [f.name for f in split_files]))
+            identity.append((split, "network", ds.revision, [f.name for f in split_files]))
             sizes += [f.size for f in split_files]
             continue
         found = {f.name: _find_local(ds, f, root) for f in split_files}
@@ -183,10 +260,13 @@ def open_dataset(name: str, source_dir: str = "", errors: str = "strict", text_f
         stats = [(f.name, found[f.name].stat().st_size, found[f.name].stat().st_mtime_ns) for f in present]
         identity.append((split, "local", stats))
         sizes += [size for _, size, _ in stats]
-    if root is None and not ds.streamed:
+    if root is None and ds.repo and not ds.streamed:
+        console.print(f"{name}: files come from the Hugging Face Hub, {ds.repo} at {ds.revision[:10]}, through the "
+                      "Hub cache (HF_HOME; set TINYLM_DATA_DIR to use a local copy)")
+    elif root is None and not ds.streamed:
         console.print(f"{name}: raw files go to {_download_dir(ds)} (set TINYLM_DATA_DIR to use a local copy)")
     size = None if None in sizes else sum(s for s in sizes if s is not None)
-    return Source(name, streams, cache_key(*identity), size, files, ds.max_tokens)
+    return Source(name, streams, cache_key(*identity), size, files, ds.max_tokens, revision=ds.revision)
 
 
 def describe() -> list[dict[str, str]]:
@@ -207,13 +287,15 @@ def details(name: str) -> str:
     ds = DATASETS[name]
     lines = [f"{ds.name}: {ds.title}", f"  homepage   {ds.homepage}", f"  licence    {ds.licence}",
              f"  size       {ds.size}", f"  documents  {ds.documents}"]
+    if ds.repo:
+        lines.append(f"  Hub        {ds.repo} at {ds.revision} (through the Hub cache, HF_HOME)")
     if ds.archive:
         lines.append(f"  archive    {ds.archive.url}")
     for split, files in ds.splits.items():
         label = "(no split: tail or shuffle)" if split == "all" else split
         lines.append(f"  {label}")
         for f in files:
-            where = f.url or f"in the archive: {f.member}"
+            where = f.url or (f"{ds.repo}/{f.path}" if f.path else f"in the archive: {f.member}")
             lines.append(f"    {f.name}  {where}" + (f"  sha256 {f.sha256}" if f.sha256 else ""))
     if ds.notes:
         lines.append(f"  note       {ds.notes}")

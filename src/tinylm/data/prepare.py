@@ -34,9 +34,10 @@ import numpy as np
 from tinylm import __version__, fileio
 from tinylm.config import DataConfig
 from tinylm.console import console, progress
-from tinylm.data.sources import Source, read_source
+from tinylm.data.sources import Source
+from tinylm.data.spec import read_source
 from tinylm.errors import DataError, TokenizerError
-from tinylm.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
+from tinylm.tokenizers import Tokenizer, load_tokenizer, parse_spec, spec_identity, train_tokenizer
 from tinylm.tokenizers.base import safe_chunks
 
 META_FILE = "meta.json"
@@ -62,7 +63,7 @@ def encode_texts(tokenizer: Tokenizer, texts: list[str], dtype: np.dtype | None 
     encode_array = getattr(tokenizer, "encode_array", None)
     if encode_array is not None:
         return [encode_array(t).astype(dtype) for t in texts]
-    chunked = [safe_chunks(t) for t in texts]
+    chunked = [safe_chunks(t) if tokenizer.chunk_safe else [t] for t in texts]
     flat = [c for chunks in chunked for c in chunks]
     encoded = iter(tokenizer.encode_batch(flat) if threads else [tokenizer.encode(c) for c in flat])
     return [np.concatenate([np.asarray(next(encoded), dtype=dtype) for _ in chunks]) if chunks
@@ -230,6 +231,24 @@ def _route(src: Source, method: str, val_fraction: float, seed: int, total_bytes
             seen += n
 
 
+def _whole_documents(routed: Iterator[tuple[str, str, bool]]) -> Iterator[tuple[str, str, bool]]:
+    """The routed pieces with each document's consecutive pieces (same split) joined, for tokenizers
+    whose encoding of pieces may differ from the whole text's (`Tokenizer.chunk_safe` false)."""
+    held: tuple[str, list[str]] | None = None
+    for split, text, last in routed:
+        if held is not None and held[0] != split:
+            yield held[0], "".join(held[1]), False
+            held = None
+        if held is None:
+            held = (split, [])
+        held[1].append(text)
+        if last:
+            yield split, "".join(held[1]), True
+            held = None
+    if held is not None:
+        yield held[0], "".join(held[1]), False
+
+
 def _batches(routed: Iterator[tuple[str, str, bool]], chars: int) -> Iterator[list[tuple[str, str, bool]]]:
     batch, size = [], 0
     for item in routed:
@@ -271,17 +290,17 @@ def _auto_workers(src: Source, workers: int, cap: int) -> int:
 
 def prepare(source: str | Source, tokenizer: str | Tokenizer, out_dir: str | Path, val_fraction: float = 0.1, *,
             split: str = "tail", split_seed: int = 1337, max_tokens: int = 0, workers: int = 0,
-            text_field: str = "text", source_dir: str = "", errors: str = "strict") -> Path:
+            text_field: str = "text", source_dir: str = "", errors: str = "strict", hf_split: str = "train") -> Path:
     """Tokenize `source` (a Source, or anything `read_source` takes) into `out_dir`;
     `tokenizer` is a spec to train (e.g. "char") or an existing tokenizer. Returns the directory."""
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"the validation fraction must be in (0, 1), got {val_fraction}")
-    src = source if isinstance(source, Source) else read_source(source, errors, text_field, source_dir)
+    src = source if isinstance(source, Source) else read_source(source, errors, text_field, source_dir, hf_split)
     cap = max_tokens or src.max_tokens
     counts = {"bytes": 0, "documents": 0}
     spec = tokenizer if isinstance(tokenizer, str) else tokenizer.kind
     started = time.perf_counter()
-    if isinstance(tokenizer, str) and tokenizer.split(":")[0] != "gpt2":
+    if isinstance(tokenizer, str) and parse_spec(tokenizer)[0].needs_corpus:
         console.print(f"building the {spec} vocabulary from {src.name} ...")
         try:
             tok = train_tokenizer(tokenizer, _training_text(src, cap, counts))
@@ -310,6 +329,8 @@ def prepare(source: str | Source, tokenizer: str | Tokenizer, out_dir: str | Pat
     try:
         routed = _route(src, split, val_fraction, split_seed, counts["bytes"], bool(cap),
                         stop=lambda name: writers[name].full)
+        if not tok.chunk_safe:
+            routed = _whole_documents(routed)
         with _Progress(src.name, total, workers) as bar:
             # with a cap, small batches: reading stops soon after the cap (a streamed source is not over-fetched)
             chars = min(BATCH_CHARS, max(cap, 4096)) if cap else BATCH_CHARS
@@ -341,7 +362,8 @@ def prepare(source: str | Source, tokenizer: str | Tokenizer, out_dir: str | Pat
         "format": FORMAT,
         "tinylm_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "source": {"name": src.name, "sha256": src.sha256, "files": src.files,
+        "source": {"name": src.name, **({"revision": src.revision} if src.revision else {}),
+                   "sha256": src.sha256, "files": src.files,
                    "documents": sum(w.documents for w in writers.values()),
                    "bytes": sum(w.bytes for w in writers.values())},
         "tokenizer": {"spec": spec, "kind": tok.kind, "vocab_size": tok.vocab_size,
@@ -427,7 +449,7 @@ def load_split(data_dir: str | Path, split: str) -> np.memmap:
 
 
 def prepared_dir_for(src: Source, data: DataConfig) -> Path:
-    key = {"source": src.key, "tokenizer": data.tokenizer, "val": data.val_fraction, "format": FORMAT,
+    key = {"source": src.key, "tokenizer": spec_identity(data.tokenizer), "val": data.val_fraction, "format": FORMAT,
            "split": data.split, "max_tokens": data.max_tokens or src.max_tokens}
     if data.split == "shuffle":
         key["seed"] = data.split_seed
@@ -435,7 +457,8 @@ def prepared_dir_for(src: Source, data: DataConfig) -> Path:
         key["errors"] = data.errors
     digest = fileio.sha256_bytes(json.dumps(key, sort_keys=True).encode())[:12]
     stem = "".join(c if c.isalnum() else "-" for c in Path(src.name).stem)[:40]
-    return fileio.cache_root() / "prepared" / f"{stem}-{data.tokenizer.replace(':', '')}-{digest}"
+    label = "hf" if data.tokenizer.startswith("hf:") else data.tokenizer.replace(":", "")  # no path in the name
+    return fileio.cache_root() / "prepared" / f"{stem}-{label}-{digest}"
 
 
 def prepare_config(src: Source, tokenizer: str | Tokenizer, out: str | Path, data: DataConfig) -> Path:
@@ -446,7 +469,7 @@ def prepare_config(src: Source, tokenizer: str | Tokenizer, out: str | Path, dat
 
 def open_source(data: DataConfig) -> Source:
     """The source `data` names; with data.source_splits false, a dataset's training split alone."""
-    src = read_source(data.source, data.errors, data.text_field, data.source_dir)
+    src = read_source(data.source, data.errors, data.text_field, data.source_dir, data.hf_split)
     return src if data.source_splits else src.training_split()
 
 

@@ -7,10 +7,14 @@ pieces: long documents arrive in pieces of about a megabyte, cut only where ever
 has a boundary (`tokenizers.base.safe_chunks`), so encoding pieces one by one gives the ids of
 the whole document.
 
-Local inputs: a `.txt` file (documents separated by `<|endoftext|>`, as in TinyStories' files;
-a file without that marker is one document), a `.jsonl` file (one record per line, the text in
-`text_field`), a Parquet file (the `text_field` column), or a folder of such files. Named
-datasets (TinyStories, WikiText-103, FineWeb-Edu, ...) are built on these readers in catalog.py.
+    .txt  (documents separated by <|endoftext|>) ─┐
+    .jsonl (one record per line, `text_field`)   ─┼─► read_file ─► Source(streams, key, files)
+    .parquet (the `text_field` column)           ─┤
+    a folder of them / the bundled corpus        ─┘
+
+This module holds the readers and the Source type only; it imports no other data module. The
+named datasets are built on these readers in catalog.py, Hugging Face Hub datasets (`hf:...`)
+in hub.py, and spec.py turns what the user typed into one of them (`read_source`).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class Source:
     size: int | None = None  # bytes of raw input, when known (progress, choosing worker processes)
     files: dict[str, dict] = field(default_factory=dict)  # name -> {"bytes", "sha256"} of the files read
     max_tokens: int = 0  # a default cap on training tokens (streamed web-scale datasets)
+    revision: str = ""  # the commit read, for sources from a Hub repository (recorded in meta.json)
 
     @property
     def sha256(self) -> str:
@@ -186,17 +191,26 @@ def json_lines(path: Path, errors: str = "strict") -> Iterator[tuple[int, dict]]
         yield number, record
 
 
+def record_documents(texts: Iterable[object], text_field: str, where: str) -> Iterator[Piece]:
+    """One document per record text (JSONL lines, Parquet rows, Hub records): blank ones are
+    skipped (so are nulls), anything but a string is an error naming `where` it came from."""
+    for text in texts:
+        if text is None:
+            continue
+        if not isinstance(text, str):
+            raise DataError(f"{where}: field {text_field!r} holds {type(text).__name__}, not text; "
+                            "name the text field with --text-field")
+        if text.strip():
+            yield text, True
+
+
 def read_jsonl(path: Path, text_field: str, errors: str = "strict") -> Iterator[Piece]:
     """One document per JSON line, from the record's `text_field`; blank lines are skipped."""
     for number, record in json_lines(path, errors):
         if text_field not in record:
             raise DataError(f"{path} line {number} has no {text_field!r} field (it has: {', '.join(record)}); "
                             "name the text field with --text-field")
-        text = record[text_field]
-        if not isinstance(text, str):
-            raise DataError(f"{path} line {number}: field {text_field!r} holds {type(text).__name__}, not text")
-        if text.strip():
-            yield text, True
+        yield from record_documents([record[text_field]], text_field, f"{path} line {number}")
 
 
 def _parquet_module():
@@ -220,9 +234,7 @@ def read_parquet(file: Path | IO[bytes], text_field: str, name: str = "") -> Ite
         raise DataError(f"{name} has no column {text_field!r} (it has: {', '.join(columns)}); "
                         "name the text column with --text-field")
     for batch in table.iter_batches(batch_size=256, columns=[text_field]):
-        for text in batch.column(0).to_pylist():
-            if text and text.strip():
-                yield text, True
+        yield from record_documents(batch.column(0).to_pylist(), text_field, name)
 
 
 def read_file(path: Path, text_field: str = "text", errors: str = "strict") -> Iterator[Piece]:
@@ -290,20 +302,3 @@ def builtin_source(name: str) -> Source:
     docs = [d for d in docs if d]
     files = {path.name: {"bytes": len(raw), "sha256": fileio.sha256_bytes(raw)}}
     return Source(name, {"all": lambda: ((d, True) for d in docs)}, files[path.name]["sha256"], len(text), files)
-
-
-def read_source(spec: str, errors: str = "strict", text_field: str = "text", source_dir: str = "") -> Source:
-    """A local file or folder, a corpus bundled with tinylm, or a dataset of the catalog by name.
-    `errors="replace"` turns invalid UTF-8 into U+FFFD instead of stopping."""
-    from tinylm.data import catalog
-
-    if Path(spec).expanduser().exists():
-        return local_source(spec, text_field, errors)
-    if spec in BUILTIN:
-        return builtin_source(spec)
-    if spec in catalog.DATASETS:
-        return catalog.open_dataset(spec, source_dir, errors, text_field)
-    if any(c in spec for c in "/\\.") or spec.endswith(SUFFIXES):
-        raise DataError(f"{spec}: no such file or folder")
-    raise DataError(f"{spec}: not a file, folder or known dataset; known datasets: "
-                    f"{', '.join([*BUILTIN, *catalog.DATASETS])} (see `tinylm datasets`)")

@@ -30,6 +30,7 @@ from tinylm.console import progress, warn
 from tinylm.data.sources import json_lines
 from tinylm.errors import DataError
 from tinylm.inference import autocast_for
+from tinylm.inputs import encode_text
 from tinylm.tokenizers import Tokenizer
 
 HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
@@ -41,6 +42,7 @@ class Item:
     context: str
     choices: list[str]  # for a cloze item, the one continuation
     label: int = 0
+    where: str = ""  # "FILE line N", for messages
 
 
 @dataclass
@@ -89,15 +91,16 @@ def read_items(path: str | Path, kind: str) -> list[Item]:
     items = []
     for number, record in _records(path):
         context = _field(path, number, record, keys[0], str)
+        where = f"{path} line {number}"
         if kind == "cloze":
-            items.append(Item(context, [_field(path, number, record, keys[1], str)]))
+            items.append(Item(context, [_field(path, number, record, keys[1], str)], where=where))
             continue
         choices = _field(path, number, record, keys[1], list)
         label = _field(path, number, record, keys[2], int)
         if len(choices) < 2 or not 0 <= label < len(choices):
             raise DataError(f"{path} line {number}: label {label} does not index its {len(choices)} choices")
         # HellaSwag endings continue the context's sentence: a space separates them
-        items.append(Item(context, [" " + c for c in choices] if kind == "hellaswag" else choices, label))
+        items.append(Item(context, [" " + c for c in choices] if kind == "hellaswag" else choices, label, where))
     return items
 
 
@@ -127,13 +130,15 @@ def hellaswag_file(path: str = "", source_dir: str = "") -> Path:
 
 
 def _sequences(tokenizer: Tokenizer, item: Item, context: int) -> list[tuple[list[int], int]]:
-    """(token ids, number of choice tokens at the end) per choice, cut from the left to fit."""
-    ctx = tokenizer.encode(item.context) if item.context else tokenizer.start_ids()
+    """(token ids, number of choice tokens at the end) per choice, cut from the left to fit. A
+    context that encodes to no tokens is the empty context (the tokenizer's start ids); a choice
+    that does is an error naming the item (`tinylm.inputs.encode_text`)."""
+    where = f"{item.where}: " if item.where else ""
+    ctx = encode_text(tokenizer, item.context, item=f"{where}the context")
     out = []
-    for choice in item.choices:
-        ids = tokenizer.encode(choice)
-        if not ids:
-            raise DataError(f"a choice encodes to no tokens: {choice!r}")
+    for j, choice in enumerate(item.choices):
+        name = f"choice {j + 1}" if len(item.choices) > 1 else "the continuation"
+        ids = encode_text(tokenizer, choice, item=f"{where}{name}", empty="error")
         ids = ids[-context:]  # a choice longer than the context keeps its end
         seq = (ctx + ids)[-(context + 1):]
         out.append((seq, len(ids)))
@@ -141,6 +146,12 @@ def _sequences(tokenizer: Tokenizer, item: Item, context: int) -> list[tuple[lis
 
 
 @torch.no_grad()
+def encode_items(tokenizer: Tokenizer, items: list[Item], context: int) -> list[tuple[int, list[int], int]]:
+    """(item index, token ids, choice tokens at the end) for every choice of every item; raises
+    the one-line error of the first item that cannot be scored, before any scoring."""
+    return [(i, seq, n) for i, item in enumerate(items) for seq, n in _sequences(tokenizer, item, context)]
+
+
 def choice_logprobs(model: torch.nn.Module, tokenizer: Tokenizer, items: list[Item], *, batch_size: int = 32,
                     device: torch.device | None = None, dtype: torch.dtype = torch.float32,
                     show_progress: bool = False, description: str = "choices") -> list[list[tuple[float, int, bool]]]:
@@ -148,7 +159,7 @@ def choice_logprobs(model: torch.nn.Module, tokenizer: Tokenizer, items: list[It
     decoding reproduces them)."""
     device = device or torch.device("cpu")
     context = model.cfg.context
-    flat = [(i, seq, n) for i, item in enumerate(items) for seq, n in _sequences(tokenizer, item, context)]
+    flat = encode_items(tokenizer, items, context)
     results: list[list[tuple[float, int, bool]]] = [[] for _ in items]
     was_training = model.training
     model.eval()
@@ -214,6 +225,7 @@ def evaluate_choices(run_dir: str | Path, cfg: Any, show_progress: bool = True) 
     """`tinylm eval --hellaswag/--choices/--cloze`: score a run and append the result to evals.jsonl."""
     from tinylm.rundir import load, record_eval
 
+    cfg.validate()
     task, path = next((t, p) for t, p in (("hellaswag", cfg.hellaswag), ("choices", cfg.choices),
                                           ("cloze", cfg.cloze)) if p)
     if task == "hellaswag":

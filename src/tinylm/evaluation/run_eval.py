@@ -19,7 +19,8 @@ from tinylm import fileio
 from tinylm.config import DataConfig, EvalConfig
 from tinylm.console import console, warn
 from tinylm.data.prepare import FORMAT, encode_documents, load_split, prepare, read_meta, resolve_data_dir
-from tinylm.data.sources import BUILTIN, Source, read_source
+from tinylm.data.sources import BUILTIN, Source
+from tinylm.data.spec import read_source
 from tinylm.errors import ConfigError, DataError
 from tinylm.evaluation.perplexity import LMEval, score_tokens, summarize
 from tinylm.rundir import Run, load, record_eval
@@ -43,10 +44,13 @@ def _from_data_dir(run: Run, data_dir: str, split: str) -> tuple[np.ndarray, int
 
 def _from_text(run: Run, path: str, errors: str) -> tuple[np.ndarray, int, str]:
     src = read_source(path, errors)
-    unknown = sum(run.tokenizer.count_unknown(d) for d in src.documents())
+    docs = src.documents()
+    if not any(d.strip() for d in docs):
+        raise DataError(f"{path} has no text in it (it is empty or only whitespace); nothing to score")
+    unknown = sum(run.tokenizer.count_unknown(d) for d in docs)
     if unknown:
         warn(f"{unknown:,} {run.tokenizer.unit}(s) of {path} are not in the run's vocabulary and count as <unk>")
-    tokens, nbytes = encode_documents(run.tokenizer, src.documents())
+    tokens, nbytes = encode_documents(run.tokenizer, docs)
     if len(tokens) < 2:
         raise DataError(f"{path} holds fewer than 2 tokens; nothing to score")
     return tokens, nbytes, src.sha256
@@ -69,11 +73,11 @@ def dataset_dir_for(src: Source, fingerprint: str, split: str, errors: str = "st
 
 
 def _from_dataset(run: Run, name: str, split: str, source_dir: str, errors: str) -> tuple[np.ndarray, int, str]:
-    from tinylm.data import catalog
+    from tinylm.data import catalog, hub
 
-    if name not in BUILTIN and name not in catalog.DATASETS:
-        raise DataError(f"--dataset {name}: not a known dataset (known: {', '.join([*BUILTIN, *catalog.DATASETS])}); "
-                        "score a file with --text FILE or a prepared directory with --data DATA_DIR")
+    if name not in BUILTIN and name not in catalog.DATASETS and not hub.is_hub_spec(name):
+        raise DataError(f"--dataset {name}: not a known dataset (known: {', '.join([*BUILTIN, *catalog.DATASETS])}, "
+                        "or hf:OWNER/NAME); score a file with --text FILE or a prepared directory with --data DATA_DIR")
     src = read_source(name, errors, source_dir=source_dir)
     splits = list(src.streams) if src.has_splits else ["train", "val"]
     if split not in splits:
@@ -99,6 +103,7 @@ def evaluate(run_dir: str | Path, cfg: EvalConfig, show_progress: bool = True) -
     directory) or `cfg.dataset` (a catalog dataset), on `cfg.text`, or with none of them on the
     run's own data (the split it was validated on), in windows of the run's training length
     `cfg.stride` tokens apart; the result is also appended to the run's evals.jsonl."""
+    cfg.validate()
     given = [flag for flag, value in (("--data", cfg.data), ("--text", cfg.text), ("--dataset", cfg.dataset))
              if value]
     if len(given) > 1:
@@ -109,9 +114,13 @@ def evaluate(run_dir: str | Path, cfg: EvalConfig, show_progress: bool = True) -
         raise ConfigError(f"--stride must be between 0 and the model's training window ({window}), got {cfg.stride}")
     stride = cfg.stride or window
     data = cfg.data
+    if not given and run.config.preset == "imported":
+        raise ConfigError(f"{run_dir} was {run.config.description}: it has no data of its own to score; "
+                          "give --dataset NAME, --text FILE or --data DATA_DIR")
     if not given:
         data = str(resolve_data_dir(run.config.data)[0])
-        console.print(f"scoring the {cfg.split} split of the run's data ({run.config.data.source}) in {data}")
+        name = f" ({run.config.data.source})" if run.config.data.source else ""  # trained with --data DIR: no name
+        console.print(f"scoring the {cfg.split} split of the run's data{name} in {data}")
     if data:
         tokens, nbytes, sha = _from_data_dir(run, data, cfg.split)
     elif cfg.dataset:

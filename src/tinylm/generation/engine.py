@@ -28,12 +28,14 @@ are already in `dtype` (prepared by `tinylm.inference.prepare`) runs without aut
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
 from tinylm.errors import ConfigError
+from tinylm.inputs import EmptyInputError
 from tinylm.generation.config import GenerationConfig
 from tinylm.generation.sampling import apply_repetition_penalty, find_stop, sample_next
 from tinylm.inference import DecodeStep, autocast_for, compiled_step
@@ -226,10 +228,18 @@ def _setup(model: torch.nn.Module, prompts: Sequence[Sequence[int]], cfg: Genera
            device: torch.device | None) -> tuple[list[list[int]], torch.device]:
     cfg.validate()
     if not prompts:
-        raise ValueError("generate_ids needs at least one prompt")
+        raise EmptyInputError("generation needs at least one prompt (an empty prompt is the tokenizer's "
+                              "start_ids())")
     rows = [list(map(int, p)) for p in prompts]
-    if any(not r for r in rows):
-        raise ValueError("every prompt needs at least one token (use the tokenizer's start_ids())")
+    vocab = model.cfg.vocab_size
+    for i, r in enumerate(rows):
+        where = f"prompt {i + 1} of {len(rows)}" if len(rows) > 1 else "the prompt"
+        if not r:
+            raise EmptyInputError(f"{where} has no token ids; an empty prompt is the tokenizer's start_ids() "
+                                  "(tinylm.inputs.encode_text gives them for a text that encodes to nothing)")
+        bad = next((t for t in r if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise ConfigError(f"{where} holds token id {bad}, outside the model's vocabulary (0..{vocab - 1})")
     context = model.cfg.context
     longest = max(len(r) for r in rows)
     if longest > context and not cfg.truncate:
@@ -244,7 +254,7 @@ def _stop_checker(cfg: GenerationConfig, decode: Decode | None) -> Callable[[lis
     if not cfg.stop:
         return None
     if decode is None:
-        raise ValueError("stop strings need `decode` (the tokenizer's decode) to read the text")
+        raise ConfigError("stop strings need `decode` (the tokenizer's decode) to read the text")
     # a token is at least one byte and a character at most four, so a stop string of n
     # characters spans at most 4n tokens, plus one for the token that completes it
     window = 4 * max(len(s) for s in cfg.stop) + 1
@@ -253,6 +263,20 @@ def _stop_checker(cfg: GenerationConfig, decode: Decode | None) -> Callable[[lis
         return find_stop(decode(ids[-window:]), cfg.stop) >= 0
 
     return stopped
+
+
+def _suppress_mask(cfg: GenerationConfig, suppress_ids: Iterable[int], vocab: int,
+                   device: torch.device) -> torch.Tensor | None:
+    """(vocab,) bool: the ids never generated, `cfg.suppress_tokens` or else `suppress_ids` (the
+    tokenizer's `suppressed_ids`); None when there are none. At least one id stays allowed."""
+    ids = [i for i in (cfg.suppress_tokens if cfg.suppress_tokens is not None else suppress_ids) if 0 <= i < vocab]
+    if not ids:
+        return None
+    mask = torch.zeros(vocab, dtype=torch.bool, device=device)
+    mask[ids] = True
+    if bool(mask.all()):
+        raise ConfigError(f"suppress_tokens leaves no token to generate (all {vocab} ids are suppressed)")
+    return mask
 
 
 def _seen_mask(rows: list[list[int]], vocab: int, device: torch.device) -> torch.Tensor:
@@ -266,6 +290,9 @@ def _options(cfg: GenerationConfig | int | None, options: dict) -> GenerationCon
     if isinstance(cfg, int) and not isinstance(cfg, bool):  # generate_ids(model, prompt, 200, ...)
         options = {"max_new_tokens": cfg, **options}
         cfg = None
+    if cfg is not None and not isinstance(cfg, GenerationConfig):
+        raise ConfigError(f"the generation options must be a GenerationConfig or max_new_tokens (an integer), got "
+                          f"{cfg!r}")
     return (cfg or GenerationConfig()).replace(**options)
 
 
@@ -275,7 +302,8 @@ def _options(cfg: GenerationConfig | int | None, options: dict) -> GenerationCon
 @torch.inference_mode()
 def _sample_steps(model, rows: list[list[int]], cfg: GenerationConfig, *, vocab_size: int | None,
                   stop_ids: Iterable[int], device: torch.device, dtype: torch.dtype,
-                  stopped: Callable[[list[int]], bool] | None = None) -> Iterator[tuple[list[int], list[bool]]]:
+                  stopped: Callable[[list[int]], bool] | None = None,
+                  suppress_ids: Iterable[int] = ()) -> Iterator[tuple[list[int], list[bool]]]:
     """Yield, per step, each row's new token and whether the row was still generating.
     A row finishes after a stop id or when `stopped(its new ids)`; finished rows are fed
     their last token (and ignored) until every row has finished."""
@@ -283,25 +311,26 @@ def _sample_steps(model, rows: list[list[int]], cfg: GenerationConfig, *, vocab_
         return
     decoder = _decoder(model, rows, cfg, device, dtype)
     try:
-        yield from _steps(decoder, rows, cfg, vocab_size, set(stop_ids), device, stopped)
+        yield from _steps(decoder, rows, cfg, vocab_size, set(stop_ids), device, stopped, suppress_ids)
     finally:
         decoder.close()
 
 
 def _steps(decoder: _Decoder, rows: list[list[int]], cfg: GenerationConfig, vocab_size: int | None,
-           stop: set[int], device: torch.device,
-           stopped: Callable[[list[int]], bool] | None) -> Iterator[tuple[list[int], list[bool]]]:
+           stop: set[int], device: torch.device, stopped: Callable[[list[int]], bool] | None,
+           suppress_ids: Iterable[int]) -> Iterator[tuple[list[int], list[bool]]]:
     generator = _generators(cfg.seed, len(rows), device) if cfg.temperature > 0 else None
     new: list[list[int]] = [[] for _ in rows]
     active = [True] * len(rows)
     seen = None
     logits = decoder.prefill()
+    suppress = _suppress_mask(cfg, suppress_ids, logits[:, :vocab_size].size(-1), device)
     for step in range(cfg.max_new_tokens):
         logits = logits[:, :vocab_size]
         if cfg.repetition_penalty != 1.0 and seen is None:
             seen = _seen_mask(rows, logits.size(-1), device)
         chosen = sample_next(logits, cfg.temperature, cfg.top_k, generator, top_p=cfg.top_p, min_p=cfg.min_p,
-                             repetition_penalty=cfg.repetition_penalty, seen=seen)
+                             repetition_penalty=cfg.repetition_penalty, seen=seen, suppress=suppress)
         if seen is not None:
             seen[torch.arange(len(rows), device=device), chosen] = True
         tokens = chosen.tolist()
@@ -321,7 +350,7 @@ def _steps(decoder: _Decoder, rows: list[list[int]], cfg: GenerationConfig, voca
 
 def stream_ids(model: torch.nn.Module, prompt: Sequence[int], cfg: GenerationConfig | int | None = None, *,
                vocab_size: int | None = None, stop_ids: Iterable[int] = (), device: torch.device | None = None,
-               dtype: torch.dtype = torch.float32, **options) -> Iterator[int]:
+               dtype: torch.dtype = torch.float32, suppress_ids: Iterable[int] = (), **options) -> Iterator[int]:
     """Yield up to `max_new_tokens` new ids after one prompt as they are generated (the last one
     is a stop id if one was drawn). Sampling / greedy only (beam search cannot stream)."""
     cfg = _options(cfg, options)
@@ -329,7 +358,7 @@ def stream_ids(model: torch.nn.Module, prompt: Sequence[int], cfg: GenerationCon
         raise ConfigError("beam search cannot stream: it knows the best sequence only at the end")
     rows, device = _setup(model, [prompt], cfg, device)
     for tokens, active in _sample_steps(model, rows, cfg, vocab_size=vocab_size, stop_ids=stop_ids,
-                                        device=device, dtype=dtype):
+                                        device=device, dtype=dtype, suppress_ids=suppress_ids):
         if active[0]:
             yield tokens[0]
 
@@ -350,7 +379,8 @@ class Beam:
 @torch.inference_mode()
 def beam_search(model: torch.nn.Module, prompt: Sequence[int], cfg: GenerationConfig | int | None = None, *,
                 vocab_size: int | None = None, stop_ids: Iterable[int] = (), device: torch.device | None = None,
-                dtype: torch.dtype = torch.float32, decode: Decode | None = None, **options) -> list[Beam]:
+                dtype: torch.dtype = torch.float32, decode: Decode | None = None, suppress_ids: Iterable[int] = (),
+                **options) -> list[Beam]:
     """Beam search for one prompt: the `num_return_sequences` best hypotheses, best first.
 
     Each step extends every live beam by every token, keeps the 2 * beams best extensions,
@@ -367,28 +397,32 @@ def beam_search(model: torch.nn.Module, prompt: Sequence[int], cfg: GenerationCo
         return [Beam([], 0.0, 0.0)]
 
     def normalised(logprob: float, length: int) -> float:
-        return logprob / (length ** lp)
+        # length ** lp in log space, kept inside the float64 range: any finite length_penalty ranks
+        return logprob / math.exp(max(-700.0, min(700.0, lp * math.log(length))))
 
     decoder = _decoder(model, rows * width, cfg, device, dtype)
     try:
-        return _beam_steps(decoder, rows, cfg, width, stop, stopped, device, vocab_size, normalised)
+        return _beam_steps(decoder, rows, cfg, width, stop, stopped, device, vocab_size, normalised, suppress_ids)
     finally:
         decoder.close()
 
 
 def _beam_steps(decoder: _Decoder, rows: list[list[int]], cfg: GenerationConfig, width: int, stop: set[int],
                 stopped: Callable[[list[int]], bool] | None, device: torch.device, vocab_size: int | None,
-                normalised: Callable[[float, int], float]) -> list[Beam]:
+                normalised: Callable[[float, int], float], suppress_ids: Iterable[int]) -> list[Beam]:
     logits = decoder.prefill()
     scores = torch.full((width,), float("-inf"), device=device)
     scores[0] = 0.0  # all rows start equal: only the first one may extend
     new: list[list[int]] = [[] for _ in range(width)]
     seen = _seen_mask(rows * width, logits[:, :vocab_size].size(-1), device) if cfg.repetition_penalty != 1 else None
+    suppress = _suppress_mask(cfg, suppress_ids, logits[:, :vocab_size].size(-1), device)
     finished: list[Beam] = []
     for step in range(cfg.max_new_tokens):
         logits = logits[:, :vocab_size].float()
         if seen is not None:
             logits = apply_repetition_penalty(logits, seen, cfg.repetition_penalty)
+        if suppress is not None:
+            logits = logits.masked_fill(suppress, float("-inf"))
         logprobs = torch.log_softmax(logits, dim=-1)
         vocab = logprobs.size(-1)
         candidates = (scores[:, None] + logprobs).view(-1)
@@ -438,20 +472,22 @@ def generate_ids(model: torch.nn.Module, prompts: Sequence[Sequence[int]] | Sequ
                  cfg: GenerationConfig | int | None = None, *, vocab_size: int | None = None,
                  stop_ids: Iterable[int] = (), device: torch.device | None = None,
                  dtype: torch.dtype = torch.float32, decode: Decode | None = None,
-                 **options) -> list[list[int]] | list[int]:
+                 suppress_ids: Iterable[int] = (), **options) -> list[list[int]] | list[int]:
     """New ids for each prompt of a batch (prompts of any lengths; sampling, greedy or beam search).
 
     `cfg` is a GenerationConfig (an int is taken as max_new_tokens); keyword `options` override
     its fields. A row stops after a stop id (kept as its last id) or once its text contains a
     stop string (`decode` needed). `vocab_size` limits the choice to the tokenizer's ids when
-    the embedding is padded. Returns one list of new ids per prompt, or for beam search with
-    num_return_sequences = n, n lists per prompt (grouped by prompt, best first); given a single
-    prompt (a flat list of ids) it returns that prompt's first list."""
+    the embedding is padded; `suppress_ids` are never generated (unless `cfg.suppress_tokens`
+    names others; Run passes the tokenizer's `suppressed_ids`). Returns one list of new ids per
+    prompt, or for beam search with num_return_sequences = n, n lists per prompt (grouped by
+    prompt, best first); given a single prompt (a flat list of ids) it returns that prompt's first
+    list. A prompt with no ids or ids outside the model's vocabulary is a one-line TinylmError."""
     single = bool(prompts) and not isinstance(prompts[0], (list, tuple, torch.Tensor))
     batch = [prompts] if single else prompts
     cfg = _options(cfg, options)
     rows, device = _setup(model, batch, cfg, device)
-    kw = dict(vocab_size=vocab_size, stop_ids=stop_ids, device=device, dtype=dtype)
+    kw = dict(vocab_size=vocab_size, stop_ids=stop_ids, device=device, dtype=dtype, suppress_ids=suppress_ids)
     if cfg.beams > 1:
         out = [beam.ids for r in rows for beam in beam_search(model, r, cfg, decode=decode, **kw)]
     else:

@@ -2,8 +2,9 @@
 
 Logit filters (each returns logits with the dropped tokens at -inf, rows independent):
 `apply_repetition_penalty`, `top_k_filter`, `top_p_filter`, `min_p_filter`; `sample_next`
-applies them in that order after the temperature and draws one token per row. Text helpers:
-`stream_text` / `TextStream` (UTF-8-safe pieces) and `cut_at_stop` / `StopFilter` (stop strings).
+applies them in that order after the temperature (`apply_temperature`, overflow-free) and draws
+one token per row. Text helpers: `stream_text` / `TextStream` (UTF-8-safe pieces) and
+`cut_at_stop` / `StopFilter` (stop strings).
 
     logits (B, vocab) ─► penalty ─► / temperature ─► top-k ─► top-p ─► min-p ─► softmax ─► draw_tokens
                                                                          one uniform number per row from
@@ -21,18 +22,22 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
+from tinylm.inputs import FLOAT32_MAX
+
 NEG_INF = float("-inf")
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
     """CTRL (Keskar et al. 2019): for the tokens marked in `seen` (B, vocab) bool, divide positive
-    logits by `penalty` and multiply negative ones by it, so penalty > 1 makes them less likely."""
+    logits by `penalty` and multiply negative ones by it, so penalty > 1 makes them less likely.
+    A penalty so small or so large that the result leaves the float32 range saturates at its
+    ends (never inf, so the ranking stays defined); logits at -inf (suppressed) stay there."""
     if penalty == 1.0:
         return logits
     seen = seen[:, :logits.size(-1)]
-    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
-    return torch.where(seen, penalised, logits)
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty).clamp(-FLOAT32_MAX, FLOAT32_MAX)
+    return torch.where(seen & torch.isfinite(logits), penalised, logits)
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -97,20 +102,37 @@ def draw_tokens(probs: torch.Tensor, generator: Generators = None) -> torch.Tens
     return torch.searchsorted(cdf, target, right=True).squeeze(-1)
 
 
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor | None:
+    """`logits / temperature`, shifted so each row's largest value is 0 (the shift does not change
+    the softmax): the division then cannot overflow to +inf, however small the temperature, and
+    the likeliest token keeps probability > 0. A temperature above the float32 range acts as the
+    largest float32 (uniform over the tokens not at -inf). Returns None when float32 cannot tell
+    the temperature from 0 (below ~1.4e-45): that is greedy decoding."""
+    t = torch.tensor(min(temperature, FLOAT32_MAX), dtype=torch.float32)
+    if t <= 0:
+        return None
+    return (logits - logits.max(dim=-1, keepdim=True).values) / t.to(logits.device)
+
+
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
                 generator: Generators = None, *, top_p: float = 1.0, min_p: float = 0.0,
-                repetition_penalty: float = 1.0, seen: torch.Tensor | None = None) -> torch.Tensor:
+                repetition_penalty: float = 1.0, seen: torch.Tensor | None = None,
+                suppress: torch.Tensor | None = None) -> torch.Tensor:
     """Pick the next token for each row of `logits` (B, vocab). temperature <= 0 is greedy (after
-    the repetition penalty; the other filters cannot change the likeliest token). `generator`: one
-    torch.Generator for all rows, or a sequence of one per row (each row draws one number from its
-    own, so its tokens do not depend on the other rows)."""
+    the repetition penalty; the other filters cannot change the likeliest token). `suppress`
+    (vocab,) bool marks ids that are never picked. `generator`: one torch.Generator for all rows,
+    or a sequence of one per row (each row draws one number from its own, so its tokens do not
+    depend on the other rows)."""
     logits = logits.float()
     if seen is not None:
         logits = apply_repetition_penalty(logits, seen, repetition_penalty)
-    if temperature <= 0:
+    if suppress is not None:
+        logits = logits.masked_fill(suppress[:logits.size(-1)], NEG_INF)
+    scaled = apply_temperature(logits, temperature) if temperature > 0 else None
+    if scaled is None:
         return logits.argmax(dim=-1)
-    logits = min_p_filter(top_p_filter(top_k_filter(logits / temperature, top_k), top_p), min_p)
-    return draw_tokens(torch.softmax(logits, dim=-1), generator)
+    scaled = min_p_filter(top_p_filter(top_k_filter(scaled, top_k), top_p), min_p)
+    return draw_tokens(torch.softmax(scaled, dim=-1), generator)
 
 
 # --------------------------------------------------------------------------- text

@@ -50,6 +50,8 @@ def gpt2_problems(cfg: ModelConfig) -> list[str]:
         problems.append(f"model.n_kv_head = {cfg.n_kv_head} (GPT-2 has one key/value head per query head)")
     if cfg.qk_norm:
         problems.append("model.qk_norm = true (GPT-2 does not normalise queries and keys)")
+    if cfg.head_size and cfg.head_size * cfg.n_head != cfg.d_model:
+        problems.append(f"model.head_size = {cfg.head_size} (GPT-2's heads split d_model evenly)")
     return problems
 
 
@@ -77,7 +79,7 @@ def gpt2_config(cfg: ModelConfig, eot_id: int | None = None) -> dict[str, Any]:
         "n_head": cfg.n_head,
         "n_inner": cfg.ff_width,
         "activation_function": ACTIVATIONS[cfg.mlp],
-        "layer_norm_epsilon": LAYER_NORM_EPS,
+        "layer_norm_epsilon": cfg.norm_eps,
         "resid_pdrop": cfg.dropout,
         "embd_pdrop": cfg.dropout,
         "attn_pdrop": cfg.dropout,
@@ -110,9 +112,7 @@ def model_config_from_gpt2(config: dict[str, Any], origin: str = "config.json") 
     if activation not in IMPORT_ACTIVATIONS:
         raise ConfigError(f"{origin}: activation_function {activation!r} has no tinylm equivalent "
                           f"(supported: {', '.join(IMPORT_ACTIVATIONS)})")
-    eps = float(need("layer_norm_epsilon", 1e-5))
-    if abs(eps - LAYER_NORM_EPS) > 1e-9:
-        raise ConfigError(f"{origin}: layer_norm_epsilon {eps} differs from tinylm's {LAYER_NORM_EPS}")
+    eps = float(need("layer_norm_epsilon", LAYER_NORM_EPS))
     for name, ok in (("scale_attn_by_inverse_layer_idx", False), ("scale_attn_weights", True)):
         if bool(config.get(name, ok)) != ok:
             raise ConfigError(f"{origin}: {name} = {config[name]} has no tinylm equivalent")
@@ -122,7 +122,7 @@ def model_config_from_gpt2(config: dict[str, Any], origin: str = "config.json") 
                       n_layer=int(need("n_layer")), n_head=int(need("n_head")), d_model=d_model,
                       d_ff=int(config.get("n_inner") or 4 * d_model), mlp=IMPORT_ACTIVATIONS[activation],
                       pos="learned", norm="layernorm", norm_position="pre", dropout=dropout if dropout < 1 else 0.0,
-                      bias=True, tie_weights=bool(config.get("tie_word_embeddings", True)))
+                      bias=True, tie_weights=bool(config.get("tie_word_embeddings", True)), norm_eps=eps)
     try:
         cfg.validate()
     except ConfigError as e:

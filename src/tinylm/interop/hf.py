@@ -2,8 +2,9 @@
 
     export_hf(run_dir, out_dir)   config.json, model.safetensors, generation_config.json and the
                                   tokenizer: `AutoModelForCausalLM.from_pretrained(out_dir)` loads it
-    import_hf(src_dir, run_dir)   a transformers GPT-2 directory (model.safetensors or
-                                  pytorch_model.bin) -> a tinylm run directory for `tinylm sample`/`eval`
+    import_hf(src_dir, run_dir)   a transformers GPT-2 or Llama-family directory (model.safetensors,
+                                  its shards, or pytorch_model.bin) + tokenizer.json -> a tinylm run
+                                  directory for `tinylm sample` / `eval` / `train --resume`
 
 GPT-2 covers learned positions, pre-layernorm, gelu MLPs and full multi-head attention; other
 models go to the Llama family (RoPE, RMSNorm, SwiGLU) when `tinylm.interop.llama` can express them. Pickled weights
@@ -37,14 +38,18 @@ _WHY_NOT_LLAMA = {
 }
 
 
-def _family(cfg, eot_id: int | None) -> tuple[str, dict[str, Any], Any]:
+def _family(cfg, tokenizer: Tokenizer) -> tuple[str, dict[str, Any], Any]:
     """(family name, transformers config dict, state-dict builder) for the model config `cfg`."""
+    eot_id = tokenizer.eot_id
     problems = gpt2_problems(cfg)
     if not problems:
         return "gpt2", gpt2_config(cfg, eot_id), to_gpt2_state
     why_not_llama = llama.llama_incompatibility(cfg)
     if why_not_llama is None:
-        return "llama", llama.llama_config(cfg, bos_token_id=eot_id, eos_token_id=eot_id), llama.to_llama_state
+        bos = getattr(tokenizer, "bos_token_id", None)  # hf: the original BOS, even when not added
+        config = llama.llama_config(cfg, bos_token_id=bos if bos is not None else eot_id, eos_token_id=eot_id,
+                                    pad_token_id=getattr(tokenizer, "pad_id", None))
+        return "llama", config, llama.to_llama_state
     reason = _WHY_NOT_LLAMA.get(cfg.pos, f"Llama cannot express it ({why_not_llama})")
     raise ExportError(f"cannot export to transformers: {reason}; GPT-2 cannot express {'; '.join(problems)}")
 
@@ -56,7 +61,7 @@ def export_hf(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best"
 
     run = load(run_dir, checkpoint=checkpoint, device="cpu", dtype="float32")
     cfg, tokenizer = run.model.cfg, run.tokenizer
-    family, config, state_builder = _family(cfg, tokenizer.eot_id)
+    family, config, state_builder = _family(cfg, tokenizer)
     state = {k: v.detach().to("cpu").contiguous() for k, v in state_builder(run.model).items()}
     config.setdefault("torch_dtype", "float32")
     out = Path(out_dir)
@@ -66,7 +71,11 @@ def export_hf(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best"
     fileio.write_json(out / "config.json", config)
     generation = {"_from_model_config": True, "bos_token_id": config.get("bos_token_id"),
                   "eos_token_id": config.get("eos_token_id")}
-    fileio.write_json(out / "generation_config.json", generation)
+    original = getattr(tokenizer, "files", {}).get("generation_config.json")  # hf: the imported model's own
+    if original is not None:
+        fileio.write_text(out / "generation_config.json", original)
+    else:
+        fileio.write_json(out / "generation_config.json", generation)
     # tinylm's own tokenizer file, so `import_hf` of this directory restores the same tokenizer
     fileio.write_json(out / TOKENIZER_FILE, {"kind": tokenizer.kind, "format": 1, **tokenizer.to_dict()})
     export_tokenizer(tokenizer, out, model_max_length=cfg.context)
@@ -76,50 +85,114 @@ def export_hf(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best"
 
 # --------------------------------------------------------------------------- import
 
+INDEX_FILES = {SAFETENSORS_FILE: "model.safetensors.index.json", BIN_FILE: "pytorch_model.bin.index.json"}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+IMPORTABLE = "GPT2LMHeadModel and LlamaForCausalLM (also MistralForCausalLM without sliding-window attention)"
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for bad files
+        raise CheckpointError(f"{path} is corrupt or truncated ({e})") from None
+
+
+def _read_bin(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:  # UnpicklingError for forbidden globals, others for garbage
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} was refused: it is not a plain tensor file that can be loaded "
+                              f"safely ({first})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    return state
+
+
+def _read_shards(src: Path, index_name: str, read) -> dict[str, torch.Tensor]:
+    """The tensors of a sharded checkpoint: every shard its index's weight_map names, each checked."""
+    index_path = src / index_name
+    try:
+        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{index_path} is corrupt ({type(e).__name__}: {e}); it should map tensor names "
+                              "to shard files under \"weight_map\"") from None
+    state: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        path = src / shard
+        if not path.is_file():
+            raise CheckpointError(f"{src}: shard {shard} (listed in {index_name}) is missing; download it again")
+        state.update(read(path))
+    missing = sorted(name for name in weight_map if name not in state)
+    if missing:
+        raise CheckpointError(f"{src}: {missing[0]} is not in its shard {weight_map[missing[0]]} "
+                              f"({len(missing)} tensors missing); download the shards again")
+    return state
+
 
 def read_hf_weights(src: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a transformers directory: model.safetensors, else pytorch_model.bin
-    (loaded with weights_only=True: anything but tensors and plain containers is refused)."""
-    path = src / SAFETENSORS_FILE
-    if path.is_file():
-        try:
-            with safetensors.safe_open(str(path), framework="pt") as f:
-                return {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:  # safetensors raises its own error types for bad files
-            raise CheckpointError(f"{path} is corrupt or truncated ({e})") from None
-    path = src / BIN_FILE
-    if path.is_file():
-        try:
-            state = torch.load(path, weights_only=True, map_location="cpu")
-        except Exception as e:  # UnpicklingError for forbidden globals, others for garbage
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CheckpointError(f"{path} was refused: it is not a plain tensor file that can be loaded "
-                                  f"safely ({first})") from None
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise CheckpointError(f"{path} does not hold a state dict of tensors")
-        return state
-    raise CheckpointError(f"{src} has no weights: expected {SAFETENSORS_FILE} or {BIN_FILE}")
+    """The tensors of a transformers directory: model.safetensors, its shards
+    (model.safetensors.index.json), else pytorch_model.bin or its shards (loaded with
+    weights_only=True: anything but tensors and plain containers is refused)."""
+    for single, read in ((SAFETENSORS_FILE, _read_safetensors), (BIN_FILE, _read_bin)):
+        if (src / single).is_file():
+            return read(src / single)
+        if (src / INDEX_FILES[single]).is_file():
+            return _read_shards(src, INDEX_FILES[single], read)
+    raise CheckpointError(f"{src} has no weights: expected {SAFETENSORS_FILE} (or its shards with "
+                          f"{INDEX_FILES[SAFETENSORS_FILE]}) or {BIN_FILE}")
 
 
-def _import_tokenizer(src: Path, vocab_size: int) -> Tokenizer:
-    """The tinylm tokenizer a tinylm export left in `src`, else GPT-2's."""
+def import_family(config: dict[str, Any], origin: str) -> str:
+    """"gpt2" or "llama" for a transformers config dict; a ConfigError naming any other architecture."""
+    arch = (config.get("architectures") or [None])[0]
+    model_type = config.get("model_type")
+    if arch == "GPT2LMHeadModel" or (arch is None and model_type == "gpt2"):
+        return "gpt2"
+    if arch in llama.LLAMA_ARCHITECTURES or (arch is None and model_type in llama.LLAMA_ARCHITECTURES.values()):
+        return "llama"
+    raise ConfigError(f"{origin}: architecture {arch!r} (model_type {model_type!r}) is not supported; "
+                      f"tinylm imports {IMPORTABLE}")
+
+
+def _import_tokenizer(src: Path, family: str, vocab_size: int) -> Tokenizer:
+    """The tinylm tokenizer a tinylm export left in `src`, else its tokenizer.json (the hf kind),
+    else (GPT-2 models) GPT-2's."""
+    from tinylm.tokenizers.hf import TOKENIZER_JSON, HFTokenizer, read_files
+
     if (src / TOKENIZER_FILE).is_file():
-        return load_tokenizer(src)
-    from tinylm.tokenizers.gpt2 import GPT2Tokenizer
+        tokenizer = load_tokenizer(src)
+    elif (src / TOKENIZER_JSON).is_file():
+        tokenizer = HFTokenizer(read_files(src), origin=str(src))
+    elif family == "gpt2":
+        from tinylm.tokenizers.gpt2 import GPT2Tokenizer
 
-    tokenizer = GPT2Tokenizer()
+        tokenizer = GPT2Tokenizer()
+    else:
+        raise CheckpointError(f"{src} has no {TOKENIZER_JSON}; tinylm reads Hugging Face fast tokenizers (a "
+                              "tokenizer.model-only directory: save it once with transformers' "
+                              "AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR))")
     if vocab_size < tokenizer.vocab_size:
-        raise ConfigError(f"{src}: vocab_size {vocab_size} is smaller than the GPT-2 tokenizer's "
-                          f"{tokenizer.vocab_size}; tinylm imports GPT-2-vocabulary models only")
+        raise ConfigError(f"{src}: vocab_size {vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size} "
+                          "ids; the model cannot embed every token")
     return tokenizer
 
 
-def import_hf(src_dir: str | Path, out_run_dir: str | Path) -> dict[str, Any]:
-    """Convert a transformers GPT-2 directory into a tinylm run directory. Returns a summary."""
+def import_hf(src_dir: str | Path, out_run_dir: str | Path, dtype: str = "float32", context: int = 0
+              ) -> dict[str, Any]:
+    """Convert a transformers directory (GPT-2 or Llama family; one file or shards; float32, float16
+    or bfloat16) into a tinylm run directory whose weights are stored as `dtype` (float32, bfloat16,
+    float16, or auto: the checkpoint's). `context` > 0 caps a rotary model's context (its KV cache
+    size). The tokenizer: tinylm's own file when the directory is a tinylm export, else tokenizer.json
+    as the `hf` kind (with its special tokens and BOS handling), else GPT-2's. Returns a summary."""
     from tinylm.model import GPT
     from tinylm.rundir import CONFIG_FILE, MODEL_FILE, save_weights, write_config
 
     src, out = Path(src_dir), Path(out_run_dir)
+    if dtype != "auto" and dtype not in DTYPES:
+        raise ConfigError(f"import dtype {dtype!r} is not one of auto, {', '.join(DTYPES)}")
     if (out / CONFIG_FILE).exists():
         raise CheckpointError(f"{out} is already a run directory; choose another output directory")
     config_path = src / "config.json"
@@ -133,22 +206,32 @@ def import_hf(src_dir: str | Path, out_run_dir: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{config_path} is corrupt ({e})") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{config_path} does not hold a JSON object")
-    model_cfg = model_config_from_gpt2(config, origin=str(config_path))
+    family = import_family(config, str(config_path))
+    if family == "gpt2":
+        model_cfg, embedding, convert = model_config_from_gpt2(config, str(config_path)), "wte.weight", from_gpt2_state
+    else:
+        model_cfg, embedding = llama.model_config_from_llama(config, str(config_path)), "model.embed_tokens.weight"
+        convert = lambda state, cfg: llama.from_llama_state(cfg, state)  # noqa: E731
+    if context:
+        if model_cfg.pos == "learned" and context != model_cfg.context:
+            raise ConfigError(f"--context {context}: a GPT-2 model's position table fixes its context "
+                              f"({model_cfg.context})")
+        model_cfg.context = context
     state = read_hf_weights(src)
-    wte = state.get("transformer.wte.weight", state.get("wte.weight"))
-    if wte is None:
-        raise CheckpointError(f"{src}: the weights have no transformer.wte.weight (the token embedding)")
-    if wte.shape[0] != model_cfg.vocab_size:
+    emb = next((v for k, v in state.items() if k.endswith(embedding)), None)
+    if emb is None:
+        raise CheckpointError(f"{src}: the weights have no {embedding} (the token embedding)")
+    if emb.shape[0] != model_cfg.vocab_size:
         raise CheckpointError(f"{src}: config.json has vocab_size {model_cfg.vocab_size} but the token embedding "
-                              f"has {wte.shape[0]} rows")
+                              f"has {emb.shape[0]} rows")
     try:
-        tensors = from_gpt2_state(state, model_cfg)
+        tensors = convert(state, model_cfg)
     except KeyError as e:
         raise CheckpointError(f"{src}: the weights lack {e.args[0]}") from None
-    tokenizer = _import_tokenizer(src, model_cfg.vocab_size)
+    tokenizer = _import_tokenizer(src, family, model_cfg.vocab_size)
     run_cfg = RunConfig(preset="imported", description=f"imported from {src}")
     run_cfg.model = model_cfg
-    run_cfg.data.tokenizer = tokenizer.kind
+    run_cfg.data.tokenizer = f"hf:{src}" if tokenizer.kind == "hf" else tokenizer.kind
     run_cfg.validate()
     model = GPT(model_cfg)
     expected = {k: v.shape for k, v in model.state_dict().items()}
@@ -157,9 +240,14 @@ def import_hf(src_dir: str | Path, out_run_dir: str | Path) -> dict[str, Any]:
             raise CheckpointError(f"{src}: {name} has shape {tuple(tensor.shape)}, config.json implies "
                                   f"{tuple(expected[name])}")
     model.load_state_dict(tensors, strict=not model_cfg.tie_weights)
+    stored = emb.dtype if dtype == "auto" else DTYPES[dtype]
+    if not stored.is_floating_point:
+        raise CheckpointError(f"{src}: the weights are {stored} (quantized?); tinylm imports float checkpoints")
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save(out)
-    save_weights(model, out / MODEL_FILE, {"step": 0, "imported_from": str(src),
-                                           "tokenizer_fingerprint": tokenizer.fingerprint()})
+    save_weights(model.to(stored), out / MODEL_FILE, {"step": 0, "imported_from": str(src),
+                                                      "source_dtype": str(emb.dtype).removeprefix("torch."),
+                                                      "tokenizer_fingerprint": tokenizer.fingerprint()})
     write_config(out, run_cfg)  # last: a directory with config.json is a complete run
-    return {"out_dir": str(out), "params": model.num_params(), "tensors": len(tensors), "tokenizer": tokenizer.kind}
+    return {"out_dir": str(out), "params": model.num_params(), "tensors": len(tensors), "tokenizer": tokenizer.kind,
+            "family": family, "dtype": str(stored).removeprefix("torch.")}

@@ -7,19 +7,24 @@ a `PreTrainedTokenizerFast` with no custom code, encoding text to the same ids a
     gpt2   byte-level BPE from the bundled encoder.json + vocab.bpe (GPT-2's regex, no prefix space)
     bpe    the tokenizer's own `tokenizers.Tokenizer`
     char   WordLevel over the characters: every character (newlines and spaces too) is a piece,
-           an unknown one is the unk token U+FFFD (id 0); the decoder fuses pieces without spaces
-    word   WordLevel over the words, split by the same regex as tinylm (TOKEN_RE; whitespace
-           dropped), lower-cased first for `word:lower`; unknown words are `<unk>`
+           an unknown one is the unk token `<unk>` (id 0, decoded as U+FFFD as in tinylm; a U+FFFD
+           of the corpus keeps its own id); the decoder fuses pieces without spaces
+    word   WordLevel over the words, split by the same regex as tinylm (TOKEN_RE, with Python's
+           `\\w`/`\\d`/`\\s` spelled out as code-point ranges so Oniguruma matches the same characters;
+           whitespace dropped), lower-cased first for `word:lower` (the same Lowercase normalizer
+           tinylm uses); unknown words are `<unk>`
+    hf     the original files, unchanged
 
-Special tokens written in the text (`<|endoftext|>`, `<unk>`) are plain text for gpt2, char and
-word, as in tinylm (`split_special_tokens`), and special for bpe, as in tinylm. Differences: word decoding joins
-tokens with single spaces (tinylm's detokenizer hugs punctuation); regex classes (`\\w`, `\\d`)
-follow Oniguruma's Unicode definitions, which differ from Python's for rare characters such as
-combining marks.
+Special tokens written in the text (`<|endoftext|>`, `<unk>`) are plain text for gpt2 and char,
+as in tinylm (`split_special_tokens`), and special for bpe and word, as in tinylm. The ids and
+the vocabulary size (`len(tokenizer)`) equal tinylm's on every text (a property test checks
+this for every kind, tests/test_tokenizer_export_property.py). Difference: word decoding joins
+tokens with single spaces (tinylm's detokenizer hugs punctuation).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -32,6 +37,7 @@ from tinylm.tokenizers.base import Tokenizer
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP = "special_tokens_map.json"
+UNK = "<unk>"  # the exported char tokenizer's name for its unknown id
 
 
 def _gpt2() -> tuple[HFTokenizer, dict[str, str]]:
@@ -59,13 +65,51 @@ def _bpe(tok: Any) -> tuple[HFTokenizer, dict[str, str]]:
 
 
 def _char(tok: Any) -> tuple[HFTokenizer, dict[str, str]]:
-    unk = tok.itos[tok.unk_id]
-    hf = HFTokenizer(models.WordLevel(vocab={c: i for i, c in enumerate(tok.itos)}, unk_token=unk))
+    # the unknown id needs a name no character has: tinylm writes it as U+FFFD, which may also be a
+    # character of the corpus (text prepared with --errors replace) with an id of its own
+    vocab = {UNK: tok.unk_id, **{c: i for i, c in enumerate(tok.itos) if i != tok.unk_id}}
+    hf = HFTokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     # every character is a piece of its own ("." would skip line breaks)
     hf.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    hf.decoder = decoders.Fuse()
-    hf.add_special_tokens([unk])
-    return hf, {"unk_token": unk}
+    hf.decoder = decoders.Sequence([decoders.Replace(UNK, tok.itos[tok.unk_id]), decoders.Fuse()])
+    hf.add_special_tokens([UNK])
+    return hf, {"unk_token": UNK}
+
+
+def _ranges(points: list[int]) -> str:
+    """Sorted code points as an Oniguruma character-class body of ranges (\\x{HHHH}-\\x{HHHH})."""
+    out, start = [], None
+    for i, p in enumerate(points):
+        if start is None:
+            start = p
+        if i + 1 == len(points) or points[i + 1] != p + 1:
+            out.append(f"\\x{{{start:X}}}" + (f"-\\x{{{p:X}}}" if p != start else ""))
+            start = None
+    return "".join(out)
+
+
+@functools.cache
+def python_classes() -> dict[str, str]:
+    """Python's Unicode classes `[^\\W\\d_]` (letters), `\\d`, `\\w` and `\\s` spelled out as explicit
+    code-point ranges, so that Oniguruma (whose `\\w`, `\\d` and `\\s` differ from Python's for
+    combining marks, superscript digits, fractions and the separators U+001C..U+001F) matches
+    exactly the characters Python's `re` does."""
+    import re
+
+    text = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000)
+    classes = {"letter": r"[^\W\d_]", "digit": r"\d", "word": r"\w", "space": r"\s"}
+    return {name: _ranges([ord(c) for c in re.findall(pattern, text)]) for name, pattern in classes.items()}
+
+
+def oniguruma_pattern(pattern: str) -> str:
+    """A Python `re` pattern built from `[^\\W\\d_]`, `[^\\w\\s]` and `\\d` with those classes spelled out
+    (`python_classes`), for `tokenizers.Regex`."""
+    c = python_classes()
+    out = (pattern.replace(r"[^\W\d_]", f"[{c['letter']}]").replace(r"[^\w\s]", f"[^{c['word']}{c['space']}]")
+           .replace(r"\d", f"[{c['digit']}]"))
+    if any(cls in out for cls in (r"\w", r"\W", r"\s", r"\S", r"\D")):
+        raise ValueError(f"the pattern {pattern!r} uses a class with no explicit spelling")
+    return out
 
 
 def _word(tok: Any) -> tuple[HFTokenizer, dict[str, str]]:
@@ -75,8 +119,9 @@ def _word(tok: Any) -> tuple[HFTokenizer, dict[str, str]]:
     hf = HFTokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(tok.itos)}, unk_token=unk))
     if tok.lower:
         hf.normalizer = normalizers.Lowercase()
-    # keep what TOKEN_RE matches (re.findall), drop what lies between (whitespace)
-    hf.pre_tokenizer = pre_tokenizers.Split(Regex(TOKEN_RE.pattern), behavior="removed", invert=True)
+    # keep what TOKEN_RE matches (re.findall), drop what lies between (whitespace); Python's classes spelled out
+    hf.pre_tokenizer = pre_tokenizers.Split(Regex(oniguruma_pattern(TOKEN_RE.pattern)), behavior="removed",
+                                            invert=True)
     hf.add_special_tokens(list(SPECIALS))
     return hf, {"pad_token": pad, "unk_token": unk, "bos_token": sos, "eos_token": eos}
 
@@ -92,13 +137,19 @@ def hf_tokenizer(tokenizer: Tokenizer) -> tuple[HFTokenizer, dict[str, str]]:
         return _char(tokenizer)
     if kind == "word":
         return _word(tokenizer)
+    if kind == "hf":
+        return HFTokenizer.from_str(tokenizer.hf.to_str()), {}
     raise ValueError(f"no Hugging Face export for the {kind!r} tokenizer")
 
 
 def export_tokenizer(tokenizer: Tokenizer, out_dir: Path, *, model_max_length: int | None = None) -> None:
-    """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into `out_dir`."""
+    """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into `out_dir`
+    (an `hf` tokenizer: its original files, unchanged)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if tokenizer.kind == "hf":
+        tokenizer.save_files(out_dir)
+        return
     hf, specials = hf_tokenizer(tokenizer)
     hf.save(str(out_dir / TOKENIZER_JSON), pretty=True)
     config: dict[str, Any] = {

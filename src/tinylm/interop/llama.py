@@ -1,8 +1,9 @@
 """tinylm GPT -> Hugging Face Llama (`LlamaForCausalLM`): config and weight names.
 
 A tinylm model is a Llama when it uses rotary positions (rotate-half layout), pre-norm RMSNorm,
-a SwiGLU MLP and no query/key norm. Biases (tinylm's `bias = true` puts them on every linear
-layer; RMSNorm has none) map to Llama's `attention_bias` and `mlp_bias`. tinylm fuses q, k, v
+a SwiGLU MLP and no query/key norm. Biases (`model.attn_bias` / `model.mlp_bias`, both following
+`model.bias` unless set; RMSNorm has none) map to Llama's `attention_bias` and `mlp_bias`,
+`model.head_size` to `head_dim` and `model.norm_eps` to `rms_norm_eps`. tinylm fuses q, k, v
 into one matrix and gate, up into another; Llama keeps them apart, so the export splits rows:
 
     attn.qkv   rows [q (n_head * head_dim); k (kv_heads * head_dim); v (kv_heads * head_dim)]
@@ -19,8 +20,8 @@ from typing import Any
 import torch
 
 from tinylm.config import ModelConfig
+from tinylm.errors import ConfigError
 
-RMS_NORM_EPS = 1e-5  # tinylm's RMSNorm (model/gpt.py)
 
 
 def llama_incompatibility(cfg: ModelConfig) -> str | None:
@@ -62,13 +63,13 @@ def llama_config(cfg: ModelConfig, *, bos_token_id: int | None = None, eos_token
         "num_key_value_heads": cfg.kv_heads,
         "head_dim": cfg.head_dim,
         "max_position_embeddings": cfg.context,
-        "rms_norm_eps": RMS_NORM_EPS,
+        "rms_norm_eps": cfg.norm_eps,
         "hidden_act": "silu",
         "rope_theta": theta,  # transformers 4.x
         "rope_parameters": {"rope_type": "default", "rope_theta": theta},  # transformers 5.x
         "rope_scaling": None,
-        "attention_bias": cfg.bias,
-        "mlp_bias": cfg.bias,
+        "attention_bias": cfg.has_attn_bias,
+        "mlp_bias": cfg.has_mlp_bias,
         "attention_dropout": 0.0,
         "tie_word_embeddings": cfg.tie_weights,
         "initializer_range": 0.02,
@@ -138,3 +139,61 @@ def from_llama_state(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> dict[s
     out["ln_f.weight"] = state["model.norm.weight"]
     out["head.weight"] = state["model.embed_tokens.weight"] if cfg.tie_weights else state["lm_head.weight"]
     return out
+
+
+# --------------------------------------------------------------------------- import
+
+# The architectures read as Llama: the same tensors and computation, differing only in config flags.
+LLAMA_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral"}
+
+
+def rope_settings(config: dict[str, Any], origin: str) -> float:
+    """The rotary base of a Llama config (transformers 4.x `rope_theta` / `rope_scaling`, 5.x
+    `rope_parameters`); a ConfigError naming any rope scaling tinylm's rotary embedding lacks."""
+    params = config.get("rope_parameters") or {}
+    scaling = config.get("rope_scaling") or {}
+    for source in (params, scaling):
+        kind = source.get("rope_type", source.get("type", "default"))
+        if kind not in (None, "default"):
+            raise ConfigError(f"{origin}: rope scaling {kind!r} is not implemented by tinylm's rotary embedding "
+                              "(only plain RoPE, rope_type 'default', is); this model cannot be imported")
+    return float(params.get("rope_theta", config.get("rope_theta", 10000.0)))
+
+
+def model_config_from_llama(config: dict[str, Any], origin: str = "config.json") -> ModelConfig:
+    """The tinylm ModelConfig of a transformers Llama-family config dict (ConfigError naming the
+    field tinylm cannot express)."""
+
+    def need(name: str, default: Any = None) -> Any:
+        value = config.get(name, default)
+        if value is None:
+            raise ConfigError(f"{origin}: {name} is missing")
+        return value
+
+    if config.get("model_type") == "mistral":
+        window = config.get("sliding_window")
+        if window is not None and int(window) < int(need("max_position_embeddings", 2048)):
+            raise ConfigError(f"{origin}: sliding_window {window} (sliding-window attention) is not implemented "
+                              "by tinylm; only Mistral models without a sliding window import")
+    act = need("hidden_act", "silu")
+    if act != "silu":
+        raise ConfigError(f"{origin}: hidden_act {act!r} is not supported (Llama's SwiGLU uses silu)")
+    theta = rope_settings(config, origin)
+    d_model, n_head = int(need("hidden_size")), int(need("num_attention_heads"))
+    head_dim = int(config.get("head_dim") or d_model // n_head)
+    attn_bias, mlp_bias = bool(config.get("attention_bias", False)), bool(config.get("mlp_bias", False))
+    cfg = ModelConfig(
+        vocab_size=int(need("vocab_size")), context=int(need("max_position_embeddings", 2048)),
+        n_layer=int(need("num_hidden_layers")), n_head=n_head,
+        n_kv_head=int(config.get("num_key_value_heads") or n_head), d_model=d_model,
+        d_ff=int(need("intermediate_size")), ff_multiple=1, mlp="swiglu", pos="rope", rope_base=theta,
+        norm="rmsnorm", norm_eps=float(need("rms_norm_eps", 1e-6)), norm_position="pre", dropout=0.0,
+        bias=attn_bias and mlp_bias, attn_bias=None if attn_bias == mlp_bias else attn_bias,
+        mlp_bias=None if attn_bias == mlp_bias else mlp_bias,
+        head_size=0 if head_dim * n_head == d_model else head_dim,
+        tie_weights=bool(config.get("tie_word_embeddings", False)))
+    try:
+        cfg.validate()
+    except ConfigError as e:
+        raise ConfigError(f"{origin}: {e}") from None
+    return cfg

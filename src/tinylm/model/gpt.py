@@ -76,7 +76,9 @@ class KVCache:
 
 
 def norm_layer(cfg: ModelConfig, dim: int) -> nn.Module:
-    return nn.RMSNorm(dim, eps=1e-5) if cfg.norm == "rmsnorm" else nn.LayerNorm(dim, bias=cfg.bias)
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(dim, eps=cfg.norm_eps)
+    return nn.LayerNorm(dim, eps=cfg.norm_eps, bias=cfg.bias)
 
 
 def sinusoidal_embedding(positions: torch.Tensor, dim: int) -> torch.Tensor:
@@ -106,10 +108,10 @@ class CausalSelfAttention(nn.Module):
         self.cfg = cfg
         self.n_head, self.n_kv, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
         # q for every head, k and v for the key/value heads, in one matmul
-        self.qkv = nn.Linear(cfg.d_model, (self.n_head + 2 * self.n_kv) * self.head_dim, bias=cfg.bias)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
-        self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-5) if cfg.qk_norm else None
-        self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-5) if cfg.qk_norm else None
+        self.qkv = nn.Linear(cfg.d_model, (self.n_head + 2 * self.n_kv) * self.head_dim, bias=cfg.has_attn_bias)
+        self.proj = nn.Linear(self.n_head * self.head_dim, cfg.d_model, bias=cfg.has_attn_bias)
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
         self.attn_drop = nn.Dropout(cfg.dropout)
         self.resid_drop = nn.Dropout(cfg.dropout)
         self.weights: torch.Tensor | None = None  # the last attention weights (manual attention only)
@@ -155,7 +157,7 @@ class CausalSelfAttention(nn.Module):
         else:  # the same computation in a fused kernel; grouped key/value heads as they are
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout,
                                                enable_gqa=self.n_kv != self.n_head)
-        y = y.transpose(1, 2).reshape(B, T, C)  # concatenate the heads
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # concatenate the heads
         return self.resid_drop(self.proj(y))
 
 
@@ -165,8 +167,8 @@ class MLP(nn.Module):
         self.swiglu = cfg.mlp == "swiglu"
         self.approximate = "tanh" if cfg.mlp == "gelu_tanh" else "none"
         # SwiGLU: proj(silu(gate) * up), with gate and up computed by one matmul
-        self.fc = nn.Linear(cfg.d_model, (2 if self.swiglu else 1) * cfg.ff_width, bias=cfg.bias)
-        self.proj = nn.Linear(cfg.ff_width, cfg.d_model, bias=cfg.bias)
+        self.fc = nn.Linear(cfg.d_model, (2 if self.swiglu else 1) * cfg.ff_width, bias=cfg.has_mlp_bias)
+        self.proj = nn.Linear(cfg.ff_width, cfg.d_model, bias=cfg.has_mlp_bias)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

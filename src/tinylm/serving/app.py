@@ -96,10 +96,9 @@ class Service:
             activate = functools.partial(set_active, self.run.model)
         self.limits = Limits(max_tokens=cfg.max_tokens, max_batch=cfg.max_batch, max_rows=cfg.max_queue,
                              vocab_size=tok.vocab_size)
-        eot = tok.eot_id
         self.run.ready()  # decode kernels (and the compiled decode step) after the adapters are attached
         self.engine = Engine(self.run.model, tok.decode, vocab_size=tok.vocab_size,
-                             stop_ids=[eot] if eot is not None else [], markers=sorted(tok.markers),
+                             stop_ids=tok.stop_ids, markers=sorted(tok.markers),
                              max_batch=cfg.max_batch, max_queue=cfg.max_queue, device=self.run.device,
                              dtype=self.run.dtype, activate=activate)
         self.context = self.run.model.cfg.context
@@ -168,12 +167,14 @@ class Service:
                                 "finetune --template NAME), or start the server with --chat-template alpaca|chat|plain",
                            "messages", "no_chat_template")
         tok = self.run.tokenizer
-        ids: list[int] = []
+        ids: list[int] = [tok.bos_id] if tok.add_bos and tok.bos_id is not None else []  # as prompt_ids does
         for piece in model.template.render(messages, add_generation_prompt=True):
             if piece.eot:
                 ids += [tok.eot_id] if tok.eot_id is not None else []
             elif piece.text:
                 ids += tok.encode(piece.text)
+        if not ids:  # messages that encode to nothing (a plain template, whitespace): the empty prompt (inputs.py)
+            ids = tok.start_ids()
         return self.fit(ids, truncate, "messages")
 
     def submit(self, rows: list[Row], loop: asyncio.AbstractEventLoop) -> tuple[EngineRequest, asyncio.Queue]:

@@ -4,9 +4,11 @@
     word   regex words, numbers and punctuation; <pad> <unk> <sos> <eos>; capped vocabulary
     gpt2   GPT-2's 50,257-token byte-level BPE via tiktoken, from bundled files (offline)
     bpe    byte-level BPE trained on your corpus with Hugging Face `tokenizers`
+    hf     any Hugging Face tokenizer.json (Llama, SmolLM, BERT, ...), with its special tokens
 
 A tokenizer spec is the kind followed by `:`-separated options: a vocabulary size for trained
-vocabularies (`bpe:4096`, `word:30000`) and flags (`word:lower`, `word:8000:lower`).
+vocabularies (`bpe:4096`, `word:30000`) and flags (`word:lower`, `word:8000:lower`); `hf:PATH`
+names a directory holding tokenizer.json, or the file itself (the rest of the spec is the path).
 """
 
 from __future__ import annotations
@@ -20,19 +22,25 @@ from tinylm.tokenizers.base import TOKENIZER_FILE, Tokenizer
 from tinylm.tokenizers.bpe import BPETokenizer
 from tinylm.tokenizers.char import CharTokenizer
 from tinylm.tokenizers.gpt2 import GPT2Tokenizer
+from tinylm.tokenizers.hf import HFTokenizer, source_digest
 from tinylm.tokenizers.word import WordTokenizer
 
 KINDS: dict[str, type[Tokenizer]] = {"char": CharTokenizer, "word": WordTokenizer, "gpt2": GPT2Tokenizer,
-                                     "bpe": BPETokenizer}
+                                     "bpe": BPETokenizer, "hf": HFTokenizer}
 
-__all__ = ["KINDS", "TOKENIZER_FILE", "BPETokenizer", "CharTokenizer", "GPT2Tokenizer", "Tokenizer",
-           "WordTokenizer", "load_tokenizer", "parse_spec", "spec_vocab_size", "train_tokenizer"]
+__all__ = ["KINDS", "TOKENIZER_FILE", "BPETokenizer", "CharTokenizer", "GPT2Tokenizer", "HFTokenizer", "Tokenizer",
+           "WordTokenizer", "load_tokenizer", "parse_spec", "spec_identity", "spec_vocab_size", "train_tokenizer"]
 
 
-def parse_spec(spec: str) -> tuple[type[Tokenizer], dict[str, int | bool]]:
+def parse_spec(spec: str) -> tuple[type[Tokenizer], dict[str, int | bool | str]]:
     kind, *parts = spec.split(":")
     if kind not in KINDS:
         raise TokenizerError(f"unknown tokenizer {kind!r}; choose one of {', '.join(KINDS)}")
+    if kind == "hf":  # hf:PATH (a path may itself hold ":")
+        path = spec.partition(":")[2]
+        if not path:
+            raise TokenizerError("tokenizer spec 'hf' needs a path: hf:DIR or hf:DIR/tokenizer.json")
+        return HFTokenizer, {"path": path}
     cls, options = KINDS[kind], {}
     for part in parts:
         if part.isdigit() and cls.sized:
@@ -51,6 +59,13 @@ def spec_vocab_size(spec: str) -> int | None:
     defaults), or None when the corpus decides it (char)."""
     cls, options = parse_spec(spec)
     return int(options.get("vocab_size", cls.default_vocab_size or 0)) or None
+
+
+def spec_identity(spec: str) -> str:
+    """What decides the tokenizer a spec builds, for cache keys: the spec itself, plus the files'
+    sha256 for `hf:PATH` (so an edited tokenizer.json is not mistaken for the old one)."""
+    cls, options = parse_spec(spec)
+    return f"{spec}#{source_digest(str(options['path']))}" if cls is HFTokenizer else spec
 
 
 def train_tokenizer(spec: str, texts: Iterable[str]) -> Tokenizer:

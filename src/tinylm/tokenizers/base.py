@@ -42,9 +42,13 @@ class Tokenizer(ABC):
     flags: ClassVar[tuple[str, ...]] = ()  # boolean options a spec may name ("word:lower")
     default_vocab_size: ClassVar[int | None] = None  # fixed or default size; None: decided by the corpus
 
+    needs_corpus: ClassVar[bool] = True  # built from the training text (False: a given vocabulary, gpt2 and hf)
+
     eot_id: int | None = None  # end-of-text: separates documents, stops generation
     bos_id: int | None = None  # start-of-text: opens every document (the word tokenizer's <sos>)
     unk_id: int | None = None  # what text outside the vocabulary maps to
+    add_bos: bool = False  # prompts begin with bos_id too, as the original tokenizer does (hf: Llama's <s>)
+    chunk_safe: bool = True  # `safe_chunks` pieces encode to the ids of the whole text (else: encode whole)
 
     @classmethod
     @abstractmethod
@@ -64,7 +68,7 @@ class Tokenizer(ABC):
 
     def encode_long(self, text: str) -> list[int]:
         """`encode` for long texts: cut at safe places and encoded as a batch."""
-        chunks = safe_chunks(text)
+        chunks = safe_chunks(text) if self.chunk_safe else [text]
         return self.encode(text) if len(chunks) == 1 else [i for ids in self.encode_batch(chunks) for i in ids]
 
     @abstractmethod
@@ -90,10 +94,34 @@ class Tokenizer(ABC):
             return [self.eot_id]
         return self.encode("\n") or [0]
 
+    def prompt_ids(self, text: str) -> list[int]:
+        """A prompt's ids: `encode(text)`, after bos_id when the tokenizer adds it to every input
+        (`add_bos`, as transformers' Llama tokenizers do); a prompt that encodes to no ids (empty, or
+        whitespace for word) is the empty prompt, `start_ids()`. Code that takes user text calls
+        `tinylm.inputs.encode_text`, which names the item in errors."""
+        ids = self.encode(text) if text else []
+        if not ids:
+            return self.start_ids()
+        return [self.bos_id, *ids] if self.add_bos and self.bos_id is not None else ids
+
+    @property
+    def stop_ids(self) -> list[int]:
+        """Ids that end generation: end-of-text (hf: also generation_config.json's other eos ids)."""
+        return [self.eot_id] if self.eot_id is not None else []
+
+    @property
+    def suppressed_ids(self) -> set[int]:
+        """Ids that generation never emits unless asked (`GenerationConfig.suppress_tokens`): the
+        unknown id (what text outside the vocabulary maps to is no text to write; for char it is
+        never even a training target) and the start-of-text marker (it opens documents; the model
+        continues after it). Padded embedding rows past `vocab_size` are never generated either.
+        A stop id is never suppressed (hf: GPT-2's unk token is its end-of-text)."""
+        return {i for i in (self.unk_id, self.bos_id) if i is not None} - set(self.stop_ids)
+
     @property
     def markers(self) -> set[int]:
-        """The document markers (start- and end-of-text), left out of generated text."""
-        return {i for i in (self.bos_id, self.eot_id) if i is not None}
+        """The document markers (start- and end-of-text, stop ids), left out of generated text."""
+        return {i for i in (self.bos_id, self.eot_id, *self.stop_ids) if i is not None}
 
     def fingerprint(self) -> str:
         """sha256 of the canonical state: two tokenizers with equal fingerprints encode alike."""

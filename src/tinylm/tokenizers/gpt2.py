@@ -65,6 +65,7 @@ def gpt2_encoding() -> tiktoken.Encoding:
 
 class GPT2Tokenizer(Tokenizer):
     kind = "gpt2"
+    needs_corpus = False
     eot_id = EOT_ID
     default_vocab_size = VOCAB_SIZE
 

@@ -8,7 +8,7 @@ in `<sos> ... <eos>`; the four special tokens written in a text (a prompt such a
 puts one space between tokens except around punctuation and line breaks, so what round-trips
 is the *normalized* text (`normalize`): single spaces, no space before `.,;:!?)]}`, none after
 `([{`, hyphens and dashes joined tightly, straight quotes hugging what they enclose, optional
-lower-casing.
+lower-casing (`lowercase`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 from typing import Any, Iterable, Sequence
+
+from tokenizers import normalizers
 
 from tinylm.errors import TokenizerError
 from tinylm.tokenizers.base import Tokenizer
@@ -32,6 +34,19 @@ TOKEN_RE = re.compile(r"<(?:pad|unk|sos|eos)>|[^\W\d_]+(?:['’][^\W\d_]+)*|\d+(
 NO_SPACE_BEFORE = set(".,;:!?)]}%…’-—/\n")
 NO_SPACE_AFTER = set("([{$‘-—/\n")
 QUOTES = set("\"'")  # straight quotes open and close alternately
+
+
+_LOWERCASE = normalizers.Lowercase()
+
+
+def lowercase(text: str) -> str:
+    """`word:lower`'s lower-casing: Hugging Face `tokenizers`' Lowercase (Rust's Unicode tables, no
+    final-sigma rule), so the exported tokenizer.json lower-cases exactly alike (Python's
+    `str.lower` follows an older Unicode in older Pythons and writes a final sigma as ς)."""
+    try:
+        return _LOWERCASE.normalize_str(text)
+    except Exception:  # text Rust cannot hold (lone surrogates): no exported tokenizer can read it either
+        return text.lower()
 
 
 def detokenize(tokens: Sequence[str]) -> str:
@@ -71,7 +86,7 @@ class WordTokenizer(Tokenizer):
         self.stoi = {w: i for i, w in enumerate(self.itos)}
 
     def split(self, text: str) -> list[str]:
-        return TOKEN_RE.findall(text.lower() if self.lower else text)
+        return TOKEN_RE.findall(lowercase(text) if self.lower else text)
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE, lower: bool = False,
@@ -103,6 +118,11 @@ class WordTokenizer(Tokenizer):
     def decode(self, ids: Sequence[int]) -> str:
         n = len(self.itos)
         return detokenize([self.itos[i] if 0 <= i < n else "<unk>" for i in ids if i != PAD_ID])
+
+    @property
+    def suppressed_ids(self) -> set[int]:
+        """`<pad>`, `<unk>` and `<sos>`: never generated unless asked (see Tokenizer.suppressed_ids)."""
+        return {PAD_ID, UNK_ID, SOS_ID}
 
     def normalize(self, text: str) -> str:
         """What `decode(encode(text))` gives when every word of `text` is in the vocabulary."""

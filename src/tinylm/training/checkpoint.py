@@ -86,8 +86,9 @@ def _repair(run_dir: Path, expected_sha: str) -> None:
 def read_state(run_dir: Path) -> dict[str, Any]:
     path = run_dir / STATE_FILE
     if not path.is_file():
-        raise CheckpointError(f"{run_dir} has no {STATE_FILE}: the run never reached its first "
-                              "checkpoint, so there is nothing to resume; start it again")
+        raise CheckpointError(f"{run_dir} has no {STATE_FILE}: the run never reached its first checkpoint, so "
+                              f"there is nothing to resume; start it again with your training command and "
+                              f"--out {run_dir} --overwrite")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, garbage, or a pickle that is not weights-only

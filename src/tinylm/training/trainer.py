@@ -33,14 +33,17 @@ from tinylm.data.prepare import load_split, read_meta, resolve_data_dir
 from tinylm.errors import CheckpointError, ConfigError, DataError, TinylmError
 from tinylm.evaluation.perplexity import score_tokens
 from tinylm.model import GPT
-from tinylm.rundir import BEST_FILE, METRICS_FILE, RUN_FILES, read_weights, save_weights, write_config
-from tinylm.runtime import autocast, peak_flops, resolve_device, resolve_dtype
-from tinylm.tokenizers import Tokenizer, load_tokenizer
+from tinylm.inputs import INT64_MAX
+from tinylm.rundir import (BEST_FILE, METRICS_FILE, RUN_FILES, STATE_FILE, read_config, read_weights, save_weights,
+                           write_config)
+from tinylm.runtime import autocast, check_memory, peak_flops, resolve_device, resolve_dtype
+from tinylm.tokenizers import Tokenizer, load_tokenizer, spec_vocab_size
 from tinylm.training import distributed
 from tinylm.training.checkpoint import keep_copy, load_checkpoint, rng_state, save_checkpoint
 from tinylm.training.distributed import Procs
 from tinylm.training.metrics import MetricsLog, plot_metrics
-from tinylm.training.optim import build_optimizers
+from tinylm.training.optim import build_optimizers, load_state
+from tinylm.training.resume import apply_hyperparameters, check_resume, hyperparameters
 from tinylm.training.schedule import learning_rate, progress_fraction
 from tinylm.training.trackers import check_trackers, open_trackers
 
@@ -147,8 +150,9 @@ class Trainer:
         train_tokens = load_split(data_dir, "train")
         self.loader = make_loader(train_tokens, cfg.seq_len, self.plan.micro, t.seed,
                                   sampling=cfg.data.sampling, shard=(procs.rank, procs.world_size))
-        if t.epochs:  # resolved here, saved in config.json
-            t.max_steps = max(1, math.ceil(t.epochs * len(train_tokens) / self.plan.tokens))
+        if t.epochs:  # resolved here, saved in config.json (at most int64: epochs may be huge)
+            steps = t.epochs * len(train_tokens) / self.plan.tokens
+            t.max_steps = max(1, min(INT64_MAX, math.ceil(steps))) if math.isfinite(steps) else INT64_MAX
         self.val_tokens = load_split(data_dir, "val")
         self.tokens_per_step = self.plan.tokens
         self.flops_per_token = self.model.flops_per_token(cfg.seq_len)
@@ -160,6 +164,7 @@ class Trainer:
         self.trackers: list = []
         self.hellaswag = self._hellaswag_items() if t.hellaswag_items and procs.main else []
         self.step, self.tokens, self.elapsed = 0, 0, 0.0
+        self.saved_step: int | None = None  # the step of the last checkpoint (None: none yet)
         self.best_val_loss = math.inf
         self.loss_sum, self.loss_count = 0.0, 0  # train loss since the last metrics row
         self.skipped_steps = 0  # float16 steps the GradScaler skipped (gradients overflowed)
@@ -199,10 +204,12 @@ class Trainer:
             return self.ddp
 
     def _hellaswag_items(self) -> list:
-        from tinylm.evaluation.multiple_choice import hellaswag_file, read_items, subsample
+        from tinylm.evaluation.multiple_choice import encode_items, hellaswag_file, read_items, subsample
 
         t = self.cfg.train
-        return subsample(read_items(hellaswag_file(t.hellaswag_file), "hellaswag"), t.hellaswag_items, seed=0)
+        items = subsample(read_items(hellaswag_file(t.hellaswag_file), "hellaswag"), t.hellaswag_items, seed=0)
+        encode_items(self.tokenizer, items, self.cfg.model.context)  # an item that cannot be scored fails now
+        return items
 
     def restore(self) -> None:
         procs = self.procs
@@ -219,11 +226,15 @@ class Trainer:
         if len(saved_optimizers) != len(self.optimizers):
             raise CheckpointError(f"{self.run_dir} was trained with another train.optimizer; resume with the "
                                   "run's own optimizer")
+        fresh = hyperparameters(self.optimizers)  # from the resuming config
         for optimizer, saved in zip(self.optimizers, saved_optimizers, strict=True):
-            optimizer.load_state_dict(saved)
-        self.scaler.load_state_dict(state["scaler"])
+            load_state(optimizer, saved)
+        apply_hyperparameters(self.optimizers, fresh)  # the settings given take effect, not the saved ones
+        if self.scaler.is_enabled() and state["scaler"]:  # a run resumed in float16 from another dtype starts afresh
+            self.scaler.load_state_dict(state["scaler"])
         self.loader.load_state_dict(state["loader"])
         self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed"]
+        self.saved_step = self.step
         self.best_val_loss = state["best_val_loss"]
         self.loss_sum, self.loss_count = state["loss_sum"], state["loss_count"]
         self.skipped_steps = state.get("skipped_steps", 0)
@@ -268,9 +279,8 @@ class Trainer:
         clip = self.cfg.train.grad_clip or math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         if not torch.isfinite(mean_loss):
-            raise TinylmError(f"the training loss became {mean_loss.item()} at step {self.step + 1}; nothing was "
-                              "saved from this step on. Lower train.lr or raise train.warmup_steps and resume "
-                              "from the last checkpoint")
+            raise TinylmError(f"the training loss became {mean_loss.item()} at step {self.step + 1}; "
+                              + self.divergence_advice())
         if self.scaler.is_enabled():  # float16: an overflowing step is skipped and the loss scale lowered
             scale = self.scaler.get_scale()
             for optimizer in self.optimizers:
@@ -284,14 +294,32 @@ class Trainer:
                                                                        if self.skipped_steps == 20 else ""))
         elif not torch.isfinite(grad_norm):
             raise TinylmError(f"the gradients became {grad_norm.item()} at step {self.step + 1} (loss "
-                              f"{mean_loss.item():.4f}); nothing was saved from this step on. Lower train.lr, "
-                              "keep train.grad_clip on, and resume from the last checkpoint")
+                              f"{mean_loss.item():.4f}); " + self.divergence_advice())
         else:
             for optimizer in self.optimizers:
                 optimizer.step()
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
         return grad_norm
+
+    def divergence_advice(self) -> str:
+        """What to do after the run diverged: a command that works from where the run directory is
+        left (resume from the last checkpoint at a lower learning rate, or, when there is none
+        and the directory is removed, run again with one)."""
+        lower = f"{self.cfg.train.lr / 10:g}"
+        if self.saved_step is None:
+            return ("the run had no checkpoint yet, so nothing was kept; run the same command again with a lower "
+                    f"learning rate (--lr {lower}) or a longer warmup (--set train.warmup_steps=N)")
+        return (f"nothing was saved after step {self.saved_step}. Continue from that checkpoint with a lower learning "
+                f"rate: tinylm train --resume {self.run_dir} --lr {lower} (or a longer warmup: "
+                "--set train.warmup_steps=N)")
+
+    def check_finite_weights(self) -> None:
+        """A checkpoint never holds NaN or infinite weights (a step at an extreme learning rate or
+        weight decay can make them from finite gradients)."""
+        bad = next((name for name, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())), None)
+        if bad is not None:
+            raise TinylmError(f"the weights became non-finite ({bad}) at step {self.step}; " + self.divergence_advice())
 
     def validation_loss(self) -> float:
         """Mean loss over the validation windows, each process scoring its share."""
@@ -305,8 +333,10 @@ class Trainer:
 
     def save(self, val_loss: float | None) -> None:
         """Checkpoint (every process takes part: RNG states are gathered; rank 0 writes)."""
+        self.check_finite_weights()
         rngs = distributed.gather_objects(self.procs, rng_state())
         self._last_save = self.elapsed
+        self.saved_step = self.step
         if not self.procs.main:
             return
         meta = {"step": self.step, "tokenizer_fingerprint": self.tokenizer.fingerprint()}
@@ -436,10 +466,11 @@ class Trainer:
                         last_save_step = self.step
                     bar.update(task, step=self.step, completed=progress_fraction(self.step, self.elapsed, t))
                 if stopped_by == "interrupt":
-                    if self.step != last_save_step:  # checkpoint without spending time on validation
+                    # checkpoint without spending time on validation (always one, so --resume works)
+                    if self.step != last_save_step or self.saved_step is None:
                         self.save(None)
                         self.plot()
-                elif self.step != last_eval_step:
+                elif self.step != last_eval_step or self.saved_step is None:
                     val_loss = self.evaluate_and_save()
                 bar.update(task, completed=progress_fraction(self.step, self.elapsed, t))
         finally:
@@ -462,8 +493,11 @@ def _claim_run_dir(run_dir: Path, overwrite: bool) -> None:
             raise ConfigError(f"{run_dir} is not a tinylm run directory (it holds {foreign[0]!r}); "
                               "choose another --out")
         if not overwrite:
-            raise ConfigError(f"{run_dir} already holds a run; continue it with `tinylm train --resume "
-                              f"{run_dir}`, choose another --out, or pass --overwrite to replace it")
+            if (run_dir / STATE_FILE).is_file():
+                raise ConfigError(f"{run_dir} already holds a run; continue it with `tinylm train --resume "
+                                  f"{run_dir}`, choose another --out, or pass --overwrite to replace it")
+            raise ConfigError(f"{run_dir} holds a run that never reached its first checkpoint (nothing to resume); "
+                              "pass --overwrite to start it again there, or choose another --out")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -497,9 +531,13 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> T
     procs = distributed.from_environment()
     run_dir = default_run_dir(cfg)
     cfg.train.out_dir = str(run_dir)
-    resolve_dtype(cfg.train.dtype, resolve_device(cfg.train.device))  # fail before any work
+    if resume:  # changes a resume cannot make fail before any work
+        check_resume(read_config(run_dir), cfg)
+    device = resolve_device(cfg.train.device)
+    resolve_dtype(cfg.train.dtype, device)  # fail before any work
     if cfg.train.batch_size:
         plan_batch(cfg, procs.world_size)  # inconsistent batch settings fail before any work too
+    check_fits(cfg, cfg.model.vocab_size or _known_vocab(cfg.data.tokenizer), device)  # so do impossible sizes
     check_trackers(cfg.train.trackers)
     try:
         result = _train(cfg, procs, run_dir, resume, overwrite)
@@ -508,6 +546,26 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> T
         raise
     distributed.stop(together=True)
     return result
+
+
+def _known_vocab(spec: str) -> int:
+    try:
+        return spec_vocab_size(spec) or 1
+    except TinylmError:  # a bad spec is reported where the data is prepared
+        return 1
+
+
+def check_fits(cfg: RunConfig, vocab: int, device: torch.device) -> None:
+    """Refuse a model and micro-batch that certainly cannot fit in the device's memory: at least
+    12 bytes per parameter (float32 weights, gradients and one optimizer moment) and 2 bytes per
+    logit and per saved activation of one micro-batch (lower bounds, so nothing that fits is refused)."""
+    params = cfg.model.min_params(vocab)
+    micro = cfg.train.batch_size or 1
+    tokens = micro * cfg.seq_len
+    need = 12 * params + 2 * tokens * (vocab + cfg.model.d_model * cfg.model.n_layer)
+    check_memory(need, device, f"a model of at least {params:,} parameters and a micro-batch of {micro} x "
+                 f"{cfg.seq_len} tokens", "lower model.n_layer, model.d_model, model.context, the vocabulary "
+                 "or train.batch_size")
 
 
 def _train(cfg: RunConfig, procs: Procs, run_dir: Path, resume: bool, overwrite: bool) -> TrainResult:
@@ -528,17 +586,25 @@ def _train(cfg: RunConfig, procs: Procs, run_dir: Path, resume: bool, overwrite:
                             "resume with the data the run was started on")
     elif procs.main:
         _claim_run_dir(run_dir, overwrite)
-    cfg.model.vocab_size = cfg.model.embedding_rows(tokenizer.vocab_size)
-    trainer = Trainer(cfg, run_dir, data_dir, tokenizer, procs)
-    if resume:
-        trainer.restore()
-        if trainer.step >= cfg.train.max_steps or progress_fraction(trainer.step, trainer.elapsed, cfg.train) >= 1:
-            raise CheckpointError(f"{run_dir} already finished (step {trainer.step}, {trainer.elapsed:.0f}s); "
-                                  "raise --max-steps or --time-budget to train it further")
-    elif procs.main:
-        write_config(run_dir, cfg)
-        tokenizer.save(run_dir)
-    distributed.barrier(procs)
-    if procs.main:
-        console.print(_summary(cfg, trainer, data_dir, resume))
-    return trainer.fit(resume)
+    try:
+        cfg.model.vocab_size = cfg.model.embedding_rows(tokenizer.vocab_size)
+        check_fits(cfg, cfg.model.vocab_size, resolve_device(cfg.train.device))
+        trainer = Trainer(cfg, run_dir, data_dir, tokenizer, procs)
+        if resume:
+            trainer.restore()
+            if trainer.step >= cfg.train.max_steps or progress_fraction(trainer.step, trainer.elapsed, cfg.train) >= 1:
+                raise CheckpointError(f"{run_dir} already finished (step {trainer.step}, {trainer.elapsed:.0f}s); "
+                                      "raise --max-steps or --time-budget to train it further")
+        if procs.main:  # resumed: the settings given (see resume.py) are the run's from here on
+            write_config(run_dir, cfg)
+            if not resume:
+                tokenizer.save(run_dir)
+        distributed.barrier(procs)
+        if procs.main:
+            console.print(_summary(cfg, trainer, data_dir, resume))
+        return trainer.fit(resume)
+    except BaseException:
+        # a new run that fails before its first checkpoint leaves no half-made directory behind
+        if not resume and procs.main and not (run_dir / STATE_FILE).is_file():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise

@@ -1,0 +1,120 @@
+"""The rules for user input, in one place: text that encodes to no tokens, and numbers.
+
+    user text ──► encode_text(tokenizer, text, item=..., empty="start" | "error")
+                      │ ids ──► as encoded
+                      │ none ─► "start": the tokenizer's start ids (the empty prompt)
+                      │         "error": EmptyInputError naming the item (file and line, prompt number)
+
+    config dataclass ──► check_fields(cfg, "train.")   every int/float field: the declared type,
+                      │                                 finite floats, integers within int64
+                      └► check_range("train.lr", v, gt=0)   one field's bounds, one-line ConfigError
+
+Every place that takes text from a user (prompts of `tinylm sample`, `Run.generate/stream/complete`
+and batches of them, evaluation contexts and choices, cloze items, and later the server's prompts
+and chat messages and fine-tuning records) encodes it with `encode_text`, so a text that encodes to
+nothing (whitespace for the word tokenizer) behaves the same everywhere: as the empty prompt where
+that has a meaning, else as a one-line error naming the item. Every config section's `validate()`
+starts with `check_fields` and states each numeric field's range with `check_range`, so a NaN,
+an infinity or a value of the wrong type is a one-line `ConfigError` whatever route it came by
+(flags, `--set`, TOML, config.json or Python keywords). See docs/input-rules.md.
+
+Torch-free: `tinylm.config` imports it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from typing import Any, Literal, Protocol
+
+from tinylm.errors import ConfigError, DataError
+
+INT64_MAX = 2**63 - 1  # integers are stored in int64 tensors and seeds; larger ones are refused
+FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32 (smaller values flush towards 0)
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+class EmptyInputError(DataError):
+    """A user text that encodes to no tokens where tokens are needed."""
+
+
+class _Encodes(Protocol):
+    unit: str
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def start_ids(self) -> list[int]: ...
+
+    def prompt_ids(self, text: str) -> list[int]: ...
+
+
+def encode_text(tokenizer: _Encodes, text: str, *, item: str = "the prompt",
+                empty: Literal["start", "error"] = "start") -> list[int]:
+    """`text`'s ids under `tokenizer`. With `empty="start"` the text is a prompt (or a context):
+    `tokenizer.prompt_ids(text)`, which prepends BOS where the tokenizer does and gives a text that
+    encodes to no ids (the empty string; whitespace for the word tokenizer) the tokenizer's start
+    ids, the empty prompt. With `empty="error"` the text is a continuation (a choice, a response):
+    its plain ids, and `EmptyInputError` naming `item` (e.g. "data.jsonl line 3: choice 2") when
+    there are none. Raises `EmptyInputError` too when `text` is not a string."""
+    if not isinstance(text, str):
+        raise EmptyInputError(f"{item} must be text, got {type(text).__name__}")
+    if empty == "start":
+        return tokenizer.prompt_ids(text)
+    ids = tokenizer.encode(text) if text else []
+    if ids:
+        return ids
+    shown = repr(text) if len(text) <= 20 else repr(text[:20]) + "..."
+    raise EmptyInputError(f"{item} encodes to no tokens ({shown} has no {tokenizer.unit} the tokenizer "
+                          "keeps); give it some text")
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+def _kinds(typ: Any) -> tuple[type, ...]:
+    return tuple(t for t in (typing.get_args(typ) or (typ,)) if t in (int, float))
+
+
+def check_fields(cfg: Any, prefix: str = "") -> None:
+    """Refuse, for every numeric field of dataclass `cfg` (annotated int or float, optionally
+    `| None`), a value of the wrong type (a bool, a string, a float where an int belongs), a
+    float that is NaN or infinite, and an integer outside int64. `prefix` names the section in
+    messages ("train."). Ranges are each field's own (`check_range`)."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        kinds = _kinds(hints.get(f.name))
+        value = getattr(cfg, f.name)
+        if not kinds or (value is None and type(None) in typing.get_args(hints[f.name])):
+            continue
+        key = prefix + f.name
+        if isinstance(value, bool) or not isinstance(value, (int, float) if float in kinds else kinds):
+            wanted = "an integer" if float not in kinds else "a number"
+            raise ConfigError(f"{key} must be {wanted}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value}")
+        if isinstance(value, int) and abs(value) > INT64_MAX:
+            raise ConfigError(f"{key} must be an integer of at most {INT64_MAX:,} in size, got {value:,}")
+
+
+def _bounds(gt: float | None, ge: float | None, lt: float | None, le: float | None) -> str:
+    low = f"({gt:g}" if gt is not None else f"[{ge:g}" if ge is not None else None
+    high = f"{lt:g})" if lt is not None else f"{le:g}]" if le is not None else None
+    if low and high:
+        return f"in {low}, {high}"
+    if low:
+        return f"{'>' if gt is not None else '>='} {low[1:]}"
+    return f"{'<' if lt is not None else '<='} {high[:-1]}"
+
+
+def check_range(key: str, value: float, *, gt: float | None = None, ge: float | None = None,
+                lt: float | None = None, le: float | None = None, note: str = "") -> None:
+    """A one-line ConfigError unless `value` is a finite number within the given bounds
+    (gt/ge: lower bound, exclusive/inclusive; lt/le: upper bound), e.g.
+    `check_range("top_p", 1.5, gt=0, le=1)` -> "top_p must be in (0, 1], got 1.5". `note` is
+    appended to the message (what 0 means, what to do)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (gt is None or value > gt) and (ge is None or value >= ge)
+    ok = ok and (lt is None or value < lt) and (le is None or value <= le)
+    if not ok:
+        raise ConfigError(f"{key} must be {_bounds(gt, ge, lt, le)}{note}, got {value!r}")

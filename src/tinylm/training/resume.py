@@ -1,0 +1,114 @@
+"""What a resumed run may change, and how the changes take effect.
+
+    config.json (saved) ─┐
+                         ├─► check_resume: model.* differs, or a REFUSED train.* key differs ─► ConfigError
+    the resuming config ─┘      (before any data is read or model built)
+                         │
+                         ▼
+    Trainer (built from the resuming config) ─► restore(): optimizer state loaded, then every group's
+                         │                        hyperparameters set from the resuming config
+                         ▼                        (apply_hyperparameters), so lr, betas, eps,
+    config.json rewritten with the resuming         weight_decay, muon lr and momentum are the ones given
+    config; metrics.jsonl and the trackers log it
+
+Every `train.*` key is in exactly one of the two tables below (tests/test_resume_overrides.py
+checks that), so a new field has to be decided here. A key in `RESUMABLE` takes effect from the first resumed step
+exactly as given; a key in `REFUSED` is a one-line error: it would change the batches already
+drawn or the optimizer state's kind and shape, so the resumed run could not continue the same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from tinylm.config import RunConfig
+from tinylm.errors import ConfigError
+
+# key -> where the new value takes effect
+RESUMABLE: dict[str, str] = {
+    "out_dir": "the run directory being resumed",
+    "device": "the device the resumed run trains on (the optimizer state moves with the weights)",
+    "dtype": "autocast precision from the first resumed step",
+    "compile": "torch.compile of the resumed model",
+    "threads": "CPU threads of the resumed process",
+    "max_steps": "the last step; the schedule's progress is step / max_steps from here on "
+                 "(a run with train.epochs given anew: max_steps is derived from them)",
+    "epochs": "max_steps = epochs x the training tokens / tokens per step",
+    "time_budget": "total wall-clock seconds, counted from the run's start (the time already spent counts)",
+    "lr": "every AdamW/Adam group's base_lr (the schedule multiplies it)",
+    "min_lr": "the schedule's floor",
+    "schedule": "the learning-rate curve from the next step",
+    "cooldown": "the WSD cool-down fraction",
+    "warmup_steps": "the warmup (steps already past it are unaffected)",
+    "weight_decay": "the decayed AdamW/Adam group's weight_decay",
+    "beta1": "AdamW/Adam betas[0]",
+    "beta2": "AdamW/Adam betas[1]",
+    "eps": "AdamW/Adam eps",
+    "muon_lr": "the Muon group's base_lr",
+    "muon_momentum": "the Muon group's momentum",
+    "grad_clip": "the gradient-norm clip of every following step",
+    "eval_interval": "steps between validation passes",
+    "eval_tokens": "validation tokens per periodic pass",
+    "save_interval": "steps between extra checkpoints",
+    "save_minutes": "minutes between extra checkpoints",
+    "keep_last": "checkpoint copies kept",
+    "hellaswag_items": "HellaSwag items scored at each validation pass",
+    "hellaswag_file": "the HellaSwag file",
+    "log_interval": "steps between metrics rows",
+    "trackers": "the experiment trackers logged to",
+}
+
+# key -> why it cannot change
+REFUSED: dict[str, str] = {
+    "seed": "it decides the training windows (drawn and to come) and the dropout masks",
+    "batch_size": "the loader's position counts batches of the saved size",
+    "grad_accum": "it changes the batch the run was tuned and scheduled with",
+    "batch_tokens": "it changes the batch the run was tuned and scheduled with",
+    "seq_len": "the loader's windows have the saved length",
+    "optimizer": "the saved optimizer state belongs to another optimizer",
+    "decay_all": "it regroups the parameters of the saved optimizer state",
+}
+
+
+def check_resume(saved: RunConfig, cfg: RunConfig) -> None:
+    """Refuse, in one line and before any work, a resume of the run saved as `saved` with `cfg`
+    that changes the model or a `REFUSED` train.* key. Settles train.epochs against
+    train.max_steps in `cfg`: a changed max_steps of a run sized in epochs drops the epochs."""
+    for f in dataclasses.fields(saved.model):
+        old, new = getattr(saved.model, f.name), getattr(cfg.model, f.name)
+        if f.name == "vocab_size" and new in (0, old):
+            continue
+        if new != old:
+            raise ConfigError(f"model.{f.name} cannot change when resuming ({old!r} -> {new!r}): the weights were "
+                              "trained with the saved model; start a new run (another --out) to change it")
+    if saved.data.sampling != cfg.data.sampling:
+        raise ConfigError(f"data.sampling cannot change when resuming ({saved.data.sampling!r} -> "
+                          f"{cfg.data.sampling!r}): the loader's saved position belongs to the saved sampler")
+    for key, why in REFUSED.items():
+        old, new = getattr(saved.train, key), getattr(cfg.train, key)
+        if new != old:
+            raise ConfigError(f"train.{key} cannot change when resuming ({old!r} -> {new!r}): {why}; start a new "
+                              "run (another --out) to change it")
+    t, s = cfg.train, saved.train
+    if t.epochs != s.epochs and t.max_steps != s.max_steps and t.epochs:
+        raise ConfigError("give train.max_steps or train.epochs when resuming, not both")
+    if t.epochs and t.epochs == s.epochs and t.max_steps != s.max_steps:
+        t.epochs = 0.0  # the run was sized in epochs and now in steps: the steps given decide
+
+
+def apply_hyperparameters(optimizers: list[torch.optim.Optimizer], fresh: list[list[dict]]) -> None:
+    """After `load_state_dict`, give every parameter group the hyperparameters of the group built
+    from the resuming config (`fresh`: each optimizer's groups without their params, taken before
+    loading): loading restores the saved lr, betas, eps, weight_decay, momentum and base_lr."""
+    for optimizer, groups in zip(optimizers, fresh, strict=True):
+        for group, new in zip(optimizer.param_groups, groups, strict=True):
+            group.update(new)
+
+
+def hyperparameters(optimizers: list[torch.optim.Optimizer]) -> list[list[dict]]:
+    """Each optimizer's parameter groups without their parameters (for `apply_hyperparameters`)."""
+    return [[{k: v for k, v in g.items() if k not in ("params", "param_names")} for g in o.param_groups]
+            for o in optimizers]
+
