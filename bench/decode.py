@@ -8,11 +8,13 @@
 For each model size (`shakespeare-char`: 0.93M parameters, character vocabulary; `tinystories-gpt2`:
 30M, GPT-2 vocabulary; random weights unless `--run SIZE=RUN_DIR` gives a run: weights do not change
 the speed) one run directory is made, exported with `tinylm export --format hf` (transformers) and
-converted to GGUF f32, f16 and q8_0 by llama.cpp's own `convert_hf_to_gguf.py`, taken at run time
-from the llama-cpp-python source package (`--llama-src`, default: `pip download --no-deps --no-binary
-:all: llama-cpp-python==<installed version>` into a temporary folder; nothing of llama.cpp is kept).
-tinylm's character tokenizer is unknown to llama.cpp: for that size the converter writes its
-vocabulary as a GPT-2-type vocabulary (decoding takes token ids, so the tokenizer does not matter).
+with `tinylm export --format gguf --dtype f32|f16|q8_0` (llama.cpp). GGUF cannot express tinylm's
+character tokenizer: for that size the transformers export is converted by llama.cpp's own
+`convert_hf_to_gguf.py` instead (`--outtype f32|f16|q8_0`), taken at run time from the
+llama-cpp-python source package (`--llama-src`, default: `pip download --no-deps --no-binary :all:
+llama-cpp-python==<installed version>` into a temporary folder; nothing of llama.cpp is kept), told
+to write the characters as a GPT-2-type vocabulary (decoding takes token ids: the tokenizer does not
+matter).
 
 Then, in this one process, greedy decoding of 100 new tokens after a 16-token prompt, batch 1:
   tinylm (`tinylm.load(run, dtype=, quantize=, compile=)` + `generate_ids`): float32, bfloat16
@@ -47,9 +49,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from shakespeare_char import machine  # noqa: E402
 
+# bench/gguf.py would shadow the gguf package that the GGUF export imports
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+
 from tinylm import inference  # noqa: E402
 from tinylm.config import load_preset  # noqa: E402
-from tinylm.data.sources import read_source  # noqa: E402
+from tinylm.data.spec import read_source  # noqa: E402
 from tinylm.generation import generate_ids  # noqa: E402
 from tinylm.model import GPT  # noqa: E402
 from tinylm.rundir import MODEL_FILE, load, save_weights, write_config  # noqa: E402
@@ -149,6 +154,22 @@ def llama_source(given: str, work: Path) -> Path:
             m.name.endswith("convert_hf_to_gguf.py") or "/conversion/" in m.name or "/gguf-py/" in m.name)]
         tar.extractall(work, members=members, filter="data")
     return next(work.glob("*/vendor/llama.cpp"))
+
+
+def gguf_file(run: Path, hf_dir: Path, outtype: str, out: Path, llama_src) -> Path:
+    """`tinylm export --format gguf --dtype outtype`, or, for what GGUF export refuses (the char
+    tokenizer), llama.cpp's converter on the transformers export. `llama_src()` gives its tree."""
+    from tinylm.errors import ExportError
+    from tinylm.interop.gguf import export_gguf
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        export_gguf(run, out, dtype=outtype)
+    except ExportError as e:
+        print(json.dumps({"bench": "gguf", "file": str(out), "converter": "convert_hf_to_gguf.py",
+                          "why": str(e)}), flush=True)
+        to_gguf(llama_src(), hf_dir, outtype, out)
+    return out
 
 
 def to_gguf(src: Path, hf_dir: Path, outtype: str, out: Path) -> Path:
@@ -289,7 +310,7 @@ def bench_size(size: str, run: Path, args: argparse.Namespace, work: Path, bandw
     if llama_src is not None:
         for outtype in ("f32", "f16", "q8_0"):
             try:
-                gguf = to_gguf(llama_src, hf_dir, outtype, work / f"{size}-{outtype}.gguf")
+                gguf = gguf_file(run, hf_dir, outtype, work / f"{size}-{outtype}" / "model.gguf", llama_src)
                 engines[f"llama.cpp {outtype}"] = LlamaCpp(gguf, args.llama_threads, context)
             except Exception as e:  # noqa: BLE001 - a row that cannot run says why
                 notes[f"llama.cpp {outtype}"] = f"{type(e).__name__}: {e}"
@@ -399,15 +420,16 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="tinylm-decode-") as tmp:
         work = Path(tmp)
-        llama_src = None
-        if not args.no_llama:
-            try:
-                llama_src = llama_source(args.llama_src, work)
-            except Exception as e:  # noqa: BLE001 - the other rows still run
-                print(json.dumps({"bench": "decode", "engine": "llama.cpp", "skipped": f"{type(e).__name__}: {e}"}))
+        source: list[Path] = []
+
+        def llama_src() -> Path:  # fetched once, when a GGUF file needs llama.cpp's converter
+            if not source:
+                source.append(llama_source(args.llama_src, work))
+            return source[0]
+
         for size in args.sizes:
             run = Path(given[size]) if size in given else make_run(work, size, args.quick)
-            rows += bench_size(size, run, args, work, bandwidth, llama_src)
+            rows += bench_size(size, run, args, work, bandwidth, None if args.no_llama else llama_src)
     tables(rows, bandwidth)
 
 
