@@ -293,9 +293,9 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", dt
         raise CheckpointError(f"{run_dir}: model.vocab_size {cfg.model.vocab_size} is smaller than the "
                               f"tokenizer's {tokenizer.vocab_size}")
     dev = resolve_device(device)
-    precision = inference.resolve(dev, dtype, quantize)
-    use_compile = inference.use_compile(compile, dev)
     model = GPT(cfg.model)
+    precision = inference.resolve(dev, dtype, quantize, inference.linear_params(model))
+    use_compile = inference.use_compile(compile, dev)
     path = weights_path(run_dir, checkpoint)
     if not path.is_file():
         if checkpoint in ("best", "latest"):  # a run killed before its first checkpoint

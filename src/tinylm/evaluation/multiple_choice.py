@@ -231,7 +231,7 @@ def evaluate_choices(run_dir: str | Path, cfg: Any, show_progress: bool = True) 
     if task == "hellaswag":
         path = str(hellaswag_file("" if path == "default" else path, cfg.source_dir))
     items = subsample(read_items(path, task), cfg.limit, cfg.seed)
-    run = load(run_dir, cfg.checkpoint, cfg.device, cfg.dtype, cfg.validate().quantize)
+    run = load(run_dir, cfg.checkpoint, cfg.device, cfg.dtype, getattr(cfg, "quantize", "none"))
     unknown = sum(run.tokenizer.count_unknown(text) for item in items for text in [item.context, *item.choices])
     if unknown:
         warn(f"{unknown:,} {run.tokenizer.unit}(s) of {path} are not in the run's vocabulary and count as <unk>")
