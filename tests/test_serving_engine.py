@@ -154,6 +154,24 @@ def test_a_lone_seeded_row_is_bit_identical_to_generate_ids_also_past_the_contex
     assert out.tokens[0] == generate_ids(model, p, cfg)
 
 
+def test_suppressed_ids_are_never_generated_as_in_generate_ids():
+    """The tokenizer's suppressed ids (e.g. a char tokenizer's unknown-character id) are masked in
+    the server's sampling exactly as in `generate_ids`: same seeded tokens, and never those ids."""
+    model = tiny_model()
+    cfg = GenerationConfig(max_new_tokens=40, temperature=1.5, seed=7).validate()
+    banned = list(range(0, VOCAB, 3))
+    p = prompt(6, 4)
+    engine = make_engine(model, suppress_ids=banned)
+    outs = [submit(engine, [Row(p, cfg.replace(seed=7 + i))]) for i in range(3)]
+    drain(engine)
+    for i, out in enumerate(outs):
+        assert out.tokens[0] == generate_ids(model, p, cfg.replace(seed=7 + i), suppress_ids=banned)
+        assert not set(out.tokens[0]) & set(banned)
+    own = submit(engine, [Row(p, cfg.replace(suppress_tokens=[1]))])  # a row's own list replaces the default
+    drain(engine)
+    assert own.tokens[0] == generate_ids(model, p, cfg.replace(suppress_tokens=[1]), suppress_ids=banned)
+
+
 class Recording(Engine):
     """Records the logits each row samples from, and the batch size of every forward."""
 
@@ -163,9 +181,10 @@ class Recording(Engine):
         self.batches: list[int] = []
         self.calls: list[tuple[int, bool]] = []  # (rows, whether only the last positions' logits)
 
-    def _sample(self, seq):
-        self.logits.setdefault(id(seq.request), []).append(seq.logits[:, :self.vocab_size].clone())
-        super()._sample(seq)
+    def _sample_all(self, seqs):
+        for seq in seqs:
+            self.logits.setdefault(id(seq.request), []).append(seq.logits[:, :self.vocab_size].clone())
+        super()._sample_all(seqs)
 
     def _forward(self, idx, cache, adapters, last=None):
         self.batches.append(idx.size(0))
@@ -197,7 +216,7 @@ def test_a_seeded_row_among_16_others_samples_what_it_samples_alone():
     assert target.tokens[0] == generate_ids(model, p, cfg)
     with torch.no_grad():  # the same tokens fed to a lone cache: the logits the row would have had alone
         cache = model.new_cache(1)
-        alone = [model(torch.tensor([p]), cache=cache)[0][:, -1]]
+        alone = [model.head(model.features(torch.tensor([p]), cache=cache)[:, -1])]  # (the head on the last only)
         alone += [model(torch.tensor([[t]]), cache=cache)[0][:, -1] for t in target.tokens[0][:-1]]
     seen = engine.logits[id(request)]
     assert torch.equal(seen[0], alone[0])  # the prefill ran alone

@@ -16,8 +16,9 @@ import warnings
 from rich.markup import escape
 
 from tinylm import __version__
-from tinylm.config import (DEFAULT_PRESET, EvalConfig, RunConfig, SampleConfig, ServeConfig, apply_overrides,
-                           load_preset, preset_names, read_preset, read_toml, set_key, update, valid_keys)
+from tinylm.config import (COMPILE, DEFAULT_PRESET, QUANTIZE, EvalConfig, RunConfig, SampleConfig, ServeConfig,
+                           apply_overrides, load_preset, preset_names, read_preset, read_toml, set_key, update,
+                           valid_keys)
 from tinylm.console import TinylmWarning, console
 from tinylm.errors import ConfigError, TinylmError
 
@@ -239,7 +240,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     cfg = SampleConfig()
     _apply(cfg, args, prefix="sample.", lists=("stop",))
     cfg.validate()
-    run = load(args.run_dir, cfg.checkpoint, cfg.device, cfg.dtype)
+    run = load(args.run_dir, cfg.checkpoint, cfg.device, cfg.dtype, cfg.quantize, cfg.compile)
     if cfg.chat:
         return _chat(run, cfg)
     first = True
@@ -370,11 +371,23 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def _runtime_flags(p: argparse.ArgumentParser, section: str, checkpoint: bool = False) -> None:
     """--device and --dtype (and --checkpoint for verbs that load a run) for one config section."""
     p.add_argument("--device", dest=f"{section}.device", metavar="DEV", help="auto (default), cpu, cuda, cuda:N or mps")
+    what = ("the weights' precision; auto = bfloat16 on GPUs and CPUs with native bfloat16" if checkpoint
+            else "autocast precision")
     p.add_argument("--dtype", dest=f"{section}.dtype", metavar="T",
-                   help="auto (default), float32, bfloat16 or float16 (autocast precision)")
+                   help=f"auto (default), float32, bfloat16 or float16 ({what})")
     if checkpoint:
         p.add_argument("--checkpoint", dest=f"{section}.checkpoint", metavar="W",
                        help="which weights: best (default), latest, or a .safetensors path")
+
+
+def _inference_flags(p: argparse.ArgumentParser, section: str, compile: bool = True) -> None:
+    """--quantize (and --compile) for verbs that run a trained model (docs/generation.md: Speed and precision)."""
+    p.add_argument("--quantize", dest=f"{section}.quantize", metavar="Q", choices=QUANTIZE,
+                   help="none (default) or int8: int8 weight-only quantization (torchao), computed in bfloat16")
+    if compile:
+        p.add_argument("--compile", dest=f"{section}.compile", metavar="WHEN", choices=COMPILE,
+                       help="torch.compile the decode step: auto (default: on CUDA GPUs), on or off; "
+                            "the first generation compiles it (a one-time warm-up)")
 
 
 def _errors_flag(p: argparse.ArgumentParser, section: str) -> None:
@@ -539,6 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "one turn with --prompt")
     p.add_argument("--system", dest="sample.system", metavar="TEXT", help="the chat's system message")
     _runtime_flags(p, "sample", checkpoint=True)
+    _inference_flags(p, "sample")
     p.set_defaults(func=cmd_sample)
 
     p = verbs.add_parser("eval", parents=[common], help="loss, perplexity and bits per byte of a run",
@@ -559,6 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     _errors_flag(p, "eval")
     p.add_argument("--batch-size", dest="eval.batch_size", metavar="N")
     _runtime_flags(p, "eval", checkpoint=True)
+    _inference_flags(p, "eval", compile=False)
     p.add_argument("--hellaswag", dest="eval.hellaswag", metavar="FILE", nargs="?", const="default",
                    help="HellaSwag accuracy on FILE (default: $TINYLM_DATA_DIR/hellaswag/, else downloaded once)")
     p.add_argument("--choices", dest="eval.choices", metavar="FILE",
@@ -635,6 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", dest="serve.adapter", metavar="NAME=ADAPTER_RUN", action="append",
                    help="also serve a LoRA fine-tuned run of this base as model NAME (repeatable)")
     _runtime_flags(p, "serve", checkpoint=True)
+    _inference_flags(p, "serve")
     p.set_defaults(func=cmd_serve)
 
     p = verbs.add_parser("presets", parents=[common], help="list the shipped presets and their published results")

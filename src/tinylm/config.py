@@ -42,6 +42,8 @@ FINETUNE_FORMATS = ("auto", "text", "instruction", "chat")
 LORA_TARGETS = ("qkv", "proj", "fc", "mlp_proj", "head")  # the model's linear layers by short name (model/lora.py)
 MAX_THREADS = 1024  # train.threads: CPU threads per process
 MAX_WORKERS = 256  # data.workers: tokenizer processes
+QUANTIZE = ("none", "int8")  # inference weights: as they are, or int8 weight-only (torchao)
+COMPILE = ("auto", "on", "off")  # torch.compile of the decode step (auto: on for CUDA GPUs)
 
 
 @dataclass
@@ -349,7 +351,9 @@ class SampleConfig(GenerationConfig):
     num_samples: int = 1  # samples drawn one after another (seeds seed, seed + 1, ...)
     checkpoint: str = "best"  # best | latest
     device: str = "auto"
-    dtype: str = "auto"
+    dtype: str = "auto"  # the weights' precision: auto (fastest for the device) | float32 | bfloat16 | float16
+    quantize: str = "none"  # none | int8 (weight-only, torchao)
+    compile: str = "auto"  # torch.compile the decode step: auto (CUDA GPUs) | on | off
     stream: bool = False  # print the text as it is generated (else all at once at the end)
     verbose: bool = False  # also print the prompt's ids and tokens and the generated ids
     chat: bool = False  # chat in the run's template: a loop in a terminal, one turn with --prompt
@@ -358,6 +362,7 @@ class SampleConfig(GenerationConfig):
     def validate(self) -> SampleConfig:
         super().validate()
         check_range("num_samples", self.num_samples, ge=1)
+        _check_inference(self, "sample")
         return self
 
 
@@ -380,10 +385,12 @@ class EvalConfig:
     batch_size: int = 16
     checkpoint: str = "best"
     device: str = "auto"
-    dtype: str = "auto"
+    dtype: str = "auto"  # the weights' precision: auto | float32 | bfloat16 | float16
+    quantize: str = "none"  # none | int8 (weight-only, torchao): its held-out loss against the float weights'
 
     def validate(self) -> EvalConfig:
         check_fields(self, "eval.")
+        _check_inference(self, "eval")
         # eval.stride's range depends on the run's training window: evaluate() checks it
         check_range("eval.limit", self.limit, ge=0, note=" (0 = all items)")
         check_range("eval.batch_size", self.batch_size, ge=1)
@@ -407,9 +414,12 @@ class ServeConfig:
     adapter: list[str] = field(default_factory=list)  # NAME=ADAPTER_RUN: a LoRA adapter served as model NAME
     checkpoint: str = "best"
     device: str = "auto"
-    dtype: str = "auto"
+    dtype: str = "auto"  # the weights' precision: auto (fastest for the device) | float32 | bfloat16 | float16
+    quantize: str = "none"  # none | int8 (weight-only, torchao)
+    compile: str = "auto"  # torch.compile the batched decode step: auto (CUDA GPUs) | on | off
 
     def validate(self) -> ServeConfig:
+        _check_inference(self, "serve")
         _check(0 <= self.port <= 65535, f"serve.port must be in 0..65535, got {self.port}")
         _check(bool(self.host), "serve.host must name an address, e.g. 127.0.0.1")
         for name in ("max_batch", "max_queue", "max_tokens", "max_body"):
@@ -426,6 +436,14 @@ class ServeConfig:
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def _check_inference(cfg: Any, section: str) -> None:
+    """The inference options shared by sample, eval and serve: dtype, quantize (and compile)."""
+    _check(cfg.dtype in DTYPES, f"{section}.dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
+    _check(cfg.quantize in QUANTIZE, f"{section}.quantize must be one of {', '.join(QUANTIZE)}, got {cfg.quantize!r}")
+    compile_ = getattr(cfg, "compile", "auto")
+    _check(compile_ in COMPILE, f"{section}.compile must be one of {', '.join(COMPILE)}, got {compile_!r}")
 
 
 def _field_types(obj: Any) -> dict[str, Any]:

@@ -13,7 +13,10 @@ A LoRA fine-tune (`tinylm finetune`, finetune.method = "lora") holds no model we
                          weights it was trained on: loading refuses base weights that changed since)
 
 Weights are safetensors (no pickle). `load(run_dir)` restores model + tokenizer + config for
-sampling and evaluation; for an adapter run, the base's weights with the adapter "default" active.
+sampling and evaluation, in the inference precision asked for (`tinylm.inference`: the weights cast
+to `dtype`, optionally int8 weight-only quantized); for an adapter run, the base's weights with the
+adapter "default" active. Before the first generation the run packs its linear layers for decoding
+and, when asked, registers the compiled decode step.
 """
 
 from __future__ import annotations
@@ -28,15 +31,15 @@ import safetensors
 import safetensors.torch
 import torch
 
-from tinylm import __version__, fileio
+from tinylm import __version__, fileio, inference
 from tinylm.config import LoRAConfig, RunConfig
-from tinylm.console import warn
+from tinylm.console import console, warn
 from tinylm.errors import CheckpointError, ConfigError, TinylmError
 from tinylm.generation import (GenerationConfig, StopFilter, beam_search, cut_at_stop, generate_ids, stream_ids,
                                stream_text)
 from tinylm.inputs import EmptyInputError, encode_text
 from tinylm.model import GPT, lora
-from tinylm.runtime import resolve_device, resolve_dtype
+from tinylm.runtime import resolve_device
 from tinylm.templates import ALPACA_PREAMBLE, Template, get_template
 from tinylm.tokenizers import TOKENIZER_FILE, Tokenizer, load_tokenizer
 
@@ -261,7 +264,10 @@ class Run:
     `complete(...)` also gives the ids. Options are the fields of
     `tinylm.generation.GenerationConfig` (max_new_tokens, temperature, top_k, top_p, min_p,
     repetition_penalty, seed, beams, length_penalty, num_return_sequences, stop, use_cache,
-    truncate), or pass a whole `config=GenerationConfig(...)`."""
+    truncate), or pass a whole `config=GenerationConfig(...)`.
+
+    `dtype` is the precision the weights are in (and the model computes in), `quantize` "none" or
+    "int8" (weight-only), `compile` whether decoding goes through the compiled decode step."""
 
     run_dir: Path
     config: RunConfig
@@ -271,7 +277,22 @@ class Run:
     dtype: torch.dtype
     weights: Path
     metadata: dict[str, str]
+    quantize: str = "none"
+    compile: bool = False
+    _ready: bool = False
     _weights_sha256: str = field(default="", repr=False)
+
+    def ready(self) -> Run:
+        """Make the model ready to decode (once): CPU decode kernels for its linear layers
+        (`inference.pack_for_decoding`) and, with `compile`, the compiled decode step (its warm-up,
+        the compilation at the first generation, is reported on stderr)."""
+        if not self._ready:
+            inference.pack_for_decoding(self.model)
+            if self.compile:
+                inference.enable_compile(self.model, on_warmup=lambda s: console.print(
+                    f"compiled the decode step in {s:.1f}s (a one-time warm-up)"))
+            self._ready = True
+        return self
 
     @property
     def base_sha256(self) -> str:
@@ -314,10 +335,9 @@ class Run:
             raise CheckpointError(f"the adapter {run_dir} also trained base biases or norms, which one model cannot "
                                   f"switch per adapter; merge it (`tinylm merge {run_dir} --out MERGED`) and load that")
         with torch.random.fork_rng(devices=[]):
-            lora.add_lora(self.model, cfg.lora, name)
+            lora.add_lora(self.model, cfg.lora, name, dtype=inference.adapter_dtype(self.device, self.dtype))
         path = weights_path(run_dir, checkpoint, adapter=True)
         load_adapter(self.model, path, cfg.lora, name)
-        self.model.to(self.device)
         return Adapter(name, run_dir, cfg, path)
 
     def chat(self, messages: Sequence[dict[str, str]], config: GenerationConfig | None = None, *,
@@ -333,7 +353,7 @@ class Run:
         stops = tpl.reply_stops(self.tokenizer.eot_id is not None)
         cfg = cfg.replace(stop=[*cfg.stop, *(s for s in stops if s not in cfg.stop)])
         ids = self.chat_ids(messages, tpl, cfg.max_new_tokens, cfg.truncate)
-        new = generate_ids(self.model, [ids], cfg, decode=self.tokenizer.decode, **self._engine_args())[0]
+        new = generate_ids(self.model, [ids], cfg, decode=self.tokenizer.decode, **self.ready()._engine_args())[0]
         return self._text(ids, new, cfg)
 
     def chat_ids(self, messages: Sequence[dict[str, str]], template: Template, max_new_tokens: int,
@@ -406,6 +426,7 @@ class Run:
         if not encoded:
             return []
         args = self._engine_args()
+        self.ready()
         if cfg.beams > 1:
             return [Completion(ids, beam.ids, self._text(ids, beam.ids, cfg), beam.score) for ids in encoded
                     for beam in beam_search(self.model, ids, cfg, decode=self.tokenizer.decode, **args)]
@@ -436,7 +457,7 @@ class Run:
             yield from (t for t in [self.generate(prompt, cfg)] if t)
             return
         prompt_ids = self.encode_prompt(prompt, cfg.truncate)
-        ids = stream_ids(self.model, prompt_ids, cfg, **self._engine_args())
+        ids = stream_ids(self.model, prompt_ids, cfg, **self.ready()._engine_args())
         markers = self.tokenizer.markers
         pieces = stream_text((t for t in ids if t not in markers), self.tokenizer.decode, prefix=prompt_ids)
         yield from StopFilter(cfg.stop)(pieces) if cfg.stop else pieces
@@ -448,14 +469,22 @@ def record_eval(run: Run, result: dict[str, Any]) -> None:
 
     record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "weights": run.weights.name,
               "step": run.metadata.get("step"), "dtype": str(run.dtype).removeprefix("torch."), **result}
+    if run.quantize != "none":
+        record["quantize"] = run.quantize
     with open(run.run_dir / EVALS_FILE, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
 
 
-def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", dtype: str = "auto") -> Run:
+def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", dtype: str = "auto",
+         quantize: str = "none", compile: str = "auto") -> Run:
     """Restore a run for sampling or evaluation: `tinylm.load("runs/shakespeare-char")`. A LoRA adapter
     run loads its base run's weights (checked against the recorded sha256) with the adapter "default"
-    active; `checkpoint` then picks the adapter (best or latest)."""
+    active; `checkpoint` then picks the adapter (best or latest).
+
+    dtype: the weights' precision (auto: bfloat16 on GPUs and on CPUs with native bfloat16, else
+    float32); quantize: none | int8 (weight-only, torchao; computes in bfloat16 on CPUs); compile:
+    auto | on | off, torch.compile of the decode step (auto: on CUDA GPUs only). An option the
+    device cannot run is a one-line ConfigError."""
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
     tokenizer = load_tokenizer(run_dir)
@@ -464,6 +493,8 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", dt
                               f"tokenizer's {tokenizer.vocab_size}")
     dev = resolve_device(device)
     model = GPT(cfg.model)
+    precision = inference.resolve(dev, dtype, quantize, inference.linear_params(model))
+    use_compile = inference.use_compile(compile, dev)
     adapter = cfg.finetune.adapter
     if adapter:
         load_weights(model, base_weights(cfg, run_dir))
@@ -481,5 +512,5 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", dt
     fp = metadata.get("tokenizer_fingerprint")
     if fp and fp != tokenizer.fingerprint():
         raise TinylmError(f"{path} was trained with a different tokenizer than {run_dir}'s tokenizer file")
-    model.to(dev).eval()
-    return Run(run_dir, cfg, model, tokenizer, dev, resolve_dtype(dtype, dev), path, metadata)
+    inference.prepare(model, dev, precision, quantize)
+    return Run(run_dir, cfg, model, tokenizer, dev, precision, path, metadata, quantize, use_compile)

@@ -29,8 +29,8 @@ from tinylm import fileio
 from tinylm.console import progress, warn
 from tinylm.data.sources import json_lines
 from tinylm.errors import DataError
+from tinylm.inference import autocast_for
 from tinylm.inputs import encode_text
-from tinylm.runtime import autocast
 from tinylm.tokenizers import Tokenizer
 
 HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
@@ -174,7 +174,7 @@ def choice_logprobs(model: torch.nn.Module, tokenizer: Tokenizer, items: list[It
             inputs = torch.zeros(len(chunk), width, dtype=torch.long)
             for row, (_, seq, _) in enumerate(chunk):  # right-padded; causal attention never sees the padding
                 inputs[row, :len(seq) - 1] = torch.tensor(seq[:-1])
-            with autocast(device, dtype):
+            with autocast_for(model, device, dtype):
                 hidden = model.features(inputs.to(device))
                 # the output layer only at the positions that predict the choice's tokens
                 logits = [model.head(hidden[row, len(seq) - 1 - n:len(seq) - 1])
@@ -231,7 +231,7 @@ def evaluate_choices(run_dir: str | Path, cfg: Any, show_progress: bool = True) 
     if task == "hellaswag":
         path = str(hellaswag_file("" if path == "default" else path, cfg.source_dir))
     items = subsample(read_items(path, task), cfg.limit, cfg.seed)
-    run = load(run_dir, cfg.checkpoint, cfg.device, cfg.dtype)
+    run = load(run_dir, cfg.checkpoint, cfg.device, cfg.dtype, getattr(cfg, "quantize", "none"))
     unknown = sum(run.tokenizer.count_unknown(text) for item in items for text in [item.context, *item.choices])
     if unknown:
         warn(f"{unknown:,} {run.tokenizer.unit}(s) of {path} are not in the run's vocabulary and count as <unk>")

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from tinylm.console import progress
 from tinylm.errors import ConfigError
-from tinylm.runtime import autocast
+from tinylm.inference import autocast_for
 
 
 @dataclass
@@ -94,7 +94,7 @@ def score_tokens(model: torch.nn.Module, tokens: np.ndarray, *, context: int = 0
                 chunk = starts[i:i + batch_size]
                 batch = torch.from_numpy(np.stack([tokens[s:s + length] for s in chunk]).astype(np.int64))
                 batch = batch.to(device)
-                with autocast(device, dtype):
+                with autocast_for(model, device, dtype):
                     logits, _ = model(batch[:, :-1])
                 targets = batch[:, length - scored:]
                 nll = F.cross_entropy(logits[:, -scored:].float().flatten(0, 1), targets.flatten(), reduction="sum")

@@ -15,6 +15,15 @@ window slides by one token per step); both agree exactly while a sequence fits i
 
 Beam search keeps `beams` hypotheses as the rows of one batch and reorders the cache's rows
 (`reorder_cache`) to follow the surviving hypotheses after each step.
+
+A model with a compiled decode step (`tinylm.inference.enable_compile`) decodes through it over a
+static per-row cache instead: each row is prefilled alone, all rows then step together with fixed
+shapes, and a row whose window is full slides on its own (the same windows as above).
+
+Sampling draws from one generator per row (row b of a batch seeded `seed + b`), so a row's tokens
+do not depend on the other rows and a seeded request gives the same text in `generate_ids`,
+`tinylm sample` and the server. Decoding runs under `torch.inference_mode`; a model whose weights
+are already in `dtype` (prepared by `tinylm.inference.prepare`) runs without autocast.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from tinylm.errors import ConfigError
 from tinylm.inputs import EmptyInputError
 from tinylm.generation.config import GenerationConfig
 from tinylm.generation.sampling import apply_repetition_penalty, find_stop, sample_next
-from tinylm.runtime import autocast
+from tinylm.inference import DecodeStep, autocast_for, compiled_step
 
 Decode = Callable[[Sequence[int]], str]
 
@@ -73,9 +82,12 @@ class _Decoder:
         self.start = [max(0, len(p) - self.context) for p in prompts]
 
     def _forward(self, idx: torch.Tensor, **kwargs) -> torch.Tensor:
-        with autocast(self.device, self.dtype):
-            logits, _ = self.model(idx, **kwargs)
-        return logits[:, -1].float()
+        with autocast_for(self.model, self.device, self.dtype):
+            hidden = self.model.features(idx, **kwargs)
+            return self.model.head(hidden[:, -1]).float()  # the head on the last position only
+
+    def close(self) -> None:
+        """Give back what the decoder borrowed (a compiled step's cache)."""
 
     def prefill(self) -> torch.Tensor:
         raise NotImplementedError
@@ -142,8 +154,71 @@ class _CachedDecoder(_Decoder):
                 self.pad = self.pad.index_select(0, at)
 
 
+class _StaticDecoder(_Decoder):
+    """The model's compiled decode step over a static per-row cache: each row is prefilled alone
+    (as a lone row would be), then every step decodes all rows together at fixed shapes. A row whose
+    window is full slides on its own: its cache is refilled from the last `context // 2` tokens but
+    the newest, which the step then appends (the windows of `_CachedDecoder`)."""
+
+    def __init__(self, model, prompts, device, dtype, step: DecodeStep):
+        super().__init__(model, prompts, device, dtype)
+        self.keep = max(1, self.context // 2)
+        self.compiled = step
+        self.cache = step.acquire(len(prompts))
+        self.lengths = [0] * len(prompts)  # each row's filled positions, known without asking the device
+        self.rebuilds = 0
+
+    def _fill(self, b: int, window: list[int]) -> torch.Tensor | None:
+        self.lengths[b] = len(window)
+        self.cache.lengths[b] = len(window)
+        if not window:
+            return None
+        idx = torch.tensor([window], dtype=torch.long, device=self.device)
+        return self._forward(idx, cache=self.cache.rows(b, b + 1, length=0))
+
+    def prefill(self) -> torch.Tensor:
+        return torch.cat([self._fill(b, s[self.start[b]:]) for b, s in enumerate(self.seqs)])
+
+    def step(self, tokens: list[int]) -> torch.Tensor:
+        for b, (s, t) in enumerate(zip(self.seqs, tokens, strict=True)):
+            s.append(t)
+            if self.lengths[b] >= self.context:  # full: slide this row alone
+                self.start[b] = len(s) - self.keep
+                self._fill(b, s[self.start[b]:-1])
+                self.rebuilds += 1
+            self.lengths[b] += 1
+        idx = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]
+        with autocast_for(self.model, self.device, self.dtype):
+            return self.compiled(idx, self.cache)
+
+    def reorder(self, index: list[int]) -> None:
+        super().reorder(index)
+        if index != list(range(len(index))):
+            at = torch.tensor(index, dtype=torch.long, device=self.device)
+            for t in (*self.cache.k, *self.cache.v, self.cache.lengths):
+                t.copy_(t.index_select(0, at))
+            self.lengths = [self.lengths[i] for i in index]
+
+    def close(self) -> None:
+        self.compiled.release(self.cache)
+
+
 def _decoder(model, prompts, cfg: GenerationConfig, device, dtype) -> _Decoder:
+    step = compiled_step(model) if cfg.use_cache else None
+    if step is not None:
+        return _StaticDecoder(model, prompts, device, dtype, step)
     return (_CachedDecoder if cfg.use_cache else _WindowDecoder)(model, prompts, device, dtype)
+
+
+def _generators(seed: int | None, rows: int, device: torch.device) -> list[torch.Generator]:
+    """One generator per row: row b seeded `seed + b` (each row draws what it would draw alone with
+    that seed), or fresh random seeds."""
+    out = []
+    for b in range(rows):
+        g = torch.Generator(device=device)
+        g.manual_seed(seed + b) if seed is not None else g.seed()
+        out.append(g)
+    return out
 
 
 # --------------------------------------------------------------------------- shared setup
@@ -224,7 +299,7 @@ def _options(cfg: GenerationConfig | int | None, options: dict) -> GenerationCon
 # --------------------------------------------------------------------------- sampling / greedy
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def _sample_steps(model, rows: list[list[int]], cfg: GenerationConfig, *, vocab_size: int | None,
                   stop_ids: Iterable[int], device: torch.device, dtype: torch.dtype,
                   stopped: Callable[[list[int]], bool] | None = None,
@@ -232,15 +307,22 @@ def _sample_steps(model, rows: list[list[int]], cfg: GenerationConfig, *, vocab_
     """Yield, per step, each row's new token and whether the row was still generating.
     A row finishes after a stop id or when `stopped(its new ids)`; finished rows are fed
     their last token (and ignored) until every row has finished."""
-    stop = set(stop_ids)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(cfg.seed) if cfg.seed is not None else generator.seed()
+    if cfg.max_new_tokens == 0:
+        return
     decoder = _decoder(model, rows, cfg, device, dtype)
+    try:
+        yield from _steps(decoder, rows, cfg, vocab_size, set(stop_ids), device, stopped, suppress_ids)
+    finally:
+        decoder.close()
+
+
+def _steps(decoder: _Decoder, rows: list[list[int]], cfg: GenerationConfig, vocab_size: int | None,
+           stop: set[int], device: torch.device, stopped: Callable[[list[int]], bool] | None,
+           suppress_ids: Iterable[int]) -> Iterator[tuple[list[int], list[bool]]]:
+    generator = _generators(cfg.seed, len(rows), device) if cfg.temperature > 0 else None
     new: list[list[int]] = [[] for _ in rows]
     active = [True] * len(rows)
     seen = None
-    if cfg.max_new_tokens == 0:
-        return
     logits = decoder.prefill()
     suppress = _suppress_mask(cfg, suppress_ids, logits[:, :vocab_size].size(-1), device)
     for step in range(cfg.max_new_tokens):
@@ -294,7 +376,7 @@ class Beam:
     logprob: float
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def beam_search(model: torch.nn.Module, prompt: Sequence[int], cfg: GenerationConfig | int | None = None, *,
                 vocab_size: int | None = None, stop_ids: Iterable[int] = (), device: torch.device | None = None,
                 dtype: torch.dtype = torch.float32, decode: Decode | None = None, suppress_ids: Iterable[int] = (),
@@ -319,6 +401,15 @@ def beam_search(model: torch.nn.Module, prompt: Sequence[int], cfg: GenerationCo
         return logprob / math.exp(max(-700.0, min(700.0, lp * math.log(length))))
 
     decoder = _decoder(model, rows * width, cfg, device, dtype)
+    try:
+        return _beam_steps(decoder, rows, cfg, width, stop, stopped, device, vocab_size, normalised, suppress_ids)
+    finally:
+        decoder.close()
+
+
+def _beam_steps(decoder: _Decoder, rows: list[list[int]], cfg: GenerationConfig, width: int, stop: set[int],
+                stopped: Callable[[list[int]], bool] | None, device: torch.device, vocab_size: int | None,
+                normalised: Callable[[float, int], float], suppress_ids: Iterable[int]) -> list[Beam]:
     logits = decoder.prefill()
     scores = torch.full((width,), float("-inf"), device=device)
     scores[0] = 0.0  # all rows start equal: only the first one may extend

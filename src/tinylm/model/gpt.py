@@ -17,7 +17,13 @@ cached ones instead of recomputing the prefix. `pad` marks left padding in batch
 different lengths: padded positions are never attended to and each row counts positions from
 its first real token. A cache with per-row lengths (`new_cache(..., per_row=True)`) lets rows at
 different positions decode together (continuous batching in `tinylm.serving`): each row starts at
-position 0 and attends to its own filled positions only.
+position 0 and attends to its own filled positions only. A *static* per-row cache (`static=True`)
+attends over all `max_len` positions (the mask hides the unfilled ones), so a decode step has the
+same shapes every time and never reads a length back to the host: what `torch.compile` and CUDA
+graphs need (`tinylm.inference`).
+
+Decoding one token after the cache needs no mask (it sees every cached position), and grouped-query
+heads are passed to `scaled_dot_product_attention` as they are (`enable_gqa`), not repeated.
 """
 
 from __future__ import annotations
@@ -38,15 +44,18 @@ class KVCache:
 
     With `per_row=True` (continuous batching) every row has its own filled length, `lengths`
     (batch,): rows start at position 0, a forward appends each row's new tokens at its own length
-    and a row attends to its first `lengths[b]` positions only (`length` is then the longest row's)."""
+    and a row attends to its first `lengths[b]` positions only (`length` is then the longest row's).
+    A `static` per-row cache attends over all `max_len` positions instead (fixed shapes for
+    torch.compile; `length` is not tracked and the caller keeps every row within `max_len`)."""
 
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device: torch.device, dtype: torch.dtype,
-                 per_row: bool = False):
+                 per_row: bool = False, static: bool = False):
         shape = (batch, cfg.kv_heads, max_len, cfg.head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.max_len, self.length = max_len, 0
-        self.lengths = torch.zeros(batch, dtype=torch.long, device=device) if per_row else None
+        self.lengths = torch.zeros(batch, dtype=torch.long, device=device) if per_row or static else None
+        self.static = static
 
     def reset(self) -> None:
         self.length = 0
@@ -60,7 +69,7 @@ class KVCache:
         view = copy.copy(self)
         view.k, view.v = [t[start:stop] for t in self.k], [t[start:stop] for t in self.v]
         if length is not None or self.lengths is None:
-            view.lengths, view.length = None, self.length if length is None else length
+            view.lengths, view.length, view.static = None, self.length if length is None else length, False
         else:
             view.lengths = self.lengths[start:stop]
         return view
@@ -129,19 +138,25 @@ class CausalSelfAttention(nn.Module):
             else:
                 cache.k[layer][:, :, cache.length:end] = k
                 cache.v[layer][:, :, cache.length:end] = v
-            k, v = cache.k[layer][:, :, :end], cache.v[layer][:, :, :end]
-        if self.n_kv != self.n_head:  # each key/value head serves n_head / n_kv query heads
-            k = k.repeat_interleave(self.n_head // self.n_kv, dim=1)
-            v = v.repeat_interleave(self.n_head // self.n_kv, dim=1)
+            if cache.static:  # every position, filled or not (the mask decides): fixed shapes
+                k, v = cache.k[layer], cache.v[layer]
+            else:
+                k, v = cache.k[layer][:, :, :end], cache.v[layer][:, :, :end]
+        # without a mask: causal over T > 1 new tokens, or one token that sees every key before it
+        causal = mask is None and T > 1
         dropout = self.cfg.dropout if self.training else 0.0
         if self.cfg.attention == "manual":
+            if self.n_kv != self.n_head:  # each key/value head serves n_head / n_kv query heads
+                k = k.repeat_interleave(self.n_head // self.n_kv, dim=1)
+                v = v.repeat_interleave(self.n_head // self.n_kv, dim=1)
             scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, heads, T, keys)
             allowed = mask if mask is not None else torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             weights = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
             self.weights = weights.detach()
             y = self.attn_drop(weights) @ v
-        else:  # the same computation in a fused kernel
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=dropout)
+        else:  # the same computation in a fused kernel; grouped key/value heads as they are
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout,
+                                               enable_gqa=self.n_kv != self.n_head)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # concatenate the heads
         return self.resid_drop(self.proj(y))
 
@@ -231,11 +246,13 @@ class GPT(nn.Module):
         matmul_params = self.num_params(non_embedding=True) + (self.head.weight.numel() if self.cfg.tie_weights else 0)
         return 6 * matmul_params + 12 * self.cfg.n_layer * self.cfg.d_model * (seq_len or self.cfg.context)
 
-    def new_cache(self, batch: int, max_len: int | None = None, per_row: bool = False) -> KVCache:
+    def new_cache(self, batch: int, max_len: int | None = None, per_row: bool = False,
+                  static: bool = False) -> KVCache:
         """An empty key/value cache for `batch` sequences of up to `max_len` (default: context) positions
-        (`per_row`: each row with its own length, for continuous batching)."""
+        (`per_row`: each row with its own length, for continuous batching; `static`: per-row lengths and
+        attention over all `max_len` positions, fixed shapes for torch.compile)."""
         weight = self.tok_emb.weight
-        return KVCache(self.cfg, batch, max_len or self.cfg.context, weight.device, weight.dtype, per_row)
+        return KVCache(self.cfg, batch, max_len or self.cfg.context, weight.device, weight.dtype, per_row, static)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: KVCache | None = None,
                 pad: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -257,20 +274,25 @@ class GPT(nn.Module):
         if per_row:
             if pad is not None:
                 raise ValueError("a cache with per-row lengths takes no padding (its rows start at position 0)")
-            cache.length = int(cache.lengths.max())
-        start = cache.length if cache is not None else 0
+            if not cache.static:  # (a static cache never reads its lengths back: the caller bounds them)
+                cache.length = int(cache.lengths.max())
+        static = per_row and cache.static
+        start = cache.length if cache is not None and not static else 0
         limit = cache.max_len if cache is not None else self.cfg.context
         if start + T > limit:
             where = f"the cache's {limit} positions" if cache is not None else f"the model's context {limit}"
             raise ValueError(f"sequence length {start + T} exceeds {where}")
         queries = torch.arange(start, start + T, device=idx.device)  # absolute positions of idx
-        keys = torch.arange(start + T, device=idx.device)
         positions = queries[None].expand(B, T)
-        mask = None  # plain causal attention unless the cache or padding needs an explicit mask
+        # plain causal attention (T > 1 from position 0), or one new token that sees all the cache:
+        # no mask, unless rows have lengths or padding of their own, or T > 1 tokens follow a prefix
+        mask = None
         if per_row:  # row b's tokens sit at lengths[b] + t and see the keys up to themselves
+            keys = torch.arange(cache.max_len if static else start + T, device=idx.device)
             positions = cache.lengths[:, None] + torch.arange(T, device=idx.device)
             mask = (keys[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, keys)
-        elif cache is not None or pad is not None:
+        elif pad is not None or (start > 0 and T > 1):
+            keys = torch.arange(start + T, device=idx.device)
             mask = (keys[None, :] <= queries[:, None])[None, None]  # (1, 1, T, keys): causal
             if pad is not None:
                 positions = (positions - pad[:, None]).clamp(min=0)  # count from each row's first token
@@ -286,7 +308,7 @@ class GPT(nn.Module):
         for layer, block in enumerate(self.blocks):
             x = block(x, mask, rotary, cache, layer)
         if cache is not None:
-            cache.length = start + T
+            cache.length = start + T if not static else 0
             if per_row:
                 cache.lengths += T
         return self.ln_f(x)

@@ -76,15 +76,18 @@ class LoRALinear(nn.Module):
     def adapters(self) -> list[str]:
         return list(self.lora_A.keys())
 
-    def add(self, name: str, r: int, alpha: float, dropout: float) -> None:
-        """A new adapter: A Kaiming-uniform (a = sqrt(5), as nn.Linear and PEFT), B zeros."""
+    def add(self, name: str, r: int, alpha: float, dropout: float, dtype: torch.dtype | None = None) -> None:
+        """A new adapter: A Kaiming-uniform (a = sqrt(5), as nn.Linear and PEFT), B zeros; in `dtype`
+        (default: the base weight's; an inference model gives its activations' dtype, see
+        `tinylm.inference.adapter_dtype`)."""
         if name in self.lora_A:
             raise ConfigError(f"the model already has an adapter named {name!r}")
         weight = self.base.weight
-        a = torch.empty(r, self.in_features, device=weight.device, dtype=weight.dtype)
+        dtype = dtype or weight.dtype
+        a = torch.empty(r, self.in_features, device=weight.device, dtype=dtype)
         nn.init.kaiming_uniform_(a, a=math.sqrt(5))
         self.lora_A[name] = nn.Parameter(a)
-        self.lora_B[name] = nn.Parameter(torch.zeros(self.out_features, r, device=weight.device, dtype=weight.dtype))
+        self.lora_B[name] = nn.Parameter(torch.zeros(self.out_features, r, device=weight.device, dtype=dtype))
         self.lora_dropout[name] = (nn.Dropout(dropout) if dropout > 0 else nn.Identity()).train(self.training)
         self.scale[name] = alpha / r
 
@@ -159,11 +162,13 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
-def add_lora(model: nn.Module, lora_cfg: LoRAConfig, name: str = "default") -> list[str]:
+def add_lora(model: nn.Module, lora_cfg: LoRAConfig, name: str = "default",
+             dtype: torch.dtype | None = None) -> list[str]:
     """Add adapter `name` with `lora_cfg`'s rank, alpha, dropout and targets to `model`, wrapping the
     target nn.Linear layers in LoRALinear (once); freezes every base parameter except biases /
     norm weights when lora_cfg.train_biases / train_norms ask for them. Returns the adapted layers'
-    names. The adapter's A matrices draw from torch's global RNG (seed it first for reproducibility)."""
+    names. The adapter's A matrices draw from torch's global RNG (seed it first for reproducibility);
+    `dtype` as in `LoRALinear.add`."""
     lora_cfg.validate()
     names = target_modules(model, lora_cfg.target_list)
     for param in model.parameters():
@@ -173,7 +178,7 @@ def add_lora(model: nn.Module, lora_cfg: LoRAConfig, name: str = "default") -> l
         if not isinstance(layer, LoRALinear):
             layer = LoRALinear(layer).train(layer.training)  # the model's mode (a new module is in training)
             _set_module(model, module_name, layer)
-        layer.add(name, lora_cfg.r, lora_cfg.alpha, lora_cfg.dropout)
+        layer.add(name, lora_cfg.r, lora_cfg.alpha, lora_cfg.dropout, dtype)
     for param_name in extra_trainable(model, lora_cfg):
         model.get_parameter(param_name).requires_grad_(True)
     return names

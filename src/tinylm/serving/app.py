@@ -70,7 +70,7 @@ class Service:
         from tinylm.rundir import load
 
         self.cfg = cfg.validate()
-        self.run = load(run_dir, cfg.checkpoint, cfg.device, cfg.dtype)
+        self.run = load(run_dir, cfg.checkpoint, cfg.device, cfg.dtype, cfg.quantize, cfg.compile)
         self.api_key = cfg.api_key or os.environ.get("TINYLM_API_KEY", "")
         tok = self.run.tokenizer
         fallback = get_template(cfg.chat_template) if cfg.chat_template else None
@@ -96,10 +96,11 @@ class Service:
             activate = functools.partial(set_active, self.run.model)
         self.limits = Limits(max_tokens=cfg.max_tokens, max_batch=cfg.max_batch, max_rows=cfg.max_queue,
                              vocab_size=tok.vocab_size)
+        self.run.ready()  # decode kernels (and the compiled decode step) after the adapters are attached
         self.engine = Engine(self.run.model, tok.decode, vocab_size=tok.vocab_size,
                              stop_ids=tok.stop_ids, markers=sorted(tok.markers),
                              max_batch=cfg.max_batch, max_queue=cfg.max_queue, device=self.run.device,
-                             dtype=self.run.dtype, activate=activate)
+                             dtype=self.run.dtype, activate=activate, suppress_ids=tok.suppressed_ids)
         self.context = self.run.model.cfg.context
 
     # ------------------------------------------------------------------ checks

@@ -14,7 +14,12 @@
                  refilled alone from its last context // 2 tokens (the generation engine's sliding rule)
 
 Rows admitted in the same step are prefilled together (right-padded, one forward per 4,096 prompt
-tokens), a row admitted alone or asking for its prompt's log-probabilities on its own.
+tokens), a row admitted alone or asking for its prompt's log-probabilities on its own. Rows that
+sample with the same options draw together (`sample_next` over their stacked logits, one generator
+per row: each row still draws exactly what it would draw alone). With a compiled decode step
+(`tinylm.inference`, `tinylm serve --compile on`) the cache is static and each decode runs the
+compiled step on the running rows padded up to a power of two (one compilation per such size; on
+CUDA GPUs always all `max_batch` rows, one CUDA graph).
 
 Exactness: a row prefilled alone, its refills and a step with one running row are bit-identical to
 `generate_ids` (same shapes, same masks, same generator draws), so a lone greedy or seeded request
@@ -38,9 +43,9 @@ from typing import Callable, Sequence
 import torch
 
 from tinylm.generation.config import GenerationConfig
-from tinylm.generation.engine import _seen_mask
+from tinylm.generation.engine import _seen_mask, _suppress_mask
 from tinylm.generation.sampling import StopFilter, TextStream, sample_next
-from tinylm.runtime import autocast
+from tinylm.inference import autocast_for, compiled_step
 
 
 PREFILL_TOKENS = 4096  # prompt tokens (rows x longest prompt) per forward when rows are prefilled together
@@ -130,15 +135,18 @@ class Engine:
     def __init__(self, model: torch.nn.Module, decode: Callable[[Sequence[int]], str], *, vocab_size: int,
                  stop_ids: Sequence[int] = (), markers: Sequence[int] = (), max_batch: int = 16,
                  max_queue: int = 256, device: torch.device | None = None, dtype: torch.dtype = torch.float32,
-                 activate: Callable[[str | None | list[str | None]], None] | None = None):
+                 activate: Callable[[str | None | list[str | None]], None] | None = None,
+                 suppress_ids: Sequence[int] = ()):
         self.model, self.decode = model, decode
+        self.suppress_ids = tuple(suppress_ids)  # never generated (the tokenizer's), unless a row's suppress_tokens
         self.vocab_size, self.stop_ids, self.markers = vocab_size, set(stop_ids), set(markers)
         self.max_batch, self.max_queue = max_batch, max_queue
         self.device = device or next(model.parameters()).device
         self.dtype, self.activate = dtype, activate
         self.context = model.cfg.context
         self.keep = max(1, self.context // 2)
-        self.cache = model.new_cache(max_batch, per_row=True)
+        self.compiled = compiled_step(model)  # the model's compiled decode step, if it has one
+        self.cache = model.new_cache(max_batch, per_row=True, static=self.compiled is not None)
         self.running: list[_Seq] = []  # running[i] owns cache row i
         self.waiting: deque[_Seq] = deque()
         self.cv = threading.Condition()
@@ -204,7 +212,7 @@ class Engine:
 
     # ------------------------------------------------------------------ one step (the engine's thread)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def step(self) -> None:
         """Admit waiting rows (prefill), sample one token for every running row, drop finished rows,
         then decode all remaining rows together."""
@@ -216,9 +224,7 @@ class Engine:
         for seq in admitted:
             if len(together) < 2 or seq.row.prompt_logprobs is not None:
                 self._prefill(seq)
-        for seq in self.running:
-            if not seq.done and seq.logits is not None:
-                self._sample(seq)
+        self._sample_all([seq for seq in self.running if not seq.done and seq.logits is not None])
         self._retire()
         if self.running:
             self._decode()
@@ -241,29 +247,37 @@ class Engine:
 
     def _forward(self, idx: torch.Tensor, cache, adapters: str | None | list[str | None],
                  last: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, T, vocab) of `idx` (B, T) appended to `cache`; with `last` (B,) only those
-        positions' (B, vocab). `adapters` is set active first (one name or None, or one per row)."""
+        """Logits (B, vocab) in float32 of `idx` (B, T) appended to `cache` at each row's position
+        `last` (B,) (default: the last one): the head runs on the positions sampled from only.
+        `adapters` is set active first (one name or None, or one per row)."""
+        return self._logits(idx, cache, adapters, last)[0]
+
+    def _logits(self, idx: torch.Tensor, cache, adapters: str | None | list[str | None],
+                last: torch.Tensor | None = None, every: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`_forward`'s logits, and with `every` also those of every position (B, T, vocab)."""
         if self.activate is not None:
             self.activate(adapters)
-        with autocast(self.device, self.dtype):
-            if last is None:
-                logits, _ = self.model(idx, cache=cache)
-                return logits
+        with autocast_for(self.model, self.device, self.dtype):
             hidden = self.model.features(idx, cache=cache)
-            return self.model.head(hidden[torch.arange(idx.size(0), device=idx.device), last])
+            at = hidden[:, -1] if last is None else hidden[torch.arange(idx.size(0), device=idx.device), last]
+            return self.model.head(at).float(), self.model.head(hidden) if every else None
 
-    def _fill(self, seq: _Seq, window: list[int]) -> torch.Tensor:
-        """Prefill one row's slot alone with `window` (its prompt, or its last tokens when sliding)."""
+    def _fill(self, seq: _Seq, window: list[int], every: bool = False) -> torch.Tensor | None:
+        """Prefill one row's slot alone with `window` (its prompt, or its last tokens when sliding);
+        with `every`, return the logits of every position (the prompt's log-probabilities)."""
         slot = self.running.index(seq)
         idx = torch.tensor([window], dtype=torch.long, device=self.device)
-        logits = self._forward(idx, self.cache.rows(slot, slot + 1, length=0), seq.row.adapter)
+        cache = self.cache.rows(slot, slot + 1, length=0)
+        if every:
+            seq.logits, logits = self._logits(idx, cache, seq.row.adapter, every=True)
+        else:
+            seq.logits, logits = self._forward(idx, cache, seq.row.adapter), None
         self.cache.lengths[slot] = seq.length = len(window)
-        seq.logits = logits[:, -1].float()
         return logits
 
     def _prefill(self, seq: _Seq) -> None:
         window = seq.ids[-self.context:]
-        logits = self._fill(seq, window)
+        logits = self._fill(seq, window, every=seq.row.prompt_logprobs is not None)
         if seq.row.prompt_logprobs is not None:
             lp = torch.log_softmax(logits[0, :-1, :self.vocab_size].float(), dim=-1)
             prompt = [TokenLogprob(window[0], None)] + [
@@ -293,7 +307,7 @@ class Engine:
             logits = self._forward(idx, cache, [seq.row.adapter for seq in seqs[start:stop]], last)
             for b, (seq, window) in enumerate(zip(seqs[start:stop], rows, strict=True)):
                 self.cache.lengths[first + start + b] = seq.length = len(window)
-                seq.logits = logits[b:b + 1].float()
+                seq.logits = logits[b:b + 1]
                 if seq.row.config.max_new_tokens == 0:
                     self._finish(seq, "length", Event(seq.index))
             start = stop
@@ -306,14 +320,35 @@ class Engine:
             out.top = list(zip(ids.tolist(), values.tolist(), strict=True))
         return out
 
-    def _sample(self, seq: _Seq) -> None:
+    def _sample_all(self, seqs: list[_Seq]) -> None:
+        """Sample every row's next token: rows with the same options together (their logits stacked,
+        one generator per row), then each row's text and events."""
+        groups: dict[tuple, list[_Seq]] = {}
+        for seq in seqs:
+            cfg = seq.row.config
+            key = (cfg.temperature > 0 and cfg.temperature, cfg.top_k, cfg.top_p, cfg.min_p, cfg.repetition_penalty,
+                   None if cfg.suppress_tokens is None else tuple(cfg.suppress_tokens))
+            groups.setdefault(key, []).append(seq)
+        for group in groups.values():
+            cfg = group[0].row.config
+            logits = torch.cat([seq.logits for seq in group])[:, :self.vocab_size]
+            seen = None
+            if cfg.repetition_penalty != 1.0:
+                for seq in group:
+                    if seq.seen is None:
+                        seq.seen = _seen_mask([seq.row.prompt], logits.size(-1), self.device)
+                seen = torch.cat([seq.seen for seq in group])
+            suppress = _suppress_mask(cfg, self.suppress_ids, logits.size(-1), self.device)
+            tokens = sample_next(logits, cfg.temperature, cfg.top_k, [seq.generator for seq in group],
+                                 top_p=cfg.top_p, min_p=cfg.min_p, repetition_penalty=cfg.repetition_penalty,
+                                 seen=seen, suppress=suppress).tolist()
+            for b, (seq, token) in enumerate(zip(group, tokens, strict=True)):
+                seq.logits = None
+                self._sampled(seq, token, logits[b:b + 1])
+
+    def _sampled(self, seq: _Seq, token: int, logits: torch.Tensor) -> None:
+        """A row drew `token` from `logits` (1, vocab): report it, its text, and whether the row ends."""
         cfg = seq.row.config
-        logits = seq.logits[:, :self.vocab_size]
-        seq.logits = None
-        if cfg.repetition_penalty != 1.0 and seq.seen is None:
-            seq.seen = _seen_mask([seq.row.prompt], logits.size(-1), self.device)
-        token = int(sample_next(logits, cfg.temperature, cfg.top_k, seq.generator, top_p=cfg.top_p,
-                                min_p=cfg.min_p, repetition_penalty=cfg.repetition_penalty, seen=seq.seen)[0])
         if seq.seen is not None:
             seq.seen[0, token] = True
         event = Event(seq.index)
@@ -388,8 +423,27 @@ class Engine:
             return
         idx = torch.tensor([[seq.ids[-1]] for seq in batch], dtype=torch.long, device=self.device)
         adapters = [seq.row.adapter for seq in batch]
-        logits = self._forward(idx, self.cache.rows(0, end), adapters if len(batch) > 1 else adapters[0])
-        last = logits[:, -1].float()
+        if self.compiled is not None:
+            last = self._decode_compiled(idx, adapters)
+        else:
+            last = self._forward(idx, self.cache.rows(0, end), adapters if len(batch) > 1 else adapters[0])
         for b, seq in enumerate(batch):
             seq.logits = last[b:b + 1]
             seq.length += 1
+
+    def _decode_compiled(self, idx: torch.Tensor, adapters: list[str | None]) -> torch.Tensor:
+        """The compiled step over the first `size` slots, size the power of two at or above the
+        running rows (all `max_batch` on CUDA: one graph); the extra slots decode a dummy token and
+        get their lengths back (free slots start from 0, so they never write past the cache)."""
+        n = idx.size(0)
+        size = self.max_batch if self.device.type == "cuda" else min(self.max_batch, 1 << (n - 1).bit_length())
+        if size > n:
+            self.cache.lengths[len(self.running):size] = 0
+            idx = torch.cat([idx, idx.new_zeros(size - n, 1)])
+        if self.activate is not None:
+            self.activate(adapters + [None] * (size - n))
+        with autocast_for(self.model, self.device, self.dtype):
+            logits = self.compiled(idx, self.cache.rows(0, size) if size < self.max_batch else self.cache)
+        if size > n:
+            self.cache.lengths[n:size] -= 1
+        return logits[:n]
