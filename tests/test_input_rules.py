@@ -389,13 +389,12 @@ def test_generation_never_emits_suppressed_ids_unless_asked(char_run: Path) -> N
     unk = run.tokenizer.unk_id
     assert run.tokenizer.suppressed_ids == {unk}
 
-    def prefer_unk(module, inputs, output):
-        logits, loss = output
+    def prefer_unk(module, inputs, logits):
         logits = logits.clone()
         logits[..., unk] += 1e4
-        return logits, loss
+        return logits
 
-    handle = run.model.register_forward_hook(prefer_unk)
+    handle = run.model.head.register_forward_hook(prefer_unk)  # every decode path ends in the head
     try:
         for options in ({"temperature": 0.8, "seed": 1}, {"temperature": 0, "use_cache": False}, {"beams": 2}):
             completion = run.complete("Spot", max_new_tokens=6, **options)[0]
