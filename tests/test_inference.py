@@ -89,6 +89,18 @@ def test_unsupported_precision_options_are_one_line_errors(trained_run, capsys, 
     assert err.startswith("error:") and message in err and len(err.splitlines()) == 1
 
 
+def test_compile_takes_booleans_and_stream_says_when_it_prints_whole_texts(trained_run, capsys):
+    assert tinylm.load(trained_run, device="cpu", compile=False).compile is False
+    assert tinylm.load(trained_run, device="cpu", compile=True).compile is True
+    with pytest.raises(ConfigError, match="use auto, on or off"):
+        tinylm.load(trained_run, device="cpu", compile="yes")
+    capsys.readouterr()
+    assert main(["sample", str(trained_run), "--prompt", "A", "--max-new-tokens", "3", "--stream",
+                 "--verbose", "--dtype", "float32"]) == 0
+    out, err = capsys.readouterr()
+    assert "generated ids (3)" in out and "--stream prints whole texts with --verbose" in err
+
+
 def test_int8_on_a_device_without_its_kernels_is_refused():
     with pytest.raises(ConfigError, match="runs on CPUs and CUDA GPUs"):
         inference.resolve(torch.device("mps"), "auto", "int8")

@@ -415,6 +415,60 @@ def test_1000_malformed_requests_each_get_a_4xx_json_error(url: str):
     assert set(statuses) >= {400, 401, 404, 405, 413}
 
 
+def test_lone_surrogates_new_sdk_fields_and_echo_offsets(url: str, client: OpenAI):
+    """A JSON string with a lone UTF-16 surrogate ("\\ud800") is valid JSON but no text: a 400 naming the
+    field (not a 500, not a dropped stream), and the connection keeps serving. Fields newer SDKs send
+    (store, metadata, tool_choice "none", the developer role) are accepted. With echo, a prompt cut to the
+    context has text_offsets that point at its tokens' text in the echoed prompt."""
+    with httpx.Client(base_url=url, headers=AUTH, timeout=60) as http:
+        cases = [("/v1/completions", '{"model": "tiny", "prompt": "\\ud800", "max_tokens": 2, "echo": true}', "prompt"),
+                 ("/v1/completions", '{"model": "tiny", "prompt": ["A", "B\\udfff"], "stream": true, "echo": true}',
+                  "prompt[1]"),
+                 ("/v1/completions", '{"model": "tiny", "prompt": "A", "stop": ["\\ud83d"]}', "stop[0]"),
+                 ("/v1/chat/completions",
+                  '{"model": "tiny", "messages": [{"role": "user", "content": "\\ud83d"}]}', "messages[0].content")]
+        for path, body, param in cases:
+            error = assert_error(http.post(path, content=body.encode()), 400, "invalid_value")
+            assert error["param"] == param and "surrogate" in error["message"]
+            ok = http.post("/v1/completions", json={"model": "tiny", "prompt": "A", "max_tokens": 2})
+            assert ok.status_code == 200  # same connection, still serving
+        pair = http.post("/v1/completions", content=b'{"model": "tiny", "prompt": "\\ud83d\\ude00", "max_tokens": 1}')
+        assert pair.status_code == 200  # a proper pair is one character (an emoji)
+    reply = client.chat.completions.create(
+        model="tiny", max_tokens=3, messages=[{"role": "developer", "content": "Be brief."},
+                                             {"role": "user", "content": "Hi"}],
+        store=False, metadata={"k": "v"}, tool_choice="none", parallel_tool_calls=False)
+    assert reply.usage.completion_tokens <= 3
+
+    prompt = "ROMEO: " * 10  # 70 characters, 70 char tokens: only the last 32 fit the context
+    r = client.completions.create(model="tiny", prompt=prompt, max_tokens=5, temperature=0, echo=True, logprobs=0)
+    c = r.choices[0]
+    assert c.text.startswith(prompt) and r.usage.prompt_tokens == 32
+    for token, offset in zip(c.logprobs.tokens, c.logprobs.text_offset, strict=True):
+        assert c.text[offset:offset + len(token)] == token
+    assert c.logprobs.text_offset[0] == len(prompt) - 32 and c.logprobs.text_offset[32] == len(prompt)
+
+
+def test_chat_logprob_bytes_rebuild_characters_split_across_tokens(tmp_path: Path, corpus_file: Path):
+    """A byte-level token that holds part of a character reports its own bytes (the OpenAI `bytes`
+    field exists for this), not the bytes of U+FFFD; joined they give the character."""
+    from conftest import tiny_config
+
+    from tinylm.serving.app import API
+    from tinylm.serving.engine import TokenLogprob
+    from tinylm.training import train
+
+    cfg = tiny_config(tmp_path / "g", corpus_file, max_steps=1, eval_interval=1)
+    cfg.data.tokenizer = "gpt2"
+    train(cfg)
+    service = create_app(tmp_path / "g", dtype="float32").state.service
+    ids = service.run.tokenizer.encode("你好")
+    assert len(ids) > 2  # split inside characters
+    content = API(service).chat_logprobs([TokenLogprob(t, -1.0, [(t, -1.0)]) for t in ids])["content"]
+    assert b"".join(bytes(e["bytes"]) for e in content) == "你好".encode()
+    assert b"".join(bytes(e["top_logprobs"][0]["bytes"]) for e in content) == "你好".encode()
+
+
 # --------------------------------------------------------------------------- the command
 
 
@@ -427,6 +481,7 @@ def one_line_error(capsys, argv: list[str], fragment: str) -> None:
 
 def test_bad_input_of_the_command_is_a_one_line_error(capsys, tmp_path: Path, trained_run: Path):
     one_line_error(capsys, ["serve", str(tmp_path / "missing")], "does not exist")
+    one_line_error(capsys, ["serve", str(trained_run / "config.json")], "is a file, not a run directory")
     with bind("127.0.0.1", 0) as taken:
         port = taken.getsockname()[1]
         one_line_error(capsys, ["serve", str(trained_run), "--port", str(port)], f"port {port} on 127.0.0.1 is in use")
@@ -438,7 +493,8 @@ def test_bad_input_of_the_command_is_a_one_line_error(capsys, tmp_path: Path, tr
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2")
 
 
-def test_tinylm_serve_runs_until_interrupted(trained_run: Path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_tinylm_serve_runs_until_interrupted(trained_run: Path, stop: int):
     env = {**os.environ, "TINYLM_API_KEY": "sk-env", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "tinylm", "serve", str(trained_run), "--port", "0", "--dtype",
                              "float32", "--model-name", "shakespeare", "--chat-template", "plain"],
@@ -451,10 +507,11 @@ def test_tinylm_serve_runs_until_interrupted(trained_run: Path):
         reply = client.chat.completions.create(model="shakespeare", messages=[{"role": "user", "content": "Hi"}],
                                                max_tokens=5)
         assert reply.usage.completion_tokens <= 5
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)  # Ctrl-C, or kill / docker stop
         assert proc.wait(30) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert "serving shakespeare on http://127.0.0.1:" in proc.stderr.read()
+    err = proc.stderr.read()
+    assert "serving shakespeare on http://127.0.0.1:" in err and "server stopped" in err

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tinylm.errors import ConfigError, DataError
-from tinylm.templates import TEMPLATES, check_messages, get_template, instruction_messages
+from tinylm.templates import TEMPLATES, check_messages, get_template, instruction_messages, unknown_marker_count
 
 
 def _hf_tokenizer(template: str):
@@ -82,3 +82,23 @@ def test_reply_stops_cut_the_end_of_a_reply_whole_without_an_end_of_text_token()
     from tinylm.generation import cut_at_stop
 
     assert cut_at_stop("Cleopatra\nUser: who", plain.reply_stops(has_eot=False)) == "Cleopatra"
+
+
+def test_markers_outside_the_vocabulary_are_counted_and_a_chat_warns(trained_run, capsys):
+    """The chat template's `<|...|>` markers are not in a char vocabulary built from plain prose: they
+    would become <unk>. `tinylm sample --chat --template chat` says so (and still answers); plain fits."""
+    from tinylm.cli import main
+    from tinylm.tokenizers import load_tokenizer, train_tokenizer
+
+    prose = load_tokenizer(trained_run)
+    assert unknown_marker_count(get_template("chat"), prose) > 0
+    assert unknown_marker_count(get_template("plain"), prose) == 0
+    assert unknown_marker_count(get_template("chat"), train_tokenizer("gpt2", [])) == 0  # byte-level: none
+    argv = ["sample", str(trained_run), "--chat", "--prompt", "Hi", "--max-new-tokens", "4", "--dtype", "float32"]
+    assert main([*argv, "--template", "chat"]) == 0
+    err = capsys.readouterr().err
+    assert "'chat' template's markers use characters this model's char tokenizer does not have" in err
+    assert main([*argv, "--template", "plain"]) == 0
+    assert "markers" not in capsys.readouterr().err
+    assert main(argv) == 1  # no template of its own, none given: the CLI flag is named
+    assert "tinylm sample --template chat|alpaca|plain" in capsys.readouterr().err

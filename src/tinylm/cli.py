@@ -19,7 +19,7 @@ from tinylm import __version__
 from tinylm.config import (COMPILE, DEFAULT_PRESET, QUANTIZE, EvalConfig, RunConfig, SampleConfig, ServeConfig,
                            apply_overrides, load_preset, preset_names, read_preset, read_toml, set_key, update,
                            valid_keys)
-from tinylm.console import TinylmWarning, console
+from tinylm.console import TinylmWarning, console, warn
 from tinylm.errors import ConfigError, TinylmError
 
 EPILOG = "Docs: README.md. Every flag maps to a config field; see `tinylm train --help` for --set keys."
@@ -214,11 +214,12 @@ def _chat(run, cfg: SampleConfig) -> int:
     at a `you>` prompt in a terminal). Empty input or end of input ends it."""
     messages = [{"role": "system", "content": cfg.system}] if cfg.system else []
     if cfg.prompt:
-        print(run.chat([*messages, {"role": "user", "content": cfg.prompt}], cfg))
+        print(run.chat([*messages, {"role": "user", "content": cfg.prompt}], cfg, template=cfg.template or None))
         return 0
     terminal = sys.stdin.isatty()
     if terminal:
-        console.print(f"chatting with {run.run_dir} (template {run.chat_template.name if run.chat_template else '?'});"
+        name = cfg.template or (run.chat_template.name if run.chat_template else "?")
+        console.print(f"chatting with {run.run_dir} (template {name});"
                       " an empty line ends")
     while True:
         try:
@@ -228,7 +229,7 @@ def _chat(run, cfg: SampleConfig) -> int:
         if not line.strip():
             break
         messages.append({"role": "user", "content": line.rstrip("\n")})
-        reply = run.chat(messages, cfg)
+        reply = run.chat(messages, cfg, template=cfg.template or None)
         print(f"bot> {reply}" if terminal else reply, flush=True)
         messages.append({"role": "assistant", "content": reply})
     return 0
@@ -243,6 +244,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     run = load(args.run_dir, cfg.checkpoint, cfg.device, cfg.dtype, cfg.quantize, cfg.compile)
     if cfg.chat:
         return _chat(run, cfg)
+    if cfg.stream and (cfg.verbose or cfg.num_return_sequences > 1):
+        warn(f"--stream prints whole texts with {'--verbose' if cfg.verbose else '--num-return-sequences'} "
+             "(the ids and scores, or the sequences, come at the end)")
     first = True
     for i in range(cfg.num_samples):
         seed = None if cfg.seed is None else cfg.seed + i
@@ -551,6 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="chat in the run's template: a loop in a terminal (one reply per line read otherwise), "
                         "one turn with --prompt")
     p.add_argument("--system", dest="sample.system", metavar="TEXT", help="the chat's system message")
+    p.add_argument("--template", dest="sample.template", metavar="NAME",
+                   help="--chat with a run that has no template of its own: alpaca, chat or plain")
     _runtime_flags(p, "sample", checkpoint=True)
     _inference_flags(p, "sample")
     p.set_defaults(func=cmd_sample)

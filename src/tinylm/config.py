@@ -358,10 +358,13 @@ class SampleConfig(GenerationConfig):
     verbose: bool = False  # also print the prompt's ids and tokens and the generated ids
     chat: bool = False  # chat in the run's template: a loop in a terminal, one turn with --prompt
     system: str = ""  # the system message of a chat ("" = none, or the template's default)
+    template: str = ""  # the chat's template for runs without their own: alpaca | chat | plain
 
     def validate(self) -> SampleConfig:
         super().validate()
         check_range("num_samples", self.num_samples, ge=1)
+        _check(self.template in ("", "alpaca", "chat", "plain"),
+               f"template must be alpaca, chat or plain, got {self.template!r}")
         _check_inference(self, "sample")
         return self
 

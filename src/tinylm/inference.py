@@ -320,8 +320,11 @@ def weights_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def use_compile(setting: str, device: torch.device) -> bool:
-    """Whether `compile` = auto | on | off compiles the decode step on `device` (auto: CUDA only)."""
+def use_compile(setting: str | bool, device: torch.device) -> bool:
+    """Whether `compile` = auto | on | off compiles the decode step on `device` (auto: CUDA only);
+    True and False are on and off."""
+    if isinstance(setting, bool):
+        return setting
     if setting not in COMPILE:
         raise ConfigError(f"unknown compile setting {setting!r}; use auto, on or off")
     return setting == "on" or (setting == "auto" and device.type == "cuda")

@@ -40,7 +40,7 @@ from tinylm.generation import (GenerationConfig, StopFilter, beam_search, cut_at
 from tinylm.inputs import EmptyInputError, encode_text
 from tinylm.model import GPT, lora
 from tinylm.runtime import resolve_device
-from tinylm.templates import ALPACA_PREAMBLE, Template, get_template
+from tinylm.templates import ALPACA_PREAMBLE, Template, get_template, unknown_marker_count
 from tinylm.tokenizers import TOKENIZER_FILE, Tokenizer, load_tokenizer
 
 CONFIG_FILE = "config.json"
@@ -68,6 +68,9 @@ def write_config(run_dir: Path, cfg: RunConfig) -> None:
 def read_config(run_dir: str | Path) -> RunConfig:
     run_dir = Path(run_dir)
     path = run_dir / CONFIG_FILE
+    if run_dir.is_file():
+        raise CheckpointError(f"{run_dir} is a file, not a run directory; give the directory a tinylm train, "
+                              "finetune or import wrote (it holds config.json)")
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory {run_dir} does not exist")
     if not path.is_file():
@@ -348,7 +351,10 @@ class Run:
         tpl = get_template(template) if isinstance(template, str) else template or self.chat_template
         if tpl is None:
             raise ConfigError(f"{self.run_dir} has no chat template (it was not fine-tuned on instruction or chat "
-                              "data); pass template='chat', 'alpaca' or 'plain'")
+                              "data); choose one: tinylm sample --template chat|alpaca|plain (Python: "
+                              "template='chat')")
+        if tpl is not self.chat_template:
+            warn_unknown_markers(tpl, self.tokenizer)
         cfg = self.generation_config(config, **options)
         stops = tpl.reply_stops(self.tokenizer.eot_id is not None)
         cfg = cfg.replace(stop=[*cfg.stop, *(s for s in stops if s not in cfg.stop)])
@@ -475,16 +481,25 @@ def record_eval(run: Run, result: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def warn_unknown_markers(template: Template, tokenizer: Tokenizer) -> None:
+    """A warning when `template`'s markers are partly outside `tokenizer`'s vocabulary (they become <unk>:
+    the model cannot tell the roles apart), for a template other than the one a run was fine-tuned with."""
+    if unknown_marker_count(template, tokenizer):
+        warn(f"the {template.name!r} template's markers use {tokenizer.unit}s this model's {tokenizer.kind} "
+             "tokenizer does not have (they become <unk>); use the plain template"
+             + (" or alpaca" if not unknown_marker_count(get_template("alpaca"), tokenizer) else ""))
+
+
 def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", dtype: str = "auto",
-         quantize: str = "none", compile: str = "auto") -> Run:
+         quantize: str = "none", compile: str | bool = "auto") -> Run:
     """Restore a run for sampling or evaluation: `tinylm.load("runs/shakespeare-char")`. A LoRA adapter
     run loads its base run's weights (checked against the recorded sha256) with the adapter "default"
     active; `checkpoint` then picks the adapter (best or latest).
 
     dtype: the weights' precision (auto: bfloat16 on GPUs and on CPUs with native bfloat16, else
     float32); quantize: none | int8 (weight-only, torchao; computes in bfloat16 on CPUs); compile:
-    auto | on | off, torch.compile of the decode step (auto: on CUDA GPUs only). An option the
-    device cannot run is a one-line ConfigError."""
+    auto | on | off (or True / False), torch.compile of the decode step (auto: on CUDA GPUs only).
+    An option the device cannot run is a one-line ConfigError."""
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
     tokenizer = load_tokenizer(run_dir)

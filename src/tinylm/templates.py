@@ -147,6 +147,14 @@ TEMPLATES: dict[str, Template] = {t.name: t for t in (
 )}
 
 
+def unknown_marker_count(template: Template, tokenizer: Any) -> int:
+    """How many pieces of `template`'s own text (role markers, separators, for every role) fall
+    outside `tokenizer`'s vocabulary (`Tokenizer.count_unknown`): > 0 means its markers partly become
+    <unk>, e.g. the `chat` template's `<|...|>` for a char vocabulary without `<` and `|`."""
+    messages = [{"role": r, "content": ""} for r in ("system", "user", "assistant")]
+    return tokenizer.count_unknown(template.text(messages, eot_text="", add_generation_prompt=False))
+
+
 def get_template(name: str) -> Template:
     """The template called `name`; an unknown name is a one-line ConfigError listing the known ones."""
     if name not in TEMPLATES:

@@ -67,13 +67,15 @@ class Service:
     """A loaded run with its engine, model ids and limits; the routes call into it."""
 
     def __init__(self, run_dir: str | Path, cfg: ServeConfig):
-        from tinylm.rundir import load
+        from tinylm.rundir import load, warn_unknown_markers
 
         self.cfg = cfg.validate()
         self.run = load(run_dir, cfg.checkpoint, cfg.device, cfg.dtype, cfg.quantize, cfg.compile)
         self.api_key = cfg.api_key or os.environ.get("TINYLM_API_KEY", "")
         tok = self.run.tokenizer
         fallback = get_template(cfg.chat_template) if cfg.chat_template else None
+        if fallback is not None:
+            warn_unknown_markers(fallback, tok)
         base_template = own_template(self.run) or fallback
         created = int(self.run.weights.stat().st_mtime)
         name = cfg.model_name or Path(run_dir).resolve().name
@@ -158,7 +160,7 @@ class Service:
             try:
                 return self.run.encode_prompt(prompt, truncate)
             except ConfigError as e:  # longer than the context with truncate false
-                raise APIError(413, str(e), "prompt", "context_length_exceeded") from None
+                raise APIError(413, _http_hint(str(e)), "prompt", "context_length_exceeded") from None
 
     def chat_ids(self, model: Model, messages: list[dict[str, str]], max_tokens: int, truncate: bool) -> list[int]:
         """The messages rendered with the model's template and encoded as `Run.chat` does (`Run.chat_ids`)."""
@@ -171,7 +173,7 @@ class Service:
             try:
                 return self.run.chat_ids(messages, model.template, max_tokens, truncate)
             except ConfigError as e:  # longer than the context with truncate false
-                raise APIError(413, str(e), "messages", "context_length_exceeded") from None
+                raise APIError(413, _http_hint(str(e)), "messages", "context_length_exceeded") from None
 
     def submit(self, rows: list[Row], loop: asyncio.AbstractEventLoop) -> tuple[EngineRequest, asyncio.Queue]:
         queue: asyncio.Queue = asyncio.Queue()
@@ -242,6 +244,15 @@ class API:
     def __init__(self, service: Service):
         self.s = service
         self.decode_one = functools.lru_cache(maxsize=65536)(lambda t: service.run.tokenizer.decode([t]))
+        self.bytes_of = functools.lru_cache(maxsize=65536)(self._token_bytes)
+
+    def _token_bytes(self, token: int) -> bytes:
+        """The bytes a token stands for: a byte-level token's own (a part of a character's UTF-8 bytes
+        included, so that clients can join them), else its text's UTF-8."""
+        try:
+            return self.s.run.tokenizer.token_bytes(token)
+        except NotImplementedError:
+            return self.decode_one(token).encode("utf-8")
 
     # ------------------------------------------------------------------ logprobs
 
@@ -256,7 +267,7 @@ class API:
     def chat_logprobs(self, tokens: list[TokenLogprob]) -> dict[str, Any]:
         def entry(token: int, logprob: float) -> dict[str, Any]:
             text = self.decode_one(token)
-            return {"token": text, "logprob": finite(logprob), "bytes": list(text.encode("utf-8"))}
+            return {"token": text, "logprob": finite(logprob), "bytes": list(self.bytes_of(token))}
 
         return {"content": [{**entry(t.token, t.logprob), "top_logprobs": [entry(i, lp) for i, lp in t.top]}
                             for t in tokens]}
@@ -327,16 +338,18 @@ class API:
             choice = {"index": k, "text": echo_of[k] + "".join(c.text), "finish_reason": c.finish, "logprobs": None}
             if req.logprobs is not None:
                 tokens = [*(c.prompt_logprobs or []), *c.tokens]
-                offsets = [*self._prompt_offsets(c.prompt_logprobs), *c.offsets]
+                offsets = [*self._prompt_offsets(c.prompt_logprobs, echo_of[k]), *c.offsets]
                 choice["logprobs"] = self.completion_logprobs(tokens, offsets)
             out.append(choice)
         completion = sum(c.completion_tokens for c in choices)
         return JSONResponse({**head, "choices": out, "usage": _usage(prompt_tokens, completion)})
 
-    def _prompt_offsets(self, prompt: list[TokenLogprob] | None) -> list[int]:
-        """text_offset of the echoed prompt's tokens: where each token's text starts."""
-        offsets, text = [], 0
-        for t in prompt or []:
+    def _prompt_offsets(self, prompt: list[TokenLogprob] | None, echo: str) -> list[int]:
+        """text_offset of the echoed prompt's tokens: where each token's text starts in `echo`. A
+        prompt cut to the context keeps its last tokens: they are the end of the echoed text."""
+        tokens = prompt or []
+        offsets, text = [], max(0, len(echo) - sum(len(self.decode_one(t.token)) for t in tokens))
+        for t in tokens:
             offsets.append(text)
             text += len(self.decode_one(t.token))
         return offsets
@@ -361,7 +374,7 @@ class API:
             if event.prompt_logprobs is not None:  # echo with logprobs: the prompt and its log-probabilities
                 emitted[k] = len(echo_of[k])
                 yield chunk(k, echo_of[k], logprobs=self.completion_logprobs(
-                    event.prompt_logprobs, self._prompt_offsets(event.prompt_logprobs)))
+                    event.prompt_logprobs, self._prompt_offsets(event.prompt_logprobs, echo_of[k])))
                 continue
             logprobs = None
             if req.logprobs is not None and event.tokens:
@@ -454,6 +467,41 @@ def _error_response(e: APIError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
 
+def _http_hint(message: str) -> str:
+    """A Python API message's hint in the request body's terms (truncate=True -> "truncate": true)."""
+    return message.replace("(truncate=True)", "(\"truncate\": true, the default)")
+
+
+class _InternalErrors:
+    """ASGI middleware: an unexpected exception in a handler becomes a 500 in the OpenAI error shape,
+    reported in one line on the console, and the connection stays usable (Starlette's own handler for
+    `Exception` answers too, but then re-raises: a traceback in the log and a dropped connection).
+    Once a response has started (a stream), the exception goes on up as before."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as e:
+            if started:
+                raise
+            console.print(f"[red]internal error[/] on {scope.get('method')} {scope.get('path')}: "
+                          f"{type(e).__name__}: {e}")
+            await _error_response(APIError(500, "internal server error", code="internal_error"))(scope, receive, send)
+
+
 def create_app(run_dir: str | Path, config: ServeConfig | None = None, **options: Any) -> FastAPI:
     """The ASGI app serving `run_dir` (mount it, or run it with uvicorn). `options` are ServeConfig
     fields (max_batch, max_queue, max_tokens, max_body, api_key, model_name, chat_template, adapter,
@@ -490,10 +538,7 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, **options
     async def validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
         return _error_response(APIError(400, "invalid request", code="invalid_value"))
 
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, e: Exception) -> JSONResponse:
-        console.print(f"[red]internal error[/] on {request.method} {request.url.path}: {type(e).__name__}: {e}")
-        return _error_response(APIError(500, "internal server error", code="internal_error"))
+    app.add_middleware(_InternalErrors)
 
     @app.get("/", response_class=HTMLResponse)
     async def playground() -> HTMLResponse:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -74,9 +74,32 @@ def parse_json(body: bytes, max_bytes: int) -> Any:
     except UnicodeDecodeError as e:
         raise APIError(400, f"the request body is not valid UTF-8 (byte {e.start})", code="invalid_json") from None
     try:
-        return json.loads(text, parse_constant=_no_constant)
+        value = json.loads(text, parse_constant=_no_constant)
     except (ValueError, RecursionError) as e:
         raise APIError(400, f"the request body is not valid JSON: {e}", code="invalid_json") from None
+    _check_unicode(value)
+    return value
+
+
+def _check_unicode(value: Any, where: str = "") -> None:
+    """A 400 for a string holding a lone UTF-16 surrogate (JSON's "\\ud800" escape without its pair):
+    valid JSON, but not text that UTF-8 (and so any tokenizer) can encode."""
+    stack = [(value, where)]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise APIError(400, f"{path or 'the request body'} holds a lone surrogate "
+                                    f"(\\u{ord(item[e.start]):04x}), which is not a Unicode character; send "
+                                    "the pair of escapes of one character, or the character itself",
+                               path or None, "invalid_value") from None
+        elif isinstance(item, dict):
+            stack.extend((v, f"{path}.{k}" if path else str(k)) for k, v in item.items())
+            stack.extend((k, path) for k in item if isinstance(k, str))
+        elif isinstance(item, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(item))
 
 
 # --------------------------------------------------------------------------- bodies
@@ -123,6 +146,11 @@ class ChatBody(_Body):
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     response_format: dict[str, Any] | None = None
+    # sent by current OpenAI SDKs and front-ends; harmless here: accepted and ignored (no tools, no storage)
+    store: bool | None = None
+    metadata: dict[str, Any] | None = None
+    tool_choice: Literal["none"] | None = None
+    parallel_tool_calls: bool | None = None
 
 
 _FIELD_HINTS = {
@@ -312,6 +340,8 @@ def _message_text(message: Any, i: int) -> Any:
     out = {k: v for k, v in message.items() if k != "name"}
     if "content" in out:
         out["content"] = content
+    if out.get("role") == "developer":  # the OpenAI API's newer name for the system message
+        out["role"] = "system"
     return out
 
 

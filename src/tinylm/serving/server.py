@@ -10,7 +10,9 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import signal
 import socket
+import threading
 from pathlib import Path
 
 from tinylm.config import ServeConfig
@@ -50,6 +52,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class _Stopped(Exception):
+    """SIGTERM arrived (after uvicorn's graceful shutdown)."""
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise _Stopped
+
+
 def serve(run_dir: str | Path, cfg: ServeConfig) -> None:
     """Serve `run_dir` until Ctrl-C (see create_app for the options)."""
     import uvicorn
@@ -71,10 +81,17 @@ def serve(run_dir: str | Path, cfg: ServeConfig) -> None:
         console.print(f"serving {models} on http://{shown}:{port}  (playground: /, OpenAI API: /v1; Ctrl-C stops)")
         print(f"http://{shown}:{port}", flush=True)
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3))
+        # uvicorn shuts down gracefully on SIGINT / SIGTERM, then re-raises the signal: Ctrl-C arrives as
+        # KeyboardInterrupt, and SIGTERM (kill, systemd, docker stop) as _Stopped through this handler
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _raise_stopped) if main_thread else None
         try:
             server.run(sockets=[sock])
-        except KeyboardInterrupt:  # uvicorn shuts down on Ctrl-C, then re-raises the signal
+        except (KeyboardInterrupt, _Stopped):
             pass
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)
         console.print("server stopped")
     finally:
         sock.close()
