@@ -112,6 +112,8 @@ def test_datasets_command_lists_the_catalog(capsys):
     out = capsys.readouterr().out
     assert "wikitext-103-raw-v1.zip" in out and "' = Title = '" in out and "wiki.valid.raw" in out
     assert main(["datasets", "nope"]) == 1
+    for name in ("shakespeare", "tinyshakespeare", "tinystories", "fineweb-edu"):  # every listed name has details
+        assert main(["datasets", name]) == 0 and capsys.readouterr().out.startswith(f"{name}: ")
 
 
 def test_tinyshakespeare_from_the_shared_copy(shared_data, tmp_path, monkeypatch):

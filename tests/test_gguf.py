@@ -230,7 +230,7 @@ def test_chat_template_and_modelfile(runs: dict, tmp_path: Path, llama_cpp) -> N
     expected = template.text(messages, eot, add_generation_prompt=True)
     rendered = Jinja2ChatFormatter(jinja, eos_token=eot, bos_token=eot)(messages=messages).prompt
     assert rendered == expected  # what llama-cpp-python's chat completion renders
-    modelfile = (tmp_path / "Modelfile").read_text()
+    modelfile = (tmp_path / "chat.Modelfile").read_text()
     assert "FROM ./chat.gguf\n" in modelfile
     assert 'PARAMETER stop "<|endoftext|>"' in modelfile and 'PARAMETER stop "<|user|>"' in modelfile
     go = re.search(r'TEMPLATE """(.*)"""', modelfile, re.S).group(1)
@@ -297,4 +297,8 @@ def test_cli_export_gguf(runs: dict, tmp_path: Path, capsys: pytest.CaptureFixtu
     out = tmp_path / "cli" / "model.gguf"
     assert main(["export", str(runs["llama-bpe"]), "--format", "gguf", "--out", str(out), "--dtype", "q8_0"]) == 0
     printed = capsys.readouterr().out
-    assert "llama" in printed and "q8_0" in printed and out.is_file() and (out.parent / "Modelfile").is_file()
+    assert "llama" in printed and "q8_0" in printed and out.is_file() and out.with_suffix(".Modelfile").is_file()
+    other = out.with_name("model-f16.gguf")  # a second export beside it keeps the first one's Modelfile
+    assert main(["export", str(runs["llama-bpe"]), "--format", "gguf", "--out", str(other), "--dtype", "f16"]) == 0
+    assert "FROM ./model.gguf" in out.with_suffix(".Modelfile").read_text()
+    assert "FROM ./model-f16.gguf" in other.with_suffix(".Modelfile").read_text()

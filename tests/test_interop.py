@@ -73,7 +73,8 @@ def assert_logits_match(run_dir: Path, hf: torch.nn.Module, vocab: int, context:
 
 def greedy_both(run_dir: Path, hf: torch.nn.Module, prompt: list[int], n: int) -> tuple[list[int], list[int]]:
     run = load(run_dir, device="cpu", dtype="float32")
-    ours = generate_ids(run.model, prompt, max_new_tokens=n, temperature=0.0, use_cache=True)
+    ours = generate_ids(run.model, prompt, max_new_tokens=n, temperature=0.0, use_cache=True,
+                        suppress_ids=run.tokenizer.suppressed_ids)  # as `tinylm sample` (and the export's config)
     ids = torch.tensor([prompt])
     out = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n,
                       min_new_tokens=n, eos_token_id=None, pad_token_id=0)
@@ -95,6 +96,27 @@ def test_export_trained_run_matches_transformers(trained_run: Path, tmp_path: Pa
     assert_logits_match(trained_run, hf, run.model.cfg.vocab_size, run.model.cfg.context)
     ours, theirs = greedy_both(trained_run, hf, run.tokenizer.encode("HAMLE"), 20)
     assert ours == theirs and len(ours) == 20
+
+
+def test_export_of_a_word_run_starts_at_its_bos_and_suppresses_what_tinylm_never_generates(
+        tmp_path: Path, corpus_file: Path) -> None:
+    """A word tokenizer's generation starts from <sos> (not <eos>), and <pad>/<unk>/<sos> are never
+    generated: the exported config and generation_config say so, so transformers' greedy ids are tinylm's."""
+    from conftest import tiny_config
+
+    from tinylm.training import train
+
+    cfg = tiny_config(tmp_path / "word", corpus_file, max_steps=30, eval_interval=30)
+    cfg.data.tokenizer = "word:300"
+    train(cfg)
+    run = load(tmp_path / "word", device="cpu", dtype="float32")
+    export_hf(tmp_path / "word", tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
+    assert config["bos_token_id"] == generation["bos_token_id"] == run.tokenizer.bos_id == run.tokenizer.start_ids()[0]
+    assert generation["suppress_tokens"] == sorted(run.tokenizer.suppressed_ids) == [0, 1, 2]
+    ours, theirs = greedy_both(tmp_path / "word", hf_model(tmp_path / "hf"), run.tokenizer.encode("the king"), 20)
+    assert ours == theirs and not set(ours) & {0, 1, 2}
 
 
 @pytest.mark.parametrize("variant", [{}, {"bias": False}, {"mlp": "gelu_tanh"}, {"tie_weights": False}])

@@ -160,6 +160,19 @@ def test_bad_directories_are_one_line_errors(tokenizers: dict[str, Path], tmp_pa
         assert main(["import", str(d), "--out", str(tmp_path / f"cli-{d.name}")]) == 1
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and len(err.splitlines()) == 1, err
+    with pytest.raises(CheckpointError, match="is a file; give the model's folder"):
+        import_hf(src / "config.json", tmp_path / "run-file")
+    own = json.loads((src / "config.json").read_text())["max_position_embeddings"]
+    with pytest.raises(ConfigError, match=f"--context {own + 1}: give 1 to the model's own context, {own}"):
+        import_hf(src, tmp_path / "run-long", context=own + 1)
+    # a run whose context cannot fit a KV cache in memory: one line before the allocation
+    import_hf(src, tmp_path / "run-ok")
+    config = json.loads((tmp_path / "run-ok" / "config.json").read_text())
+    config["model"]["context"] = 10**11
+    (tmp_path / "run-ok" / "config.json").write_text(json.dumps(config))
+    assert main(["sample", str(tmp_path / "run-ok"), "--prompt", "Hi", "--max-new-tokens", "2", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "the KV cache" in err and "lower model.context" in err and len(err.splitlines()) == 1, err
     # Mistral without a sliding window is a Llama
     d = tmp_path / "mistral-full"
     shutil.copytree(src, d)

@@ -282,8 +282,13 @@ def describe() -> list[dict[str, str]]:
 
 def details(name: str) -> str:
     """Everything the catalog knows about one dataset, for `tinylm datasets NAME`."""
+    if name == "shakespeare":  # the bundled corpus: in every listing, so here too
+        row = describe()[0]
+        return (f"shakespeare: {row['title']}\n  source     {row['source']}\n  licence    {row['licence']}\n"
+                f"  size       {row['size']} (bundled with tinylm: no download)\n  documents  one per work\n"
+                "  split      the tail 10% of the text is the validation split")
     if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+        raise DataError(f"unknown dataset {name!r}; known datasets: shakespeare, {', '.join(DATASETS)}")
     ds = DATASETS[name]
     lines = [f"{ds.name}: {ds.title}", f"  homepage   {ds.homepage}", f"  licence    {ds.licence}",
              f"  size       {ds.size}", f"  documents  {ds.documents}"]

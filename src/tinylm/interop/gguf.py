@@ -12,7 +12,7 @@
       (byte fallback)
     chat template (Jinja: Template.jinja(), or an imported tokenizer's own) ─────────────────┤
                                                                                              ▼
-                  model.gguf (atomic write) + Modelfile beside it (FROM, TEMPLATE, SYSTEM, stop PARAMETERs)
+                  model.gguf (atomic write) + model.Modelfile beside it (FROM, TEMPLATE, SYSTEM, stop PARAMETERs)
 
 Names and metadata follow llama.cpp's convert_hf_to_gguf.py for GPT2LMHeadModel and LlamaForCausalLM.
 f16 and q8_0 store the 2-D weight matrices at that precision (q8_0: blocks of 32 values with one f16
@@ -46,7 +46,7 @@ from tinylm.templates import Template, get_template
 from tinylm.tokenizers import Tokenizer
 
 DTYPES = ("f32", "f16", "q8_0")
-MODELFILE = "Modelfile"
+MODELFILE_SUFFIX = ".Modelfile"  # model.gguf -> model.Modelfile: one per GGUF file, so exports side by side keep theirs
 # tinylm's split-regex family of a byte-level BPE (tokenizers.hf.split_family) -> llama.cpp's tokenizer.ggml.pre
 _PRE = {"gpt2": "gpt-2", "digits+gpt2": "smollm", "qwen2": "qwen2"}
 _LLAMA_NAMES = (("model.embed_tokens.", "token_embd."), ("model.norm.", "output_norm."), ("lm_head.", "output."),
@@ -342,8 +342,9 @@ def _quoted(text: str) -> str:
 
 
 def modelfile(gguf_name: str, template: Template | None, jinja: str | None, stops: list[str]) -> str:
-    """An Ollama Modelfile for the GGUF file `gguf_name` (beside it)."""
-    lines = [f"# Ollama: ollama create NAME -f {MODELFILE}   then   ollama run NAME", f"FROM ./{gguf_name}"]
+    """An Ollama Modelfile for the GGUF file `gguf_name` (beside it, named after it: NAME.Modelfile)."""
+    own = Path(gguf_name).with_suffix(MODELFILE_SUFFIX).name
+    lines = [f"# Ollama: ollama create NAME -f {own}   then   ollama run NAME", f"FROM ./{gguf_name}"]
     if template is not None:
         lines.append(f'TEMPLATE """{ollama_template(template, stops[0] if stops else "")}"""')
         if template.default_system:
@@ -362,7 +363,8 @@ def modelfile(gguf_name: str, template: Template | None, jinja: str | None, stop
 def export_gguf(run_dir: str | Path, out: str | Path, dtype: str = "f32", checkpoint: str = "best",
                 chat_template: Template | str | None = None) -> dict[str, Any]:
     """Write run `run_dir` as the GGUF file `out` (llama.cpp: `llama-cli -m out`) and an Ollama
-    `Modelfile` beside it. `dtype`: f32, f16 or q8_0 for the weight matrices. `chat_template`: a
+    `NAME.Modelfile` beside it (model.gguf -> model.Modelfile). `dtype`: f32, f16 or q8_0 for the
+    weight matrices. `chat_template`: a
     Template (or a shipped template's name) to embed; default: the run's own, else an imported
     tokenizer's. Returns a summary (out, arch, dtype, bytes, tokenizer model and pre-tokenizer,
     modelfile, tensors). Raises ExportError naming what GGUF cannot express."""
@@ -374,8 +376,8 @@ def export_gguf(run_dir: str | Path, out: str | Path, dtype: str = "f32", checkp
         raise ExportError(f"unknown GGUF dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     run = load(run_dir, checkpoint=checkpoint, device="cpu", dtype="float32").merge_adapter()  # LoRA: merged
     cfg, tokenizer = run.model.cfg, run.tokenizer
+    vocab = gguf_vocab(tokenizer, cfg.vocab_size)  # refusals first: no warning about a file never written
     arch = gguf_architecture(cfg)
-    vocab = gguf_vocab(tokenizer, cfg.vocab_size)
     if len(vocab.tokens) != cfg.vocab_size:
         raise ExportError(f"the tokenizer has {len(vocab.tokens)} ids but model.vocab_size is {cfg.vocab_size}")
     if isinstance(chat_template, str):
@@ -443,7 +445,7 @@ def export_gguf(run_dir: str | Path, out: str | Path, dtype: str = "f32", checkp
     eos_text = tokenizer.decode([tokenizer.eot_id]) if tokenizer.eot_id is not None else ""
     stops = [eos_text, *(tokenizer.decode([i]) for i in tokenizer.stop_ids if i != tokenizer.eot_id),
              *(template.stop if template is not None else [])]
-    modelfile_path = out.parent / MODELFILE
+    modelfile_path = out.with_suffix(MODELFILE_SUFFIX)
     fileio.write_text(modelfile_path, modelfile(out.name, template, jinja, stops))
     return {"out": str(out), "arch": arch, "dtype": dtype, "bytes": out.stat().st_size, "tensors": len(tensors),
             "tokenizer_model": vocab.model, "pre_tokenizer": vocab.pre, "modelfile": str(modelfile_path),

@@ -65,8 +65,9 @@ def check_gpt2_compatible(cfg: ModelConfig) -> None:
         raise ExportError(f"GPT-2 cannot express {'; '.join(problems)}")
 
 
-def gpt2_config(cfg: ModelConfig, eot_id: int | None = None) -> dict[str, Any]:
-    """A transformers `GPT2Config` (as a dict) for `cfg`."""
+def gpt2_config(cfg: ModelConfig, eot_id: int | None = None, bos_id: int | None = None) -> dict[str, Any]:
+    """A transformers `GPT2Config` (as a dict) for `cfg`; `bos_id` (default: `eot_id`) is what
+    generation without a prompt starts from."""
     check_gpt2_compatible(cfg)
     return {
         "architectures": ["GPT2LMHeadModel"],
@@ -89,7 +90,7 @@ def gpt2_config(cfg: ModelConfig, eot_id: int | None = None) -> dict[str, Any]:
         "reorder_and_upcast_attn": False,
         "use_cache": True,
         "tie_word_embeddings": cfg.tie_weights,
-        "bos_token_id": eot_id,
+        "bos_token_id": eot_id if bos_id is None else bos_id,
         "eos_token_id": eot_id,
         "torch_dtype": "float32",
     }

@@ -43,13 +43,15 @@ _WHY_NOT_LLAMA = {
 def _family(cfg, tokenizer: Tokenizer) -> tuple[str, dict[str, Any], Any]:
     """(family name, transformers config dict, state-dict builder) for the model config `cfg`."""
     eot_id = tokenizer.eot_id
+    bos = getattr(tokenizer, "bos_token_id", None)  # hf: the original BOS, even when not added
+    if bos is None:  # what generation starts from without a prompt: word's <sos>, else end-of-text
+        bos = tokenizer.bos_id if tokenizer.bos_id is not None else eot_id
     problems = gpt2_problems(cfg)
     if not problems:
-        return "gpt2", gpt2_config(cfg, eot_id), to_gpt2_state
+        return "gpt2", gpt2_config(cfg, eot_id, bos_id=bos), to_gpt2_state
     why_not_llama = llama.llama_incompatibility(cfg)
     if why_not_llama is None:
-        bos = getattr(tokenizer, "bos_token_id", None)  # hf: the original BOS, even when not added
-        config = llama.llama_config(cfg, bos_token_id=bos if bos is not None else eot_id, eos_token_id=eot_id,
+        config = llama.llama_config(cfg, bos_token_id=bos, eos_token_id=eot_id,
                                     pad_token_id=getattr(tokenizer, "pad_id", None))
         return "llama", config, llama.to_llama_state
     reason = _WHY_NOT_LLAMA.get(cfg.pos, f"Llama cannot express it ({why_not_llama})")
@@ -74,6 +76,8 @@ def export_hf(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best"
     fileio.write_json(out / "config.json", config)
     generation = {"_from_model_config": True, "bos_token_id": config.get("bos_token_id"),
                   "eos_token_id": config.get("eos_token_id")}
+    if tokenizer.suppressed_ids:  # ids tinylm never generates (<pad>, <unk>, ...): transformers' generate neither
+        generation["suppress_tokens"] = sorted(tokenizer.suppressed_ids)
     original = getattr(tokenizer, "files", {}).get("generation_config.json")  # hf: the imported model's own
     if original is not None:
         fileio.write_text(out / "generation_config.json", original)
@@ -199,6 +203,9 @@ def import_hf(src_dir: str | Path, out_run_dir: str | Path, dtype: str = "float3
     if (out / CONFIG_FILE).exists():
         raise CheckpointError(f"{out} is already a run directory; choose another output directory")
     config_path = src / "config.json"
+    if src.is_file():
+        raise CheckpointError(f"{src} is a file; give the model's folder (the one holding config.json and the "
+                              "weights)")
     if not src.is_dir():
         raise CheckpointError(f"{src} does not exist")
     if not config_path.is_file():
@@ -219,6 +226,9 @@ def import_hf(src_dir: str | Path, out_run_dir: str | Path, dtype: str = "float3
         if model_cfg.pos == "learned" and context != model_cfg.context:
             raise ConfigError(f"--context {context}: a GPT-2 model's position table fixes its context "
                               f"({model_cfg.context})")
+        if not 1 <= context <= model_cfg.context:
+            raise ConfigError(f"--context {context}: give 1 to the model's own context, {model_cfg.context} "
+                              "(max_position_embeddings); --context caps it, it cannot extend it")
         model_cfg.context = context
     state = read_hf_weights(src)
     emb = next((v for k, v in state.items() if k.endswith(embedding)), None)

@@ -36,6 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tinylm.config import ModelConfig
+from tinylm.runtime import check_memory
 
 
 class KVCache:
@@ -252,7 +253,12 @@ class GPT(nn.Module):
         (`per_row`: each row with its own length, for continuous batching; `static`: per-row lengths and
         attention over all `max_len` positions, fixed shapes for torch.compile)."""
         weight = self.tok_emb.weight
-        return KVCache(self.cfg, batch, max_len or self.cfg.context, weight.device, weight.dtype, per_row, static)
+        max_len = max_len or self.cfg.context
+        cfg = self.cfg
+        need = 2 * cfg.n_layer * batch * max_len * cfg.kv_heads * cfg.head_dim * weight.element_size()
+        check_memory(need, weight.device, f"the KV cache ({batch} x {max_len:,} positions x {cfg.n_layer} layers)",
+                     "lower model.context (tinylm import --context N caps an imported model's) or the batch")
+        return KVCache(cfg, batch, max_len, weight.device, weight.dtype, per_row, static)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: KVCache | None = None,
                 pad: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
