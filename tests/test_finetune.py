@@ -135,6 +135,28 @@ def test_cli_finetune_chat_merge_eval(trained_run, instructions, tmp_path, capsy
     assert read_config(merged).finetune.template == "plain" and not read_config(merged).finetune.adapter
 
 
+def test_continued_pretraining_on_text_files_with_the_base_tokenizer(trained_run, corpus_text, tmp_path, capsys):
+    """A .txt file (and a .jsonl of {"text"} records, and a --val-data text file) is prepared once with
+    the base run's own tokenizer (cached by its fingerprint) and trained on, LoRA and full."""
+    text, val, records = tmp_path / "more.txt", tmp_path / "val.txt", tmp_path / "more.jsonl"
+    text.write_text(corpus_text[:20000], encoding="utf-8")
+    val.write_text(corpus_text[20000:24000], encoding="utf-8")
+    records.write_text("".join(json.dumps({"text": corpus_text[i:i + 2000]}) + "\n" for i in range(0, 20000, 2000)))
+    common = ["--max-steps", "3", "--dtype", "float32", "--set", "train.eval_interval=3"]
+    assert main(["finetune", str(trained_run), "--data", str(text), "--out", str(tmp_path / "a"), *common]) == 0
+    first = capsys.readouterr().err
+    assert "more.txt with the base's char tokenizer into" in first
+    assert main(["finetune", str(trained_run), "--data", str(text), "--out", str(tmp_path / "b"), "--method", "full",
+                 *common]) == 0
+    assert "with the base's char tokenizer into" not in capsys.readouterr().err  # the cached preparation is reused
+    assert main(["finetune", str(trained_run), "--data", str(records), "--val-data", str(val),
+                 "--out", str(tmp_path / "c"), *common]) == 0
+    for name in "abc":
+        cfg = read_config(tmp_path / name)
+        assert cfg.finetune.format == "text" and (tmp_path / name / "metrics.jsonl").is_file()
+    assert main(["sample", str(tmp_path / "a"), "--prompt", "KING", "--max-new-tokens", "4"]) == 0
+
+
 def test_bad_input_is_one_line_errors(trained_run, instructions, tmp_path, capsys):
     def error(*argv: str) -> str:
         assert main(list(argv)) == 1

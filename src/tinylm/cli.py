@@ -594,7 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("export", parents=[common], help="write a run as a Hugging Face model or a GGUF file",
                          description="Export a run as a transformers directory (GPT-2, or Llama where GPT-2 "
                                      "cannot express the model) that AutoModelForCausalLM.from_pretrained loads, "
-                                     "or as a GGUF file for llama.cpp and Ollama (with its Ollama Modelfile beside it, NAME.Modelfile).")
+                                     "or as a GGUF file for llama.cpp and Ollama (NAME.Modelfile beside it).")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--format", choices=("hf", "gguf", "peft"), default="hf",
                    help="hf (default): Hugging Face transformers (a LoRA run merged into its base); gguf: llama.cpp "

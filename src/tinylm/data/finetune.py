@@ -21,7 +21,6 @@ stops at (`Run.chat` cuts it and the suffix off).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
@@ -541,8 +540,7 @@ def text_data_dir(cfg: RunConfig, tokenizer: Tokenizer) -> Path:
         train_stream = src.streams["train" if src.has_splits else "all"]
         src = Source(f"{src.name}+{val.name}", {"train": train_stream, "val": val.streams["all"]},
                      cache_key(src.key, val.key), None, {**src.files, **val.files})
-    keyed = dataclasses.replace(data, tokenizer=f"{tokenizer.kind}@{tokenizer.fingerprint()[:16]}")
-    out = prepared_dir_for(src, keyed)
+    out = prepared_dir_for(src, data, tokenizer)
     try:
         read_meta(out)
     except DataError:

@@ -448,8 +448,11 @@ def load_split(data_dir: str | Path, split: str) -> np.memmap:
 # --------------------------------------------------------------------------- cache
 
 
-def prepared_dir_for(src: Source, data: DataConfig) -> Path:
-    key = {"source": src.key, "tokenizer": spec_identity(data.tokenizer), "val": data.val_fraction, "format": FORMAT,
+def prepared_dir_for(src: Source, data: DataConfig, tokenizer: Tokenizer | None = None) -> Path:
+    """The cache directory of `src` prepared with `data`'s options and tokenizer: data.tokenizer (a
+    spec), or `tokenizer` itself (a run's, e.g. a fine-tune's base: keyed by its fingerprint)."""
+    identity = f"{tokenizer.kind}@{tokenizer.fingerprint()}" if tokenizer is not None else spec_identity(data.tokenizer)
+    key = {"source": src.key, "tokenizer": identity, "val": data.val_fraction, "format": FORMAT,
            "split": data.split, "max_tokens": data.max_tokens or src.max_tokens}
     if data.split == "shuffle":
         key["seed"] = data.split_seed
@@ -457,7 +460,8 @@ def prepared_dir_for(src: Source, data: DataConfig) -> Path:
         key["errors"] = data.errors
     digest = fileio.sha256_bytes(json.dumps(key, sort_keys=True).encode())[:12]
     stem = "".join(c if c.isalnum() else "-" for c in Path(src.name).stem)[:40]
-    label = "hf" if data.tokenizer.startswith("hf:") else data.tokenizer.replace(":", "")  # no path in the name
+    spec = tokenizer.kind if tokenizer is not None else data.tokenizer
+    label = "hf" if spec.startswith("hf") else spec.replace(":", "")  # no path in the name
     return fileio.cache_root() / "prepared" / f"{stem}-{label}-{digest}"
 
 
