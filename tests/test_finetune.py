@@ -83,7 +83,7 @@ def test_finetuning_lowers_the_validation_loss_on_response_tokens(trained_run, i
     assert isinstance(reply, str) and "User:" not in reply
 
 
-def test_resumed_lora_run_equals_the_uninterrupted_run(trained_run, instructions, tmp_path, monkeypatch):
+def test_resumed_lora_run_equals_the_uninterrupted_run(trained_run, instructions, tmp_path, monkeypatch, capsys):
     from test_training import TIMING, Crash, metrics
 
     def cfg(name: str):
@@ -104,6 +104,10 @@ def test_resumed_lora_run_equals_the_uninterrupted_run(trained_run, instructions
         train(cfg("crashed"))
     monkeypatch.undo()
     assert torch.load(tmp_path / "crashed" / "train_state.pt", weights_only=True)["step"] == 4
+    for flags, fragment in ((["--lora-alpha", "64"], "lora.alpha cannot change when resuming"),
+                            (["--template", "chat"], "finetune.template cannot change when resuming")):
+        assert main(["finetune", "--resume", str(tmp_path / "crashed"), *flags]) == 1  # refused before any work
+        assert fragment in capsys.readouterr().err
     assert main(["finetune", "--resume", str(tmp_path / "crashed")]) == 0
     a, b = (tinylm.load(d, checkpoint="latest", device="cpu").model for d in (straight, tmp_path / "crashed"))
     assert all(torch.equal(v, adapter_state(b)[k]) for k, v in adapter_state(a).items())
@@ -133,6 +137,9 @@ def test_cli_finetune_chat_merge_eval(trained_run, instructions, tmp_path, capsy
         folded = tinylm.load(merged, device="cpu", dtype="float32").model(ids)[0]
     torch.testing.assert_close(folded, adapted, atol=1e-5, rtol=0)
     assert read_config(merged).finetune.template == "plain" and not read_config(merged).finetune.adapter
+    capsys.readouterr()
+    assert main(["finetune", "--resume", str(merged)]) == 1  # standalone weights: fine-tune it as a base instead
+    assert "is a merged run" in capsys.readouterr().err
 
 
 def test_continued_pretraining_on_text_files_with_the_base_tokenizer(trained_run, corpus_text, tmp_path, capsys):
@@ -169,6 +176,8 @@ def test_bad_input_is_one_line_errors(trained_run, instructions, tmp_path, capsy
     assert "the base run" in error("finetune", str(tmp_path / "nope"), *args, *out)
     assert "--lora-r" in error("finetune", str(trained_run), *args, *out, "--lora-r", "0")
     assert "no layer 'gate'" in error("finetune", str(trained_run), *args, *out, "--lora-targets", "qkv,gate")
+    assert "--epochs 0 with no --max-steps" in error("finetune", str(trained_run), "--data", str(instructions), *out,
+                                                    "--epochs", "0")
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     assert "is empty" in error("finetune", str(trained_run), "--data", str(empty), *out)

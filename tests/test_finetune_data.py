@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tinylm.data.finetune import (IGNORE, ExampleBatches, FitCounts, detect_format, encode_messages, fit_example,
-                                  load_examples, make_examples, pad_batch, read_conversations, shakespeare_instructions)
+                                  load_examples, make_examples, pad_batch, read_conversations, read_records,
+                                  shakespeare_instructions)
 from tinylm.errors import DataError
 from tinylm.interop.hf_tokenizer import export_tokenizer
 from tinylm.templates import get_template, instruction_messages
@@ -243,3 +244,26 @@ def test_example_batches_pad_with_ignored_targets_and_resume_exactly():
     resumed = ExampleBatches(examples, 4, seed=5)
     resumed.load_state_dict(one.state_dict())
     assert all(torch.equal(a, b) for a, b in zip(one.next_batch(), resumed.next_batch(), strict=True))
+
+
+def test_byte_order_marks_and_invalid_utf8_in_record_files(tmp_path):
+    """Windows editors start files with a UTF-8 byte order mark: it is not part of the first record
+    (JSONL, JSON arrays, and text sources alike). Invalid UTF-8 is an error naming the byte, or U+FFFD
+    with errors="replace" (`tinylm finetune --errors replace`)."""
+    from tinylm.data.spec import read_source
+
+    record = {"instruction": "Who speaks?", "output": "Hamlet."}
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "a.jsonl").write_bytes(bom + json.dumps(record).encode() + b"\r\n")
+    (tmp_path / "a.json").write_bytes(bom + json.dumps([record]).encode())
+    (tmp_path / "t.txt").write_bytes(bom + b"To be, or not to be.\n")
+    for name in ("a.jsonl", "a.json"):
+        assert detect_format(str(tmp_path / name)) == "instruction"
+        assert [r for _, r in read_records(str(tmp_path / name))] == [record]
+    assert "".join(text for text, _ in read_source(str(tmp_path / "t.txt")).streams["all"]()) == \
+        "To be, or not to be.\n"
+    latin1 = json.dumps({"instruction": "caf\u00e9?", "output": "oui"}).encode().replace(b"\\u00e9", b"\xe9")
+    (tmp_path / "b.jsonl").write_bytes(latin1 + b"\n")
+    with pytest.raises(DataError, match=r"b.jsonl is not valid UTF-8 \(byte offset 20.*--errors replace"):
+        list(read_records(str(tmp_path / "b.jsonl")))
+    assert [r["instruction"] for _, r in read_records(str(tmp_path / "b.jsonl"), "replace")] == ["caf\ufffd?"]

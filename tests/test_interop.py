@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,27 @@ def test_export_of_a_word_run_starts_at_its_bos_and_suppresses_what_tinylm_never
     assert generation["suppress_tokens"] == sorted(run.tokenizer.suppressed_ids) == [0, 1, 2]
     ours, theirs = greedy_both(tmp_path / "word", hf_model(tmp_path / "hf"), run.tokenizer.encode("the king"), 20)
     assert ours == theirs and not set(ours) & {0, 1, 2}
+
+
+def test_export_never_mixes_into_a_run_or_another_export(trained_run: Path, tmp_path: Path, capsys) -> None:
+    """An export goes to a new or empty folder; an earlier export is replaced only with --overwrite; a
+    run directory never (its config.json and weights would be lost)."""
+    from tinylm.cli import main
+
+    run_copy = tmp_path / "run"
+    shutil.copytree(trained_run, run_copy)
+    before = {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()}
+    for extra in ([], ["--overwrite"]):
+        assert main(["export", str(trained_run), "--out", str(run_copy), *extra]) == 1
+        assert "is a tinylm run directory" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()} == before
+    out = tmp_path / "hf"
+    assert main(["export", str(trained_run), "--out", str(out)]) == 0
+    assert main(["export", str(trained_run), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "is not empty" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert main(["export", str(trained_run), "--out", str(out), "--overwrite"]) == 0
+    assert hf_model(out) is not None
 
 
 @pytest.mark.parametrize("variant", [{}, {"bias": False}, {"mlp": "gelu_tanh"}, {"tie_weights": False}])

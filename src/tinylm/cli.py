@@ -158,9 +158,17 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         if clash:
             raise ConfigError(f"{', '.join(clash)} cannot be combined with --resume: a resumed fine-tune keeps its "
                               "base, data and directory")
+        fixed = sorted(dest for dest, value in vars(args).items()
+                       if "." in dest and value is not None and not dest.startswith("train."))
+        if fixed:
+            raise ConfigError(f"{fixed[0]} cannot change when resuming: a resumed fine-tune keeps its LoRA, data and "
+                              "template settings (only train.* ones, such as --lr and --max-steps, may change)")
         cfg = read_config(args.resume)
         if not cfg.finetune.method:
             raise ConfigError(f"{args.resume} is not a fine-tune; continue it with `tinylm train --resume`")
+        if cfg.finetune.merged:
+            raise ConfigError(f"{args.resume} is a merged run (standalone weights, no training state); fine-tune it "
+                              f"further as a base: tinylm finetune {args.resume} --data SOURCE --out NEW_RUN")
         cfg.train.out_dir = args.resume
         for item in args.set:
             if not item.startswith("train."):
@@ -187,6 +195,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     epochs_given = args.__dict__["train.epochs"] or any(i.startswith("train.epochs=") for i in args.set)
     if steps_given and not epochs_given and not args.resume:
         cfg.train.epochs = 0.0  # --max-steps replaces the default epochs
+    if epochs_given and not steps_given and not args.resume and cfg.train.epochs == 0:
+        raise ConfigError("--epochs 0 with no --max-steps says nothing about how long to train; give --epochs N "
+                          "(passes over the data) or --max-steps N")
     result = train(cfg, resume=bool(args.resume), overwrite=args.overwrite)
     status = _report_training(result, "finetune")
     if status == 0 and from_environment().main:
@@ -243,6 +254,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     cfg.validate()
     run = load(args.run_dir, cfg.checkpoint, cfg.device, cfg.dtype, cfg.quantize, cfg.compile)
     if cfg.chat:
+        ignored = [flag for flag, on in (("--num-samples", cfg.num_samples > 1), ("--stream", cfg.stream)) if on]
+        if ignored:
+            warn(f"{' and '.join(ignored)} do not apply to --chat (one reply per turn, printed whole)")
         return _chat(run, cfg)
     if cfg.stream and (cfg.verbose or cfg.num_return_sequences > 1):
         warn(f"--stream prints whole texts with {'--verbose' if cfg.verbose else '--num-return-sequences'} "
@@ -320,7 +334,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.format == "peft":
         from tinylm.interop.peft import export_peft
 
-        summary = export_peft(args.run_dir, args.out, checkpoint=args.checkpoint, base_model=args.base_model)
+        summary = export_peft(args.run_dir, args.out, checkpoint=args.checkpoint, base_model=args.base_model,
+                              overwrite=args.overwrite)
         print(f"exported the adapter {summary['weights']} ({summary['tensors']} tensors, targets "
               f"{', '.join(summary['target_modules'])}) as a PEFT {summary['family']} adapter to {summary['out_dir']}; "
               f"load it with peft.PeftModel.from_pretrained(model, {summary['out_dir']!r}) on the base exported "
@@ -328,7 +343,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 0
     if args.base_model:
         raise ConfigError("--base-model goes with --format peft")
-    summary = export_hf(args.run_dir, args.out, checkpoint=args.checkpoint)
+    summary = export_hf(args.run_dir, args.out, checkpoint=args.checkpoint, overwrite=args.overwrite)
     print(f"exported {summary['weights']} as {summary['family']} ({summary['params']:,} parameters, with its "
           f"tokenizer) to {summary['out_dir']}; load it with transformers.AutoModelForCausalLM.from_pretrained")
     return 0
@@ -497,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-data", dest="finetune.val_data", metavar="FILE",
                    help="validation data in the same format (default: hold out --val-fraction of SOURCE)")
     p.add_argument("--val-fraction", dest="data.val_fraction", metavar="F", help="held out for validation (0.1)")
+    _errors_flag(p, "data")
     p.add_argument("--out", dest="train.out_dir", metavar="RUN_DIR", help="the fine-tuned run's directory")
     p.add_argument("--method", dest="finetune.method", metavar="M", choices=("lora", "full"),
                    help="lora (default: adapters on the frozen base) or full (every weight)")
@@ -608,6 +624,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which weights: best (default) or latest")
     p.add_argument("--base-model", metavar="NAME",
                    help="peft: base_model_name_or_path to record (default: the base run's directory)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="hf, peft: replace the files of an earlier export in --out (a non-empty folder is refused "
+                        "otherwise; a run directory always)")
     p.set_defaults(func=cmd_export)
 
     p = verbs.add_parser("merge", parents=[common], help="fold a LoRA run's adapter into its base: a standalone run",

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from tinylm.config import RunConfig
 from tinylm.console import console, warn
 from tinylm.data.prepare import META_FILE, prepare_config, prepared_dir_for, read_meta
-from tinylm.data.sources import BUILTIN, Source, builtin_source, cache_key, json_lines
+from tinylm.data.sources import BUILTIN, Source, _blocks, builtin_source, cache_key, json_lines
 from tinylm.data.spec import read_source
 from tinylm.errors import ConfigError, DataError
 from tinylm.runtime import autocast
@@ -63,12 +63,10 @@ RECORD_SOURCES["hf:"] = _hub_records
 # --------------------------------------------------------------------------- reading records
 
 
-def _json_array(path: Path) -> Iterator[Record]:
-    """The objects of a JSON array file, each with the line it starts on."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text ({e})") from None
+def _json_array(path: Path, errors: str = "strict") -> Iterator[Record]:
+    """The objects of a JSON array file, each with the line it starts on (a leading byte order mark
+    dropped; invalid UTF-8 an error, or U+FFFD with errors="replace")."""
+    text = "".join(_blocks(path, errors))
     decoder, pos = json.JSONDecoder(), 0
 
     def skip(pos: int) -> int:
@@ -101,9 +99,10 @@ def _json_array(path: Path) -> Iterator[Record]:
         raise DataError(f"{path}: the JSON array is not closed (no ']'); the file may be truncated")
 
 
-def read_records(spec: str) -> Iterator[Record]:
+def read_records(spec: str, errors: str = "strict") -> Iterator[Record]:
     """(where, record) for every record of a .json array or .jsonl file, or of a registered record
-    source (`RECORD_SOURCES`, by prefix). Blank JSONL lines are skipped."""
+    source (`RECORD_SOURCES`, by prefix). Blank JSONL lines are skipped. `errors`: invalid UTF-8 in a
+    file stops with an error (strict) or becomes U+FFFD (replace)."""
     for prefix, opener in RECORD_SOURCES.items():
         if spec.startswith(prefix):
             yield from opener(spec)
@@ -112,9 +111,9 @@ def read_records(spec: str) -> Iterator[Record]:
     if not path.is_file():
         raise DataError(f"{spec}: no such file")
     if path.suffix == ".json":
-        yield from _json_array(path)
+        yield from _json_array(path, errors)
     else:
-        for number, record in json_lines(path):
+        for number, record in json_lines(path, errors):
             yield f"{path} line {number}", record
 
 
@@ -139,7 +138,7 @@ def _bad_record(where: str) -> DataError:
                      "or \"instruction\" and \"output\" (Alpaca); add them or fix the file")
 
 
-def detect_format(spec: str, text_field: str = "text") -> str:
+def detect_format(spec: str, text_field: str = "text", errors: str = "strict") -> str:
     """"text" (plain text, any `tinylm prepare` source or a prepared data dir), "instruction" or "chat",
     from the file: a .json/.jsonl file (or a record source) by its first record's keys."""
     path = Path(spec).expanduser()
@@ -149,7 +148,7 @@ def detect_format(spec: str, text_field: str = "text") -> str:
         if not path.exists() and spec not in BUILTIN and not re.fullmatch(r"[\w.-]+", spec):
             raise DataError(f"{spec}: no such file, folder or dataset")
         return "text"
-    for where, record in read_records(spec):
+    for where, record in read_records(spec, errors):
         kind = record_kind(record, text_field)
         if kind is None:
             raise _bad_record(where)
@@ -174,9 +173,9 @@ def record_messages(record: Any, where: str, fmt: str) -> list[dict[str, str]]:
     return messages
 
 
-def read_conversations(spec: str, fmt: str) -> list[tuple[str, list[dict[str, str]]]]:
+def read_conversations(spec: str, fmt: str, errors: str = "strict") -> list[tuple[str, list[dict[str, str]]]]:
     """(where, messages) of every record of a file (or record source) in format `fmt`."""
-    out = [(where, record_messages(record, where, fmt)) for where, record in read_records(spec)]
+    out = [(where, record_messages(record, where, fmt)) for where, record in read_records(spec, errors)]
     if not out:
         raise DataError(f"{spec} is empty (no records); give instruction or chat records")
     return out
@@ -489,15 +488,15 @@ def split_conversations(conversations: list[tuple[str, list[dict[str, str]]]], v
 
 def load_examples(spec: str, fmt: str, tokenizer: Tokenizer, template: Template, window: int, *,
                   val_spec: str = "", val_fraction: float = 0.1, seed: int = 1337, train_on_prompt: bool = False,
-                  quiet: bool = False) -> ExampleData:
+                  quiet: bool = False, errors: str = "strict") -> ExampleData:
     """Read, split, encode and fit the records of `spec` (and `val_spec`) into an ExampleData for
     windows of `window` tokens (examples of at most window + 1 tokens). Prints what was cut or dropped."""
-    conversations = read_conversations(spec, fmt)
+    conversations = read_conversations(spec, fmt, errors)
     if val_spec:
-        val_fmt = detect_format(val_spec)
+        val_fmt = detect_format(val_spec, errors=errors)
         if val_fmt != fmt:
             raise DataError(f"{val_spec} holds {val_fmt} data but {spec} holds {fmt} records; give both in one format")
-        train_conv, val_conv = conversations, read_conversations(val_spec, fmt)
+        train_conv, val_conv = conversations, read_conversations(val_spec, fmt, errors)
     else:
         train_conv, val_conv = split_conversations(conversations, val_fraction, seed)
     unknown = count_unknown(tokenizer, template, conversations)
@@ -553,7 +552,7 @@ def resolve_format(cfg: RunConfig) -> str:
     """finetune.format of `cfg`, detected from the data when "auto" (and recorded in `cfg`)."""
     ft = cfg.finetune
     source = cfg.data.dir or cfg.data.source
-    fmt = ft.format if ft.format != "auto" else detect_format(source, cfg.data.text_field)
+    fmt = ft.format if ft.format != "auto" else detect_format(source, cfg.data.text_field, cfg.data.errors)
     if cfg.data.dir and fmt != "text":
         raise ConfigError(f"{cfg.data.dir} is a prepared data directory: it can only be fine-tuned on as text")
     ft.format = fmt
@@ -568,7 +567,7 @@ def run_examples(cfg: RunConfig, tokenizer: Tokenizer, quiet: bool = False) -> E
     ft.template = template.name
     return load_examples(cfg.data.source, fmt, tokenizer, template, cfg.seq_len, val_spec=ft.val_data,
                          val_fraction=cfg.data.val_fraction, seed=cfg.data.split_seed,
-                         train_on_prompt=ft.train_on_prompt, quiet=quiet)
+                         train_on_prompt=ft.train_on_prompt, quiet=quiet, errors=cfg.data.errors)
 
 
 # --------------------------------------------------------------------------- a demo instruction set

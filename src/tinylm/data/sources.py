@@ -115,9 +115,9 @@ class _Document:
 
 
 def _blocks(path: Path, errors: str, size: int = 1 << 20) -> Iterator[str]:
-    """The decoded text of a UTF-8 file in blocks of about `size` bytes that end at line breaks.
-    Invalid UTF-8 is an error naming the byte offset, or with errors="replace" becomes U+FFFD
-    (with one warning)."""
+    """The decoded text of a UTF-8 file in blocks of about `size` bytes that end at line breaks (a
+    leading byte order mark, as Windows editors write, dropped). Invalid UTF-8 is an error naming the
+    byte offset, or with errors="replace" becomes U+FFFD (with one warning)."""
     offset, carry, warned = 0, b"", False
     with open(path, "rb") as f:
         while True:
@@ -133,6 +133,8 @@ def _blocks(path: Path, errors: str, size: int = 1 << 20) -> Iterator[str]:
                 block, carry = carry, b""
             else:
                 return
+            if offset == 0 and block.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark is not text
+                block, offset = block[3:], 3
             try:
                 yield block.decode("utf-8")
             except UnicodeDecodeError as e:

@@ -58,11 +58,41 @@ def _family(cfg, tokenizer: Tokenizer) -> tuple[str, dict[str, Any], Any]:
     raise ExportError(f"cannot export to transformers: {reason}; GPT-2 cannot express {'; '.join(problems)}")
 
 
-def export_hf(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best") -> dict[str, Any]:
+def check_export_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
+    """`out_dir` as an export's destination: a new or empty folder, or (with `overwrite`) a folder of
+    an earlier export, whose files are replaced. A tinylm run directory is always refused (its
+    config.json and weights would be replaced), and so is a non-empty folder without `overwrite`
+    (files of another export left beside the new ones would mix two models)."""
+    out = Path(out_dir)
+    if out.is_file():
+        raise ExportError(f"{out} is a file; give a folder to export into")
+    if not out.is_dir() or not any(out.iterdir()):
+        return out
+    if (out / "train_state.pt").exists() or _is_run_config(out / "config.json"):
+        raise ExportError(f"{out} is a tinylm run directory; export into another folder (--out)")
+    if not overwrite:
+        raise ExportError(f"{out} is not empty; export into a new folder, or pass --overwrite to replace an "
+                          "earlier export there")
+    return out
+
+
+def _is_run_config(path: Path) -> bool:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "model" in config and "train" in config
+
+
+def export_hf(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best",
+              overwrite: bool = False) -> dict[str, Any]:
     """Write run `run_dir` as a transformers model directory `out_dir` (a LoRA adapter run merged into its
-    base weights). Returns a summary (family, out_dir, weights, parameter count, tensors, whether the
-    tokenizer was exported)."""
+    base weights); `out_dir` must be new or empty, or an earlier export with `overwrite`
+    (`check_export_dir`). Returns a summary (family, out_dir, weights, parameter count, tensors,
+    whether the tokenizer was exported)."""
     from tinylm.rundir import load
+
+    check_export_dir(out_dir, overwrite)
 
     run = load(run_dir, checkpoint=checkpoint, device="cpu", dtype="float32").merge_adapter()
     cfg, tokenizer = run.model.cfg, run.tokenizer

@@ -31,7 +31,8 @@ import torch
 
 from tinylm import __version__, fileio
 from tinylm.errors import ExportError
-from tinylm.interop.hf import _family
+from tinylm.console import warn
+from tinylm.interop.hf import _family, check_export_dir
 from tinylm.interop.hf_tokenizer import export_tokenizer
 from tinylm.model import lora
 
@@ -86,11 +87,15 @@ def peft_tensors(model: torch.nn.Module, family: str,
 
 
 def export_peft(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best",
-                base_model: str | None = None) -> dict[str, Any]:
+                base_model: str | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Write LoRA run `run_dir`'s adapter as a PEFT adapter directory `out_dir` (see the module docstring).
+    `out_dir` must be new or empty, or an earlier export with `overwrite` (`check_export_dir`). Without
+    `base_model`, adapter_config.json names the tinylm base run (a warning says so: transformers cannot
+    load a run directory, so `AutoPeftModelForCausalLM` needs the base's HF export or Hub id there).
     Returns a summary (family, out_dir, weights, tensors, target_modules, base)."""
     from tinylm.rundir import load
 
+    check_export_dir(out_dir, overwrite)
     run = load(run_dir, checkpoint=checkpoint, device="cpu", dtype="float32")
     cfg = run.config
     if not cfg.finetune.adapter:
@@ -118,6 +123,10 @@ def export_peft(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "bes
         "inference_mode": True,
         "revision": None,
     }
+    if not base_model:
+        warn(f"adapter_config.json names the tinylm run {cfg.finetune.base} as the base, which transformers cannot "
+             "load: for peft.AutoPeftModelForCausalLM, pass --base-model with the folder of `tinylm export "
+             f"{cfg.finetune.base} --format hf` (or a Hub id); PeftModel.from_pretrained(model, ...) works either way")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = safetensors.torch.save(tensors, metadata={"format": "pt", "exported_by": f"tinylm {__version__}"})
