@@ -25,7 +25,7 @@ from tinylm.interop.gguf import export_gguf, ollama_template
 from tinylm.interop.gguf import modelfile as modelfile_text
 from tinylm.interop.hf import import_hf
 from tinylm.model import GPT
-from tinylm.rundir import MODEL_FILE, load, save_weights, write_config
+from tinylm.rundir import MODEL_FILE, load, read_config, save_weights, write_config
 from tinylm.templates import get_template
 from tinylm.tokenizers import train_tokenizer
 
@@ -302,3 +302,14 @@ def test_cli_export_gguf(runs: dict, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["export", str(runs["llama-bpe"]), "--format", "gguf", "--out", str(other), "--dtype", "f16"]) == 0
     assert "FROM ./model.gguf" in out.with_suffix(".Modelfile").read_text()
     assert "FROM ./model-f16.gguf" in other.with_suffix(".Modelfile").read_text()
+    capsys.readouterr()
+    before = out.read_bytes()
+    run_file = runs["llama-bpe"] / "config.json"
+    for target, flags, fragment in ((out, [], "exists; give a new path, or pass --overwrite"),
+                                    (run_file, ["--overwrite"], "is a tinylm run directory"),
+                                    (out.parent, [], "is a folder; give the GGUF file's path")):
+        assert main(["export", str(runs["llama-bpe"]), "--format", "gguf", "--out", str(target), *flags]) == 1
+        err = capsys.readouterr().err.strip()
+        assert fragment in err and len(err.splitlines()) == 1, err
+    assert out.read_bytes() == before and read_config(runs["llama-bpe"]).model.pos == "rope"  # nothing replaced
+    assert main(["export", str(runs["llama-bpe"]), "--format", "gguf", "--out", str(out), "--overwrite"]) == 0

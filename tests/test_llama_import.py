@@ -163,10 +163,13 @@ def test_bad_directories_are_one_line_errors(tokenizers: dict[str, Path], tmp_pa
     with pytest.raises(CheckpointError, match="is a file; give the model's folder"):
         import_hf(src / "config.json", tmp_path / "run-file")
     own = json.loads((src / "config.json").read_text())["max_position_embeddings"]
-    with pytest.raises(ConfigError, match=f"--context {own + 1}: give 1 to the model's own context, {own}"):
-        import_hf(src, tmp_path / "run-long", context=own + 1)
+    for bad in (own + 1, 0):
+        with pytest.raises(ConfigError, match=f"--context {bad}: give 1 to the model's own context, {own}"):
+            import_hf(src, tmp_path / "run-long", context=bad)
     # a run whose context cannot fit a KV cache in memory: one line before the allocation
     import_hf(src, tmp_path / "run-ok")
+    with pytest.raises(CheckpointError, match="is a tinylm run directory, not a transformers one"):
+        import_hf(tmp_path / "run-ok", tmp_path / "run-again")
     config = json.loads((tmp_path / "run-ok" / "config.json").read_text())
     config["model"]["context"] = 10**11
     (tmp_path / "run-ok" / "config.json").write_text(json.dumps(config))

@@ -467,6 +467,18 @@ def test_chat_logprob_bytes_rebuild_characters_split_across_tokens(tmp_path: Pat
     content = API(service).chat_logprobs([TokenLogprob(t, -1.0, [(t, -1.0)]) for t in ids])["content"]
     assert b"".join(bytes(e["bytes"]) for e in content) == "你好".encode()
     assert b"".join(bytes(e["top_logprobs"][0]["bytes"]) for e in content) == "你好".encode()
+    # echo offsets: tokens inside one character share its offset; whole tokens point at their text
+    with running(create_app(tmp_path / "g", dtype="float32")) as base:
+        client = OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=120)
+        for prompt in ("日本語 🙂 hello world. ", "日本語 🙂 hello world. " * 10):  # the second is cut to the context
+            c = client.completions.create(model="g", prompt=prompt, max_tokens=2, temperature=0, echo=True,
+                                          logprobs=0).choices[0]
+            offsets = c.logprobs.text_offset[:len(c.logprobs.tokens) - 2]
+            assert offsets == sorted(offsets) and offsets[-1] < len(prompt)
+            for token, offset in zip(c.logprobs.tokens, offsets):
+                if "\ufffd" not in token:
+                    assert c.text[offset:offset + len(token)] == token, (token, offset)
+            assert c.text[offsets[-1]:len(prompt)] == " "  # the prompt's last token, a space
 
 
 # --------------------------------------------------------------------------- the command

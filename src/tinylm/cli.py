@@ -320,7 +320,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         from tinylm.interop.gguf import export_gguf
 
         summary = export_gguf(args.run_dir, args.out, dtype=args.dtype or "f32", checkpoint=args.checkpoint,
-                              chat_template=args.chat_template)
+                              chat_template=args.chat_template, overwrite=args.overwrite)
         print(f"exported {summary['weights']} as GGUF ({summary['arch']}, {summary['dtype']}, "
               f"{summary['bytes'] / 1e6:.1f} MB, {summary['tokenizer_model']} tokenizer with pre-tokenizer "
               f"{summary['pre_tokenizer']}) to {summary['out']}\n"
@@ -625,8 +625,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-model", metavar="NAME",
                    help="peft: base_model_name_or_path to record (default: the base run's directory)")
     p.add_argument("--overwrite", action="store_true",
-                   help="hf, peft: replace the files of an earlier export in --out (a non-empty folder is refused "
-                        "otherwise; a run directory always)")
+                   help="replace an earlier export at --out (an existing GGUF file or a non-empty folder is "
+                        "refused otherwise; a run directory always)")
     p.set_defaults(func=cmd_export)
 
     p = verbs.add_parser("merge", parents=[common], help="fold a LoRA run's adapter into its base: a standalone run",
@@ -646,7 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "auto"), default="float32",
                    help="how the weights are stored: float32 (default), bfloat16, float16 or auto (the checkpoint's)")
-    p.add_argument("--context", type=int, default=0, metavar="N",
+    p.add_argument("--context", type=int, default=None, metavar="N",
                    help="cap a rotary model's context to N positions (its KV cache size; default: "
                         "max_position_embeddings)")
     p.set_defaults(func=cmd_import)

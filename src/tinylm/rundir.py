@@ -485,9 +485,12 @@ def warn_unknown_markers(template: Template, tokenizer: Tokenizer) -> None:
     """A warning when `template`'s markers are partly outside `tokenizer`'s vocabulary (they become <unk>:
     the model cannot tell the roles apart), for a template other than the one a run was fine-tuned with."""
     if unknown_marker_count(template, tokenizer):
+        fits = [name for name in ("plain", "alpaca", "chat")
+                if name != template.name and not unknown_marker_count(get_template(name), tokenizer)]
+        fix = (f"use the {' or '.join(fits)} template" if fits else
+               "no shipped template fits this vocabulary: fine-tune on text that has the markers' characters")
         warn(f"the {template.name!r} template's markers use {tokenizer.unit}s this model's {tokenizer.kind} "
-             "tokenizer does not have (they become <unk>); use the plain template"
-             + (" or alpaca" if not unknown_marker_count(get_template("alpaca"), tokenizer) else ""))
+             f"tokenizer does not have (they become <unk>); {fix}")
 
 
 def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", dtype: str = "auto",

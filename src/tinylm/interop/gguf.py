@@ -42,6 +42,7 @@ from tinylm.config import ModelConfig
 from tinylm.console import warn
 from tinylm.errors import ExportError
 from tinylm.interop import llama
+from tinylm.interop.hf import is_run_config
 from tinylm.templates import Template, get_template
 from tinylm.tokenizers import Tokenizer
 
@@ -361,19 +362,27 @@ def modelfile(gguf_name: str, template: Template | None, jinja: str | None, stop
 
 
 def export_gguf(run_dir: str | Path, out: str | Path, dtype: str = "f32", checkpoint: str = "best",
-                chat_template: Template | str | None = None) -> dict[str, Any]:
+                chat_template: Template | str | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Write run `run_dir` as the GGUF file `out` (llama.cpp: `llama-cli -m out`) and an Ollama
     `NAME.Modelfile` beside it (model.gguf -> model.Modelfile). `dtype`: f32, f16 or q8_0 for the
     weight matrices. `chat_template`: a
     Template (or a shipped template's name) to embed; default: the run's own, else an imported
     tokenizer's. Returns a summary (out, arch, dtype, bytes, tokenizer model and pre-tokenizer,
-    modelfile, tensors). Raises ExportError naming what GGUF cannot express."""
+    modelfile, tensors). Raises ExportError naming what GGUF cannot express, and for a destination in
+    a run directory or an existing file (unless `overwrite`)."""
     gguf = _gguf()
 
     from tinylm.rundir import load
 
     if dtype not in DTYPES:
         raise ExportError(f"unknown GGUF dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    out = Path(out)
+    if out.is_dir():
+        raise ExportError(f"{out} is a folder; give the GGUF file's path, e.g. {out / 'model.gguf'}")
+    if (out.parent / "train_state.pt").exists() or is_run_config(out.parent / "config.json"):
+        raise ExportError(f"{out.parent} is a tinylm run directory; write the GGUF file elsewhere (--out)")
+    if out.exists() and not overwrite:
+        raise ExportError(f"{out} exists; give a new path, or pass --overwrite to replace it")
     run = load(run_dir, checkpoint=checkpoint, device="cpu", dtype="float32").merge_adapter()  # LoRA: merged
     cfg, tokenizer = run.model.cfg, run.tokenizer
     vocab = gguf_vocab(tokenizer, cfg.vocab_size)  # refusals first: no warning about a file never written

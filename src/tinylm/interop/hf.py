@@ -68,7 +68,7 @@ def check_export_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
         raise ExportError(f"{out} is a file; give a folder to export into")
     if not out.is_dir() or not any(out.iterdir()):
         return out
-    if (out / "train_state.pt").exists() or _is_run_config(out / "config.json"):
+    if (out / "train_state.pt").exists() or is_run_config(out / "config.json"):
         raise ExportError(f"{out} is a tinylm run directory; export into another folder (--out)")
     if not overwrite:
         raise ExportError(f"{out} is not empty; export into a new folder, or pass --overwrite to replace an "
@@ -76,7 +76,7 @@ def check_export_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
     return out
 
 
-def _is_run_config(path: Path) -> bool:
+def is_run_config(path: Path) -> bool:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -217,13 +217,14 @@ def _import_tokenizer(src: Path, family: str, vocab_size: int) -> Tokenizer:
     return tokenizer
 
 
-def import_hf(src_dir: str | Path, out_run_dir: str | Path, dtype: str = "float32", context: int = 0
+def import_hf(src_dir: str | Path, out_run_dir: str | Path, dtype: str = "float32", context: int | None = None
               ) -> dict[str, Any]:
     """Convert a transformers directory (GPT-2 or Llama family; one file or shards; float32, float16
     or bfloat16) into a tinylm run directory whose weights are stored as `dtype` (float32, bfloat16,
-    float16, or auto: the checkpoint's). `context` > 0 caps a rotary model's context (its KV cache
-    size). The tokenizer: tinylm's own file when the directory is a tinylm export, else tokenizer.json
-    as the `hf` kind (with its special tokens and BOS handling), else GPT-2's. Returns a summary."""
+    float16, or auto: the checkpoint's). `context` (1 to the model's own) caps a rotary model's context
+    (its KV cache size); None keeps the model's. The tokenizer: tinylm's own file when the directory is
+    a tinylm export, else tokenizer.json as the `hf` kind (with its special tokens and BOS handling),
+    else GPT-2's. Returns a summary."""
     from tinylm.model import GPT
     from tinylm.rundir import CONFIG_FILE, MODEL_FILE, save_weights, write_config
 
@@ -240,6 +241,9 @@ def import_hf(src_dir: str | Path, out_run_dir: str | Path, dtype: str = "float3
         raise CheckpointError(f"{src} does not exist")
     if not config_path.is_file():
         raise CheckpointError(f"{src} has no config.json; it is not a transformers model directory")
+    if is_run_config(config_path):
+        raise CheckpointError(f"{src} is a tinylm run directory, not a transformers one: use it as it is "
+                              f"(tinylm sample {src}), or copy it")
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -252,7 +256,7 @@ def import_hf(src_dir: str | Path, out_run_dir: str | Path, dtype: str = "float3
     else:
         model_cfg, embedding = llama.model_config_from_llama(config, str(config_path)), "model.embed_tokens.weight"
         convert = lambda state, cfg: llama.from_llama_state(cfg, state)  # noqa: E731
-    if context:
+    if context is not None:
         if model_cfg.pos == "learned" and context != model_cfg.context:
             raise ConfigError(f"--context {context}: a GPT-2 model's position table fixes its context "
                               f"({model_cfg.context})")

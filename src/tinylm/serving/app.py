@@ -345,14 +345,17 @@ class API:
         return JSONResponse({**head, "choices": out, "usage": _usage(prompt_tokens, completion)})
 
     def _prompt_offsets(self, prompt: list[TokenLogprob] | None, echo: str) -> list[int]:
-        """text_offset of the echoed prompt's tokens: where each token's text starts in `echo`. A
+        """text_offset of the echoed prompt's tokens: where each token's text starts in `echo` (the
+        characters its predecessors complete: tokens inside one UTF-8 character share its offset). A
         prompt cut to the context keeps its last tokens: they are the end of the echoed text."""
-        tokens = prompt or []
-        offsets, text = [], max(0, len(echo) - sum(len(self.decode_one(t.token)) for t in tokens))
-        for t in tokens:
-            offsets.append(text)
-            text += len(self.decode_one(t.token))
-        return offsets
+        ids = [t.token for t in prompt or []]
+        decode = self.s.run.tokenizer.decode
+
+        def chars(n: int) -> int:  # characters the first n tokens complete (a split character only once whole)
+            return len(decode(ids[:n]).rstrip("\ufffd")) if n else 0
+
+        start = max(0, len(echo) - chars(len(ids)))
+        return [start + chars(i) for i in range(len(ids))]
 
     async def completion_chunks(self, http: Request, request: EngineRequest, queue: asyncio.Queue,
                                 head: dict[str, Any], echo_of: list[str], req: CompletionRequest,
