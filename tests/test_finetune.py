@@ -219,3 +219,20 @@ def test_torchrun_two_processes_train_one_lora_adapter(trained_run, instructions
     assert len(state["rng"]) == 2 and state["step"] == 6
     adapter = adapter_state(tinylm.load(out, device="cpu").model)
     assert any(v.abs().sum() > 0 for k, v in adapter.items() if k.endswith("lora_B"))
+
+
+def test_text_the_base_vocabulary_lacks_is_counted_and_warned_about(trained_run, tmp_path):
+    """Continued pre-training on text with characters the base's char vocabulary lacks: they become
+    <unk>; preparation says how many (and records it), rather than training on them silently."""
+    from tinylm.console import TinylmWarning
+    from tinylm.data.prepare import read_meta
+    from tinylm.tokenizers import load_tokenizer
+
+    text = tmp_path / "unk.txt"
+    text.write_text("the cat ZZZ sat \u00e9 \U0001F642\n" * 40, encoding="utf-8")
+    tok = load_tokenizer(trained_run)
+    lacking = sum(1 for c in text.read_text(encoding="utf-8") if c not in tok.chars)
+    assert lacking >= 40
+    with pytest.warns(TinylmWarning, match=rf"{lacking:,} of .* tokens of .* are the char tokenizer's <unk>"):
+        out = prepare(text, tok, tmp_path / "data")
+    assert read_meta(out)["unknown_tokens"] == lacking

@@ -33,7 +33,7 @@ import numpy as np
 
 from tinylm import __version__, fileio
 from tinylm.config import DataConfig
-from tinylm.console import console, progress
+from tinylm.console import console, progress, warn
 from tinylm.data.sources import Source
 from tinylm.data.spec import read_source
 from tinylm.errors import DataError, TokenizerError
@@ -325,6 +325,9 @@ def prepare(source: str | Source, tokenizer: str | Tokenizer, out_dir: str | Pat
     overflow = "val" if cap and split == "tail" and not src.has_splits else None
     workers = _auto_workers(src, workers, cap)
     total = counts["bytes"] if needs_total else None
+    # a given (not trained) tokenizer, e.g. a fine-tune's base or --tokenizer-from: count the text it lacks
+    unk = tok.unk_id if not isinstance(tokenizer, str) else None
+    unknown = 0
     committed = False
     try:
         routed = _route(src, split, val_fraction, split_seed, counts["bytes"], bool(cap),
@@ -336,6 +339,8 @@ def prepare(source: str | Source, tokenizer: str | Tokenizer, out_dir: str | Pat
             chars = min(BATCH_CHARS, max(cap, 4096)) if cap else BATCH_CHARS
             for batch, encoded in _encode_stream(_batches(routed, chars), tok, out, dtype, workers):
                 for (name, text, last), ids in zip(batch, encoded, strict=True):
+                    if unk is not None:
+                        unknown += int(np.count_nonzero(ids == unk))
                     nbytes = len(text.encode("utf-8"))
                     rest = writers[name].add(ids, nbytes, last)
                     if rest is not None and overflow and name != overflow:
@@ -376,6 +381,11 @@ def prepare(source: str | Source, tokenizer: str | Tokenizer, out_dir: str | Pat
                    for name, w in writers.items()},
         "seconds": round(time.perf_counter() - started, 2),
     }
+    if unknown:
+        meta["unknown_tokens"] = unknown
+        total_tokens = sum(w.tokens for w in writers.values())
+        warn(f"{unknown:,} of {total_tokens:,} tokens of {src.name} are the {tok.kind} tokenizer's <unk>: the text has "
+             f"{tok.unit}s its vocabulary lacks (a model trained on it learns them as one unknown symbol)")
     fileio.write_json(out / META_FILE, meta)
     return out
 
