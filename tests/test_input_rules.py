@@ -441,3 +441,18 @@ def test_prepare_refuses_text_of_only_whitespace(tmp_path, capsys) -> None:
             assert err.startswith("error: ") and "blank.txt" in err and ("empty" in err or "no text" in err), err
     with pytest.raises(DataError):
         main(["prepare", str(path), "--debug", "--out", str(tmp_path / "d")])
+
+
+def test_a_corrupt_run_config_is_a_one_line_error(word_run: Path, tmp_path: Path, capsys) -> None:
+    """config.json replaced by binary bytes, by JSON of another shape, or cut short: each command that
+    reads the run says so in one line (no traceback), naming the file."""
+    for name, content in (("binary", b"\x80\x81GGUF\x00"), ("list", b"[1, 2]"), ("cut", b'{"model": {')):
+        run = tmp_path / name
+        shutil.copytree(word_run, run)
+        (run / "config.json").write_bytes(content)
+        for argv in (["sample", str(run)], ["eval", str(run)], ["finetune", str(run), "--data", "x.txt",
+                                                                 "--out", str(tmp_path / f"ft-{name}")]):
+            capsys.readouterr()
+            assert main(argv) == 1
+            err = capsys.readouterr().err.strip()
+            assert "config.json is corrupt" in err and len(err.splitlines()) == 1, (argv, err)

@@ -76,9 +76,14 @@ def read_config(run_dir: str | Path) -> RunConfig:
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not a tinylm run directory (no {CONFIG_FILE})")
     try:
-        return RunConfig.from_dict(json.loads(path.read_text(encoding="utf-8")), origin=str(path)).validate()
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is corrupt ({e})") from None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:  # not JSON, or not even text
+        raise CheckpointError(f"{path} is corrupt ({e}); restore it from a copy") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} is corrupt (a JSON {type(data).__name__}, not the run's settings); "
+                              "restore it from a copy")
+    try:
+        return RunConfig.from_dict(data, origin=str(path)).validate()
     except ConfigError as e:
         raise CheckpointError(f"{path} does not fit this tinylm {__version__}: {e}") from None
 
