@@ -168,3 +168,32 @@ def test_eval_windows_subset_is_spread_over_the_split():
     windows = eval_windows(10_000, 10, max_windows=5)
     starts = [s for s, _ in windows]
     assert len(windows) == 5 and starts[0] == 0 and starts[-1] >= 9_900
+
+
+def test_concurrent_atomic_writes_of_one_file_never_fail_or_mix(tmp_path):
+    """Two tokenizer worker processes filling the shared GPT-2 cache wrote the same file at once and
+    renamed each other's temporary file (FileNotFoundError in CI). Every write now has its own
+    temporary name: all succeed, the file is one whole write, and no temporary file is left."""
+    import threading
+
+    from tinylm import fileio
+
+    target = tmp_path / "encoder.json"
+    errors: list[BaseException] = []
+
+    def writer(k: int) -> None:
+        try:
+            for _ in range(40):
+                fileio.write_bytes(target, bytes([k]) * 100_000)
+        except BaseException as e:  # noqa: BLE001 - collected for the assertion
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    data = target.read_bytes()
+    assert len(data) == 100_000 and len(set(data)) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["encoder.json"]

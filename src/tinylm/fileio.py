@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
@@ -34,10 +35,13 @@ def atomic_write(path: str | os.PathLike, *, replace: bool = True) -> Iterator[B
     """Open a temporary file for writing; on success it becomes `path` atomically.
 
     With `replace=False` the finished temporary file is left in place (its path is
-    `temp_path(path)`) so the caller can commit several files in a chosen order.
+    `temp_path(path)`) so the caller can commit several files in a chosen order. Concurrent writers
+    of one path are safe: the last rename wins, and each commits a whole file of its own.
     """
     path = Path(path)
-    tmp = temp_path(path)
+    # a name of its own when this call commits: processes (or threads) writing the same file at once,
+    # e.g. two tokenizer workers filling a shared cache, then never rename each other's temporary file
+    tmp = temp_path(path) if not replace else path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
         with open(tmp, "wb") as f:
             yield f
