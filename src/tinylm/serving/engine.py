@@ -139,6 +139,7 @@ class Engine:
                  suppress_ids: Sequence[int] = ()):
         self.model, self.decode = model, decode
         self.suppress_ids = tuple(suppress_ids)  # never generated (the tokenizer's), unless a row's suppress_tokens
+        self._suppress: dict[tuple[int, ...] | None, torch.Tensor | None] = {}  # masks by a row's suppress_tokens
         self.vocab_size, self.stop_ids, self.markers = vocab_size, set(stop_ids), set(markers)
         self.max_batch, self.max_queue = max_batch, max_queue
         self.device = device or next(model.parameters()).device
@@ -338,7 +339,10 @@ class Engine:
                     if seq.seen is None:
                         seq.seen = _seen_mask([seq.row.prompt], logits.size(-1), self.device)
                 seen = torch.cat([seq.seen for seq in group])
-            suppress = _suppress_mask(cfg, self.suppress_ids, logits.size(-1), self.device)
+            own = None if cfg.suppress_tokens is None else tuple(cfg.suppress_tokens)
+            if own not in self._suppress:  # built once, not at every decode step
+                self._suppress[own] = _suppress_mask(cfg, self.suppress_ids, logits.size(-1), self.device)
+            suppress = self._suppress[own]
             tokens = sample_next(logits, cfg.temperature, cfg.top_k, [seq.generator for seq in group],
                                  top_p=cfg.top_p, min_p=cfg.min_p, repetition_penalty=cfg.repetition_penalty,
                                  seen=seen, suppress=suppress).tolist()
