@@ -53,6 +53,7 @@ from tinylm import inference  # noqa: E402
 from tinylm.config import load_preset  # noqa: E402
 from tinylm.data.spec import read_source  # noqa: E402
 from tinylm.generation import generate_ids  # noqa: E402
+from tinylm.interop.native import NativeCrash  # noqa: E402
 from tinylm.model import GPT  # noqa: E402
 from tinylm.rundir import MODEL_FILE, load, save_weights, write_config  # noqa: E402
 from tinylm.tokenizers import KINDS, train_tokenizer  # noqa: E402
@@ -240,22 +241,29 @@ class Transformers:
 
 
 class LlamaCpp:
-    def __init__(self, gguf: Path, threads: int, context: int):
-        import llama_cpp
+    """llama.cpp in a child process (tinylm.interop.llama_cpp): a crash there ends this engine's row, not
+    the benchmark. Weight repacking stays on (llama.cpp's default) unless a probe decode crashes with it,
+    as builds for AMX CPUs do on quantized files (ggml-org/llama.cpp#20824); then the row is measured
+    with repacking off and labelled so, and `crash` keeps why."""
 
-        self.model = llama_cpp.Llama(model_path=str(gguf), n_threads=threads, n_threads_batch=threads,
-                                     n_ctx=context, n_batch=context, verbose=False)
+    def __init__(self, gguf: Path, threads: int, context: int, model: str = ""):
+        from tinylm.interop.llama_cpp import open_llama_cpp
+
+        child = {"model": model, "pythonpath": [str(ROOT / "tests")]} if model else {}
+        self.model = open_llama_cpp(str(gguf), n_threads=threads, n_threads_batch=threads, n_ctx=context,
+                                    n_batch=context, **child)
+        self.label = self.model.label
+        self.crash = self.model.repack_crash
         self.bytes = gguf.stat().st_size
+        self.cpu_s = self.wall_s = 0.0
 
     def generate(self, prompts: list[list[int]], n: int) -> list[list[int]]:
-        outs = []
+        outs, self.cpu_s, self.wall_s = [], 0.0, 0.0
         for prompt in prompts:
-            out = []
-            for token in self.model.generate(prompt, top_k=1, temp=0.0, reset=True):
-                out.append(token)
-                if len(out) == n:
-                    break
-            outs.append(out)
+            result = self.model.greedy(prompt, n)  # timed in the child, whose CPU time this process lacks
+            outs.append(result["ids"])
+            self.cpu_s += result["cpu_s"]
+            self.wall_s += result["wall_s"]
         return outs
 
     def warm(self, prompts: list[list[int]]) -> None:
@@ -263,10 +271,13 @@ class LlamaCpp:
 
 
 def timed(engine, prompts: list[list[int]], n: int) -> tuple[float, float, list[list[int]]]:
-    """(wall seconds, process CPU seconds, ids) of one generation."""
+    """(wall seconds, CPU seconds of the process that decoded, ids) of one generation."""
     cpu, start = time.process_time(), time.perf_counter()
     ids = engine.generate(prompts, n)
-    return time.perf_counter() - start, time.process_time() - cpu, ids
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    if isinstance(engine, LlamaCpp):
+        wall, cpu = engine.wall_s, engine.cpu_s
+    return wall, cpu, ids
 
 
 def same_prefix(a: list[int], b: list[int]) -> int:
@@ -308,17 +319,32 @@ def bench_size(size: str, run: Path, args: argparse.Namespace, work: Path, bandw
         for outtype in ("f32", "f16", "q8_0"):
             try:
                 gguf = gguf_file(run, hf_dir, outtype, work / f"{size}-{outtype}" / "model.gguf", llama_src)
-                engines[f"llama.cpp {outtype}"] = LlamaCpp(gguf, args.llama_threads, context)
+                engine = LlamaCpp(gguf, args.llama_threads, context, args.llama_model)
+                if engine.crash:
+                    notes[f"llama.cpp {outtype} (llama.cpp defaults)"] = f"crashed: {engine.crash}"
+                engines[f"llama.cpp {outtype}{engine.label}"] = engine
             except Exception as e:  # noqa: BLE001 - a row that cannot run says why
                 notes[f"llama.cpp {outtype}"] = f"{type(e).__name__}: {e}"
 
-    for name, engine in engines.items():
-        engine.warm([prompt])
+    def crashed(name: str, e: Exception) -> None:  # a native crash mid-run: that row says so, the rest go on
+        notes[name] = f"crashed: {e}"
+        del engines[name]
+
+    for name, engine in list(engines.items()):
+        try:
+            engine.warm([prompt])
+        except NativeCrash as e:
+            crashed(name, e)
     best: dict[str, tuple[float, float]] = {}
     ids: dict[str, list[int]] = {}
     for _ in range(args.repeats):
-        for name, engine in engines.items():
-            wall, cpu, out = timed(engine, [prompt], args.tokens)
+        for name, engine in list(engines.items()):
+            try:
+                wall, cpu, out = timed(engine, [prompt], args.tokens)
+            except NativeCrash as e:
+                crashed(name, e)
+                best.pop(name, None)
+                continue
             assert len(out[0]) == args.tokens, (name, len(out[0]))
             ids[name] = out[0]
             if name not in best or wall < best[name][0]:
@@ -342,7 +368,9 @@ def bench_size(size: str, run: Path, args: argparse.Namespace, work: Path, bandw
         rows.append(row)
         print(json.dumps(row), flush=True)
     for name, why in notes.items():
-        print(json.dumps({"bench": "decode", "size": size, "engine": name, "skipped": why}), flush=True)
+        row = {"bench": "decode", "size": size, "engine": name, "skipped": why}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
 
     curve = []
     if args.batches:
@@ -365,10 +393,11 @@ def tables(rows: list[dict], bandwidth: dict) -> None:
           f"{torch.get_num_threads()}; memory bandwidth {bandwidth['copy_GBps']:.1f} GB/s (copy, read + write), "
           f"{bandwidth['read_GBps']:.1f} GB/s (read)")
     for size in dict.fromkeys(r["size"] for r in rows):
-        single = [r for r in rows if r["size"] == size and r["bench"] == "decode"]
+        single = [r for r in rows if r["size"] == size and r["bench"] == "decode" and "skipped" not in r]
+        skipped = [r for r in rows if r["size"] == size and r["bench"] == "decode" and "skipped" in r]
         ref = {r["engine"]: r["tokens_per_s"] for r in single}
         hf = ref.get("transformers float32")
-        q8 = ref.get("llama.cpp q8_0")
+        q8 = next((t for name, t in ref.items() if name.startswith("llama.cpp q8_0")), None)
         print(f"\n{size} ({single[0]['params'] / 1e6:.2f}M parameters)\n")
         print("| engine | tokens/s | tokens/CPU-s | x transformers f32 | x llama.cpp q8_0 | weights MB/token | "
               "weights GB/s | compile warm-up |")
@@ -379,6 +408,8 @@ def tables(rows: list[dict], bandwidth: dict) -> None:
                   f"{t / hf if hf else float('nan'):.2f} | {t / q8 if q8 else float('nan'):.2f} | "
                   f"{r['weight_MB_per_token']:.1f} | {r['weights_GBps']:.1f} | "
                   f"{str(r['compile_warmup_s']) + ' s' if r['compile_warmup_s'] else ''} |")
+        for r in skipped:  # engines that could not run or crashed, with why
+            print(f"| {r['engine']} | {r['skipped'][:300]} |||||||")
         batch = [r for r in rows if r["size"] == size and r["bench"] == "decode-batch"]
         if batch:
             sizes = sorted({r["batch"] for r in batch})
@@ -403,6 +434,9 @@ def main() -> None:
     ap.add_argument("--llama-threads", type=int, default=2, help="llama.cpp threads (default 2)")
     ap.add_argument("--llama-src", default="", help="llama-cpp-python's source package (.tar.gz or folder)")
     ap.add_argument("--no-llama", action="store_true", help="leave out llama.cpp")
+    ap.add_argument("--llama-model", default="", metavar="MODULE:CLASS",
+                    help="the child's llama.cpp class (default tinylm's); native_crashers:AMXLikeLlama (tests/) "
+                         "crashes as AMX builds do with repacked weights, to check that rows survive it")
     ap.add_argument("--no-compile", dest="compile", action="store_false", help="leave out the compiled rows")
     ap.add_argument("--quick", action="store_true", help="tiny models, 8 tokens, batches 1 and 2, one round")
     args = ap.parse_args()

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from conftest import require, tiny_config
 from hf_models import SAMPLE_TEXTS, byte_level_variant, save_llama, sentencepiece, wordpiece
-
 from tinylm.cli import main
 from tinylm.config import ModelConfig, RunConfig
 from tinylm.errors import ExportError
@@ -26,6 +26,7 @@ from tinylm.interop.gguf import modelfile as modelfile_text
 from tinylm.interop.hf import import_hf
 from tinylm.model import GPT
 from tinylm.rundir import MODEL_FILE, load, read_config, save_weights, write_config
+from tinylm.runtime import cpu_has_amx
 from tinylm.templates import get_template
 from tinylm.tokenizers import train_tokenizer
 
@@ -70,25 +71,22 @@ def files(runs: dict[str, Path]) -> dict[tuple[str, str], dict]:
 
 @pytest.fixture(scope="module")
 def llama_cpp():
+    """llama.cpp runs in child processes (tinylm.interop.llama_cpp): a crash inside it fails the test
+    that caused it, with the signal and the likely cause, and the rest of the suite goes on."""
     require("llama_cpp")
-    import llama_cpp
+    from tinylm.interop import llama_cpp
 
     return llama_cpp
 
 
 def _open(llama_cpp, path: str, **options: object):
-    return llama_cpp.Llama(path, n_ctx=128, n_batch=128, n_threads=2, verbose=False, type_k=0, type_v=0,
-                           **options)
+    """`path` in llama.cpp: weight repacking on, unless a probe decode shows it crashes here (AMX)."""
+    return llama_cpp.open_llama_cpp(path, n_ctx=128, n_batch=128, n_threads=2, type_k=0, type_v=0, **options)
 
 
 def _greedy(llm, prompt: list[int], n: int = 32) -> list[int]:
     """llama.cpp's own greedy sampler, n tokens (end-of-text included, not stopping)."""
-    out = []
-    for token in llm.generate(prompt, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True):
-        out.append(token)
-        if len(out) == n:
-            return out
-    return out
+    return llm.greedy(prompt, n)["ids"]
 
 
 @pytest.mark.slow
@@ -98,7 +96,7 @@ def test_llama_cpp_tokenizes_like_tinylm(llama_cpp, runs: dict, files: dict, nam
     llm = _open(llama_cpp, files[(name, "f32")]["out"], vocab_only=True)
     try:
         for text in [*SAMPLE_TEXTS, PROMPT_TEXT, " x", "\n\n\n", "   spaces   "]:
-            theirs = llm.tokenize(text.encode("utf-8"), add_bos=tokenizer.add_bos, special=False)
+            theirs = llm.tokenize(text, add_bos=tokenizer.add_bos, special=False)
             assert theirs == tokenizer.prompt_ids(text), (name, text)
     finally:
         llm.close()
@@ -114,8 +112,7 @@ def test_logits_and_greedy_ids_match(llama_cpp, runs: dict, files: dict, name: s
     assert len(prompt) == 32
     llm = _open(llama_cpp, files[(name, dtype)]["out"], logits_all=True)
     try:
-        llm.eval(prompt)
-        theirs = np.array(llm.scores[:32])
+        theirs = llm.logits(prompt)
         with torch.no_grad():
             ours = run.model(torch.tensor([prompt]))[0][0].numpy()
         assert theirs.shape == ours.shape
@@ -141,10 +138,14 @@ def test_q8_0_runs(llama_cpp, runs: dict, files: dict, name: str, record_propert
     finally:
         llm.close()
     assert len(ids) == 32 and all(0 <= i < run.model.cfg.vocab_size for i in ids)
+    if not cpu_has_amx():  # the default path (weights repacked for this CPU) is what runs here
+        assert llm.repack and llm.repack_crash is None, llm.repack_crash
+    how = "llama.cpp defaults" if llm.repack else f"repack off; the defaults crashed: {llm.repack_crash}"
     text = run.tokenizer.decode(ids)
     record_property("q8_0_greedy_text", text)
+    record_property("q8_0_llama_cpp_path", how)
     with capsys.disabled():  # reported on the terminal, not compared
-        print(f"\n[gguf] {name} q8_0 greedy text: {text!r}")
+        print(f"\n[gguf] {name} q8_0 greedy text ({how[:200]}): {text!r}")
 
 
 @pytest.mark.slow
@@ -173,8 +174,8 @@ def test_gguf_metadata_and_tensor_types(runs: dict, files: dict) -> None:
 def _render_go(template: str, messages: list[dict]) -> str:
     """Execute the subset of Go text/template that `ollama_template` writes (range .Messages,
     if / else if eq .Role "...", .Content, string literals, end), to check what Ollama renders."""
-    actions = [a.strip() for a in re.findall(r"\{\{(.*?)\}\}", template, re.S)]
-    assert re.sub(r"\{\{.*?\}\}", "", template, flags=re.S) == "", "text outside actions"
+    actions = [a.strip() for a in re.findall(r"\{\{(.*?)\}\}", template, re.DOTALL)]
+    assert re.sub(r"\{\{.*?\}\}", "", template, flags=re.DOTALL) == "", "text outside actions"
 
     def parse(i: int) -> tuple[list, int, str]:
         nodes: list = []
@@ -220,7 +221,7 @@ def test_chat_template_and_modelfile(runs: dict, tmp_path: Path, llama_cpp) -> N
     assert summary["chat_template"]
     llm = _open(llama_cpp, summary["out"], vocab_only=True)
     try:
-        jinja = llm.metadata["tokenizer.chat_template"]
+        jinja = llm.metadata()["tokenizer.chat_template"]
     finally:
         llm.close()
     assert jinja == template.jinja()
@@ -233,7 +234,7 @@ def test_chat_template_and_modelfile(runs: dict, tmp_path: Path, llama_cpp) -> N
     modelfile = (tmp_path / "chat.Modelfile").read_text()
     assert "FROM ./chat.gguf\n" in modelfile
     assert 'PARAMETER stop "<|endoftext|>"' in modelfile and 'PARAMETER stop "<|user|>"' in modelfile
-    go = re.search(r'TEMPLATE """(.*)"""', modelfile, re.S).group(1)
+    go = re.search(r'TEMPLATE """(.*)"""', modelfile, re.DOTALL).group(1)
     assert go == ollama_template(template, eot)
     assert _render_go(go, messages) == expected
     # alpaca has a default system message: the Modelfile's SYSTEM, which Ollama puts first in .Messages
@@ -266,7 +267,7 @@ def test_hf_byte_level_pre_tokenizers_in_llama_cpp(llama_cpp, tmp_path: Path, st
     llm = _open(llama_cpp, summary["out"], vocab_only=True)
     try:
         for text in [*SAMPLE_TEXTS, PROMPT_TEXT, "12345678 3.14159", "don't WON'T"]:
-            theirs = llm.tokenize(text.encode("utf-8"), add_bos=tokenizer.add_bos, special=False)
+            theirs = llm.tokenize(text, add_bos=tokenizer.add_bos, special=False)
             assert theirs == tokenizer.prompt_ids(text), (style, text)
     finally:
         llm.close()
@@ -313,3 +314,80 @@ def test_cli_export_gguf(runs: dict, tmp_path: Path, capsys: pytest.CaptureFixtu
         assert fragment in err and len(err.splitlines()) == 1, err
     assert out.read_bytes() == before and read_config(runs["llama-bpe"]).model.pos == "rope"  # nothing replaced
     assert main(["export", str(runs["llama-bpe"]), "--format", "gguf", "--out", str(out), "--overwrite"]) == 0
+
+
+@pytest.mark.slow
+def test_weight_repacking_off_loads_without_extra_buffer_types_and_decodes_the_same(llama_cpp, runs: dict,
+                                                                                    files: dict) -> None:
+    """`repack=False` (use_extra_bufts = False, llama-cli's --no-repack) really keeps llama.cpp from
+    considering the repacking buffer types (CPU_REPACK, AMX), and greedy decoding is unchanged."""
+    path = files[("llama-bpe", "q8_0")]["out"]
+    prompt = load(runs["llama-bpe"], device="cpu").tokenizer.prompt_ids(PROMPT_TEXT)[:32]
+    with _open(llama_cpp, path, verbose=True) as default:  # repacking on, unless it crashes here (AMX)
+        expected, default_log = _greedy(default, prompt), default.log()
+    with llama_cpp.LlamaCpp(path, repack=False, verbose=True, n_ctx=128, n_threads=2, type_k=0, type_v=0) as llm:
+        ids, log = _greedy(llm, prompt), llm.log()
+    assert ids == expected and len(ids) == 32
+    assert "load_tensors" in log  # the verbose load log was captured
+    assert not re.search(r"CPU_REPACK|\bAMX\b.*buffer", log), log[-2000:]
+    if default.repack and "REPACK = 1" in default_log:  # a build with repacking: the defaults consider it
+        assert re.search(r"CPU_REPACK|\bAMX\b", default_log), default_log[-2000:]
+
+
+@pytest.mark.slow
+def test_a_crash_with_repacking_is_detected_in_a_child_and_repacking_turned_off(llama_cpp, runs: dict,
+                                                                               files: dict) -> None:
+    """On a llama.cpp that segfaults decoding repacked weights (builds for AMX CPUs, ggml-org/llama.cpp
+    #20824; here a child class that crashes as they do), the probe's child dies, this process goes on,
+    and the file is reopened with repacking off, which decodes what llama.cpp's defaults decode here."""
+    path = files[("llama-bpe", "q8_0")]["out"]
+    prompt = load(runs["llama-bpe"], device="cpu").tokenizer.prompt_ids(PROMPT_TEXT)[:32]
+    with _open(llama_cpp, path) as default:
+        expected = _greedy(default, prompt)
+    amx = llama_cpp.open_llama_cpp(path, model="native_crashers:AMXLikeLlama", pythonpath=[str(Path(__file__).parent)],
+                                   n_ctx=128, n_batch=128, n_threads=2, type_k=0, type_v=0)
+    try:
+        assert not amx.repack and amx.label == " (repack off)"
+        crash = amx.repack_crash
+        assert "died with SIGSEGV (signal 11)" in crash and "llama.cpp/issues/20824" in crash and "--no-repack" in crash
+        assert _greedy(amx, prompt) == expected
+    finally:
+        amx.close()
+
+
+def test_quantized_export_on_an_amx_cpu_prints_the_llama_cpp_hint_once(runs: dict, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from tinylm.interop import gguf as gguf_export
+
+    for amx, dtype, expected in ((True, "q8_0", 1), (True, "f16", 0), (False, "q8_0", 0)):
+        monkeypatch.setattr(gguf_export, "cpu_has_amx", lambda amx=amx: amx)  # the CPU this runs on, as told
+        out = tmp_path / f"{amx}-{dtype}.gguf"
+        assert main(["export", str(runs["llama-bpe"]), "--format", "gguf", "--out", str(out), "--dtype", dtype]) == 0
+        err = capsys.readouterr().err
+        hints = [line for line in err.splitlines() if "AMX" in line]
+        assert len(hints) == expected, err
+        if expected:
+            assert hints[0].startswith("warning:") and "--no-repack" in hints[0] and "use_extra_bufts" in hints[0]
+            assert "llama.cpp/issues/20824" in hints[0] and out.is_file()
+
+
+@pytest.mark.slow
+def test_bench_decode_survives_a_llama_cpp_crash_and_labels_the_repack_off_row(llama_cpp) -> None:
+    """bench/decode.py on a llama.cpp that crashes as AMX builds do (quantized files, repacking on):
+    the benchmark finishes, the crash is a row that says so, and q8_0 is measured with repacking off."""
+    import subprocess
+    import sys
+
+    bench = Path(__file__).resolve().parents[1] / "bench" / "decode.py"
+    result = subprocess.run([sys.executable, str(bench), "--quick", "--no-compile", "--sizes", "tinystories-gpt2",
+                             "--llama-model", "native_crashers:AMXLikeLlama"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    by_engine = {r["engine"]: r for r in rows if r.get("bench") == "decode"}
+    assert by_engine["llama.cpp q8_0 (repack off)"]["tokens_per_s"] > 0
+    assert by_engine["llama.cpp f32"]["tokens_per_s"] > 0  # f32 is not repacked: its row is the default one
+    crash = by_engine["llama.cpp q8_0 (llama.cpp defaults)"]["skipped"]
+    assert crash.startswith("crashed:") and "SIGSEGV" in crash and "20824" in crash
+    assert "| llama.cpp q8_0 (repack off) |" in result.stdout  # in the Markdown table too

@@ -55,6 +55,21 @@ def cpu_has_fast_bf16() -> bool:
     return False
 
 
+@lru_cache(maxsize=1)
+def cpu_has_amx() -> bool:
+    """True when the CPU has Intel AMX tile units (Sapphire Rapids and later Xeons): torch's probe, else
+    the amx_tile / amx_int8 flags in /proc/cpuinfo."""
+    fn = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    if fn is not None:
+        with contextlib.suppress(Exception):
+            if fn():
+                return True
+    with contextlib.suppress(OSError):
+        flags = Path("/proc/cpuinfo").read_text()
+        return " amx_tile" in flags or " amx_int8" in flags
+    return False
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """The autocast precision for `name` on `device` (float32 means no autocast)."""
     if name == "auto":

@@ -43,10 +43,13 @@ from tinylm.console import warn
 from tinylm.errors import ExportError
 from tinylm.interop import llama
 from tinylm.interop.hf import is_run_config
+from tinylm.interop.llama_cpp import AMX_REPACK_NOTE
+from tinylm.runtime import cpu_has_amx
 from tinylm.templates import Template, get_template
 from tinylm.tokenizers import Tokenizer
 
 DTYPES = ("f32", "f16", "q8_0")
+QUANTIZED = ("q8_0",)  # repacked by llama.cpp for AMX / CPU_REPACK at load time
 MODELFILE_SUFFIX = ".Modelfile"  # model.gguf -> model.Modelfile: one per GGUF file, so exports side by side keep theirs
 # tinylm's split-regex family of a byte-level BPE (tokenizers.hf.split_family) -> llama.cpp's tokenizer.ggml.pre
 _PRE = {"gpt2": "gpt-2", "digits+gpt2": "smollm", "qwen2": "qwen2"}
@@ -456,6 +459,8 @@ def export_gguf(run_dir: str | Path, out: str | Path, dtype: str = "f32", checkp
              *(template.stop if template is not None else [])]
     modelfile_path = out.with_suffix(MODELFILE_SUFFIX)
     fileio.write_text(modelfile_path, modelfile(out.name, template, jinja, stops))
+    if dtype in QUANTIZED and cpu_has_amx():
+        warn(f"this CPU has AMX: {AMX_REPACK_NOTE}")
     return {"out": str(out), "arch": arch, "dtype": dtype, "bytes": out.stat().st_size, "tensors": len(tensors),
             "tokenizer_model": vocab.model, "pre_tokenizer": vocab.pre, "modelfile": str(modelfile_path),
             "weights": str(run.weights), "params": run.model.num_params(), "chat_template": jinja is not None}
