@@ -102,14 +102,19 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
 # --------------------------------------------------------------------------- readers
 
 
+_TITLE_CHARS = 1024  # a line this long may be an article's title: never cut by a block end
 _ARTICLE = re.compile(r"^(?= = [^=][^\n]* = [ \t]*\r?\n)", re.MULTILINE)  # " = Title = ", not " = = Section = = "
 
 
 def read_wikitext(path: Path, errors: str = "strict", version: FileVersion | None = None) -> Iterator[Piece]:
     """WikiText's raw files as one document per article, text kept verbatim."""
     doc = _Document()
-    at_line_start = True  # the block starts a line (a block ends mid-line only inside a line longer than it)
+    at_line_start, held = True, ""  # the block starts a line; the start of a short line cut by a block end
     for block in _blocks(path, errors, version):
+        block, held = held + block, ""
+        line_end = block.rfind("\n") + 1
+        if len(block) - line_end < _TITLE_CHARS:  # (a block ends mid-line only inside a line longer than it)
+            block, held = block[:line_end], block[line_end:]
         start = 0
         for title in _ARTICLE.finditer(block):
             if title.start() or at_line_start:  # an article starts: the one before ends
@@ -117,7 +122,9 @@ def read_wikitext(path: Path, errors: str = "strict", version: FileVersion | Non
                 yield from doc.end()
                 start = title.start()
         yield from doc.add(block[start:])
-        at_line_start = block.endswith("\n")
+        if block:
+            at_line_start = block.endswith("\n")
+    yield from doc.add(held)
     yield from doc.end()
 
 

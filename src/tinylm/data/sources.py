@@ -102,8 +102,9 @@ def _stamp(st: os.stat_result) -> tuple[int, int, int, int, int]:
 
 
 def _changed(path: str | Path, what: str) -> DataError:
-    return DataError(f"{path} changed while tinylm was reading it ({what}); nothing was made from it. Run the "
-                     "command again once whatever writes it has finished (or give a copy that nothing writes to)")
+    return DataError(f"{path} changed while tinylm was reading it ({what}); tinylm stopped rather than mix two "
+                     "versions of it: run the command again once whatever writes it has finished (or give it a copy "
+                     "that nothing writes to)")
 
 
 @dataclass(frozen=True)

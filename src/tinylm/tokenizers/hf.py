@@ -115,19 +115,17 @@ def _splits_at_whitespace(pre: dict | None) -> bool:
     without its regex, a Metaspace that prepends nothing)."""
     if pre is None:
         return False
+    def inside_pieces(step: dict) -> bool:  # changes text only inside the pieces it is given
+        if step.get("type") == "ByteLevel":
+            return not step.get("add_prefix_space") and not step.get("use_regex", True)
+        return step.get("type") == "Metaspace" and step.get("prepend_scheme") == "never"
+
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
     splits = False
     for step in steps:
-        kind = step.get("type")
-        if kind in _WHITESPACE_SPLITTERS:
+        if step.get("type") in _WHITESPACE_SPLITTERS:
             splits = True
-        elif kind in _SPLITTING_PRE_TOKENIZERS:
-            continue
-        elif splits and kind == "ByteLevel" and not step.get("add_prefix_space") and not step.get("use_regex", True):
-            continue
-        elif splits and kind == "Metaspace" and step.get("prepend_scheme") == "never":
-            continue
-        else:
+        elif step.get("type") not in _SPLITTING_PRE_TOKENIZERS and not (splits and inside_pieces(step)):
             return False
     return splits
 
