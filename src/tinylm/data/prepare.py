@@ -3,8 +3,9 @@
 A data directory holds one `<split>.bin` per split (raw token ids, uint16 while the vocabulary
 fits, else uint32), the tokenizer (`tokenizer.tinylm.json`) and `meta.json`.
 
-    source pieces --route--> (split, text) --batches--> worker processes (encode)
-                  --in order--> split writers (append to .<split>.bin.tmp, cap, end-of-text)
+    source pieces --route--> (split, text) --re-cut where the tokenizer allows--> batches
+                  --> worker processes (encode) --in order--> split writers (append to
+                  .<split>.bin.tmp, cap, end-of-text)
 
 Splits: a source's own (train/val/test) when it has them; otherwise the last `val_fraction` of
 the text by bytes (`tail`, cutting inside a document if needed), or each document drawn into
@@ -12,10 +13,14 @@ validation with probability `val_fraction` from a seeded generator (`shuffle`). 
 cap, training stops after `max_tokens` tokens; an unsplit source then continues into a
 validation split of `max_tokens * val_fraction / (1 - val_fraction)` tokens.
 
-Memory stays bounded: sources are read piece by piece, at most a few batches are in flight,
-and tokens go straight to disk. Token files are written under temporary names and renamed
-when complete; `meta.json` is removed first and written last, atomically, so a directory is
-complete exactly when `meta.json` exists and its files have the recorded sizes.
+Memory stays bounded: sources are read piece by piece, pieces are re-cut holding only the text
+since the tokenizer's last allowed cut (`Tokenizer.cuts`; a stretch with none is held whole, with a
+warning, rather than cut), at most a few batches are in flight, and tokens go straight to disk.
+The source's files are checked against the versions hashed when it was opened after each pass
+(`Source.check`), so the tokens and meta.json are of one version. Token files are written under
+temporary names and renamed when complete; `meta.json` is removed first and written last,
+atomically, so a directory is complete exactly when `meta.json` exists and its files have the
+recorded sizes.
 """
 
 from __future__ import annotations

@@ -3,14 +3,21 @@
 A `Source` has one or more named document streams: `"all"` for a corpus with no split of its
 own (preparation then holds out a tail or a seeded shuffle), or `"train"`, `"val"` (and
 `"test"`) for datasets that ship their own splits. A stream yields `(text, ends_document)`
-pieces: long documents arrive in pieces of about a megabyte, cut only where every tokenizer
-has a boundary (`tokenizers.base.safe_chunks`), so encoding pieces one by one gives the ids of
-the whole document.
+pieces: long documents arrive in pieces of at most PIECE_CHARS (about a megabyte) cut anywhere;
+whoever encodes them re-cuts them where its tokenizer allows (`tokenizers.base.PieceCutter`), so
+encoding pieces one by one gives the ids of the whole document.
 
+    file ─► snapshot (size, sha256: FileVersion) ─► blocks of ~1 MB ending at LF, else CR, else
+            between characters, the file checked against its version at every read
     .txt  (documents separated by <|endoftext|>) ─┐
-    .jsonl (one record per line, `text_field`)   ─┼─► read_file ─► Source(streams, key, files)
-    .parquet (the `text_field` column)           ─┤
+    .jsonl (one record per line, `text_field`;   ─┼─► read_file ─► Source(streams, key, files, versions)
+            a long line streamed: _StreamedRecord)│
+    .parquet (the `text_field` column, long cells ┤
+            decoded from the Arrow buffer)        │
     a folder of them / the bundled corpus        ─┘
+
+Memory is bounded by the block and piece sizes whatever the line breaks (a Parquet value, read
+whole by pyarrow, excepted), and a source read twice reads one version of its files or raises.
 
 This module holds the readers and the Source type only; it imports no other data module. The
 named datasets are built on these readers in catalog.py, Hugging Face Hub datasets (`hf:...`)

@@ -2,7 +2,9 @@
 
 A tokenizer turns text into integer ids and back, knows its vocabulary size and special ids,
 and saves itself into a directory (a run or data directory) as `tokenizer.tinylm.json`, which
-names its kind so `tinylm.tokenizers.load_tokenizer` can restore it.
+names its kind so `tinylm.tokenizers.load_tokenizer` can restore it. `cuts` says where a text may
+be cut so that its pieces encode to the whole text's ids (`safe_chunks` for parallel encoding,
+`PieceCutter` for documents that arrive in pieces cut anywhere).
 """
 
 from __future__ import annotations
