@@ -233,7 +233,7 @@ def _whole_line_documents(path: Path) -> list[str]:
     return docs
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(records=st.lists(_records, min_size=1, max_size=4), ascii_only=st.booleans(),
        damage=st.none() | st.tuples(st.integers(0, 10_000), st.sampled_from(['"', "\\", "}", "x", "\\u12", "\\ud800"])))
 def test_long_records_read_as_they_come_equal_whole_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
