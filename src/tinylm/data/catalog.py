@@ -33,8 +33,8 @@ from tinylm import fileio
 from tinylm.console import console
 from tinylm.data import remote
 from tinylm.data.hub import cached_sha256, translated
-from tinylm.data.sources import (Piece, Source, Stream, _blocks, _Document, cache_key, chain, read_parquet,
-                                 read_text)
+from tinylm.data.sources import (FileVersion, Piece, Source, Stream, _blocks, _changed, _Document, cache_key, chain,
+                                 read_parquet, read_text, snapshot)
 from tinylm.errors import DataError, DownloadError
 
 HF = "https://huggingface.co/datasets"
@@ -102,18 +102,29 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
 # --------------------------------------------------------------------------- readers
 
 
+_TITLE_CHARS = 1024  # a line this long may be an article's title: never cut by a block end
 _ARTICLE = re.compile(r"^(?= = [^=][^\n]* = [ \t]*\r?\n)", re.MULTILINE)  # " = Title = ", not " = = Section = = "
 
 
-def read_wikitext(path: Path, errors: str = "strict") -> Iterator[Piece]:
+def read_wikitext(path: Path, errors: str = "strict", version: FileVersion | None = None) -> Iterator[Piece]:
     """WikiText's raw files as one document per article, text kept verbatim."""
     doc = _Document()
-    for block in _blocks(path, errors):
-        for i, part in enumerate(_ARTICLE.split(block)):
-            if i:
+    at_line_start, held = True, ""  # the block starts a line; the start of a short line cut by a block end
+    for block in _blocks(path, errors, version):
+        block, held = held + block, ""
+        line_end = block.rfind("\n") + 1
+        if len(block) - line_end < _TITLE_CHARS:  # (a block ends mid-line only inside a line longer than it)
+            block, held = block[:line_end], block[line_end:]
+        start = 0
+        for title in _ARTICLE.finditer(block):
+            if title.start() or at_line_start:  # an article starts: the one before ends
+                yield from doc.add(block[start:title.start()])
                 yield from doc.end()
-            if part:
-                yield from doc.add(part)
+                start = title.start()
+        yield from doc.add(block[start:])
+        if block:
+            at_line_start = block.endswith("\n")
+    yield from doc.add(held)
     yield from doc.end()
 
 
@@ -180,11 +191,12 @@ def _git_blob_id(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _describe(ds: Dataset, f: DataFile, path: Path, fetched: bool) -> dict:
-    """Size and sha256 of a file read. A fetched file must match its pinned sha256, or the checksum
-    the Hub published for it: the Hub cache names each blob by its ETag, the sha256 of an LFS file
-    or the git object id of a small one."""
-    digest = fileio.sha256_file(path)
+def _describe(ds: Dataset, f: DataFile, path: Path, fetched: bool) -> FileVersion:
+    """The version of a file read (size and sha256). A fetched file must match its pinned sha256, or
+    the checksum the Hub published for it: the Hub cache names each blob by its ETag, the sha256 of
+    an LFS file or the git object id of a small one."""
+    version = snapshot(path)
+    digest = version.sha256
     expected = f.sha256 or (cached_sha256(path) if fetched and f.path else None)
     blob = os.path.basename(os.path.realpath(path))
     damaged = expected and digest != expected
@@ -193,7 +205,7 @@ def _describe(ds: Dataset, f: DataFile, path: Path, fetched: bool) -> dict:
     if fetched and damaged:
         raise DataError(f"{path} does not match its published checksum (sha256 {digest}); delete it and run the "
                         "command again to download it afresh")
-    return {"bytes": path.stat().st_size, "sha256": digest}
+    return version
 
 
 def _remote_parquet(ds: Dataset, f: DataFile, text_field: str, files: dict[str, dict]) -> Iterator[Piece]:
@@ -214,12 +226,12 @@ def _remote_parquet(ds: Dataset, f: DataFile, text_field: str, files: dict[str, 
             yield from read_parquet(remote_file, text_field, name=f"hf://{url}")
 
 
-def _reader(ds: Dataset, path: Path, text_field: str, errors: str) -> Iterator[Piece]:
+def _reader(ds: Dataset, path: Path, text_field: str, errors: str, version: FileVersion) -> Iterator[Piece]:
     if ds.reader == "wikitext":
-        return read_wikitext(path, errors)
+        return read_wikitext(path, errors, version)
     if ds.reader == "parquet":
-        return read_parquet(path, text_field)
-    return read_text(path, errors)
+        return read_parquet(path, text_field, version=version)
+    return read_text(path, errors, version)
 
 
 def open_dataset(name: str, source_dir: str = "", errors: str = "strict", text_field: str = "text") -> Source:
@@ -229,6 +241,8 @@ def open_dataset(name: str, source_dir: str = "", errors: str = "strict", text_f
     ds = DATASETS[name]
     root = _local_dir(source_dir)
     files: dict[str, dict] = {}
+    versions: dict[str, FileVersion] = {}  # each file as first read: later reads must find the same bytes
+    seen: dict[Path, tuple[int, int]] = {}  # (size, mtime) of the local copy's files, in the cache key
 
     def stream(f: DataFile, local: Path | None) -> Stream:
         def pieces() -> Iterator[Piece]:
@@ -236,9 +250,12 @@ def open_dataset(name: str, source_dir: str = "", errors: str = "strict", text_f
                 yield from _remote_parquet(ds, f, text_field, files)
                 return
             path = local or _fetch(ds, f)
-            if f.name not in files:
-                files[f.name] = _describe(ds, f, path, fetched=local is None)
-            yield from _reader(ds, path, text_field, errors)
+            if str(path) not in versions:
+                version = _describe(ds, f, path, fetched=local is None)
+                if local is not None and (version.size, version.stamp[3]) != seen[local]:
+                    raise _changed(local, "since tinylm listed the dataset's files")
+                versions[str(path)], files[f.name] = version, {"bytes": version.size, "sha256": version.sha256}
+            yield from _reader(ds, path, text_field, errors, versions[str(path)])
         return pieces
 
     streams: dict[str, Stream] = {}
@@ -257,7 +274,10 @@ def open_dataset(name: str, source_dir: str = "", errors: str = "strict", text_f
             raise DataError(f"dataset {name}: {missing} is not in {root / name} or {root}; put the raw files "
                             "there, or unset TINYLM_DATA_DIR / --source-dir to download them")
         streams[split] = chain(*(stream(f, found[f.name]) for f in present))
-        stats = [(f.name, found[f.name].stat().st_size, found[f.name].stat().st_mtime_ns) for f in present]
+        for f in present:
+            st = found[f.name].stat()
+            seen[found[f.name]] = (st.st_size, st.st_mtime_ns)
+        stats = [(f.name, *seen[found[f.name]]) for f in present]
         identity.append((split, "local", stats))
         sizes += [size for _, size, _ in stats]
     if root is None and ds.repo and not ds.streamed:
@@ -266,7 +286,8 @@ def open_dataset(name: str, source_dir: str = "", errors: str = "strict", text_f
     elif root is None and not ds.streamed:
         console.print(f"{name}: raw files go to {_download_dir(ds)} (set TINYLM_DATA_DIR to use a local copy)")
     size = None if None in sizes else sum(s for s in sizes if s is not None)
-    return Source(name, streams, cache_key(*identity), size, files, ds.max_tokens, revision=ds.revision)
+    return Source(name, streams, cache_key(*identity), size, files, ds.max_tokens, revision=ds.revision,
+                  versions=versions)
 
 
 def describe() -> list[dict[str, str]]:

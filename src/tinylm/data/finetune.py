@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from tinylm.config import RunConfig
 from tinylm.console import console, warn
-from tinylm.data.prepare import META_FILE, prepare_config, prepared_dir_for, read_meta
+from tinylm.data.prepare import META_FILE, is_prepared, prepare_config, prepared_dir_for, read_meta
 from tinylm.data.sources import BUILTIN, Source, _blocks, builtin_source, cache_key, json_lines
 from tinylm.data.spec import read_source
 from tinylm.errors import ConfigError, DataError
@@ -538,11 +538,10 @@ def text_data_dir(cfg: RunConfig, tokenizer: Tokenizer) -> Path:
         val = read_source(cfg.finetune.val_data, data.errors, data.text_field, data.source_dir)
         train_stream = src.streams["train" if src.has_splits else "all"]
         src = Source(f"{src.name}+{val.name}", {"train": train_stream, "val": val.streams["all"]},
-                     cache_key(src.key, val.key), None, {**src.files, **val.files})
+                     cache_key(src.key, val.key), None, {**src.files, **val.files},
+                     versions={**src.versions, **val.versions})
     out = prepared_dir_for(src, data, tokenizer)
-    try:
-        read_meta(out)
-    except DataError:
+    if not is_prepared(out, src):
         prepare_config(src, tokenizer, out, data)
         console.print(f"prepared {src.name} with the base's {tokenizer.kind} tokenizer into {out}")
     return out

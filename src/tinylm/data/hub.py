@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from tinylm.data.sources import Piece, Source, Stream, cache_key, record_documents
+from tinylm.data.sources import Piece, Source, Stream, cache_key, column_documents
 from tinylm.errors import DataError
 
 SCHEME = "hf:"
@@ -334,7 +334,7 @@ def _texts(hd: HubDataset, split: str, text_field: str, files_read: dict[str, di
                 if text_field not in table.column_names:
                     raise DataError(f"{hd.spec} ({split}) has no field {text_field!r} (its fields: "
                                     f"{', '.join(table.column_names)}); name the text field with --text-field")
-                yield from record_documents(table.column(text_field).to_pylist(), text_field, f"{hd.spec} ({split})")
+                yield from column_documents(table.column(text_field), text_field, f"{hd.spec} ({split})")
 
 
 def tinylm_splits(splits: list[str], train: str) -> dict[str, str]:

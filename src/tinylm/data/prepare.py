@@ -3,8 +3,9 @@
 A data directory holds one `<split>.bin` per split (raw token ids, uint16 while the vocabulary
 fits, else uint32), the tokenizer (`tokenizer.tinylm.json`) and `meta.json`.
 
-    source pieces --route--> (split, text) --batches--> worker processes (encode)
-                  --in order--> split writers (append to .<split>.bin.tmp, cap, end-of-text)
+    source pieces --route--> (split, text) --re-cut where the tokenizer allows--> batches
+                  --> worker processes (encode) --in order--> split writers (append to
+                  .<split>.bin.tmp, cap, end-of-text)
 
 Splits: a source's own (train/val/test) when it has them; otherwise the last `val_fraction` of
 the text by bytes (`tail`, cutting inside a document if needed), or each document drawn into
@@ -12,10 +13,14 @@ validation with probability `val_fraction` from a seeded generator (`shuffle`). 
 cap, training stops after `max_tokens` tokens; an unsplit source then continues into a
 validation split of `max_tokens * val_fraction / (1 - val_fraction)` tokens.
 
-Memory stays bounded: sources are read piece by piece, at most a few batches are in flight,
-and tokens go straight to disk. Token files are written under temporary names and renamed
-when complete; `meta.json` is removed first and written last, atomically, so a directory is
-complete exactly when `meta.json` exists and its files have the recorded sizes.
+Memory stays bounded: sources are read piece by piece, pieces are re-cut holding only the text
+since the tokenizer's last allowed cut (`Tokenizer.cuts`; a stretch with none is held whole, with a
+warning, rather than cut), at most a few batches are in flight, and tokens go straight to disk.
+The source's files are checked against the versions hashed when it was opened after each pass
+(`Source.check`), so the tokens and meta.json are of one version. Token files are written under
+temporary names and renamed when complete; `meta.json` is removed first and written last,
+atomically, so a directory is complete exactly when `meta.json` exists and its files have the
+recorded sizes.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import concurrent.futures as cf
 import json
 import multiprocessing
 import os
+import re
 import time
 from collections import deque
 from pathlib import Path
@@ -34,11 +40,11 @@ import numpy as np
 from tinylm import __version__, fileio
 from tinylm.config import DataConfig
 from tinylm.console import console, progress, warn
-from tinylm.data.sources import Source
+from tinylm.data.sources import PIECE_CHARS, Source
 from tinylm.data.spec import read_source
 from tinylm.errors import DataError, TokenizerError
 from tinylm.tokenizers import Tokenizer, load_tokenizer, parse_spec, spec_identity, train_tokenizer
-from tinylm.tokenizers.base import safe_chunks
+from tinylm.tokenizers.base import PieceCutter, safe_chunks
 
 META_FILE = "meta.json"
 FORMAT = 3
@@ -63,7 +69,7 @@ def encode_texts(tokenizer: Tokenizer, texts: list[str], dtype: np.dtype | None 
     encode_array = getattr(tokenizer, "encode_array", None)
     if encode_array is not None:
         return [encode_array(t).astype(dtype) for t in texts]
-    chunked = [safe_chunks(t) if tokenizer.chunk_safe else [t] for t in texts]
+    chunked = [safe_chunks(t, cuts=tokenizer.cuts) for t in texts]
     flat = [c for chunks in chunked for c in chunks]
     encoded = iter(tokenizer.encode_batch(flat) if threads else [tokenizer.encode(c) for c in flat])
     return [np.concatenate([np.asarray(next(encoded), dtype=dtype) for _ in chunks]) if chunks
@@ -221,8 +227,8 @@ def _route(src: Source, method: str, val_fraction: float, seed: int, total_bytes
             n = len(text.encode("utf-8"))
             if seen >= cut:
                 yield "val", text, last
-            elif seen + n <= cut:
-                yield "train", text, last
+            elif seen + n <= cut:  # (a document cut right after this piece ends its train part here)
+                yield "train", text, last or seen + n == cut
             else:
                 head = text.encode("utf-8")[:cut - seen].decode("utf-8", errors="ignore")
                 yield "train", head, True
@@ -231,22 +237,33 @@ def _route(src: Source, method: str, val_fraction: float, seed: int, total_bytes
             seen += n
 
 
-def _whole_documents(routed: Iterator[tuple[str, str, bool]]) -> Iterator[tuple[str, str, bool]]:
-    """The routed pieces with each document's consecutive pieces (same split) joined, for tokenizers
-    whose encoding of pieces may differ from the whole text's (`Tokenizer.chunk_safe` false)."""
-    held: tuple[str, list[str]] | None = None
-    for split, text, last in routed:
-        if held is not None and held[0] != split:
-            yield held[0], "".join(held[1]), False
-            held = None
-        if held is None:
-            held = (split, [])
-        held[1].append(text)
+HELD_WARNING = 64 * PIECE_CHARS  # characters of one document held uncut before a warning says so
+
+
+def _cut_documents(routed: Iterator[tuple[str, str, bool]], tokenizer: Tokenizer,
+                   name: str) -> Iterator[tuple[str, str, bool]]:
+    """The routed pieces (cut anywhere) re-cut where the tokenizer allows (`Tokenizer.cuts`; None: each
+    document whole), so that encoding them one by one gives the ids of the whole documents. What is
+    held is the text since the last allowed cut: bounded for text with spaces or line breaks; a long
+    stretch without any (or a document, for a tokenizer that cannot be cut) is held whole, with a warning."""
+    cutter, split, warned = PieceCutter(tokenizer.cuts, PIECE_CHARS // 2), None, False
+    for where, text, last in routed:
+        if split is not None and where != split:  # a document left unfinished (its split filled up)
+            yield split, cutter.end(), False
+        split = where
+        for piece in cutter.add(text):
+            yield split, piece, False
         if last:
-            yield split, "".join(held[1]), True
-            held = None
-    if held is not None:
-        yield held[0], "".join(held[1]), False
+            yield split, cutter.end(), True
+            split = None
+        elif cutter.held > HELD_WARNING and not warned:
+            warned = True
+            where_cut = "nowhere" if tokenizer.cuts is None else "no place in it"
+            warn(f"{name}: {cutter.held / 1e6:,.0f}M characters of one document and counting are held in memory "
+                 f"to encode them exactly: the {tokenizer.kind} tokenizer may be cut {where_cut} (its "
+                 "pre-tokenizer could join text across any other place)")
+    if split is not None:
+        yield split, cutter.end(), False
 
 
 def _batches(routed: Iterator[tuple[str, str, bool]], chars: int) -> Iterator[list[tuple[str, str, bool]]]:
@@ -264,17 +281,29 @@ def _batches(routed: Iterator[tuple[str, str, bool]], chars: int) -> Iterator[li
 # --------------------------------------------------------------------------- the whole preparation
 
 
-def _training_text(src: Source, cap: int, counts: dict[str, int]) -> Iterator[str]:
-    """The text a tokenizer is trained on (the training stream, at most TRAIN_CHARS_PER_TOKEN
-    characters per capped token), counting documents and UTF-8 bytes as it goes."""
-    budget = cap * TRAIN_CHARS_PER_TOKEN if cap else 0
+def _counted(src: Source, counts: dict[str, int]) -> Iterator[tuple[str, bool]]:
+    """The training stream's pieces, counting documents and UTF-8 bytes as they go by."""
     for text, last in src.streams["train" if src.has_splits else "all"]():
         counts["bytes"] += len(text.encode("utf-8"))
         counts["documents"] += last
-        yield text
+        yield text, last
+
+
+def _training_text(src: Source, cap: int, counts: dict[str, int], cuts: re.Pattern[str] | None) -> Iterator[str]:
+    """The text a tokenizer is trained on (the training stream, at most TRAIN_CHARS_PER_TOKEN
+    characters per capped token), re-cut where the tokenizer kind allows (`cuts`), so that training
+    counts what encoding the whole text would."""
+    budget = cap * TRAIN_CHARS_PER_TOKEN if cap else 0
+    cutter = PieceCutter(cuts, PIECE_CHARS // 2)
+    for text, last in _counted(src, counts):
+        yield from cutter.add(text)
+        if last:
+            yield cutter.end()
         budget -= len(text)
         if cap and budget <= 0:
-            return
+            break
+    if cutter.held:
+        yield cutter.end()
 
 
 def _auto_workers(src: Source, workers: int, cap: int) -> int:
@@ -303,17 +332,19 @@ def prepare(source: str | Source, tokenizer: str | Tokenizer, out_dir: str | Pat
     if isinstance(tokenizer, str) and parse_spec(tokenizer)[0].needs_corpus:
         console.print(f"building the {spec} vocabulary from {src.name} ...")
         try:
-            tok = train_tokenizer(tokenizer, _training_text(src, cap, counts))
+            tok = train_tokenizer(tokenizer, _training_text(src, cap, counts, parse_spec(tokenizer)[0].cuts))
         except TokenizerError:
             if not counts["documents"]:
                 raise DataError(f"{src.name} has no text in it (it is empty or only whitespace)") from None
             raise
+        src.check()  # the vocabulary was built from the files as hashed
     else:
         tok = train_tokenizer(tokenizer, []) if isinstance(tokenizer, str) else tokenizer
     needs_total = not src.has_splits and split == "tail" and not cap
     if needs_total and not counts["bytes"]:
-        for _ in _training_text(src, 0, counts):
+        for _ in _counted(src, counts):
             pass
+        src.check()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / META_FILE).unlink(missing_ok=True)  # incomplete from here until meta.json is rewritten
@@ -332,8 +363,7 @@ def prepare(source: str | Source, tokenizer: str | Tokenizer, out_dir: str | Pat
     try:
         routed = _route(src, split, val_fraction, split_seed, counts["bytes"], bool(cap),
                         stop=lambda name: writers[name].full)
-        if not tok.chunk_safe:
-            routed = _whole_documents(routed)
+        routed = _cut_documents(routed, tok, src.name)
         with _Progress(src.name, total, workers) as bar:
             # with a cap, small batches: reading stops soon after the cap (a streamed source is not over-fetched)
             chars = min(BATCH_CHARS, max(cap, 4096)) if cap else BATCH_CHARS
@@ -356,6 +386,7 @@ def prepare(source: str | Source, tokenizer: str | Tokenizer, out_dir: str | Pat
             if w.tokens < 2:
                 raise DataError(f"{src.name}: the {name} split would hold {w.tokens} tokens; give more text"
                                 + (" or a larger --max-tokens" if cap else " or change the validation fraction"))
+        src.check()  # the tokens are those of the files as hashed (and as meta.json names them)
         for w in writers.values():
             w.close(commit=True)
         committed = True
@@ -495,8 +526,16 @@ def resolve_data_dir(data: DataConfig) -> tuple[Path, bool]:
         return Path(data.dir), False
     src = open_source(data)
     out = prepared_dir_for(src, data)
-    try:
-        read_meta(out)
+    if is_prepared(out, src):
         return out, False
+    return prepare_config(src, data.tokenizer, out, data), True
+
+
+def is_prepared(out: str | Path, src: Source) -> bool:
+    """Whether `out` is a complete data directory of `src` (a cache entry to reuse): meta.json there
+    and, for local files (hashed when the source was opened), naming their sha256."""
+    try:
+        meta = read_meta(out)
     except DataError:
-        return prepare_config(src, data.tokenizer, out, data), True
+        return False
+    return not src.versions or meta["source"].get("sha256") == src.sha256

@@ -20,7 +20,7 @@ import numpy as np
 from tinylm import fileio
 from tinylm.config import DataConfig, EvalConfig
 from tinylm.console import console, warn
-from tinylm.data.prepare import FORMAT, encode_documents, load_split, prepare, read_meta, resolve_data_dir
+from tinylm.data.prepare import FORMAT, encode_documents, is_prepared, load_split, prepare, read_meta, resolve_data_dir
 from tinylm.data.sources import BUILTIN, Source
 from tinylm.data.spec import read_source
 from tinylm.errors import ConfigError, DataError
@@ -86,13 +86,11 @@ def _from_dataset(run: Run, name: str, split: str, source_dir: str, errors: str)
         raise DataError(f"dataset {name} has no {split!r} split (it has: {', '.join(splits)})")
     fingerprint = run.tokenizer.fingerprint()
     out = dataset_dir_for(src, fingerprint, split, errors)
-    try:
-        read_meta(out)
-    except DataError:
+    if not is_prepared(out, src):
         console.print(f"preparing {name} ({split if src.has_splits else 'train/val'}) with the run's "
                       f"{run.tokenizer.kind} tokenizer -> {out}")
         if src.has_splits:  # only the split scored (a validation split is small: tokenize it in this process)
-            only = Source(src.name, {split: src.streams[split]}, src.key, src.size, src.files)
+            only = Source(src.name, {split: src.streams[split]}, src.key, src.size, src.files, versions=src.versions)
             prepare(only, run.tokenizer, out, workers=0 if split == "train" else 1)
         else:
             data = DataConfig()

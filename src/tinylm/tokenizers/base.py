@@ -2,7 +2,9 @@
 
 A tokenizer turns text into integer ids and back, knows its vocabulary size and special ids,
 and saves itself into a directory (a run or data directory) as `tokenizer.tinylm.json`, which
-names its kind so `tinylm.tokenizers.load_tokenizer` can restore it.
+names its kind so `tinylm.tokenizers.load_tokenizer` can restore it. `cuts` says where a text may
+be cut so that its pieces encode to the whole text's ids (`safe_chunks` for parallel encoding,
+`PieceCutter` for documents that arrive in pieces cut anywhere).
 """
 
 from __future__ import annotations
@@ -11,30 +13,100 @@ import json
 import re
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Sequence
+from typing import Any, ClassVar, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from tinylm import fileio
 
 TOKENIZER_FILE = "tokenizer.tinylm.json"
-_LINE_START = re.compile(r"(?<=\S)\n(?=\S)")
+
+# Where a text may be cut so that its pieces, encoded one by one, give the ids of the whole text:
+# zero-width patterns, each position proved for a family of pre-tokenizers (tests check every
+# position of random texts, per tokenizer kind). "Space" is one of " \t\n\r", which every
+# tokenizer treats as whitespace (Python's and Rust's regexes, BERT's normalizer); `\S` is
+# Python's, which counts more characters as whitespace than Unicode does (stricter, never looser).
+LINE_CUTS = re.compile(r"(?<=\S[\n\r])(?=\S)")
+"""After a lone line break between non-space characters: every pre-tokenizer has a boundary there
+and none joins a lone break to what follows (the cut `safe_chunks` makes by default)."""
+GPT2_CUTS = re.compile(r"(?<=\S[\n\r])(?=\S)|(?<=\S)(?=[ \t\n\r])")
+"""GPT-2's regex (tiktoken's r50k, Hugging Face ByteLevel): also before the whitespace after a
+non-space character, since only a single leading " " ever joins a word, number or punctuation."""
+CL100K_CUTS = re.compile(r"(?<=[\n\r])(?=\S)|(?<=\S)(?=[ \t])")
+"""GPT-4's cl100k regex (tinylm's bpe, Llama 3, Qwen2): after any run of line breaks before a
+non-space character (a run is one piece, with the punctuation before it), and before a space or
+tab after a non-space character; not before a line break (punctuation takes the breaks after it)."""
+WHITESPACE_CUTS = re.compile(r"(?<=[ \t\n\r])|(?=[ \t\n\r])")
+"""Next to any space: for pre-tokenizers whose pieces never hold one (the word tokenizer's regex, a
+line break alone; Hugging Face Whitespace, WhitespaceSplit and BERT's)."""
+ANY_CUTS = re.compile(r"(?s)(?<=.)(?=.)")
+"""Anywhere (the char tokenizer: one id per character)."""
 
 
-def safe_chunks(text: str, size: int = 1 << 16) -> list[str]:
-    """Cut `text` into pieces of about `size` characters, each ending just after a line break
-    with a non-space character on both sides. Every tinylm tokenizer's pre-tokenizer has a
-    boundary there (and none joins a lone "\n" to what follows), so encoding the pieces
-    separately, in parallel, gives the same ids as encoding the whole text."""
+def safe_chunks(text: str, size: int = 1 << 16, cuts: re.Pattern[str] | None = LINE_CUTS) -> list[str]:
+    """Cut `text` into pieces of about `size` characters (at least `size` each but the last),
+    each ending at a position `cuts` allows: with the tokenizer's own `cuts`, encoding the pieces
+    separately, in parallel, gives the same ids as encoding the whole text. `cuts=None`: no cut."""
     pieces, start = [], 0
-    while len(text) - start > size:
-        cut = _LINE_START.search(text, start + size)
-        if cut is None:
+    while cuts is not None and len(text) - start > size:
+        cut = cuts.search(text, start + size)
+        if cut is None or cut.start() >= len(text):
             break
-        pieces.append(text[start:cut.end()])
-        start = cut.end()
+        pieces.append(text[start:cut.start()])
+        start = cut.start()
     pieces.append(text[start:])
     return pieces
+
+
+def _last_cut(cuts: re.Pattern[str], text: str, start: int) -> int:
+    """The last position >= `start` (and > 0) where `cuts` allows a cut in `text`, or -1."""
+    width = 256
+    while True:
+        lo = max(start, len(text) - width)
+        last = -1
+        for match in cuts.finditer(text, lo):
+            last = match.start()
+        if last > 0:
+            return last
+        if lo == start:
+            return -1
+        width *= 16
+
+
+class PieceCutter:
+    """Re-cuts one document's text, arriving in pieces cut anywhere, into pieces that end only where
+    `cuts` allows (None: nowhere, the document is held whole): `add` gives the pieces ready once
+    `size` characters are held, `end` the rest. Each character is searched about once, and what is
+    held is the text since the last allowed cut (at least `size` characters before looking for one)."""
+
+    def __init__(self, cuts: re.Pattern[str] | None, size: int):
+        self.cuts, self.size = cuts, size
+        self.searched: list[str] = []  # held text already searched: no cut in it (but maybe at its end)
+        self.pending: list[str] = []  # held text not searched yet
+        self.held = 0  # characters held
+        self.tail = ""  # the last 2 characters of `searched` (the context of a cut at its end)
+
+    def add(self, text: str) -> Iterator[str]:
+        self.pending.append(text)
+        self.held += len(text)
+        if self.cuts is None or self.held < self.size:
+            return
+        new = "".join(self.pending)
+        window = self.tail + new
+        cut = _last_cut(self.cuts, window, len(self.tail))
+        if cut < 0:
+            self.searched.append(new)
+            self.pending, self.tail = [], window[-2:]
+            return
+        rest = window[cut:]
+        yield "".join(self.searched) + window[len(self.tail):cut]
+        self.searched, self.pending, self.held, self.tail = [rest], [], len(rest), rest[-2:]
+
+    def end(self) -> str:
+        """The held text (the end of the document); the cutter is empty afterwards."""
+        text = "".join(self.searched + self.pending)
+        self.searched, self.pending, self.held, self.tail = [], [], 0, ""
+        return text
 
 
 class Tokenizer(ABC):
@@ -51,7 +123,7 @@ class Tokenizer(ABC):
     unk_id: int | None = None  # what text outside the vocabulary maps to
     add_bos: bool = False  # prompts begin with bos_id too, as the original tokenizer does (hf: Llama's <s>)
     eot_text: str | None = None  # text that `encode` reads as eot_id (a special token matched in text), if any
-    chunk_safe: bool = True  # `safe_chunks` pieces encode to the ids of the whole text (else: encode whole)
+    cuts: re.Pattern[str] | None = LINE_CUTS  # where a text may be cut and encoded in pieces (None: nowhere)
 
     @classmethod
     @abstractmethod
@@ -69,9 +141,14 @@ class Tokenizer(ABC):
         """Encode many documents (tokenizers backed by native code do this in parallel)."""
         return [self.encode(t) for t in texts]
 
+    @property
+    def chunk_safe(self) -> bool:
+        """Whether a long text may be cut into pieces at all (`cuts`) and encoded piece by piece."""
+        return self.cuts is not None
+
     def encode_long(self, text: str) -> list[int]:
         """`encode` for long texts: cut at safe places and encoded as a batch."""
-        chunks = safe_chunks(text) if self.chunk_safe else [text]
+        chunks = safe_chunks(text, cuts=self.cuts)
         return self.encode(text) if len(chunks) == 1 else [i for ids in self.encode_batch(chunks) for i in ids]
 
     @abstractmethod

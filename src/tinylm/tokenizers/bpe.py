@@ -21,7 +21,7 @@ from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 
 from tinylm import fileio
 from tinylm.errors import TokenizerError
-from tinylm.tokenizers.base import Tokenizer
+from tinylm.tokenizers.base import CL100K_CUTS, Tokenizer
 
 EOT = "<|endoftext|>"
 HF_FILE = "tokenizer.json"
@@ -53,6 +53,7 @@ class BPETokenizer(Tokenizer):
     default_vocab_size = DEFAULT_VOCAB_SIZE
     eot_id = 0
     sized = True
+    cuts = CL100K_CUTS
 
     def __init__(self, hf: HFTokenizer):
         if hf.token_to_id(EOT) != self.eot_id:

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from tinylm.errors import TokenizerError
-from tinylm.tokenizers.base import Tokenizer
+from tinylm.tokenizers.base import ANY_CUTS, Tokenizer
 
 UNK_MARKER = "\ufffd"
 
@@ -19,6 +19,7 @@ UNK_MARKER = "\ufffd"
 class CharTokenizer(Tokenizer):
     kind = "char"
     unk_id = 0
+    cuts = ANY_CUTS
 
     def __init__(self, chars: Sequence[str]):
         if len(set(chars)) != len(chars) or any(len(c) != 1 for c in chars):

@@ -20,7 +20,7 @@ from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
 
 from tinylm import fileio
 from tinylm.errors import TokenizerError
-from tinylm.tokenizers.base import Tokenizer
+from tinylm.tokenizers.base import GPT2_CUTS, Tokenizer
 
 ASSETS = Path(__file__).resolve().parent / "assets" / "gpt2"
 _BLOB = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
@@ -68,6 +68,7 @@ class GPT2Tokenizer(Tokenizer):
     needs_corpus = False
     eot_id = EOT_ID
     default_vocab_size = VOCAB_SIZE
+    cuts = GPT2_CUTS
 
     def __init__(self) -> None:
         self.encoding = gpt2_encoding()

@@ -18,15 +18,17 @@ at every id of generation_config.json's `eos_token_id`); `unk_id` the unknown to
 adds special tokens (documents and prompts get BOS from the callers); special tokens written in the
 text encode to their ids, as in `AutoTokenizer`.
 
-`safe_chunks` (parallel encoding of long texts) is used only where the tokenizer provably has a
-boundary after a lone line break: a per-character normalizer (or none) and a pre-tokenizer that
-splits there (GPT-2's or Llama 3's regex, whitespace splitting, BERT's). Others (SentencePiece-style
-tokenizers prepend "▁" to every input and split nothing) encode each document whole.
+Long texts are cut (`Tokenizer.cuts`, for parallel encoding and bounded memory) only where the
+tokenizer provably has a boundary: a per-character normalizer (or none), no added token that strips
+spaces or spans a cut, and a pre-tokenizer whose cuts are known (`cut_pattern`: GPT-2's or Llama 3's
+regex, whitespace splitting, BERT's). Others (SentencePiece-style tokenizers prepend "▁" to every
+input and split nothing) encode each document whole.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -34,7 +36,7 @@ from tokenizers import Tokenizer as RustTokenizer
 
 from tinylm import fileio
 from tinylm.errors import TokenizerError
-from tinylm.tokenizers.base import Tokenizer
+from tinylm.tokenizers.base import CL100K_CUTS, GPT2_CUTS, WHITESPACE_CUTS, Tokenizer
 
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -50,10 +52,16 @@ LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{
 QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 SPLIT_PATTERNS = {LLAMA3_PATTERN: "llama3", QWEN2_PATTERN: "qwen2"}
-# normalizers that map each character on its own (so a cut between characters commutes with them)
-_PER_CHAR_NORMALIZERS = {"NFC", "NFD", "NFKC", "NFKD", "Lowercase", "BertNormalizer", "StripAccents", "Nmt"}
-# pre-tokenizers that only split pieces further (never join, never add text)
-_NEUTRAL_PRE_TOKENIZERS = {"Digits", "Punctuation", "UnicodeScripts"}
+# normalizers that map each character on its own and never make, drop or change " \t\n\r" (so a cut
+# next to a space commutes with them, and the pre-tokenizer sees the same spaces)
+_PER_CHAR_NORMALIZERS = {"NFC", "NFD", "NFKC", "NFKD", "Lowercase", "StripAccents"}
+# ... and those that also turn whitespace into " " (and drop control characters): fine where every
+# space is a boundary (whitespace splitting), not for regexes that tell " " from "\n"
+_SPACING_NORMALIZERS = {"BertNormalizer", "Nmt"}
+# pre-tokenizers that only split pieces further (never join, never change or add text)
+_SPLITTING_PRE_TOKENIZERS = {"Digits", "Punctuation", "UnicodeScripts"}
+_WHITESPACE_SPLITTERS = {"Whitespace", "WhitespaceSplit", "BertPreTokenizer"}  # no piece holds a space
+_SPACES = set(" \t\n\r")
 
 
 def _token_text(value: Any) -> str | None:
@@ -63,16 +71,18 @@ def _token_text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _per_char_normalizer(spec: dict | None) -> bool:
+def _per_char_normalizer(spec: dict | None, spacing: bool = False) -> bool:
+    """Whether the normalizer commutes with a cut next to a space (`spacing`: it may also turn
+    whitespace into " ")."""
     if spec is None:
         return True
     kind = spec.get("type")
     if kind == "Sequence":
-        return all(_per_char_normalizer(n) for n in spec.get("normalizers", []))
-    if kind == "Replace":  # a one-character string replaced by anything (Llama's " " -> "▁")
-        pattern = spec.get("pattern", {})
-        return len(pattern.get("String", "")) == 1
-    return kind in _PER_CHAR_NORMALIZERS
+        return all(_per_char_normalizer(n, spacing) for n in spec.get("normalizers", []))
+    if kind == "Replace":  # a one-character string replaced by text without spaces (Llama's " " -> "▁" is not)
+        pattern, content = spec.get("pattern", {}).get("String", ""), spec.get("content", "")
+        return len(pattern) == 1 and isinstance(content, str) and not _SPACES & set(pattern + content)
+    return kind in _PER_CHAR_NORMALIZERS or (spacing and kind in _SPACING_NORMALIZERS)
 
 
 def split_family(pre: dict | None) -> str | None:
@@ -99,31 +109,52 @@ def split_family(pre: dict | None) -> str | None:
     return None
 
 
-def _splits_at_line_breaks(pre: dict | None) -> bool:
-    """Whether the pre-tokenizer ends a piece after a lone "\\n" between non-space characters and
-    starts one after it, whatever surrounds them (and adds no text of its own)."""
+def _splits_at_whitespace(pre: dict | None) -> bool:
+    """Whether the pre-tokenizer splits at every space and no piece holds one: a whitespace splitter
+    with only splitting steps before it (and after it, steps that work inside pieces: ByteLevel
+    without its regex, a Metaspace that prepends nothing)."""
     if pre is None:
         return False
-    if split_family(pre) is not None:
-        return True
+    def inside_pieces(step: dict) -> bool:  # changes text only inside the pieces it is given
+        if step.get("type") == "ByteLevel":
+            return not step.get("add_prefix_space") and not step.get("use_regex", True)
+        return step.get("type") == "Metaspace" and step.get("prepend_scheme") == "never"
+
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
     splits = False
     for step in steps:
-        kind = step.get("type")
-        if kind in ("Whitespace", "WhitespaceSplit", "BertPreTokenizer"):
+        if step.get("type") in _WHITESPACE_SPLITTERS:
             splits = True
-        elif kind == "ByteLevel" and not step.get("add_prefix_space") and not step.get("use_regex", True):
-            continue
-        elif kind == "Metaspace" and step.get("prepend_scheme") == "never":
-            continue
-        elif kind not in _NEUTRAL_PRE_TOKENIZERS:
+        elif step.get("type") not in _SPLITTING_PRE_TOKENIZERS and not (splits and inside_pieces(step)):
             return False
     return splits
 
 
-def chunk_safe(spec: dict) -> bool:
-    """Whether encoding `safe_chunks` pieces separately provably gives the ids of the whole text."""
-    return _per_char_normalizer(spec.get("normalizer")) and _splits_at_line_breaks(spec.get("pre_tokenizer"))
+def cut_pattern(spec: dict) -> re.Pattern[str] | None:
+    """Where a text may provably be cut so that its pieces encode to the ids of the whole text
+    (`Tokenizer.cuts`), or None: GPT-2's cuts for its regex (also SmolLM's digits-first variant),
+    cl100k's for Llama 3's and Qwen2's, any space for whitespace splitting; none for anything else
+    (SentencePiece-style tokenizers prepend "▁" to every input and split nothing), for a normalizer
+    that is not per character, or an added token that strips the spaces beside it or spans a cut."""
+    pre = spec.get("pre_tokenizer")
+    family = split_family(pre)
+    if family in ("gpt2", "digits+gpt2"):
+        cuts, spacing = GPT2_CUTS, False
+    elif family in ("llama3", "qwen2"):
+        cuts, spacing = CL100K_CUTS, False
+    elif _splits_at_whitespace(pre):
+        cuts, spacing = WHITESPACE_CUTS, True
+    else:
+        return None
+    if not _per_char_normalizer(spec.get("normalizer"), spacing):
+        return None
+    for token in spec.get("added_tokens") or []:  # matched in the text before pre-tokenization
+        content = token.get("content") or ""
+        if token.get("lstrip") or token.get("rstrip"):
+            return None
+        if any(0 < m.start() - 1 < len(content) for m in cuts.finditer(f"a{content}a")):
+            return None
+    return cuts
 
 
 def read_files(path: str | Path) -> dict[str, str]:
@@ -197,7 +228,7 @@ class HFTokenizer(Tokenizer):
         self.add_bos = (bool(add_bos) if isinstance(add_bos, bool) else self._post_processor_adds_bos()) \
             and self.bos_token_id is not None
         self.bos_id = self.bos_token_id if self.add_bos else None
-        self.chunk_safe = chunk_safe(self.spec)
+        self.cuts = cut_pattern(self.spec)
         eos_text = self.eos_token
         self.eot_text = eos_text if eos_text and self.eot_id is not None and self.encode(eos_text) == [self.eot_id] \
             else None

@@ -21,7 +21,7 @@ import numpy as np
 from tokenizers import normalizers
 
 from tinylm.errors import TokenizerError
-from tinylm.tokenizers.base import Tokenizer
+from tinylm.tokenizers.base import WHITESPACE_CUTS, Tokenizer
 
 SPECIALS = ("<pad>", "<unk>", "<sos>", "<eos>")
 PAD_ID, UNK_ID, SOS_ID, EOS_ID = range(4)
@@ -79,6 +79,7 @@ class WordTokenizer(Tokenizer):
     sized = True
     flags = ("lower",)
     default_vocab_size = DEFAULT_VOCAB_SIZE
+    cuts = WHITESPACE_CUTS
 
     def __init__(self, words: Sequence[str], lower: bool = False):
         if len(set(words)) != len(words) or set(words) & set(SPECIALS):
