@@ -30,7 +30,7 @@ from tinylm.console import progress, warn
 from tinylm.data.sources import json_lines
 from tinylm.errors import DataError
 from tinylm.inference import autocast_for
-from tinylm.inputs import encode_text
+from tinylm.inputs import encode_text, integer
 from tinylm.tokenizers import Tokenizer
 
 HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
@@ -75,8 +75,11 @@ def _field(path: Path, number: int, record: dict, key: str, kind: type) -> Any:
     if key not in record:
         raise DataError(f"{path} line {number} has no {key!r} field (it has: {', '.join(record)})")
     value = record[key]
-    if kind is int and isinstance(value, str) and value.isdigit():
-        value = int(value)  # HellaSwag's test file writes labels as strings
+    if kind is int:  # a label: JSON's true is no index (isinstance(True, int) in Python)
+        if isinstance(value, str) and value.isascii() and value.isdigit():
+            value = int(value)  # HellaSwag's test file writes labels as strings
+        return integer(value, f"{path} line {number}: {key!r}",
+                       note=" (the 0-based index of the correct choice)")
     if not isinstance(value, kind) or (kind is list and not all(isinstance(c, str) for c in value)):
         wanted = "a list of strings" if kind is list else kind.__name__
         raise DataError(f"{path} line {number}: {key!r} must be {wanted}")
