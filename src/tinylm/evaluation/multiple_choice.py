@@ -148,18 +148,18 @@ def _sequences(tokenizer: Tokenizer, item: Item, context: int) -> list[tuple[lis
     return out
 
 
-@torch.no_grad()
 def encode_items(tokenizer: Tokenizer, items: list[Item], context: int) -> list[tuple[int, list[int], int]]:
     """(item index, token ids, choice tokens at the end) for every choice of every item; raises
     the one-line error of the first item that cannot be scored, before any scoring."""
     return [(i, seq, n) for i, item in enumerate(items) for seq, n in _sequences(tokenizer, item, context)]
 
 
+@torch.no_grad()  # scoring builds no autograd graph (no_grad, not inference_mode: training calls it too)
 def choice_logprobs(model: torch.nn.Module, tokenizer: Tokenizer, items: list[Item], *, batch_size: int = 32,
                     device: torch.device | None = None, dtype: torch.dtype = torch.float32,
                     show_progress: bool = False, description: str = "choices") -> list[list[tuple[float, int, bool]]]:
     """Per item, per choice: (sum of log-probs of the choice tokens, their count, whether greedy
-    decoding reproduces them)."""
+    decoding reproduces them). Runs without autograd."""
     device = device or torch.device("cpu")
     context = model.cfg.context
     flat = encode_items(tokenizer, items, context)
