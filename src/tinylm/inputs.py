@@ -178,6 +178,12 @@ def check_seeds(seed: int | None, rows: int, *, item: str = "seed", unit: str = 
                       f"{INT64_MAX - rows + 1}")
 
 
+def unsigned_seed(seed: int) -> int:
+    """`seed` (any int64) as the non-negative seed numpy's generators require: seed mod 2^64, the
+    way torch.Generator.manual_seed reads a negative seed. The same for every seed >= 0; a negative
+    one (`--split-seed -1`) works instead of failing deep inside numpy."""
+    return seed % 2**64
+
 def _kinds(typ: Any) -> tuple[type, ...]:
     return tuple(t for t in (typing.get_args(typ) or (typ,)) if t in (int, float))
 

@@ -37,6 +37,7 @@ from tinylm.console import console, progress, warn
 from tinylm.data.sources import Source
 from tinylm.data.spec import read_source
 from tinylm.errors import DataError, TokenizerError
+from tinylm.inputs import unsigned_seed
 from tinylm.tokenizers import Tokenizer, load_tokenizer, parse_spec, spec_identity, train_tokenizer
 from tinylm.tokenizers.base import safe_chunks
 
@@ -201,7 +202,7 @@ def _route(src: Source, method: str, val_fraction: float, seed: int, total_bytes
         return
     pieces = src.streams["all"]()
     if method == "shuffle":
-        rng, doc_split = np.random.default_rng(seed), None
+        rng, doc_split = np.random.default_rng(unsigned_seed(seed)), None
         for text, last in pieces:
             if stop("train"):
                 return

@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from rich.progress import TextColumn
@@ -42,7 +42,7 @@ from tinylm.model import GPT
 from tinylm.inputs import INT64_MAX
 from tinylm.rundir import (BEST_ADAPTER_FILE, BEST_FILE, METRICS_FILE, RUN_FILES, STATE_FILE, read_config, read_weights,
                            save_adapter, save_weights, write_config)
-from tinylm.runtime import autocast, check_memory, peak_flops, resolve_device, resolve_dtype
+from tinylm.runtime import autocast, check_memory, memory_bytes, peak_flops, resolve_device, resolve_dtype
 from tinylm.tokenizers import Tokenizer, load_tokenizer, spec_vocab_size
 from tinylm.training import distributed
 from tinylm.training.checkpoint import keep_copy, load_checkpoint, rng_state, save_checkpoint, weights_file
@@ -79,14 +79,22 @@ class BatchPlan:
         return self.micro * self.accum * self.processes * self.context
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(n, 0, -1) if n % d == 0]
+CPU_MICRO_TOKENS = 8192  # the automatic micro-batch on CPUs: at most this many tokens
 
 
-def plan_batch(cfg: RunConfig, processes: int, fits: Callable[[int], bool] | None = None) -> BatchPlan:
+def _divisors(n: int, most: int) -> Iterator[int]:
+    """The divisors of `n` not above `most`, largest first: O(most) however large `n` is (a huge
+    train.batch_tokens gives a huge n; listing all its divisors would never end)."""
+    return (d for d in range(min(n, most), 0, -1) if n % d == 0)
+
+
+def plan_batch(cfg: RunConfig, processes: int, fits: Callable[[int], bool] | None = None,
+               most: int | None = None) -> BatchPlan:
     """The batch plan for `train.batch_tokens` (or batch_size x grad_accum x seq_len) over
     `processes`, with micro-batches of `train.batch_size` sequences, or with batch_size 0 the
-    largest divisor that `fits` (a trial forward and backward; None: at most 8,192 tokens)."""
+    largest divisor that `fits` (a trial forward and backward; None: at most 8,192 tokens) among
+    those of at most `most` sequences (None: as many as 8,192 tokens hold without `fits`, else
+    any; the trainer bounds it by the device's memory)."""
     t, context = cfg.train, cfg.seq_len
     if t.batch_tokens == 0:
         return BatchPlan(t.batch_size, t.grad_accum, processes, context)  # the global batch grows with processes
@@ -102,8 +110,9 @@ def plan_batch(cfg: RunConfig, processes: int, fits: Callable[[int], bool] | Non
                               f"{t.batch_size * context * processes:,}); set train.batch_size to a divisor of "
                               f"{sequences} (or 0 to choose automatically)")
         return BatchPlan(t.batch_size, sequences // t.batch_size, processes, context)
-    fits = fits or (lambda micro: micro * context <= 8192)
-    micro = next((d for d in _divisors(sequences) if fits(d)), None)
+    if fits is None:
+        fits, most = (lambda micro: True), CPU_MICRO_TOKENS // context
+    micro = next((d for d in _divisors(sequences, sequences if most is None else most) if fits(d)), None)
     if micro is None:
         raise ConfigError(f"not even a micro-batch of 1 sequence of {context} tokens fits on this device; "
                           "lower train.seq_len or the model size")
@@ -182,7 +191,8 @@ class Trainer:
 
             self.adapter = prepare_model(self.model, cfg)
         self.model.to(self.device)
-        self.plan = plan_batch(cfg, procs.world_size, self._fits if self.device.type == "cuda" else None)
+        self.plan = plan_batch(cfg, procs.world_size, *((self._fits, self._most_micro())
+                                                        if self.device.type == "cuda" else ()))
         if procs.distributed:
             torch.manual_seed(t.seed + 7919 * procs.rank)  # but different dropout masks
         self.optimizers = build_optimizers(self.model, t, self.device)
@@ -219,6 +229,14 @@ class Trainer:
             _, loss = forward(x, x)
         loss.backward()
         self.model.zero_grad(set_to_none=True)
+
+    def _most_micro(self) -> int:
+        """The most sequences a micro-batch could hold in this device's memory: 2 bytes per logit and
+        per saved activation of each token (`check_fits`' lower bound), so no batch that fits is skipped."""
+        cfg = self.cfg
+        per_sequence = 2 * cfg.seq_len * (cfg.model.vocab_size + cfg.model.d_model * cfg.model.n_layer)
+        have = memory_bytes(self.device)
+        return max(1, have // per_sequence) if have else 1 << 20
 
     def _fits(self, micro: int) -> bool:
         """Whether a forward and backward pass of `micro` sequences fits in GPU memory."""
