@@ -21,6 +21,7 @@ complete exactly when `meta.json` exists and its files have the recorded sizes.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import json
 import multiprocessing
 import os
@@ -124,7 +125,7 @@ class _SplitWriter:
 
     def __init__(self, path: Path | None, tokenizer: Tokenizer, dtype: np.dtype, limit: int = 0):
         self.path, self.tokenizer, self.dtype, self.limit = path, tokenizer, dtype, limit
-        self.file = open(fileio.temp_path(path), "wb") if path else None
+        self.file = fileio.open_temporary(path) if path else None  # a full disk: a WriteError naming path
         self.parts: list[np.ndarray] = []  # when writing to memory
         self.tokens = self.bytes = self.documents = 0
         self.in_document = False  # the last piece written did not end its document
@@ -176,14 +177,15 @@ class _SplitWriter:
     def close(self, commit: bool) -> None:
         if self.file is None or self.path is None:
             return
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
         tmp = fileio.temp_path(self.path)
-        if commit:
-            fileio.commit(tmp, self.path)
-        else:
+        if not commit:  # nothing to keep, and nothing to flush onto a disk that may be full
+            with contextlib.suppress(OSError):
+                self.file.close()
             tmp.unlink(missing_ok=True)
+            return
+        self.file.sync()
+        self.file.close()
+        fileio.commit(tmp, self.path)
 
 
 # --------------------------------------------------------------------------- routing pieces to splits

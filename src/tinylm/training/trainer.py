@@ -36,7 +36,7 @@ from tinylm.config import RunConfig
 from tinylm.console import console, progress, warn
 from tinylm.data.loader import make_loader
 from tinylm.data.prepare import load_split, read_meta, resolve_data_dir
-from tinylm.errors import CheckpointError, ConfigError, DataError, TinylmError
+from tinylm.errors import CheckpointError, ConfigError, DataError, TinylmError, WriteError
 from tinylm.evaluation.perplexity import score_tokens
 from tinylm.model import GPT
 from tinylm.inputs import INT64_MAX
@@ -372,6 +372,15 @@ class Trainer:
                 f"rate: tinylm train --resume {self.run_dir} --lr {lower} (or a longer warmup: "
                 "--set train.warmup_steps=N)")
 
+    def write_advice(self) -> str:
+        """How to go on after a file of the run could not be written (the fix comes first): run the same
+        command again when there was no checkpoint yet (the half-made directory is removed), else resume
+        from the last checkpoint."""
+        if self.saved_step is None:
+            return "run the same command again (the run had no checkpoint yet; nothing was kept)"
+        verb = "finetune" if self.cfg.finetune.method else "train"
+        return (f"continue from the checkpoint of step {self.saved_step}: tinylm {verb} --resume {self.run_dir}")
+
     def check_finite_weights(self) -> None:
         """A checkpoint never holds NaN or infinite weights (a step at an extreme learning rate or
         weight decay can make them from finite gradients)."""
@@ -398,8 +407,8 @@ class Trainer:
         self.check_finite_weights()
         rngs = distributed.gather_objects(self.procs, rng_state())
         self._last_save = self.elapsed
-        self.saved_step = self.step
         if not self.procs.main:
+            self.saved_step = self.step
             return
         meta = {"step": self.step, "tokenizer_fingerprint": self.tokenizer.fingerprint()}
         if val_loss is not None and val_loss < self.best_val_loss:
@@ -414,6 +423,7 @@ class Trainer:
                  "scaler": self.scaler.state_dict(), "loader": self.loader.state_dict(),
                  "rng": rngs if self.procs.distributed else rngs[0]}
         save_checkpoint(self.run_dir, self.model, state, meta, adapter=self.adapter)
+        self.saved_step = self.step  # once committed: after a failed save the last good checkpoint is named
         if self.cfg.train.keep_last:
             keep_copy(self.run_dir, self.step, self.cfg.train.keep_last, weights_file(self.adapter))
 
@@ -538,6 +548,8 @@ class Trainer:
                 elif self.step != last_eval_step or self.saved_step is None:
                     val_loss = self.evaluate_and_save()
                 bar.update(task, completed=progress_fraction(self.step, self.elapsed, t))
+        except WriteError as e:  # a full disk, ...: its fix, then how to go on from the last checkpoint
+            raise e.then(self.write_advice()) from e
         finally:
             for tracker in self.trackers:
                 tracker.close()
