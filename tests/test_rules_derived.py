@@ -86,7 +86,7 @@ def test_cli_python_api_and_server_share_one_seed_rule(run, below, rows):
             with pytest.raises(ConfigError) as e:
                 route()
             messages.append(str(e.value).split(":", 1)[1])  # after "seed S with N samples|prompts|choices"
-    assert len(set(m.split("would draw from", 1)[1] for m in messages)) <= 1  # one rule, one fix
+    assert len({m.split("would draw from", 1)[1] for m in messages}) <= 1  # one rule, one fix
     if not ok:
         assert all(m.endswith(f"give a seed of at most {INT64_MAX - rows + 1}") for m in messages)
 

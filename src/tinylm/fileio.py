@@ -175,7 +175,7 @@ class CheckedFile:
     def __init__(self, path: Path, mode: str, name: str | os.PathLike):
         self.path, self.name = path, name
         with writing(name, path):
-            self.file = open(path, mode)
+            self.file = open(path, mode)  # noqa: SIM115 - held open by this wrapper
 
     def write(self, data: bytes) -> int:
         with writing(self.name, self.path):
