@@ -15,7 +15,7 @@ import warnings
 
 from rich.markup import escape
 
-from tinylm import __version__
+from tinylm import __version__, fileio
 from tinylm.config import (COMPILE, DEFAULT_PRESET, QUANTIZE, EvalConfig, RunConfig, SampleConfig, ServeConfig,
                            apply_overrides, load_preset, preset_names, read_preset, read_toml, set_key, update,
                            valid_keys)
@@ -712,10 +712,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `tinylm ... | head`: the reader went away; stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except OSError as e:  # permissions, full disk, ... on paths the user chose
+    except OSError as e:  # permissions, full disk, ... on paths the user chose: the file, the cause, a fix
         if args.debug:
             raise
-        console.print(f"[red]error:[/] {escape(str(e.strerror or e))}: {escape(str(e.filename or ''))}")
+        console.print(f"[red]error:[/] {escape(fileio.describe(e))}")
         return 1
     except KeyboardInterrupt:
         console.print("[yellow]interrupted")

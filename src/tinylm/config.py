@@ -20,7 +20,7 @@ from typing import Any
 
 from tinylm.errors import ConfigError
 from tinylm.generation.config import GenerationConfig
-from tinylm.inputs import FLOAT32_TINY, check_fields, check_range
+from tinylm.inputs import FLOAT32_TINY, check_fields, check_range, check_seeds
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -363,6 +363,7 @@ class SampleConfig(GenerationConfig):
     def validate(self) -> SampleConfig:
         super().validate()
         check_range("num_samples", self.num_samples, ge=1)
+        check_seeds(self.seed, self.num_samples, unit="sample")  # sample i draws from seed + i
         _check(self.template in ("", "alpaca", "chat", "plain"),
                f"template must be alpaca, chat or plain, got {self.template!r}")
         _check_inference(self, "sample")

@@ -9,6 +9,11 @@
                       │                                 finite floats, integers within int64
                       └► check_range("train.lr", v, gt=0)   one field's bounds, one-line ConfigError
 
+    a value from a user's file ──► integer / number / boolean(value, item="f.jsonl line 3: 'label'")
+                      (JSON/TOML `true` is no integer, "false" no boolean: one-line error naming the item)
+
+    a seed and a batch ──► check_seeds(seed, rows)   row i draws from seed + i: the last must be int64
+
 Every place that takes text from a user (prompts of `tinylm sample`, `Run.generate/stream/complete`
 and batches of them, evaluation contexts and choices, cloze items, and later the server's prompts
 and chat messages and fine-tuning records) encodes it with `encode_text`, so a text that encodes to
@@ -16,7 +21,10 @@ nothing (whitespace for the word tokenizer) behaves the same everywhere: as the 
 that has a meaning, else as a one-line error naming the item. Every config section's `validate()`
 starts with `check_fields` and states each numeric field's range with `check_range`, so a NaN,
 an infinity or a value of the wrong type is a one-line `ConfigError` whatever route it came by
-(flags, `--set`, TOML, config.json or Python keywords). See docs/input-rules.md.
+(flags, `--set`, TOML, config.json or Python keywords). Numbers and booleans read from other files
+(multiple-choice records, a Hugging Face config.json or generation_config.json) go through
+`integer`, `number` and `boolean`, and every seed derived from a user's seed through `check_seeds`.
+See docs/input-rules.md.
 
 Torch-free: `tinylm.config` imports it.
 """
@@ -24,11 +32,12 @@ Torch-free: `tinylm.config` imports it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import typing
 from typing import Any, Literal, Protocol
 
-from tinylm.errors import ConfigError, DataError
+from tinylm.errors import ConfigError, DataError, TinylmError
 
 INT64_MAX = 2**63 - 1  # integers are stored in int64 tensors and seeds; larger ones are refused
 FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32 (smaller values flush towards 0)
@@ -71,6 +80,109 @@ def encode_text(tokenizer: _Encodes, text: str, *, item: str = "the prompt",
 
 # --------------------------------------------------------------------------- numbers
 
+
+def is_integer(value: Any) -> bool:
+    """Whether `value` is an integer and not a bool (`True` is an int in Python; JSON's and TOML's
+    `true` is no number)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _shown(value: Any) -> str:
+    """A value as the user wrote it in JSON or TOML (`true`, `"2"`, `2.5`), shortened."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
+
+
+def integer(value: Any, item: str, *, error: type[TinylmError] = DataError, note: str = "") -> int:
+    """`value`, an integer read from a user's file (a JSON record, a config), or a one-line `error`
+    naming `item` (e.g. "data.jsonl line 3: 'label'"): a bool (JSON's `true`), a string, a float
+    and an integer outside int64 are refused, as the config fields refuse them. `note` is appended
+    to the message (what the number means)."""
+    if not is_integer(value):
+        raise error(f"{item} must be an integer{note}, got {_shown(value)}")
+    if abs(value) > INT64_MAX:
+        raise error(f"{item} must be an integer of at most {INT64_MAX:,} in size{note}, got {value:,}")
+    return value
+
+
+def number(value: Any, item: str, *, error: type[TinylmError] = DataError) -> float:
+    """`value`, a finite number (int or float, not a bool) read from a user's file, as a float; else
+    a one-line `error` naming `item`."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise error(f"{item} must be a finite number, got {_shown(value)}")
+    return float(value)
+
+
+def boolean(value: Any, item: str, *, error: type[TinylmError] = DataError) -> bool:
+    """`value`, a JSON or TOML boolean (`true`/`false`) read from a user's file; else a one-line
+    `error` naming `item` (the string "false" is not false, and 0 is not a boolean)."""
+    if not isinstance(value, bool):
+        raise error(f"{item} must be true or false, got {_shown(value)}")
+    return value
+
+
+_MISSING: Any = object()
+
+
+class Fields:
+    """Typed reads of a JSON object from a user's file (a Hugging Face config.json, a record):
+    `Fields(config, "model/config.json").int("n_layer")`. Each read is the value, the default when
+    the key is absent or null, or a one-line `error` naming "origin: key" (missing, or of the wrong
+    type: `true` for an integer, `"false"` for a boolean)."""
+
+    def __init__(self, values: dict[str, Any], origin: str, error: type[TinylmError] = ConfigError):
+        self.values, self.origin, self.error = values, origin, error
+
+    def get(self, key: str, default: Any = _MISSING) -> Any:
+        value = self.values.get(key)
+        if value is None:
+            if default is _MISSING:
+                raise self.error(f"{self.origin}: {key} is missing")
+            return default
+        return value
+
+    def _typed(self, key: str, default: Any, read: Any) -> Any:
+        value = self.get(key, default)
+        return value if key not in self.values or self.values[key] is None else read(
+            value, f"{self.origin}: {key}", error=self.error)
+
+    def int(self, key: str, default: Any = _MISSING) -> Any:
+        return self._typed(key, default, integer)
+
+    def float(self, key: str, default: Any = _MISSING) -> Any:
+        return self._typed(key, default, number)
+
+    def bool(self, key: str, default: Any = _MISSING) -> Any:
+        return self._typed(key, default, boolean)
+
+    def str(self, key: str, default: Any = _MISSING) -> Any:
+        value = self.get(key, default)
+        if key in self.values and self.values[key] is not None and not isinstance(value, str):
+            raise self.error(f"{self.origin}: {key} must be a string, got {_shown(value)}")
+        return value
+
+
+def check_seeds(seed: int | None, rows: int, *, item: str = "seed", unit: str = "row") -> None:
+    """The one rule for seeds derived from a user's seed (the CLI, the Python API and the server share
+    it): row i of a seeded batch (sample i of `--num-samples`, prompt i of a batch, choice i of a
+    request) draws from a generator of its own seeded `seed + i`, so `seed + rows - 1` must still be
+    an int64 seed. Otherwise a one-line ConfigError before any work names the largest seed that
+    works. Seeds are never wrapped: every seed the rule allows draws what it drew before it."""
+    if seed is None or rows <= 1 or not is_integer(seed) or seed + rows - 1 <= INT64_MAX:
+        return
+    raise ConfigError(f"{item} {seed} with {rows:,} {unit}s: {unit} {rows:,} would draw from seed {seed + rows - 1} "
+                      f"({item} + {rows - 1:,}), past the largest seed {INT64_MAX}; give a {item} of at most "
+                      f"{INT64_MAX - rows + 1}")
+
+
+def unsigned_seed(seed: int) -> int:
+    """`seed` (any int64) as the non-negative seed numpy's generators require: seed mod 2^64, the
+    way torch.Generator.manual_seed reads a negative seed. The same for every seed >= 0; a negative
+    one (`--split-seed -1`) works instead of failing deep inside numpy."""
+    return seed % 2**64
 
 def _kinds(typ: Any) -> tuple[type, ...]:
     return tuple(t for t in (typing.get_args(typ) or (typ,)) if t in (int, float))

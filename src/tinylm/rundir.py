@@ -34,7 +34,7 @@ import torch
 from tinylm import __version__, fileio, inference
 from tinylm.config import LoRAConfig, RunConfig
 from tinylm.console import console, warn
-from tinylm.errors import CheckpointError, ConfigError, TinylmError
+from tinylm.errors import CheckpointError, ConfigError, TinylmError, WriteError
 from tinylm.generation import (GenerationConfig, StopFilter, beam_search, cut_at_stop, generate_ids, stream_ids,
                                stream_text)
 from tinylm.inputs import EmptyInputError, encode_text
@@ -482,8 +482,11 @@ def record_eval(run: Run, result: dict[str, Any]) -> None:
               "step": run.metadata.get("step"), "dtype": str(run.dtype).removeprefix("torch."), **result}
     if run.quantize != "none":
         record["quantize"] = run.quantize
-    with open(run.run_dir / EVALS_FILE, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    try:
+        with fileio.open_writer(run.run_dir / EVALS_FILE, "ab") as f:
+            f.write((json.dumps(record) + "\n").encode("utf-8"))
+    except WriteError as e:  # the result is the work: report it, do not lose it for want of a record
+        warn(f"the result was not recorded in evals.jsonl: {e}")
 
 
 def warn_unknown_markers(template: Template, tokenizer: Tokenizer) -> None:

@@ -189,9 +189,10 @@ def instruction_messages(record: Any, where: str = "record") -> list[dict[str, s
     the instruction (and input, under '### Input:') as the user message, the output as the reply."""
     if not isinstance(record, dict) or not isinstance(record.get("instruction"), str):
         raise DataError(f"{where}: an instruction record needs an \"instruction\" string")
-    extra = record.get("input") or ""
+    extra = record.get("input")
+    extra = "" if extra is None else extra  # null: no input (false or 0 is no text: refused)
     if not isinstance(extra, str):
-        raise DataError(f"{where}: \"input\" must be a string")
+        raise DataError(f"{where}: \"input\" must be a string, got {type(extra).__name__}")
     user = record["instruction"] + (f"\n\n### Input:\n{extra}" if extra else "")
     messages = [{"role": "system", "content": ALPACA_PREAMBLE_INPUT if extra else ALPACA_PREAMBLE},
                 {"role": "user", "content": user}]

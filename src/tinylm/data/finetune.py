@@ -37,6 +37,7 @@ from tinylm.data.prepare import META_FILE, is_prepared, prepare_config, prepared
 from tinylm.data.sources import BUILTIN, Source, _blocks, builtin_source, cache_key, json_lines
 from tinylm.data.spec import read_source
 from tinylm.errors import ConfigError, DataError
+from tinylm.inputs import unsigned_seed
 from tinylm.runtime import autocast
 from tinylm.templates import Piece, Template, check_messages, get_template, instruction_messages
 from tinylm.tokenizers import Tokenizer
@@ -478,7 +479,7 @@ def split_conversations(conversations: list[tuple[str, list[dict[str, str]]]], v
     if len(conversations) < 2:
         raise DataError(f"{len(conversations)} record(s) cannot be split into training and validation; "
                         "give at least 2 records, or a validation file (--val-data)")
-    order = np.random.default_rng(seed).permutation(len(conversations))
+    order = np.random.default_rng(unsigned_seed(seed)).permutation(len(conversations))
     n_val = min(max(1, round(len(conversations) * val_fraction)), len(conversations) - 1)
     val_ids = set(order[:n_val].tolist())
     train = [c for i, c in enumerate(conversations) if i not in val_ids]

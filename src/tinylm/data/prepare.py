@@ -26,6 +26,7 @@ recorded sizes.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import json
 import multiprocessing
 import os
@@ -43,6 +44,7 @@ from tinylm.console import console, progress, warn
 from tinylm.data.sources import PIECE_CHARS, Source
 from tinylm.data.spec import read_source
 from tinylm.errors import DataError, TokenizerError
+from tinylm.inputs import unsigned_seed
 from tinylm.tokenizers import Tokenizer, load_tokenizer, parse_spec, spec_identity, train_tokenizer
 from tinylm.tokenizers.base import PieceCutter, safe_chunks
 
@@ -129,7 +131,7 @@ class _SplitWriter:
 
     def __init__(self, path: Path | None, tokenizer: Tokenizer, dtype: np.dtype, limit: int = 0):
         self.path, self.tokenizer, self.dtype, self.limit = path, tokenizer, dtype, limit
-        self.file = open(fileio.temp_path(path), "wb") if path else None
+        self.file = fileio.open_temporary(path) if path else None  # a full disk: a WriteError naming path
         self.parts: list[np.ndarray] = []  # when writing to memory
         self.tokens = self.bytes = self.documents = 0
         self.in_document = False  # the last piece written did not end its document
@@ -181,14 +183,15 @@ class _SplitWriter:
     def close(self, commit: bool) -> None:
         if self.file is None or self.path is None:
             return
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
         tmp = fileio.temp_path(self.path)
-        if commit:
-            fileio.commit(tmp, self.path)
-        else:
+        if not commit:  # nothing to keep, and nothing to flush onto a disk that may be full
+            with contextlib.suppress(OSError):
+                self.file.close()
             tmp.unlink(missing_ok=True)
+            return
+        self.file.sync()
+        self.file.close()
+        fileio.commit(tmp, self.path)
 
 
 # --------------------------------------------------------------------------- routing pieces to splits
@@ -207,7 +210,7 @@ def _route(src: Source, method: str, val_fraction: float, seed: int, total_bytes
         return
     pieces = src.streams["all"]()
     if method == "shuffle":
-        rng, doc_split = np.random.default_rng(seed), None
+        rng, doc_split = np.random.default_rng(unsigned_seed(seed)), None
         for text, last in pieces:
             if stop("train"):
                 return

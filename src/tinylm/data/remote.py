@@ -17,7 +17,6 @@ local HTTP server.
 from __future__ import annotations
 
 import http.client
-import os
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from typing import BinaryIO, Protocol
 
 from rich.progress import DownloadColumn, TransferSpeedColumn
 
-from tinylm import __version__
+from tinylm import __version__, fileio
 from tinylm.console import console, progress, warn
 from tinylm.errors import DownloadError
 from tinylm.fileio import commit, sha256_file
@@ -161,7 +160,7 @@ def _fetch(transport: Transport, url: str, part: Path, start: int, total: int | 
     resuming = f", resuming at {_mb(start)}" if start else ""
     if not console.is_terminal:
         console.print(f"downloading {url} ({_mb(total)}{resuming}) -> {dest}")
-    with stream, open(part, "ab" if start else "wb") as f, \
+    with stream, fileio.open_writer(part, "ab" if start else "wb") as f, \
             progress(DownloadColumn(), TransferSpeedColumn(), counts=False) as bar:
         task = bar.add_task(description, total=total, completed=start)
         while True:
@@ -173,6 +172,5 @@ def _fetch(transport: Transport, url: str, part: Path, start: int, total: int | 
                 break
             f.write(block)
             bar.advance(task, len(block))
-        f.flush()
-        os.fsync(f.fileno())
+        f.sync()
 

@@ -30,7 +30,7 @@ from tinylm.console import progress, warn
 from tinylm.data.sources import json_lines
 from tinylm.errors import DataError
 from tinylm.inference import autocast_for
-from tinylm.inputs import encode_text
+from tinylm.inputs import encode_text, integer
 from tinylm.tokenizers import Tokenizer
 
 HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
@@ -75,8 +75,11 @@ def _field(path: Path, number: int, record: dict, key: str, kind: type) -> Any:
     if key not in record:
         raise DataError(f"{path} line {number} has no {key!r} field (it has: {', '.join(record)})")
     value = record[key]
-    if kind is int and isinstance(value, str) and value.isdigit():
-        value = int(value)  # HellaSwag's test file writes labels as strings
+    if kind is int:  # a label: JSON's true is no index (isinstance(True, int) in Python)
+        if isinstance(value, str) and value.isascii() and value.isdigit():
+            value = int(value)  # HellaSwag's test file writes labels as strings
+        return integer(value, f"{path} line {number}: {key!r}",
+                       note=" (the 0-based index of the correct choice)")
     if not isinstance(value, kind) or (kind is list and not all(isinstance(c, str) for c in value)):
         wanted = "a list of strings" if kind is list else kind.__name__
         raise DataError(f"{path} line {number}: {key!r} must be {wanted}")
@@ -145,18 +148,18 @@ def _sequences(tokenizer: Tokenizer, item: Item, context: int) -> list[tuple[lis
     return out
 
 
-@torch.no_grad()
 def encode_items(tokenizer: Tokenizer, items: list[Item], context: int) -> list[tuple[int, list[int], int]]:
     """(item index, token ids, choice tokens at the end) for every choice of every item; raises
     the one-line error of the first item that cannot be scored, before any scoring."""
     return [(i, seq, n) for i, item in enumerate(items) for seq, n in _sequences(tokenizer, item, context)]
 
 
+@torch.no_grad()  # scoring builds no autograd graph (no_grad, not inference_mode: training calls it too)
 def choice_logprobs(model: torch.nn.Module, tokenizer: Tokenizer, items: list[Item], *, batch_size: int = 32,
                     device: torch.device | None = None, dtype: torch.dtype = torch.float32,
                     show_progress: bool = False, description: str = "choices") -> list[list[tuple[float, int, bool]]]:
     """Per item, per choice: (sum of log-probs of the choice tokens, their count, whether greedy
-    decoding reproduces them)."""
+    decoding reproduces them). Runs without autograd."""
     device = device or torch.device("cpu")
     context = model.cfg.context
     flat = encode_items(tokenizer, items, context)

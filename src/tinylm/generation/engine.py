@@ -35,7 +35,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 
 from tinylm.errors import ConfigError
-from tinylm.inputs import EmptyInputError
+from tinylm.inputs import EmptyInputError, check_seeds
 from tinylm.generation.config import GenerationConfig
 from tinylm.generation.sampling import apply_repetition_penalty, find_stop, sample_next
 from tinylm.inference import DecodeStep, autocast_for, compiled_step
@@ -230,6 +230,7 @@ def _setup(model: torch.nn.Module, prompts: Sequence[Sequence[int]], cfg: Genera
     if not prompts:
         raise EmptyInputError("generation needs at least one prompt (an empty prompt is the tokenizer's "
                               "start_ids())")
+    check_seeds(cfg.seed, len(prompts), unit="prompt")  # row b draws from seed + b (`_generators`)
     rows = [list(map(int, p)) for p in prompts]
     vocab = model.cfg.vocab_size
     for i, r in enumerate(rows):

@@ -28,6 +28,7 @@ pre_tokenizer (GPT-2's regex, SmolLM's digits + GPT-2, Llama 3's with or without
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -400,7 +401,8 @@ def export_gguf(run_dir: str | Path, out: str | Path, dtype: str = "f32", checkp
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = fileio.temp_path(out)
-    writer = gguf.GGUFWriter(str(tmp), arch)
+    with fileio.writing(out, tmp):  # a full disk: "OUT: no space left on its device ...", not numpy's short write
+        writer = gguf.GGUFWriter(str(tmp), arch)
     try:
         writer.add_name(Path(run_dir).resolve().name)
         writer.add_context_length(cfg.context)
@@ -445,20 +447,26 @@ def export_gguf(run_dir: str | Path, out: str | Path, dtype: str = "f32", checkp
         for name, data in tensors.items():
             stored, kind = _stored(name, data, dtype)
             writer.add_tensor(name, stored, raw_dtype=kind)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
+        with fileio.writing(out, tmp):
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+            writer.close()
         fileio.commit(tmp, out)
     except BaseException:
-        writer.close()
+        with contextlib.suppress(OSError):  # closing flushes: on a full disk that fails again
+            writer.close()
         tmp.unlink(missing_ok=True)
         raise
     eos_text = tokenizer.decode([tokenizer.eot_id]) if tokenizer.eot_id is not None else ""
     stops = [eos_text, *(tokenizer.decode([i]) for i in tokenizer.stop_ids if i != tokenizer.eot_id),
              *(template.stop if template is not None else [])]
     modelfile_path = out.with_suffix(MODELFILE_SUFFIX)
-    fileio.write_text(modelfile_path, modelfile(out.name, template, jinja, stops))
+    try:
+        fileio.write_text(modelfile_path, modelfile(out.name, template, jinja, stops))
+    except BaseException:  # the export is the pair: keep neither, so the same command works again
+        out.unlink(missing_ok=True)
+        raise
     if dtype in QUANTIZED and cpu_has_amx():
         warn(f"this CPU has AMX: {AMX_REPACK_NOTE}")
     return {"out": str(out), "arch": arch, "dtype": dtype, "bytes": out.stat().st_size, "tensors": len(tensors),

@@ -24,6 +24,7 @@ import torch
 
 from tinylm.config import ModelConfig
 from tinylm.errors import ConfigError, ExportError
+from tinylm.inputs import Fields
 
 LAYER_NORM_EPS = 1e-5
 ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
@@ -102,28 +103,22 @@ def model_config_from_gpt2(config: dict[str, Any], origin: str = "config.json") 
     if model_type != "gpt2":
         raise ConfigError(f"{origin}: model_type is {model_type!r}; only GPT-2 models (model_type 'gpt2') "
                           "can be imported")
-
-    def need(name: str, default: Any = None) -> Any:
-        value = config.get(name, default)
-        if value is None:
-            raise ConfigError(f"{origin}: {name} is missing")
-        return value
-
-    activation = need("activation_function", "gelu_new")
+    f = Fields(config, origin)  # typed reads: `"n_layer": true` is no integer
+    activation = f.str("activation_function", "gelu_new")
     if activation not in IMPORT_ACTIVATIONS:
         raise ConfigError(f"{origin}: activation_function {activation!r} has no tinylm equivalent "
                           f"(supported: {', '.join(IMPORT_ACTIVATIONS)})")
-    eps = float(need("layer_norm_epsilon", LAYER_NORM_EPS))
+    eps = f.float("layer_norm_epsilon", LAYER_NORM_EPS)
     for name, ok in (("scale_attn_by_inverse_layer_idx", False), ("scale_attn_weights", True)):
-        if bool(config.get(name, ok)) != ok:
+        if f.bool(name, ok) != ok:
             raise ConfigError(f"{origin}: {name} = {config[name]} has no tinylm equivalent")
-    d_model = int(need("n_embd"))
-    dropout = float(config.get("resid_pdrop", 0.0) or 0.0)
-    cfg = ModelConfig(vocab_size=int(need("vocab_size")), context=int(need("n_positions")),
-                      n_layer=int(need("n_layer")), n_head=int(need("n_head")), d_model=d_model,
-                      d_ff=int(config.get("n_inner") or 4 * d_model), mlp=IMPORT_ACTIVATIONS[activation],
+    d_model = f.int("n_embd")
+    dropout = f.float("resid_pdrop", 0.0)
+    cfg = ModelConfig(vocab_size=f.int("vocab_size"), context=f.int("n_positions"),
+                      n_layer=f.int("n_layer"), n_head=f.int("n_head"), d_model=d_model,
+                      d_ff=f.int("n_inner", 0) or 4 * d_model, mlp=IMPORT_ACTIVATIONS[activation],
                       pos="learned", norm="layernorm", norm_position="pre", dropout=dropout if dropout < 1 else 0.0,
-                      bias=True, tie_weights=bool(config.get("tie_word_embeddings", True)), norm_eps=eps)
+                      bias=True, tie_weights=f.bool("tie_word_embeddings", True), norm_eps=eps)
     try:
         cfg.validate()
     except ConfigError as e:

@@ -99,7 +99,14 @@ def export_hf(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best"
     family, config, state_builder = _family(cfg, tokenizer)
     state = {k: v.detach().to("cpu").contiguous() for k, v in state_builder(run.model).items()}
     config.setdefault("torch_dtype", "float32")
-    out = Path(out_dir)
+    with fileio.left_as_found(out_dir) as out:  # a failed export leaves no half-written folder behind
+        _write_export(out, run, config, state)
+    return {"family": family, "out_dir": str(out), "weights": str(run.weights), "tensors": len(state),
+            "params": run.model.num_params(), "tokenizer": True}
+
+
+def _write_export(out: Path, run: Any, config: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
+    cfg, tokenizer = run.model.cfg, run.tokenizer
     out.mkdir(parents=True, exist_ok=True)
     data = safetensors.torch.save(state, metadata={"format": "pt", "exported_by": f"tinylm {__version__}"})
     fileio.write_bytes(out / SAFETENSORS_FILE, data)
@@ -116,8 +123,6 @@ def export_hf(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best"
     # tinylm's own tokenizer file, so `import_hf` of this directory restores the same tokenizer
     fileio.write_json(out / TOKENIZER_FILE, {"kind": tokenizer.kind, "format": 1, **tokenizer.to_dict()})
     export_tokenizer(tokenizer, out, model_max_length=cfg.context, chat_template=run.chat_template)
-    return {"family": family, "out_dir": str(out), "weights": str(run.weights), "tensors": len(state),
-            "params": run.model.num_params(), "tokenizer": True}
 
 
 # --------------------------------------------------------------------------- import

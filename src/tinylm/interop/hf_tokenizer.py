@@ -35,6 +35,7 @@ from typing import Any
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
+from tinylm import fileio
 from tinylm.templates import Template
 from tinylm.tokenizers.base import Tokenizer
 
@@ -162,13 +163,12 @@ def export_tokenizer(tokenizer: Tokenizer, out_dir: Path, *, model_max_length: i
             config = json.loads((out_dir / TOKENIZER_CONFIG).read_text(encoding="utf-8")) \
                 if (out_dir / TOKENIZER_CONFIG).is_file() else {}
             config["chat_template"] = jinja
-            (out_dir / TOKENIZER_CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
-                                                    encoding="utf-8")
+            fileio.write_text(out_dir / TOKENIZER_CONFIG, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
             if (out_dir / "chat_template.jinja").is_file():
-                (out_dir / "chat_template.jinja").write_text(jinja, encoding="utf-8")
+                fileio.write_text(out_dir / "chat_template.jinja", jinja)
         return
     hf, specials = hf_tokenizer(tokenizer)
-    hf.save(str(out_dir / TOKENIZER_JSON), pretty=True)
+    fileio.write_text(out_dir / TOKENIZER_JSON, hf.to_str(pretty=True))  # atomic; a full disk names the file
     config: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "clean_up_tokenization_spaces": False,
@@ -183,6 +183,5 @@ def export_tokenizer(tokenizer: Tokenizer, out_dir: Path, *, model_max_length: i
     if jinja is not None:
         config["chat_template"] = jinja
         config["split_special_tokens"] = tokenizer.kind not in ("bpe", "word", "gpt2")
-    (out_dir / TOKENIZER_CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (out_dir / SPECIAL_TOKENS_MAP).write_text(json.dumps(specials, indent=2, ensure_ascii=False) + "\n",
-                                              encoding="utf-8")
+    fileio.write_text(out_dir / TOKENIZER_CONFIG, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    fileio.write_text(out_dir / SPECIAL_TOKENS_MAP, json.dumps(specials, indent=2, ensure_ascii=False) + "\n")

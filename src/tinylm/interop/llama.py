@@ -21,6 +21,7 @@ import torch
 
 from tinylm.config import ModelConfig
 from tinylm.errors import ConfigError
+from tinylm.inputs import Fields
 
 
 
@@ -157,41 +158,38 @@ def rope_settings(config: dict[str, Any], origin: str) -> float:
         if kind not in (None, "default"):
             raise ConfigError(f"{origin}: rope scaling {kind!r} is not implemented by tinylm's rotary embedding "
                               "(only plain RoPE, rope_type 'default', is); this model cannot be imported")
-    return float(params.get("rope_theta", config.get("rope_theta", 10000.0)))
+    theta = Fields(config, origin).float("rope_theta", 10000.0)
+    return Fields(params, f"{origin}: rope_parameters").float("rope_theta", theta)
 
 
 def model_config_from_llama(config: dict[str, Any], origin: str = "config.json") -> ModelConfig:
     """The tinylm ModelConfig of a transformers Llama-family config dict (ConfigError naming the
-    field tinylm cannot express)."""
-
-    def need(name: str, default: Any = None) -> Any:
-        value = config.get(name, default)
-        if value is None:
-            raise ConfigError(f"{origin}: {name} is missing")
-        return value
-
+    field tinylm cannot express, or one of the wrong type: `"num_hidden_layers": true` is no integer)."""
+    f = Fields(config, origin)
     if config.get("model_type") == "mistral":
-        window = config.get("sliding_window")
-        if window is not None and int(window) < int(need("max_position_embeddings", 2048)):
+        window = f.int("sliding_window", None)
+        if window is not None and window < f.int("max_position_embeddings", 2048):
             raise ConfigError(f"{origin}: sliding_window {window} (sliding-window attention) is not implemented "
                               "by tinylm; only Mistral models without a sliding window import")
-    act = need("hidden_act", "silu")
+    act = f.str("hidden_act", "silu")
     if act != "silu":
         raise ConfigError(f"{origin}: hidden_act {act!r} is not supported (Llama's SwiGLU uses silu)")
     theta = rope_settings(config, origin)
-    d_model, n_head = int(need("hidden_size")), int(need("num_attention_heads"))
-    head_dim = int(config.get("head_dim") or d_model // n_head)
-    attn_bias, mlp_bias = bool(config.get("attention_bias", False)), bool(config.get("mlp_bias", False))
+    d_model, n_head = f.int("hidden_size"), f.int("num_attention_heads")
+    if n_head < 1:
+        raise ConfigError(f"{origin}: num_attention_heads must be >= 1, got {n_head}")
+    head_dim = f.int("head_dim", 0) or d_model // n_head
+    attn_bias, mlp_bias = f.bool("attention_bias", False), f.bool("mlp_bias", False)
     cfg = ModelConfig(
-        vocab_size=int(need("vocab_size")), context=int(need("max_position_embeddings", 2048)),
-        n_layer=int(need("num_hidden_layers")), n_head=n_head,
-        n_kv_head=int(config.get("num_key_value_heads") or n_head), d_model=d_model,
-        d_ff=int(need("intermediate_size")), ff_multiple=1, mlp="swiglu", pos="rope", rope_base=theta,
-        norm="rmsnorm", norm_eps=float(need("rms_norm_eps", 1e-6)), norm_position="pre", dropout=0.0,
+        vocab_size=f.int("vocab_size"), context=f.int("max_position_embeddings", 2048),
+        n_layer=f.int("num_hidden_layers"), n_head=n_head,
+        n_kv_head=f.int("num_key_value_heads", 0) or n_head, d_model=d_model,
+        d_ff=f.int("intermediate_size"), ff_multiple=1, mlp="swiglu", pos="rope", rope_base=theta,
+        norm="rmsnorm", norm_eps=f.float("rms_norm_eps", 1e-6), norm_position="pre", dropout=0.0,
         bias=attn_bias and mlp_bias, attn_bias=None if attn_bias == mlp_bias else attn_bias,
         mlp_bias=None if attn_bias == mlp_bias else mlp_bias,
         head_size=0 if head_dim * n_head == d_model else head_dim,
-        tie_weights=bool(config.get("tie_word_embeddings", False)))
+        tie_weights=f.bool("tie_word_embeddings", False))
     try:
         cfg.validate()
     except ConfigError as e:

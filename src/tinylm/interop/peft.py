@@ -127,11 +127,11 @@ def export_peft(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "bes
         warn(f"adapter_config.json names the tinylm run {cfg.finetune.base} as the base, which transformers cannot "
              "load: for peft.AutoPeftModelForCausalLM, pass --base-model with the folder of `tinylm export "
              f"{cfg.finetune.base} --format hf` (or a Hub id); PeftModel.from_pretrained(model, ...) works either way")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     data = safetensors.torch.save(tensors, metadata={"format": "pt", "exported_by": f"tinylm {__version__}"})
-    fileio.write_bytes(out / ADAPTER_WEIGHTS, data)
-    fileio.write_json(out / ADAPTER_CONFIG, config)
-    export_tokenizer(run.tokenizer, out, model_max_length=run.model.cfg.context, chat_template=run.chat_template)
+    with fileio.left_as_found(out_dir) as out:  # a failed export leaves no half-written folder behind
+        out.mkdir(parents=True, exist_ok=True)
+        fileio.write_bytes(out / ADAPTER_WEIGHTS, data)
+        fileio.write_json(out / ADAPTER_CONFIG, config)
+        export_tokenizer(run.tokenizer, out, model_max_length=run.model.cfg.context, chat_template=run.chat_template)
     return {"family": family, "out_dir": str(out), "weights": str(run.weights), "tensors": len(tensors),
             "target_modules": targets, "base": cfg.finetune.base}

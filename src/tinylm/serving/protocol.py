@@ -7,7 +7,7 @@
                              │  with `param` naming the field, e.g. "messages[1].role")
                              ▼
     completion_rows / chat messages + sampling options checked against the server's limits (`Limits`)
-                             │  (max_tokens, n, logprobs, unsupported OpenAI options -> 400)
+                             │  (max_tokens, n, logprobs, seed + choices past int64, unsupported OpenAI options -> 400)
                              ▼
                     GenerationConfig per choice (seed + choice index), consumed by the engine
 
@@ -27,14 +27,15 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tinylm.errors import DataError
+from tinylm.errors import ConfigError, DataError
 from tinylm.generation.config import GenerationConfig
+from tinylm.inputs import check_seeds
 from tinylm.templates import check_messages
 
 MAX_STOP = 16  # stop strings per request (OpenAI allows 4)
 MAX_LOGPROBS = 20  # alternatives per token
 MAX_TOP_K = 1_000_000  # top_k beyond the vocabulary keeps every token; larger values are typos
-SEED_LIMIT = 2**63  # seeds are int64 (as in the OpenAI API), choice i uses seed + i
+SEED_LIMIT = 2**63  # seeds are int64 (as in the OpenAI API); choice i uses seed + i, which must be too
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
                405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
@@ -225,8 +226,8 @@ class Sampling:
 
     def config(self, index: int, extra_stop: list[str] = ()) -> GenerationConfig:
         opts = dict(self.options)
-        if opts.get("seed") is not None:
-            opts["seed"] = (opts["seed"] + index) % SEED_LIMIT
+        if opts.get("seed") is not None:  # within int64: `check_seeds` refused the request otherwise
+            opts["seed"] += index
         opts["stop"] = [*opts.get("stop", []), *(s for s in extra_stop if s not in opts.get("stop", []))]
         return GenerationConfig(max_new_tokens=self.max_tokens, **opts).validate()
 
@@ -268,6 +269,15 @@ def _sampling(body: _Body, limits: Limits, max_tokens: int | None, default_token
             options[name] = getattr(body, name)
     return Sampling(max_tokens, n, bool(body.stream), include_usage,
                     True if body.truncate is None else body.truncate, options)
+
+
+def _check_seeds(seed: int | None, choices: int) -> None:
+    """The rule of `tinylm sample` and `generate_ids` (`tinylm.inputs.check_seeds`): choice i draws from
+    seed + i, which must be an int64 seed; a 400 naming the largest seed that works otherwise."""
+    try:
+        check_seeds(seed, choices, unit="choice")
+    except ConfigError as e:
+        raise APIError(400, str(e), "seed", "invalid_value") from None
 
 
 @dataclass
@@ -316,6 +326,7 @@ def completion_request(data: Any, limits: Limits) -> CompletionRequest:
         raise APIError(400, f"{len(prompts)} prompts x n={sampling.n} is more than the {limits.max_rows} "
                             "sequences this server queues for one request (tinylm serve --max-queue)",
                        "prompt", "invalid_value")
+    _check_seeds(body.seed, len(prompts) * sampling.n)
     return CompletionRequest(body.model, prompts, sampling, bool(body.echo), body.logprobs)
 
 
@@ -364,6 +375,7 @@ def chat_request(data: Any, limits: Limits) -> ChatRequest:
         raise APIError(400, text, text.split(":", 1)[0], "invalid_value") from None
     max_tokens = body.max_completion_tokens if body.max_tokens is None else body.max_tokens
     sampling = _sampling(body, limits, max_tokens, limits.max_tokens)
+    _check_seeds(body.seed, sampling.n)
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     return ChatRequest(body.model, messages, sampling, logprobs)
 

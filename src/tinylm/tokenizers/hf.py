@@ -36,6 +36,7 @@ from tokenizers import Tokenizer as RustTokenizer
 
 from tinylm import fileio
 from tinylm.errors import TokenizerError
+from tinylm.inputs import integer
 from tinylm.tokenizers.base import CL100K_CUTS, GPT2_CUTS, WHITESPACE_CUTS, Tokenizer
 
 TOKENIZER_JSON = "tokenizer.json"
@@ -220,8 +221,9 @@ class HFTokenizer(Tokenizer):
         if self.unk_id is None and isinstance(self.spec.get("model", {}).get("unk_token"), str):
             self.unk_token = self.spec["model"]["unk_token"]
             self.unk_id = self.vocab.get(self.unk_token)
-        stops = generation.get("eos_token_id")
-        stops = [stops] if isinstance(stops, int) else [i for i in stops or [] if isinstance(i, int)]
+        stops = generation.get("eos_token_id")  # an id or a list of ids (JSON's true is no id)
+        stops = [integer(i, f"{where}: {GENERATION_CONFIG} eos_token_id", error=TokenizerError, note=" (a token id)")
+                 for i in ([] if stops is None else stops if isinstance(stops, list) else [stops])]
         self.eot_id = eos if eos is not None else (stops[0] if stops else None)
         self.extra_stop_ids = [i for i in stops if i != self.eot_id and 0 <= i < self._size]
         add_bos = self.config.get("add_bos_token")

@@ -140,7 +140,8 @@ def keep_copy(run_dir: Path, step: int, keep_last: int, weights: str = MODEL_FIL
         try:
             os.link(run_dir / name, staging / name)  # the run's file is replaced by rename later: the link stays
         except OSError:  # file systems without hard links
-            shutil.copy2(run_dir / name, staging / name)
+            with fileio.writing(staging / name):
+                shutil.copy2(run_dir / name, staging / name)
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     for old in sorted(p for p in folder.glob("step-*") if p.is_dir())[:-keep_last]:

@@ -19,8 +19,8 @@ class MetricsLog:
         self.path = path
 
     def append(self, row: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        with fileio.open_writer(self.path, "ab") as f:  # a full disk: a WriteError naming metrics.jsonl
+            f.write((json.dumps(row) + "\n").encode("utf-8"))
 
     def rows(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
@@ -68,6 +68,12 @@ def plot_metrics(rows: list[dict[str, Any]], out_dir: Path, title: str = "") -> 
         ax.legend()
         fig.tight_layout()
         tmp = fileio.temp_path(out_dir / name)
-        fig.savefig(tmp, format="png")
-        plt.close(fig)
+        try:
+            with fileio.writing(out_dir / name, tmp):
+                fig.savefig(tmp, format="png")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            plt.close(fig)
         fileio.commit(tmp, out_dir / name)

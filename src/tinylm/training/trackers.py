@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from tinylm import fileio
 from tinylm.console import warn
 from tinylm.errors import ConfigError
 
@@ -107,7 +108,7 @@ def wandb_run_id(run_dir: Path, resume: bool) -> str:
         if run_id:
             return run_id
     run_id = secrets.token_hex(8)
-    path.write_text(run_id + "\n", encoding="utf-8")
+    fileio.write_text(path, run_id + "\n")
     return run_id
 
 

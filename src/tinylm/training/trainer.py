@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from rich.progress import TextColumn
@@ -36,13 +36,13 @@ from tinylm.config import RunConfig
 from tinylm.console import console, progress, warn
 from tinylm.data.loader import make_loader
 from tinylm.data.prepare import load_split, read_meta, resolve_data_dir
-from tinylm.errors import CheckpointError, ConfigError, DataError, TinylmError
+from tinylm.errors import CheckpointError, ConfigError, DataError, TinylmError, WriteError
 from tinylm.evaluation.perplexity import score_tokens
 from tinylm.model import GPT
 from tinylm.inputs import INT64_MAX
 from tinylm.rundir import (BEST_ADAPTER_FILE, BEST_FILE, METRICS_FILE, RUN_FILES, STATE_FILE, read_config, read_weights,
                            save_adapter, save_weights, write_config)
-from tinylm.runtime import autocast, check_memory, peak_flops, resolve_device, resolve_dtype
+from tinylm.runtime import autocast, check_memory, memory_bytes, peak_flops, resolve_device, resolve_dtype
 from tinylm.tokenizers import Tokenizer, load_tokenizer, spec_vocab_size
 from tinylm.training import distributed
 from tinylm.training.checkpoint import keep_copy, load_checkpoint, rng_state, save_checkpoint, weights_file
@@ -79,14 +79,22 @@ class BatchPlan:
         return self.micro * self.accum * self.processes * self.context
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(n, 0, -1) if n % d == 0]
+CPU_MICRO_TOKENS = 8192  # the automatic micro-batch on CPUs: at most this many tokens
 
 
-def plan_batch(cfg: RunConfig, processes: int, fits: Callable[[int], bool] | None = None) -> BatchPlan:
+def _divisors(n: int, most: int) -> Iterator[int]:
+    """The divisors of `n` not above `most`, largest first: O(most) however large `n` is (a huge
+    train.batch_tokens gives a huge n; listing all its divisors would never end)."""
+    return (d for d in range(min(n, most), 0, -1) if n % d == 0)
+
+
+def plan_batch(cfg: RunConfig, processes: int, fits: Callable[[int], bool] | None = None,
+               most: int | None = None) -> BatchPlan:
     """The batch plan for `train.batch_tokens` (or batch_size x grad_accum x seq_len) over
     `processes`, with micro-batches of `train.batch_size` sequences, or with batch_size 0 the
-    largest divisor that `fits` (a trial forward and backward; None: at most 8,192 tokens)."""
+    largest divisor that `fits` (a trial forward and backward; None: at most 8,192 tokens) among
+    those of at most `most` sequences (None: as many as 8,192 tokens hold without `fits`, else
+    any; the trainer bounds it by the device's memory)."""
     t, context = cfg.train, cfg.seq_len
     if t.batch_tokens == 0:
         return BatchPlan(t.batch_size, t.grad_accum, processes, context)  # the global batch grows with processes
@@ -102,8 +110,9 @@ def plan_batch(cfg: RunConfig, processes: int, fits: Callable[[int], bool] | Non
                               f"{t.batch_size * context * processes:,}); set train.batch_size to a divisor of "
                               f"{sequences} (or 0 to choose automatically)")
         return BatchPlan(t.batch_size, sequences // t.batch_size, processes, context)
-    fits = fits or (lambda micro: micro * context <= 8192)
-    micro = next((d for d in _divisors(sequences) if fits(d)), None)
+    if fits is None:
+        fits, most = (lambda micro: True), CPU_MICRO_TOKENS // context
+    micro = next((d for d in _divisors(sequences, sequences if most is None else most) if fits(d)), None)
     if micro is None:
         raise ConfigError(f"not even a micro-batch of 1 sequence of {context} tokens fits on this device; "
                           "lower train.seq_len or the model size")
@@ -182,7 +191,8 @@ class Trainer:
 
             self.adapter = prepare_model(self.model, cfg)
         self.model.to(self.device)
-        self.plan = plan_batch(cfg, procs.world_size, self._fits if self.device.type == "cuda" else None)
+        self.plan = plan_batch(cfg, procs.world_size, *((self._fits, self._most_micro())
+                                                        if self.device.type == "cuda" else ()))
         if procs.distributed:
             torch.manual_seed(t.seed + 7919 * procs.rank)  # but different dropout masks
         self.optimizers = build_optimizers(self.model, t, self.device)
@@ -219,6 +229,14 @@ class Trainer:
             _, loss = forward(x, x)
         loss.backward()
         self.model.zero_grad(set_to_none=True)
+
+    def _most_micro(self) -> int:
+        """The most sequences a micro-batch could hold in this device's memory: 2 bytes per logit and
+        per saved activation of each token (`check_fits`' lower bound), so no batch that fits is skipped."""
+        cfg = self.cfg
+        per_sequence = 2 * cfg.seq_len * (cfg.model.vocab_size + cfg.model.d_model * cfg.model.n_layer)
+        have = memory_bytes(self.device)
+        return max(1, have // per_sequence) if have else 1 << 20
 
     def _fits(self, micro: int) -> bool:
         """Whether a forward and backward pass of `micro` sequences fits in GPU memory."""
@@ -354,6 +372,15 @@ class Trainer:
                 f"rate: tinylm train --resume {self.run_dir} --lr {lower} (or a longer warmup: "
                 "--set train.warmup_steps=N)")
 
+    def write_advice(self) -> str:
+        """How to go on after a file of the run could not be written (the fix comes first): run the same
+        command again when there was no checkpoint yet (the half-made directory is removed), else resume
+        from the last checkpoint."""
+        if self.saved_step is None:
+            return "run the same command again (the run had no checkpoint yet; nothing was kept)"
+        verb = "finetune" if self.cfg.finetune.method else "train"
+        return (f"continue from the checkpoint of step {self.saved_step}: tinylm {verb} --resume {self.run_dir}")
+
     def check_finite_weights(self) -> None:
         """A checkpoint never holds NaN or infinite weights (a step at an extreme learning rate or
         weight decay can make them from finite gradients)."""
@@ -380,8 +407,8 @@ class Trainer:
         self.check_finite_weights()
         rngs = distributed.gather_objects(self.procs, rng_state())
         self._last_save = self.elapsed
-        self.saved_step = self.step
         if not self.procs.main:
+            self.saved_step = self.step
             return
         meta = {"step": self.step, "tokenizer_fingerprint": self.tokenizer.fingerprint()}
         if val_loss is not None and val_loss < self.best_val_loss:
@@ -396,6 +423,7 @@ class Trainer:
                  "scaler": self.scaler.state_dict(), "loader": self.loader.state_dict(),
                  "rng": rngs if self.procs.distributed else rngs[0]}
         save_checkpoint(self.run_dir, self.model, state, meta, adapter=self.adapter)
+        self.saved_step = self.step  # once committed: after a failed save the last good checkpoint is named
         if self.cfg.train.keep_last:
             keep_copy(self.run_dir, self.step, self.cfg.train.keep_last, weights_file(self.adapter))
 
@@ -520,6 +548,8 @@ class Trainer:
                 elif self.step != last_eval_step or self.saved_step is None:
                     val_loss = self.evaluate_and_save()
                 bar.update(task, completed=progress_fraction(self.step, self.elapsed, t))
+        except WriteError as e:  # a full disk, ...: its fix, then how to go on from the last checkpoint
+            raise e.then(self.write_advice()) from e
         finally:
             for tracker in self.trackers:
                 tracker.close()
