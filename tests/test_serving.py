@@ -511,6 +511,18 @@ def test_bad_input_of_the_command_is_a_one_line_error(capsys, tmp_path: Path, tr
     one_line_error(capsys, ["serve", str(trained_run), "--port", "0", "--chat-template", "llama"], "unknown template")
     one_line_error(capsys, ["serve", str(trained_run), "--max-batch", "0"], "serve.max_batch must be >= 1")
     one_line_error(capsys, ["serve", str(trained_run), "--host", "no.such.host.invalid"], "cannot listen")
+    for flag, value, fragment in (("--header-timeout", "0", "serve.header_timeout must be > 0 seconds"),
+                                  ("--body-timeout", "nan", "serve.body_timeout must be a finite number"),
+                                  ("--write-timeout", "-1", "serve.write_timeout must be > 0"),
+                                  ("--write-timeout", "soon", "write_timeout expects a number"),
+                                  ("--shutdown-timeout", "-0.5", "serve.shutdown_timeout must be >= 0"),
+                                  ("--shutdown-timeout", "inf", "serve.shutdown_timeout must be a finite number"),
+                                  ("--allowed-host", "http://example.com", "--allowed-host expects a host name"),
+                                  ("--allowed-host", "example.com:8000", "without a scheme, port or path"),
+                                  ("--allowed-host", "", "--allowed-host expects"),
+                                  ("--cors-origin", "example.com", "--cors-origin expects a web origin"),
+                                  ("--cors-origin", "https://example.com/app", "no path")):
+        one_line_error(capsys, ["serve", str(trained_run), "--port", "0", flag, value], fragment)
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2")
 

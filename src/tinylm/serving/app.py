@@ -82,14 +82,18 @@ def host_name(header: str) -> str | None:
     value = header.strip().lower()
     if value.startswith("["):
         name, bracket, port = value[1:].partition("]")
-        if not bracket or (port and not re.fullmatch(r":[0-9]{1,5}", port)) or _ip(name) is None:
+        if not bracket or _ip(name) is None or (port and not (port.startswith(":") and _port(port[1:]))):
             return None
         return name
     name, colon, port = value.partition(":")
-    if colon and not re.fullmatch(r"[0-9]{1,5}", port):
+    if colon and not _port(port):
         return None
     name = name.removesuffix(".")
     return name if re.fullmatch(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*", name) else None
+
+
+def _port(text: str) -> bool:
+    return re.fullmatch(r"[0-9]{1,5}", text) is not None and int(text) <= 65535
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -541,6 +545,7 @@ class API:
                 yield chunk(k, echo)
         finished = [False] * len(echo_of)
         async for event in self.events(http, request, queue):
+            completion += len(event.tokens)  # one per generated token (also of a row cut short)
             if event.finish in CUT_SHORT:
                 for k in range(len(echo_of)):
                     if not finished[k]:
@@ -560,7 +565,6 @@ class API:
             if req.logprobs is not None and event.tokens:
                 logprobs = self.completion_logprobs(event.tokens, [emitted[k]] * len(event.tokens))
             emitted[k] += len(event.text)
-            completion += event.completion_tokens if event.finish else 0
             if event.text or event.finish or logprobs:
                 yield chunk(k, event.text, event.finish, logprobs)
         if req.sampling.include_usage:
@@ -599,6 +603,7 @@ class API:
         completion = 0
         finished = [False] * req.sampling.n
         async for event in self.events(http, request, queue):
+            completion += len(event.tokens)
             if event.finish in CUT_SHORT:
                 for j in range(req.sampling.n):
                     if not finished[j]:
@@ -611,8 +616,6 @@ class API:
                 return
             finished[event.row] = finished[event.row] or bool(event.finish)
             logprobs = self.chat_logprobs(event.tokens) if req.logprobs is not None and event.tokens else None
-            if event.finish:
-                completion += event.completion_tokens
             if event.text or logprobs:
                 yield {**head, "choices": [{"index": event.row, "delta": {"content": event.text},
                                             "finish_reason": None, "logprobs": logprobs}]}
