@@ -11,8 +11,9 @@ a short prompt) in batches of `--batch` rows that start together (the server's d
 `--max-batch` is 16), then each request alone, which is bit-identical to `Run.generate` (tested). For
 every step at which a request's batched and lone runs have the same history it compares the two
 logit vectors and the probability that the sampler's draw (inverse CDF of one uniform number, the
-same in both) picks another token with them: sum over k of |C_k - C'_k|, the cumulative
-probabilities at temperature 1. Reported: the largest logit differences (absolute, and relative to the
+same in both) picks another token with them: the measure of the u between C_k and C'_k for some k,
+the cumulative probabilities at temperature 1. With V tokens there are V such boundaries, each moved
+by rounding, so this grows with the vocabulary. Reported: the largest logit differences (absolute, and relative to the
 largest logit), the mean change probability per token (the expected rate) and the requests whose
 tokens did differ (the observed rate: diverged requests / tokens compared up to each divergence).
 Prints a Markdown row and one JSON line.
@@ -67,10 +68,14 @@ class Recording(Engine):
 
 
 def change_probability(a: torch.Tensor, b: torch.Tensor) -> float:
-    """P(the inverse-CDF draw of one uniform number picks different tokens from logits a and b) at
-    temperature 1: the measure of the u between corresponding cumulative probabilities."""
+    """P(the inverse-CDF draw of one uniform number u picks different tokens from logits a and b) at
+    temperature 1 (as `draw_tokens` does: float32 softmax, float64 cumulative sums): the measure of
+    the u that lie between some C_k and C'_k, the union of those intervals (both ends rise with k)."""
     ca, cb = (torch.softmax(x.float(), dim=-1).double().cumsum(-1) for x in (a, b))
-    return float(((ca / ca[-1]) - (cb / cb[-1])).abs().sum())
+    ca, cb = ca / ca[-1], cb / cb[-1]
+    lo, hi = torch.minimum(ca, cb), torch.maximum(ca, cb)
+    covered = torch.cat([hi.new_zeros(1), hi[:-1]])  # what the intervals below k already cover
+    return float((hi - torch.maximum(lo, covered)).clamp(min=0).sum())
 
 
 def measure(service: Service, args: argparse.Namespace) -> dict:

@@ -136,7 +136,7 @@ class Hosts:
 
 def _origin_host(origin: str) -> str | None:
     """The host[:port] of a web origin ("https://example.com:8443" -> "example.com:8443")."""
-    scheme, sep, rest = origin.partition("://")
+    _, sep, rest = origin.partition("://")
     return rest.lower() if sep and rest else None
 
 

@@ -24,10 +24,12 @@ CUDA GPUs always all `max_batch` rows, one CUDA graph).
 Exactness: a row prefilled alone, its refills and a step with one running row are bit-identical to
 `generate_ids` (same shapes, same masks, same generator draws), so a lone greedy or seeded request
 gives exactly `Run.generate`'s text. With several rows the matrix products run with another batch
-size and CPU/GPU kernels sum in another order, so logits differ by float32 rounding (about 1e-7 of
-their size, tested); the per-row generator and filters are unchanged, so a sampled token changes only
-if a draw falls within that distance of a boundary of the cumulative distribution (or greedy meets a
-near-tie), about one token in a million.
+size and CPU/GPU kernels sum in another order, so logits differ by float32 rounding (up to about 2e-6
+of the largest logit; tested within 1e-5); the per-row generator and filters are unchanged, so a
+sampled token changes only if a draw falls within that distance of one of the vocabulary's boundaries
+in the cumulative distribution (or greedy meets a near-tie). With one boundary per token the rate grows
+with the vocabulary: about 1 token in 800,000 for a character model, 1 in 1,300 to 1 in 27,000 for
+GPT-2's 50,257 tokens at temperature 1 (`bench/batch_exactness.py`, BENCHMARKS.md).
 
 LoRA adapters: `activate(adapters)` (e.g. `tinylm.model.lora.set_active` bound to the model) is called
 before every forward with one name (or None) for a lone row and the per-row list for a batch.
