@@ -1,22 +1,25 @@
-"""A real uvicorn server on a free loopback port, in a background thread, for the serving tests."""
+"""A real tinylm server (`tinylm.serving.server.Server`: uvicorn with tinylm's deadlines and
+shutdown) on a free loopback port, in a background thread, for the serving tests."""
 
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 import time
 from typing import Iterator
 
-import uvicorn
-
-from tinylm.serving.server import bind
+from tinylm.serving.server import Server, bind
 
 
 @contextlib.contextmanager
-def running(app) -> Iterator[str]:
-    """Serve `app` on 127.0.0.1:<free port>; yields the base URL and stops the server after."""
+def running(app, sndbuf: int | None = None) -> Iterator[str]:
+    """Serve `app` on 127.0.0.1:<free port>; yields the base URL and stops the server after (its
+    shutdown, as on Ctrl-C). `sndbuf`: the send buffer of accepted connections, in bytes."""
     sock = bind("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+    if sndbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)  # accepted sockets inherit it
+    server = Server(app, app.state.service.cfg)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

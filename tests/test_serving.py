@@ -30,6 +30,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_one_thread")]
 
 KEY = "sk-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
+JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture(scope="module")
@@ -259,7 +260,8 @@ def test_a_full_queue_answers_503_with_retry_after_and_oversized_input_413(train
         queued.join(60)  # the disconnect freed the slot for the queued request
         assert health(base)["running"] == 0
 
-        assert_error(http.post("/v1/completions", content=b"{" + b" " * 5000 + b"}"), 413, "request_too_large")
+        assert_error(http.post("/v1/completions", content=b"{" + b" " * 5000 + b"}", headers=JSON), 413,
+                     "request_too_large")
         too_long = {"model": "tiny", "prompt": "x" * 100, "max_tokens": 2}
         error = assert_error(http.post("/v1/completions", json={**too_long, "truncate": False}), 413,
                              "context_length_exceeded")
@@ -387,7 +389,15 @@ def malformed_requests(rng: random.Random, max_body: int):
         elif roll < 0.05:
             method, body = "GET", b""
         elif roll < 0.06:
-            path = "/v1/nothing"
+            path = rng.choice(["/v1/nothing", path + "/"])
+        elif roll < 0.08:  # a body a web page can send without a CORS preflight, or none named
+            headers = {**AUTH, **rng.choice([{}, {"Content-Type": "text/plain"},
+                                             {"Content-Type": "application/x-www-form-urlencoded"},
+                                             {"Content-Type": "multipart/form-data; boundary=x"}])}
+        elif roll < 0.10:  # forged by a web page: another site's name (DNS rebinding) or origin
+            headers = {**headers, **rng.choice([{"Host": "attacker.example"}, {"Host": "attacker.example:80"},
+                                                {"Host": ""}, {"Origin": "https://attacker.example"},
+                                                {"Origin": "null"}])}
         yield method, path, headers, body
 
 
@@ -412,7 +422,7 @@ def test_1000_malformed_requests_each_get_a_4xx_json_error(url: str):
         assert grown < 32 << 20, f"memory grew by {grown / 2**20:.1f} MiB over 800 malformed requests"
         ok = http.post("/v1/completions", json=valid, headers=AUTH)
         assert ok.status_code == 200
-    assert set(statuses) >= {400, 401, 404, 405, 413}
+    assert set(statuses) >= {400, 401, 403, 404, 405, 413, 415}
 
 
 def test_lone_surrogates_new_sdk_fields_and_echo_offsets(url: str, client: OpenAI):
@@ -420,7 +430,7 @@ def test_lone_surrogates_new_sdk_fields_and_echo_offsets(url: str, client: OpenA
     field (not a 500, not a dropped stream), and the connection keeps serving. Fields newer SDKs send
     (store, metadata, tool_choice "none", the developer role) are accepted. With echo, a prompt cut to the
     context has text_offsets that point at its tokens' text in the echoed prompt."""
-    with httpx.Client(base_url=url, headers=AUTH, timeout=60) as http:
+    with httpx.Client(base_url=url, headers={**AUTH, **JSON}, timeout=60) as http:
         cases = [("/v1/completions", '{"model": "tiny", "prompt": "\\ud800", "max_tokens": 2, "echo": true}', "prompt"),
                  ("/v1/completions", '{"model": "tiny", "prompt": ["A", "B\\udfff"], "stream": true, "echo": true}',
                   "prompt[1]"),
@@ -501,6 +511,18 @@ def test_bad_input_of_the_command_is_a_one_line_error(capsys, tmp_path: Path, tr
     one_line_error(capsys, ["serve", str(trained_run), "--port", "0", "--chat-template", "llama"], "unknown template")
     one_line_error(capsys, ["serve", str(trained_run), "--max-batch", "0"], "serve.max_batch must be >= 1")
     one_line_error(capsys, ["serve", str(trained_run), "--host", "no.such.host.invalid"], "cannot listen")
+    for flag, value, fragment in (("--header-timeout", "0", "serve.header_timeout must be > 0 seconds"),
+                                  ("--body-timeout", "nan", "serve.body_timeout must be a finite number"),
+                                  ("--write-timeout", "-1", "serve.write_timeout must be > 0"),
+                                  ("--write-timeout", "soon", "write_timeout expects a number"),
+                                  ("--shutdown-timeout", "-0.5", "serve.shutdown_timeout must be >= 0"),
+                                  ("--shutdown-timeout", "inf", "serve.shutdown_timeout must be a finite number"),
+                                  ("--allowed-host", "http://example.com", "--allowed-host expects a host name"),
+                                  ("--allowed-host", "example.com:8000", "without a scheme, port or path"),
+                                  ("--allowed-host", "", "--allowed-host expects"),
+                                  ("--cors-origin", "example.com", "--cors-origin expects a web origin"),
+                                  ("--cors-origin", "https://example.com/app", "no path")):
+        one_line_error(capsys, ["serve", str(trained_run), "--port", "0", flag, value], fragment)
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2")
 

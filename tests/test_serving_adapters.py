@@ -43,7 +43,9 @@ def adapter_run(trained_run: Path, corpus_text: str, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def url(trained_run: Path, adapter_run: Path):
-    app = create_app(trained_run, model_name="tiny", adapter=[f"poet={adapter_run}"], max_batch=8, dtype="float32")
+    # model ids with dots and a slash, and one that is a torch attribute name: any id names an adapter
+    app = create_app(trained_run, model_name="tiny", adapter=[f"poet={adapter_run}", f"poet.v1.2={adapter_run}",
+                                                              f"me/keys={adapter_run}"], max_batch=8, dtype="float32")
     with running(app) as base:
         yield base
 
@@ -54,10 +56,11 @@ def client(url: str) -> OpenAI:
 
 
 def test_adapters_are_listed_and_chosen_by_model_id(client: OpenAI, trained_run: Path, adapter_run: Path):
-    assert [m.id for m in client.models.list()] == ["tiny", "poet"]
+    assert [m.id for m in client.models.list()] == ["tiny", "poet", "poet.v1.2", "me/keys"]
+    assert client.models.retrieve("poet.v1.2").id == "poet.v1.2" and client.models.retrieve("me/keys").id == "me/keys"
     base = tinylm.load(trained_run, dtype="float32")
     tuned = tinylm.load(adapter_run, dtype="float32")
-    for model, run in (("tiny", base), ("poet", tuned)):
+    for model, run in (("tiny", base), ("poet", tuned), ("poet.v1.2", tuned), ("me/keys", tuned)):
         r = client.completions.create(model=model, prompt="ROMEO:\n", max_tokens=30, temperature=0)
         assert r.choices[0].text == run.generate("ROMEO:\n", max_new_tokens=30, temperature=0)
     scores = [client.completions.create(model=m, prompt="ROMEO:\nWhat", max_tokens=0, echo=True, logprobs=0)
@@ -111,3 +114,18 @@ def test_an_adapter_of_another_base_model_is_a_one_line_error(capsys, trained_ru
     assert main(["serve", str(other), "--port", "0", "--adapter", f"poet={adapter_run}"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err, err
+
+
+@pytest.mark.parametrize("name", ["a.b", "", "keys", "training", "a b", "ü"])
+def test_an_adapter_name_torch_cannot_hold_is_a_one_line_error(trained_run: Path, adapter_run: Path, name: str):
+    """`Run.attach_adapter` names the adapter's parameters: a dot, an empty name or a name of torch's
+    dicts' own attributes is refused in one line before any layer changes (the server names its
+    adapters itself, so any model id works there, see above)."""
+    from tinylm.errors import ConfigError
+    from tinylm.model import lora
+
+    run = tinylm.load(trained_run, dtype="float32")
+    with pytest.raises(ConfigError) as e:
+        run.attach_adapter(name, adapter_run)
+    assert "cannot name a LoRA adapter" in str(e.value) and "\n" not in str(e.value)
+    assert lora.adapter_names(run.model) == [] and not lora.lora_layers(run.model)

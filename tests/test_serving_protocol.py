@@ -3,6 +3,7 @@ or a 4xx APIError naming the field, never another exception."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 
@@ -151,3 +152,66 @@ def test_json_errors():
             parse_json(raw, 2_000_000)
         assert e.value.status == status
     assert parse_json(b'{"a": 1}', 32) == {"a": 1}
+
+
+# --------------------------------------------------------------------------- Host headers (DNS rebinding)
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+labels = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=8)
+names = st.lists(labels, min_size=1, max_size=4).map(".".join).filter(lambda n: not _is_address(n))
+ports = st.one_of(st.just(""), st.integers(0, 65535).map(lambda p: f":{p}"))
+cases = st.sampled_from([str.lower, str.upper, str.title])
+loopback_hosts = st.one_of(
+    st.just("localhost"), names.map(lambda n: f"{n}.localhost"),
+    st.tuples(st.integers(0, 255), st.integers(0, 255), st.integers(0, 255)).map(lambda t: "127.%d.%d.%d" % t),
+    st.just("[::1]"))
+binds = st.sampled_from(["127.0.0.1", "::1", "localhost", "0.0.0.0", "::", "10.1.2.3", "box.lan"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=40), binds, st.lists(st.one_of(names, names.map(lambda n: "." + n)), max_size=3))
+def test_any_host_header_is_answered_or_refused_never_an_error(header, bound, allowed):
+    from tinylm.serving.app import Hosts, host_name
+
+    assert isinstance(Hosts(bound, allowed).allows(header), bool)
+    name = host_name(header)
+    assert name is None or (name == name.lower() and name.strip() == name and not name.endswith("."))
+
+
+@settings(max_examples=200, deadline=None)
+@given(loopback_hosts, ports, cases, binds)
+def test_loopback_hosts_are_always_answered(host, port, case, bound):
+    from tinylm.serving.app import Hosts
+
+    assert Hosts(bound).allows(case(host) + port)
+
+
+@settings(max_examples=300, deadline=None)
+@given(names, ports, cases, st.lists(names, max_size=3), st.booleans())
+def test_other_names_are_answered_only_when_allowed(name, port, case, allowed, dot):
+    from tinylm.serving.app import Hosts
+
+    header = case(name) + ("." if dot else "") + port
+    local = name == "localhost" or name.endswith(".localhost")
+    assert Hosts("127.0.0.1", allowed).allows(header) == (local or name in allowed)
+    assert Hosts("0.0.0.0", [name]).allows(header)  # listed: answered (with any port, case, a final dot)
+    assert Hosts("127.0.0.1", ["." + name]).allows(f"api.{name}{port}") and Hosts("127.0.0.1", ["*"]).allows(header)
+    assert not Hosts("127.0.0.1", [name]).allows(f"{name}.attacker.example{port}")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.ip_addresses(), ports)
+def test_ip_addresses_are_answered_when_the_server_listens_on_them(address, port):
+    from tinylm.serving.app import Hosts
+
+    header = (f"[{address}]" if address.version == 6 else str(address)) + port
+    assert Hosts("0.0.0.0").allows(header)  # listening on every address: any (no rebinding sends an address)
+    assert Hosts(str(address)).allows(header)
+    assert Hosts("127.0.0.1").allows(header) == address.is_loopback

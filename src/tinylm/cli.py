@@ -360,7 +360,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = ServeConfig()
-    _apply(cfg, args, prefix="serve.", lists=("adapter",))
+    _apply(cfg, args, prefix="serve.", lists=("adapter", "allowed_hosts", "cors_origins"))
     try:
         from tinylm.serving import serve
     except ImportError as e:
@@ -674,6 +674,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "chat requests get a 400 saying how to get one)")
     p.add_argument("--adapter", dest="serve.adapter", metavar="NAME=ADAPTER_RUN", action="append",
                    help="also serve a LoRA fine-tuned run of this base as model NAME (repeatable)")
+    p.add_argument("--allowed-host", dest="serve.allowed_hosts", metavar="NAME", action="append",
+                   help="also answer requests whose Host is NAME (.NAME: it and its subdomains; *: any); loopback "
+                        "names, IP addresses the server listens on and --host are answered anyway (repeatable)")
+    p.add_argument("--cors-origin", dest="serve.cors_origins", metavar="ORIGIN", action="append",
+                   help="let web pages of ORIGIN (e.g. https://example.com; *: any) call the API (CORS; repeatable)")
+    p.add_argument("--header-timeout", dest="serve.header_timeout", metavar="S",
+                   help="close connections whose request headers take longer (10 s)")
+    p.add_argument("--body-timeout", dest="serve.body_timeout", metavar="S",
+                   help="answer 408 to requests whose body takes longer (30 s)")
+    p.add_argument("--write-timeout", dest="serve.write_timeout", metavar="S",
+                   help="close connections of clients that take none of their response for this long (30 s)")
+    p.add_argument("--shutdown-timeout", dest="serve.shutdown_timeout", metavar="S",
+                   help="on Ctrl-C or SIGTERM, let running requests go on this long, then end them (5 s)")
     _runtime_flags(p, "serve", checkpoint=True)
     _inference_flags(p, "serve")
     p.set_defaults(func=cmd_serve)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -421,8 +422,19 @@ class ServeConfig:
     dtype: str = "auto"  # the weights' precision: auto (fastest for the device) | float32 | bfloat16 | float16
     quantize: str = "none"  # none | int8 (weight-only, torchao)
     compile: str = "auto"  # torch.compile the batched decode step: auto (CUDA GPUs) | on | off
+    # who may call: Host names answered besides loopback ones and the bound name (".example.com": it and
+    # its subdomains; "*": any), and web origins allowed cross-origin (CORS; none by default)
+    allowed_hosts: list[str] = field(default_factory=list)
+    cors_origins: list[str] = field(default_factory=list)
+    # seconds: a request's headers / its body must arrive within, a client must take some of its response
+    # within (else its connection is closed), and requests running at shutdown may go on for
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    write_timeout: float = 30.0
+    shutdown_timeout: float = 5.0
 
     def validate(self) -> ServeConfig:
+        check_fields(self, "serve.")
         _check_inference(self, "serve")
         _check(0 <= self.port <= 65535, f"serve.port must be in 0..65535, got {self.port}")
         _check(bool(self.host), "serve.host must name an address, e.g. 127.0.0.1")
@@ -431,7 +443,28 @@ class ServeConfig:
         for spec in self.adapter:
             name, sep, path = spec.partition("=")
             _check(bool(sep and name.strip() and path.strip()), f"--adapter expects NAME=ADAPTER_RUN, got {spec!r}")
+        for name in ("header_timeout", "body_timeout", "write_timeout"):
+            check_range(f"serve.{name}", getattr(self, name), gt=0, note=" seconds")
+        check_range("serve.shutdown_timeout", self.shutdown_timeout, ge=0,
+                    note=" seconds (0: end running requests at once)")
+        for host in self.allowed_hosts:
+            _check(host == "*" or _is_ipv6(host) or (host.strip(".") != "" and not set(host) & set("/:@[] \t")),
+                   f"--allowed-host expects a host name as clients write it (e.g. example.com, .example.com for "
+                   f"it and its subdomains, or * for any), without a scheme, port or path; got {host!r}")
+        for origin in self.cors_origins:
+            scheme, sep, rest = origin.partition("://")
+            _check(origin == "*" or (sep and scheme in ("http", "https") and rest and not set(rest) & set("/?# ")),
+                   f"--cors-origin expects a web origin such as https://example.com or http://localhost:3000 "
+                   f"(scheme, host and port; no path), or *; got {origin!r}")
         return self
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- loading & overrides

@@ -23,6 +23,7 @@ unties the two (the merged model then has `tie_weights = False`).
 from __future__ import annotations
 
 import math
+import re
 from typing import Sequence
 
 import torch
@@ -36,6 +37,15 @@ TARGETS: dict[str, str] = {"qkv": "attn.qkv", "proj": "attn.proj", "fc": "mlp.fc
                            "head": "head"}
 assert tuple(TARGETS) == LORA_TARGETS
 A_SUFFIX, B_SUFFIX = "lora_A", "lora_B"
+
+
+def check_name(name: object) -> None:
+    """A one-line ConfigError unless `name` can name an adapter: it is a key of each layer's parameter
+    and module dicts, so torch refuses an empty name, a dot and its dicts' own attribute names."""
+    ok = isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_-]+", name) is not None
+    if not ok or hasattr(nn.ParameterDict(), name) or hasattr(nn.ModuleDict(), name):
+        raise ConfigError(f"{name!r} cannot name a LoRA adapter: use letters, digits, '_' and '-' (e.g. "
+                          "'poet_v2'), other than the names of torch's ParameterDict and ModuleDict methods")
 
 
 class LoRALinear(nn.Module):
@@ -80,6 +90,7 @@ class LoRALinear(nn.Module):
         """A new adapter: A Kaiming-uniform (a = sqrt(5), as nn.Linear and PEFT), B zeros; in `dtype`
         (default: the base weight's; an inference model gives its activations' dtype, see
         `tinylm.inference.adapter_dtype`)."""
+        check_name(name)
         if name in self.lora_A:
             raise ConfigError(f"the model already has an adapter named {name!r}")
         weight = self.base.weight
@@ -169,6 +180,7 @@ def add_lora(model: nn.Module, lora_cfg: LoRAConfig, name: str = "default",
     norm weights when lora_cfg.train_biases / train_norms ask for them. Returns the adapted layers'
     names. The adapter's A matrices draw from torch's global RNG (seed it first for reproducibility);
     `dtype` as in `LoRALinear.add`."""
+    check_name(name)  # before any layer is wrapped
     lora_cfg.validate()
     names = target_modules(model, lora_cfg.target_list)
     for param in model.parameters():

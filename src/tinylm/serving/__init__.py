@@ -2,8 +2,10 @@
 
     protocol.py   request bodies -> checked requests, errors in the OpenAI shape (pydantic)
     engine.py     the continuous-batching engine: rows join and leave between decode steps
-    app.py        FastAPI routes (completions, chat completions, models, health, the playground), SSE
-    server.py     `tinylm serve`: bind the port, warn without a key beyond loopback, run uvicorn
+    app.py        FastAPI routes (completions, chat completions, models, health, the playground), SSE;
+                  which Host / Origin / Content-Type it answers; how every request ends
+    server.py     `tinylm serve`: bind the port, warn without a key beyond loopback, run uvicorn with
+                  header / body / write deadlines and a shutdown that ends streams in the protocol's way
     playground.html   the page at /: completion and chat views on the public API (no CDN, no build)
 
     create_app(run_dir, **options) -> FastAPI      serve(run_dir, ServeConfig)

@@ -1,17 +1,25 @@
 """The HTTP side of `tinylm serve`: an OpenAI-compatible API (FastAPI) over the batching engine.
 
-    client ──HTTP──► FastAPI route ──► API key (Bearer, constant-time) ──► body (size-limited) ──► protocol.py
-                                                                                                    │ checked request
-       prompt text / chat messages (run's own template, else --chat-template) ──► token ids (truncated
-       to the context, or 413) ──► one Row per choice ──► Engine.submit (queue full: 503 + Retry-After)
+    client ──HTTP──► Host allowed? Origin its own (or --cors-origin)? (403) ──► [CORS] ──► FastAPI route
+       ──► API key (Bearer, constant-time) ──► body (Content-Type JSON or 415, size-limited, within
+       --body-timeout or 408) ──► protocol.py ──► checked request
                                                                                                     │
+       prompt text / chat messages (run's own template, else --chat-template) ──► token ids (truncated
+       to the context, or 413) ──► one Row per choice ──► Engine.submit (queue full or shutting down:
+       503 + Retry-After)                                                                            │
        engine thread ──Event──► loop.call_soon_threadsafe ──► asyncio.Queue of the request ──► JSON body,
        or SSE chunks `data: {json}` ending with `data: [DONE]`; a client that goes away cancels its rows
 
+Every request ends in the protocol's way: a stream's choices each get a `finish_reason` ("stop",
+"length"; "error" when generation failed or the server shut down, followed by an error event) and the
+stream ends with `data: [DONE]`; a whole response is its JSON or a 503. What ends a request early
+(a client that disconnects, a timeout, a refusal for a busy or closing server) is one console line.
+
 Routes: GET / (the playground page), GET /health, GET /v1/models[/{id}], POST /v1/completions,
-POST /v1/chat/completions. Every error is `{"error": {"message", "type", "param", "code"}}` with a
-4xx status (503 when the queue is full or generation failed); unexpected exceptions become a 500 in the
-same shape without a traceback.
+POST /v1/chat/completions (no redirects: a path with a final slash is a 404 naming the route). Every
+error is `{"error": {"message", "type", "param", "code"}}` with a 4xx status (503 when the queue is full,
+generation failed or the server is shutting down); unexpected exceptions become a 500 in the same shape
+without a traceback.
 """
 
 from __future__ import annotations
@@ -19,8 +27,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import hmac
+import ipaddress
 import json
 import os
+import re
 import time
 import uuid
 import warnings
@@ -34,18 +44,142 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 
 from tinylm import __version__
 from tinylm.config import ServeConfig
 from tinylm.console import TinylmWarning, console
 from tinylm.errors import ConfigError
-from tinylm.serving.engine import Engine, Event, QueueFull, Request as EngineRequest, Row, TokenLogprob
+from tinylm.serving.engine import Closing, Engine, Event, QueueFull, Request as EngineRequest, Row, TokenLogprob
 from tinylm.serving.protocol import (APIError, ChatRequest, CompletionRequest, Limits, chat_request,
                                      completion_request, finite, parse_json)
 from tinylm.templates import Template, get_template
 
+ROUTES = ("/health", "/v1/models", "/v1/completions", "/v1/chat/completions")
 RETRY_AFTER = "1"  # seconds a client should wait when the queue is full
 POLL = 0.25  # seconds between checks that a waiting client is still connected
+CUT_SHORT = {"error": "generation_failed", "shutdown": "server_shutting_down"}  # engine finishes -> error codes
+
+
+def note(client: Any, message: str) -> None:
+    """One console line about a request or connection that ended early; `client` is the ASGI scope's
+    (host, port), or a request (its client, method and path)."""
+    where = ""
+    if isinstance(client, Request):
+        where = f" {client.method} {client.url.path}"
+        client = client.client
+    who = f"{client[0]}:{client[1]}" if client else "a client"
+    console.print(f"{who}{where}: {message}", markup=False, highlight=False)
+
+
+# --------------------------------------------------------------------------- who may call
+
+
+def host_name(header: str) -> str | None:
+    """The host of a Host header (lower case, without its port and a final dot; an IPv6 address
+    without its brackets), or None when the header is not a host[:port]."""
+    value = header.strip().lower()
+    if value.startswith("["):
+        name, bracket, port = value[1:].partition("]")
+        if not bracket or _ip(name) is None or (port and not (port.startswith(":") and _port(port[1:]))):
+            return None
+        return name
+    name, colon, port = value.partition(":")
+    if colon and not _port(port):
+        return None
+    name = name.removesuffix(".")
+    return name if re.fullmatch(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*", name) else None
+
+
+def _port(text: str) -> bool:
+    return re.fullmatch(r"[0-9]{1,5}", text) is not None and int(text) <= 65535
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+class Hosts:
+    """Which Host headers the server answers (the defence against DNS rebinding: a page of another site
+    that makes its name point at this machine sends that name). Answered: `localhost` and `*.localhost`,
+    loopback addresses, the address or name the server listens on (`bound`; listening on all
+    addresses, 0.0.0.0 or ::, any IP address, which no rebinding can send), and `allowed` (names;
+    ".example.com": it and its subdomains; "*": every Host, also none)."""
+
+    def __init__(self, bound: str, allowed: list[str] = ()):
+        self.any = "*" in allowed
+        self.names = {a.lower().rstrip(".") for a in allowed if a != "*" and not a.startswith(".")}
+        self.suffixes = tuple(a.lower().rstrip(".") for a in allowed if a.startswith("."))
+        bound = bound.strip("[]").lower()
+        self.bound_ip = _ip(bound)
+        if self.bound_ip is None:
+            self.names.add(bound.rstrip("."))
+        self.all_addresses = self.bound_ip is not None and self.bound_ip.is_unspecified
+
+    def allows(self, header: str | None) -> bool:
+        if self.any:
+            return True
+        name = host_name(header or "")
+        if name is None:
+            return False
+        if name == "localhost" or name.endswith(".localhost") or name in self.names:
+            return True
+        address = _ip(name)
+        if address is not None:
+            return address.is_loopback or self.all_addresses or address == self.bound_ip
+        return any(name == s[1:] or name.endswith(s) for s in self.suffixes)
+
+
+def _origin_host(origin: str) -> str | None:
+    """The host[:port] of a web origin ("https://example.com:8443" -> "example.com:8443")."""
+    _, sep, rest = origin.partition("://")
+    return rest.lower() if sep and rest else None
+
+
+class _Guard:
+    """ASGI middleware, outermost: a request whose Host the server does not answer (`Hosts`) gets a 403
+    (400 without a Host), and so does a POST sent by a web page of another origin (its Origin header
+    names another host than Host; allowed: `cors_origins`). Browsers can then neither drive the API
+    from other sites' pages (with the 415 for bodies not sent as JSON, which a page can only send after
+    a CORS preflight that this server refuses) nor read it through a rebound name."""
+
+    def __init__(self, app: Any, hosts: Hosts, cors_origins: list[str]):
+        self.app, self.hosts = app, hosts
+        self.origins = {o.lower() for o in cors_origins}
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        hosts = [v.decode("latin-1") for k, v in scope["headers"] if k == b"host"]
+        origins = [v.decode("latin-1") for k, v in scope["headers"] if k == b"origin"]
+        host = hosts[0] if len(hosts) == 1 else None if not hosts else ", ".join(hosts)  # several: refused
+        origin = ", ".join(origins) if origins else None
+        error = None
+        if not self.hosts.allows(host):
+            if not (host or "").strip():
+                error = APIError(400, "the request has no Host header; send one naming this server (HTTP/1.1 "
+                                      "requires it)", code="missing_host")
+            else:
+                shown = host if len(host) <= 100 else host[:100] + "..."
+                name = host_name(host) or shown
+                error = APIError(403, f"this server does not answer to the host {shown!r} (a page of another site "
+                                      "may have pointed that name at it); if clients reach it by that name, start it "
+                                      f"with --allowed-host {name}", code="host_not_allowed")
+        elif (origin is not None and scope["method"] not in ("GET", "HEAD", "OPTIONS")
+              and _origin_host(origin) != (host or "").lower() and origin.lower() not in self.origins
+              and "*" not in self.origins):
+            shown = origin if len(origin) <= 100 else origin[:100] + "..."
+            error = APIError(403, f"requests from web pages of another origin ({shown}) are refused; to let that page "
+                                  f"use this server, start it with --cors-origin {shown}", code="origin_not_allowed")
+        if error is None:
+            await self.app(scope, receive, send)
+        else:
+            await _error_response(error)(scope, receive, send)
 
 
 def own_template(obj: Any) -> Template | None:
@@ -81,17 +215,18 @@ class Service:
         name = cfg.model_name or Path(run_dir).resolve().name
         self.models: dict[str, Model] = {name: Model(name, None, base_template, created)}
         activate = None
-        for spec in cfg.adapter:
-            adapter, _, path = (part.strip() for part in spec.partition("="))
-            if adapter in self.models:
-                raise ConfigError(f"--adapter {spec}: the model id {adapter!r} is already taken; choose another NAME")
+        for i, spec in enumerate(cfg.adapter):
+            model_id, _, path = (part.strip() for part in spec.partition("="))
+            if model_id in self.models:
+                raise ConfigError(f"--adapter {spec}: the model id {model_id!r} is already taken; choose another NAME")
             attach = getattr(self.run, "attach_adapter", None)
             if attach is None:
                 raise ConfigError("this tinylm cannot serve LoRA adapters (no fine-tuning support installed)")
-            handle = attach(adapter, path)
+            # any model id (dots and slashes too, as in "poet-v1.2"): the adapter's key on the model is ours
+            handle = attach(f"adapter_{i}", path)
             # the adapter's own template: from what attach_adapter returns, else from the adapter run itself
             template = own_template(handle) or own_template(load(path, cfg.checkpoint, "cpu", "float32"))
-            self.models[adapter] = Model(adapter, adapter, template or base_template, created)
+            self.models[model_id] = Model(model_id, f"adapter_{i}", template or base_template, created)
         if cfg.adapter:
             from tinylm.model.lora import set_active
 
@@ -104,6 +239,7 @@ class Service:
                              max_batch=cfg.max_batch, max_queue=cfg.max_queue, device=self.run.device,
                              dtype=self.run.dtype, activate=activate, suppress_ids=tok.suppressed_ids)
         self.context = self.run.model.cfg.context
+        self.hosts = Hosts(cfg.host, cfg.allowed_hosts)
 
     # ------------------------------------------------------------------ checks
 
@@ -123,19 +259,41 @@ class Service:
         return self.models[model_id]
 
     async def body(self, request: Request) -> Any:
-        """The request's JSON; oversized bodies are drained (up to a bound) and refused with 413."""
+        """The request's JSON: sent as application/json (else 415), within --body-timeout (else 408 and
+        the connection closed); oversized bodies are drained (up to a bound) and refused with 413. A
+        client that disconnects before its body ends is noted (the answer goes nowhere)."""
+        kind = request.headers.get("content-type", "")
+        if kind.split(";")[0].strip().lower() != "application/json":
+            shown = repr(kind[:100]) if kind else "none"
+            raise APIError(415, f"the request body must be JSON sent with \"Content-Type: application/json\" "
+                                f"(got {shown})", code="unsupported_media_type")
         limit = self.cfg.max_body
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > 64 * limit:
             raise APIError(413, f"the request body has {int(length):,} bytes, more than this server's limit of "
-                                f"{limit:,} (--max-body)", code="request_too_large")
+                                f"{limit:,} (--max-body)", code="request_too_large", headers={"Connection": "close"})
         data, size = bytearray(), 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size <= limit:
-                data += chunk
-            elif size > 64 * limit:
-                break
+
+        async def read() -> None:
+            nonlocal data, size
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size <= limit:
+                    data += chunk
+                elif size > 64 * limit:
+                    break
+
+        try:
+            await asyncio.wait_for(read(), self.cfg.body_timeout)
+        except asyncio.TimeoutError:
+            note(request, f"the request body did not arrive within {self.cfg.body_timeout:g} s (--body-timeout); "
+                          "answered 408 and closed the connection")
+            raise APIError(408, f"the request body did not arrive within {self.cfg.body_timeout:g} s; send it at "
+                                "once", code="request_timeout", headers={"Connection": "close"}) from None
+        except ClientDisconnect:
+            note(request, f"the client disconnected after {size:,} bytes of its request body, before its end")
+            raise APIError(400, "the request body ended early (the client disconnected)",
+                           code="incomplete_body") from None
         if size > limit:
             raise APIError(413, f"the request body has more than this server's limit of {limit:,} bytes "
                                 "(--max-body)", code="request_too_large")
@@ -175,8 +333,9 @@ class Service:
             except ConfigError as e:  # longer than the context with truncate false
                 raise APIError(413, _http_hint(str(e)), "messages", "context_length_exceeded") from None
 
-    def submit(self, rows: list[Row], loop: asyncio.AbstractEventLoop) -> tuple[EngineRequest, asyncio.Queue]:
+    def submit(self, http: Request, rows: list[Row]) -> tuple[EngineRequest, asyncio.Queue]:
         queue: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
 
         def on_event(event: Event) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, event)
@@ -184,7 +343,11 @@ class Service:
         request = EngineRequest(rows, on_event)
         try:
             self.engine.submit(request)
+        except Closing as e:
+            raise APIError(503, str(e), code="server_shutting_down",
+                           headers={"Retry-After": RETRY_AFTER, "Connection": "close"}) from None
         except QueueFull as e:
+            note(http, f"answered 503: the server is busy ({e})")
             raise APIError(503, f"the server is busy ({e}); retry after {RETRY_AFTER} s", code="queue_full",
                            headers={"Retry-After": RETRY_AFTER}) from None
         return request, queue
@@ -229,12 +392,15 @@ class _Choice:
 
 
 def _failed(event: Event) -> APIError:
-    return APIError(503, event.error or "generation failed", code="generation_failed",
-                    headers={"Retry-After": RETRY_AFTER})
+    """The error of a row that the engine ended early (finish "error" or "shutdown")."""
+    headers = {"Retry-After": RETRY_AFTER}
+    if event.finish == "shutdown":
+        headers["Connection"] = "close"
+    return APIError(503, event.error or "generation failed", code=CUT_SHORT[event.finish], headers=headers)
 
 
 def _raise_failed(event: Event) -> None:
-    if event.finish == "error":
+    if event.finish in CUT_SHORT:
         raise _failed(event)
 
 
@@ -278,6 +444,7 @@ class API:
         """The request's events until every row finished; a client that goes away cancels the rest."""
         left = len(request.rows)
         checked = time.monotonic()
+        gone = False
         try:
             while left:
                 try:
@@ -287,15 +454,22 @@ class API:
                 if time.monotonic() - checked >= POLL:  # also while events flow (non-streaming requests)
                     checked = time.monotonic()
                     if await http.is_disconnected():
+                        gone = True
                         return
                 if event is None:
                     continue
                 if event.finish:
                     left -= 1
                 yield event
+        except asyncio.CancelledError:  # the stream's connection closed (Starlette cancels the stream)
+            gone = True
+            raise
         finally:
             if left:
                 self.s.cancel(request)
+                if gone:
+                    note(http, f"the connection closed before the response was complete; {left} unfinished "
+                               f"sequence(s) cancelled")
 
     # ------------------------------------------------------------------ /v1/completions
 
@@ -322,7 +496,7 @@ class API:
         rows = [Row(ids, sp.config(i * sp.n + j), model.adapter, req.logprobs,
                     req.logprobs if req.echo and req.logprobs is not None else None)
                 for i, ids in enumerate(prompts) for j in range(sp.n)]
-        request, queue = s.submit(rows, asyncio.get_running_loop())
+        request, queue = s.submit(http, rows)
         cid, created = f"cmpl-{uuid.uuid4().hex}", _now()
         prompt_tokens = sum(map(len, prompts))
         head = {"id": cid, "object": "text_completion", "created": created, "model": model.id}
@@ -369,11 +543,19 @@ class API:
             if echo and req.logprobs is None:  # with logprobs the prompt comes with its event
                 emitted[k] = len(echo)
                 yield chunk(k, echo)
+        finished = [False] * len(echo_of)
         async for event in self.events(http, request, queue):
-            if event.finish == "error":
+            completion += len(event.tokens)  # one per generated token (also of a row cut short)
+            if event.finish in CUT_SHORT:
+                for k in range(len(echo_of)):
+                    if not finished[k]:
+                        yield chunk(k, event.text if k == event.row else "", "error")
+                if req.sampling.include_usage:
+                    yield {**head, "choices": [], "usage": _usage(prompt_tokens, completion)}
                 yield _failed(event).body()
                 return
             k = event.row
+            finished[k] = finished[k] or bool(event.finish)
             if event.prompt_logprobs is not None:  # echo with logprobs: the prompt and its log-probabilities
                 emitted[k] = len(echo_of[k])
                 yield chunk(k, echo_of[k], logprobs=self.completion_logprobs(
@@ -383,7 +565,6 @@ class API:
             if req.logprobs is not None and event.tokens:
                 logprobs = self.completion_logprobs(event.tokens, [emitted[k]] * len(event.tokens))
             emitted[k] += len(event.text)
-            completion += event.completion_tokens if event.finish else 0
             if event.text or event.finish or logprobs:
                 yield chunk(k, event.text, event.finish, logprobs)
         if req.sampling.include_usage:
@@ -399,7 +580,7 @@ class API:
         ids = s.chat_ids(model, req.messages, sp.max_tokens, sp.truncate)
         stops = model.template.reply_stops(s.run.tokenizer.eot_id is not None)
         rows = [Row(ids, sp.config(j, stops), model.adapter, req.logprobs) for j in range(sp.n)]
-        request, queue = s.submit(rows, asyncio.get_running_loop())
+        request, queue = s.submit(http, rows)
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", _now()
         head = {"id": cid, "object": "chat.completion", "created": created, "model": model.id,
                 "system_fingerprint": f"tinylm-{__version__}"}
@@ -420,13 +601,21 @@ class API:
             yield {**head, "choices": [{"index": j, "delta": {"role": "assistant", "content": ""},
                                         "finish_reason": None, "logprobs": None}]}
         completion = 0
+        finished = [False] * req.sampling.n
         async for event in self.events(http, request, queue):
-            if event.finish == "error":
+            completion += len(event.tokens)
+            if event.finish in CUT_SHORT:
+                for j in range(req.sampling.n):
+                    if not finished[j]:
+                        delta = {"content": event.text} if j == event.row and event.text else {}
+                        yield {**head, "choices": [{"index": j, "delta": delta, "finish_reason": "error",
+                                                    "logprobs": None}]}
+                if req.sampling.include_usage:
+                    yield {**head, "choices": [], "usage": _usage(prompt_tokens, completion)}
                 yield _failed(event).body()
                 return
+            finished[event.row] = finished[event.row] or bool(event.finish)
             logprobs = self.chat_logprobs(event.tokens) if req.logprobs is not None and event.tokens else None
-            if event.finish:
-                completion += event.completion_tokens
             if event.text or logprobs:
                 yield {**head, "choices": [{"index": event.row, "delta": {"content": event.text},
                                             "finish_reason": None, "logprobs": logprobs}]}
@@ -523,7 +712,7 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, **options
             service.engine.stop()
 
     app = FastAPI(title="tinylm", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+                  openapi_url=None, redirect_slashes=False)  # a redirect would point at whatever Host was sent
     app.state.service = service
 
     @app.exception_handler(APIError)
@@ -532,8 +721,10 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, **options
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
-        message = {404: f"no route {request.url.path}; see GET /v1/models, POST /v1/completions, "
-                        "POST /v1/chat/completions", 405: f"{request.method} is not allowed on {request.url.path}"}
+        path = request.url.path
+        hint = (f"did you mean {path.rstrip('/')} (without the final slash)?" if path.rstrip("/") in ROUTES
+                else "see GET /v1/models, POST /v1/completions, POST /v1/chat/completions")
+        message = {404: f"no route {path}; {hint}", 405: f"{request.method} is not allowed on {path}"}
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
         return _error_response(APIError(e.status_code, message.get(e.status_code, str(e.detail)), code=code))
 
@@ -542,6 +733,10 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, **options
         return _error_response(APIError(400, "invalid request", code="invalid_value"))
 
     app.add_middleware(_InternalErrors)
+    if cfg.cors_origins:  # off unless asked for: pages of these origins may call the API
+        app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"], max_age=600)
+    app.add_middleware(_Guard, hosts=service.hosts, cors_origins=cfg.cors_origins)  # the outermost
 
     @app.get("/", response_class=HTMLResponse)
     async def playground() -> HTMLResponse:

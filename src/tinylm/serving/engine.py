@@ -24,10 +24,12 @@ CUDA GPUs always all `max_batch` rows, one CUDA graph).
 Exactness: a row prefilled alone, its refills and a step with one running row are bit-identical to
 `generate_ids` (same shapes, same masks, same generator draws), so a lone greedy or seeded request
 gives exactly `Run.generate`'s text. With several rows the matrix products run with another batch
-size and CPU/GPU kernels sum in another order, so logits differ by float32 rounding (about 1e-7 of
-their size, tested); the per-row generator and filters are unchanged, so a sampled token changes only
-if a draw falls within that distance of a boundary of the cumulative distribution (or greedy meets a
-near-tie), about one token in a million.
+size and CPU/GPU kernels sum in another order, so logits differ by float32 rounding (up to about 2e-6
+of the largest logit; tested within 1e-5); the per-row generator and filters are unchanged, so a
+sampled token changes only if a draw falls within that distance of one of the vocabulary's boundaries
+in the cumulative distribution (or greedy meets a near-tie). With one boundary per token the rate grows
+with the vocabulary: about 1 token in 800,000 for a character model, 1 in 1,300 to 1 in 27,000 for
+GPT-2's 50,257 tokens at temperature 1 (`bench/batch_exactness.py`, BENCHMARKS.md).
 
 LoRA adapters: `activate(adapters)` (e.g. `tinylm.model.lora.set_active` bound to the model) is called
 before every forward with one name (or None) for a lone row and the per-row list for a batch.
@@ -36,6 +38,7 @@ before every forward with one name (or None) for a lone row and the per-row list
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -53,6 +56,13 @@ PREFILL_TOKENS = 4096  # prompt tokens (rows x longest prompt) per forward when 
 
 class QueueFull(Exception):
     """The waiting queue cannot take the request's rows now (answer 503 with Retry-After)."""
+
+
+class Closing(QueueFull):
+    """The engine is shutting down (`close`) and takes no new rows."""
+
+
+SHUTDOWN = "the server is shutting down; send the request again when it is back"
 
 
 @dataclass
@@ -83,7 +93,8 @@ class TokenLogprob:
 class Event:
     """What one step produced for one row of a request: new `text` (maybe empty while text is held
     back), the `tokens` it covers (with log-probabilities when asked), and at the end `finish`
-    ("stop", "length", "cancelled" or "error" with `error`) and the row's `completion_tokens`."""
+    ("stop", "length"; or, with `error` saying why, "error" when generation failed and "shutdown"
+    when the engine closed before the row ended) and the row's `completion_tokens`."""
 
     row: int
     text: str = ""
@@ -152,14 +163,18 @@ class Engine:
         self.waiting: deque[_Seq] = deque()
         self.cv = threading.Condition()
         self.steps = 0
+        self.ended = 0  # rows ended unfinished by `close` or `stop`
         self._thread: threading.Thread | None = None
         self._stop = False
+        self._deadline: float | None = None  # `close`: when the rows still running are ended
 
     # ------------------------------------------------------------------ the public side (any thread)
 
     def submit(self, request: Request) -> None:
         """Queue a request's rows; QueueFull when the waiting queue cannot take them all."""
         with self.cv:
+            if self._deadline is not None:
+                raise Closing(SHUTDOWN)
             if len(self.waiting) + len(request.rows) > self.max_queue:
                 raise QueueFull(f"{len(self.waiting)} sequences are waiting (at most {self.max_queue})")
             self.waiting.extend(_Seq(request, i, self) for i in range(len(request.rows)))
@@ -181,19 +196,38 @@ class Engine:
             self._thread = threading.Thread(target=self._loop, name="tinylm-engine", daemon=True)
             self._thread.start()
 
+    def close(self, seconds: float) -> None:
+        """Begin shutting down: no new rows from now on (`submit` raises `Closing`); rows running or
+        waiting may go on for `seconds`, then each still there ends with finish "shutdown" (its text
+        so far flushed) at the next step."""
+        with self.cv:
+            self._deadline = time.monotonic() + seconds
+            self.cv.notify()
+
+    @property
+    def closing(self) -> bool:
+        return self._deadline is not None
+
     def stop(self) -> None:
-        """End the loop; rows still running or waiting are finished as cancelled."""
+        """End the loop; rows still running or waiting end with finish "shutdown"."""
         with self.cv:
             self._stop = True
             self.cv.notify()
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
-        for seq in [*self.running, *self.waiting]:
-            self._emit(seq, Event(seq.index, finish="cancelled", completion_tokens=seq.new))
-        self.running.clear()
-        self.waiting.clear()
-        self.cache.reset()
+        self._end_all()
+
+    def _end_all(self) -> None:
+        """End every running and waiting row with finish "shutdown" (counted in `ended`)."""
+        with self.cv:
+            seqs = [seq for seq in [*self.running, *self.waiting] if not seq.done]
+            self.running.clear()
+            self.waiting.clear()
+            self.cache.reset()
+        for seq in seqs:
+            self._finish(seq, "shutdown", Event(seq.index, error=SHUTDOWN))
+        self.ended += len(seqs)
 
     def _loop(self) -> None:
         while True:
@@ -202,6 +236,9 @@ class Engine:
                     self.cv.wait()
                 if self._stop:
                     return
+            if self._deadline is not None and time.monotonic() >= self._deadline:
+                self._end_all()
+                continue
             try:
                 self.step()
             except Exception as e:  # a failed forward ends the rows it held, never the loop
