@@ -1,8 +1,10 @@
-"""Atomic writes, hashing, and where tinylm caches files.
+"""Atomic writes, hashing, recorded paths, and where tinylm caches files.
 
 Every file tinylm writes goes through `atomic_write`: the bytes land in a temporary file in the
 same directory, are flushed to disk, and only then replace the destination with `os.replace`,
 so a crash or SIGKILL leaves either the old file or the new one, never a torn one.
+Every path a run, a data directory or an export records is `absolute`, so it names the same file
+whatever the working directory of the command that reads it later.
 """
 
 from __future__ import annotations
@@ -85,9 +87,17 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def absolute(path: str | os.PathLike, base: str | os.PathLike | None = None) -> str:
+    """`path` (with `~` expanded) as an absolute, normalised path; a relative one is taken from
+    `base` (default: the working directory). Symbolic links are kept as they are named."""
+    path = os.path.expanduser(os.fspath(path))
+    return os.path.normpath(os.path.join(os.fspath(base) if base is not None else os.getcwd(), path))
+
+
 def cache_root() -> Path:
-    """`$TINYLM_CACHE`, else `$XDG_CACHE_HOME/tinylm`, else `~/.cache/tinylm`."""
+    """`$TINYLM_CACHE`, else `$XDG_CACHE_HOME/tinylm`, else `~/.cache/tinylm` (absolute: the prepared
+    directories' paths that runs and evaluations record hold from any working directory)."""
     if os.environ.get("TINYLM_CACHE"):
-        return Path(os.environ["TINYLM_CACHE"]).expanduser()
+        return Path(absolute(os.environ["TINYLM_CACHE"]))
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "tinylm"
+    return Path(absolute(Path(base) / "tinylm"))
