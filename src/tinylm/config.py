@@ -3,7 +3,7 @@
 A run is described by one `RunConfig` (model, data, train sections). It is filled, in order,
 from the dataclass defaults, a preset shipped in `tinylm/presets/*.toml`, an optional user TOML
 file, and command-line flags; the resolved result is saved as `config.json` in the run
-directory and is enough to rebuild the model. Values are type-checked at every step, so a typo
+directory and is enough to rebuild the model (its paths recorded absolute: `absolute_paths`). Values are type-checked at every step, so a typo
 or a wrongly typed value is a one-line `ConfigError` before any work starts.
 """
 

@@ -62,6 +62,34 @@ def commit(tmp: Path, path: Path) -> None:
     _fsync_dir(path.parent)
 
 
+class Busy(Exception):
+    """Another process holds the lock `exclusive` was asked for."""
+
+
+@contextlib.contextmanager
+def exclusive(path: str | os.PathLike) -> Iterator[None]:
+    """An exclusive advisory lock (flock) on an existing file or directory, held for a `with` block: a
+    process that asks for it while another holds it gets `Busy` at once (never waits). The lock goes with
+    the open descriptor, so it is released when the block ends or the process dies (SIGKILL included).
+    A no-op where flock does not exist (Windows) or the file system refuses it (some network ones)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover (Windows)
+        yield
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Busy(str(path)) from None
+        except OSError:  # a file system without flock: no lock, as on Windows
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_write(path) as f:
         f.write(data)

@@ -1,6 +1,6 @@
 """The run directory, the unit users move around.
 
-    config.json          the resolved RunConfig (enough to rebuild the model)
+    config.json          the resolved RunConfig (enough to rebuild the model; every path in it absolute)
     tokenizer.tinylm.json
     model.safetensors    latest weights        best.safetensors   best validation weights
     train_state.pt       optimizer, RNG, loader position, step (see training/checkpoint.py)

@@ -108,7 +108,7 @@ def _own_data_dir(run: Run, run_dir: str | Path) -> Path:
     except DataError as e:
         data = run.config.data
         what = f"data.dir {data.dir}" if data.dir else f"data.source {data.source}"
-        raise DataError(f"the data {run_dir} was trained on ({what} in its config.json) cannot be read: {e}; "
+        raise DataError(f"{run_dir}'s training data ({what} in its config.json) cannot be read: {e}; "
                         "score other data with --data DATA_DIR, --text FILE or --dataset NAME") from None
 
 

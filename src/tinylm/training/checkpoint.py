@@ -5,8 +5,11 @@ adapter is saved, the frozen base stays in the base run). Saving writes both to 
 renames train_state.pt (the commit point: it records the sha256 of the new weights), then
 model.safetensors. A SIGKILL before the commit leaves the previous checkpoint intact; after
 it, `load_checkpoint` finds the new weights under their temporary name by their sha256 and
-finishes the rename. train_state.pt holds only tensors and plain Python values and is read
-with `torch.load(weights_only=True)`, so loading never unpickles arbitrary objects.
+finishes the rename (only the process that writes the run directory does: rank 0, before the others
+load). train_state.pt holds only tensors and plain Python values and is read
+with `torch.load(weights_only=True)`, so loading never unpickles arbitrary objects. It also records the
+batch of a step (tokens, window, processes) and the training data (tokens, source sha256) it was saved
+with, which a resume must match.
 
 With `train.keep_last`, each checkpoint is also kept (hard-linked, so no copy of the bytes) in
 checkpoints/step-NNNNNNN/ and the oldest beyond the last K are removed.

@@ -12,8 +12,10 @@ only trainable parameters reach the optimizer, and a LoRA run checkpoints its ad
 The run ends at `max_steps` or when the wall-clock `time_budget` is spent, whichever comes
 first; the learning rate follows that progress (see schedule.py). Ctrl-C stops at the next
 step boundary with a checkpoint; `train(cfg, resume=True)` continues a run exactly where its
-last checkpoint left it (same batches, same dropout masks, same weights on CPU). Under torchrun
-each process trains on its slice of every batch through DDP (distributed.py); rank 0 writes.
+last checkpoint left it (same batches, same dropout masks, same weights on CPU; on another number of
+processes the same steps, shared anew: resume.keep_batch). Under torchrun each process trains on its slice
+of every batch through DDP (distributed.py); only rank 0 changes files, holding the run directory's lock
+for the whole run (one training per run directory).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import torch
 from rich.progress import TextColumn
 from torch.nn.parallel import DistributedDataParallel
 
+from tinylm import fileio
 from tinylm.config import RunConfig, absolute_paths, absolute_tokenizer_spec
 from tinylm.console import console, progress, warn
 from tinylm.data.loader import make_loader
@@ -563,9 +566,19 @@ class Trainer:
 # --------------------------------------------------------------------------- entry point
 
 
-def _claim_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Create the run directory; with `overwrite`, first remove a previous run (also a half-deleted
-    one), but never a directory holding files tinylm did not write."""
+def _lock_run_dir(run_dir: Path, held: contextlib.ExitStack) -> None:
+    """Take the run directory's lock for as long as `held` lasts (rank 0, for the whole run): one process
+    trains in a run directory at a time, so no other resume, or --overwrite, changes its files meanwhile."""
+    try:
+        held.enter_context(fileio.exclusive(run_dir))
+    except fileio.Busy:
+        raise ConfigError(f"{run_dir} is in use: another tinylm process is training in it; wait for that process to "
+                          "finish (Ctrl-C stops it with a checkpoint), then try again, or choose another --out") from None
+
+
+def _claim_run_dir(run_dir: Path, overwrite: bool, held: contextlib.ExitStack) -> None:
+    """Create the run directory and take its lock (`_lock_run_dir`); with `overwrite`, first remove a
+    previous run (also a half-deleted one), but never a directory holding files tinylm did not write."""
     entries = list(run_dir.iterdir()) if run_dir.is_dir() else []
     if entries:
         foreign = [p.name for p in entries if p.name not in RUN_FILES and not p.name.endswith(".tmp")]
@@ -578,8 +591,13 @@ def _claim_run_dir(run_dir: Path, overwrite: bool) -> None:
                                   f"{run_dir}`, choose another --out, or pass --overwrite to replace it")
             raise ConfigError(f"{run_dir} holds a run that never reached its first checkpoint (nothing to resume); "
                               "pass --overwrite to start it again there, or choose another --out")
-        shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    _lock_run_dir(run_dir, held)  # before anything is removed: a run still training there keeps its files
+    for entry in run_dir.iterdir():  # the directory itself stays: its lock is held
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
@@ -678,13 +696,21 @@ def _train(cfg: RunConfig, procs: Procs, run_dir: Path, resume: bool, overwrite:
                                             else None)
     if not procs.main:
         data, tokenizer = _open_data(cfg, main=False, data_dir=data_dir)
-    if resume:
-        run_tokenizer = load_tokenizer(run_dir)
-        if run_tokenizer.fingerprint() != tokenizer.fingerprint():
-            raise DataError(f"the data of {run_dir} was tokenized differently from its run; "
-                            "resume with the data the run was started on")
-    elif procs.main:
-        _claim_run_dir(run_dir, overwrite)
+    with contextlib.ExitStack() as held:  # rank 0 holds the run directory's lock until the run ends
+        if resume:
+            run_tokenizer = load_tokenizer(run_dir)
+            if run_tokenizer.fingerprint() != tokenizer.fingerprint():
+                raise DataError(f"the data of {run_dir} was tokenized differently from its run; "
+                                "resume with the data the run was started on")
+            if procs.main:
+                _lock_run_dir(run_dir, held)
+        elif procs.main:
+            _claim_run_dir(run_dir, overwrite, held)
+        return _run(cfg, procs, run_dir, data, tokenizer, resume)
+
+
+def _run(cfg: RunConfig, procs: Procs, run_dir: Path, data: Any, tokenizer: Tokenizer, resume: bool) -> TrainResult:
+    """Build the trainer in the claimed (or resumed) run directory, and train."""
     try:
         cfg.model.vocab_size = cfg.model.embedding_rows(tokenizer.vocab_size)
         check_fits(cfg, cfg.model.vocab_size, resolve_device(cfg.train.device))
