@@ -4,7 +4,8 @@ Every file tinylm writes goes through `atomic_write`: the bytes land in a tempor
 same directory, are flushed to disk, and only then replace the destination with `os.replace`,
 so a crash or SIGKILL leaves either the old file or the new one, never a torn one.
 Every path a run, a data directory or an export records is `absolute`, so it names the same file
-whatever the working directory of the command that reads it later.
+whatever the working directory of the command that reads it later. `exclusive` is the lock that keeps
+one training per run directory.
 """
 
 from __future__ import annotations
