@@ -9,15 +9,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from tinylm.cli import main
 from tinylm.data.prepare import prepare
+from tinylm.rundir import read_config
 
 HERE = Path(__file__).resolve().parent
 pytestmark = pytest.mark.slow
 
 
-def torchrun(*args: str, nproc: int = 2, timeout: int = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+def torchrun(*args: str, nproc: int = 2, timeout: int = 240, **env: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **env}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -67,3 +70,42 @@ def test_two_processes_of_batch_b_give_the_gradients_of_one_process_of_batch_2b(
     # (the two processes share one stdout pipe: their lines may run together, so read values, not lines)
     losses = re.findall(r"loss (\d+\.\d{6})", two.stdout)
     assert len(losses) == 2 and len(set(losses)) == 2, two.stdout
+
+
+# a learning rate that does not depend on max_steps, so a run resumed with a larger max_steps can be
+# compared step for step with one trained straight through
+CONSTANT_LR = ["--set", "train.schedule=constant", "--set", "train.warmup_steps=0", "--set", "train.log_interval=1",
+               "--set", "train.eval_interval=1000", "--device", "cpu", "--dtype", "float32"]
+
+
+def train_rows(run: Path) -> list[dict]:
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "train_loss" in r]
+
+
+def test_resuming_on_two_processes_many_times_in_a_row_keeps_the_steps_and_only_rank_0_writes(
+        tmp_path, corpus_file, capsys):
+    """Issue 27, items 2 and 3: a run trained by one process, resumed 8 times on 2 (each resume races, if
+    any process but rank 0 touches the run directory or the cache) and then once more on 1, takes exactly
+    the steps of a run trained straight through on one process: 256 tokens each, the same windows."""
+    run, straight = tmp_path / "run", tmp_path / "straight"
+    train = ["train", "--preset", "tiny-test", "--text", str(corpus_file), *CONSTANT_LR]
+    assert main([*train, "--out", str(run), "--max-steps", "10"]) == 0
+    # a fresh cache: rank 0 prepares the data again (as on another machine); the other process must not
+    done = torchrun(str(HERE / "ddp_resume.py"), str(run), "8", "2", TINYLM_CACHE=str(tmp_path / "cache"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.findall(r"resume \d+: exit (\d+)", done.stdout) == ["0"] * 16  # both ranks, 8 resumes
+    changed = {int(rank): json.loads(files) for rank, files in re.findall(r"rank (\d) changed: (.*)", done.stdout)}
+    assert changed[1] == [], changed[1]  # rank 1 only reads
+    assert any(f.endswith("train_state.pt") for f in " ".join(changed[0]).split())  # the hook sees rank 0's writes
+    assert any("/cache/prepared/" in f for f in changed[0])
+    assert done.stderr.count("so a step stays 256 tokens") == 1  # said once, at the first resume on 2 processes
+    assert read_config(run).train.batch_tokens == 256
+    assert main(["train", "--resume", str(run), "--max-steps", "30"]) == 0  # and back on one process
+    assert main([*train, "--out", str(straight), "--max-steps", "30"]) == 0
+    resumed, expected = train_rows(run), train_rows(straight)
+    assert [(r["step"], r["tokens"]) for r in resumed] == [(s, 256 * s) for s in range(1, 31)]
+    assert [(r["step"], r["tokens"]) for r in expected] == [(r["step"], r["tokens"]) for r in resumed]
+    for a, b in zip(resumed, expected, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4), a["step"]
+    w1, w2 = load_file(run / "model.safetensors"), load_file(straight / "model.safetensors")
+    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 1e-4

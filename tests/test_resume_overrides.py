@@ -4,6 +4,7 @@ work (training/resume.py has the table; docs/input-rules.md shows it)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -12,14 +13,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tinylm.cli import main
 from tinylm.config import RunConfig, TrainConfig, load_preset
-from tinylm.errors import ConfigError, TinylmError
+from tinylm.errors import CheckpointError, ConfigError, TinylmError
 from tinylm.rundir import read_config
 from tinylm.training import train
 from tinylm.training import trainer as trainer_module
-from tinylm.training.resume import REFUSED, RESUMABLE
+from tinylm.training.resume import DATA_KEYS, REFUSED, RESUMABLE
 from tinylm.training.schedule import learning_rate
 
 TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer.\n" * 60
@@ -338,3 +341,132 @@ def test_resume_of_a_finished_run_says_what_to_raise(base_run, capsys) -> None:
     assert "already finished (step 4" in capsys.readouterr().err
     with pytest.raises(TinylmError):
         train(read_config(base_run), resume=True)
+
+
+# --------------------------------------------------------------------------- what stays frozen through other routes
+# (issue 27, item 3: a refused setting must not get in through the process count, the Python API's data
+# settings, or data changed under the run; two processes themselves: test_distributed.py)
+
+
+TINY = load_preset("tiny-test")
+
+
+@settings(max_examples=150, deadline=None)
+@given(batch_size=st.integers(0, 12), grad_accum=st.integers(1, 4), tokens_per_seq=st.sampled_from([0, 1, 3, 8]),
+       seq_len=st.sampled_from([8, 16, 32]), saved=st.integers(1, 6), now=st.integers(1, 8))
+def test_another_process_count_keeps_the_tokens_of_a_step(batch_size, grad_accum, tokens_per_seq, seq_len, saved,
+                                                          now) -> None:
+    """Whatever the saved batch settings and the two process counts: the resumed plan takes a step of the
+    saved tokens, in micro-batches no larger than the saved one, or the resume is a one-line error that
+    names process counts that work."""
+    from tinylm.training.resume import keep_batch
+    from tinylm.training.trainer import plan_batch
+
+    cfg = copy.deepcopy(TINY)
+    cfg.model.context = seq_len
+    t = cfg.train
+    t.batch_size, t.grad_accum = batch_size, grad_accum
+    t.batch_tokens = tokens_per_seq * seq_len * saved * max(batch_size, 1)
+    if t.batch_tokens:
+        t.grad_accum = 1
+    if not t.batch_tokens and not batch_size:
+        t.batch_size = 1
+    try:
+        tokens = plan_batch(cfg, saved).tokens  # the saved run's plan (its settings were valid for it)
+    except ConfigError:
+        return
+    sequences = tokens // seq_len
+    resumed = copy.deepcopy(cfg)
+    try:
+        note = keep_batch(cfg, saved, resumed, now)
+    except ConfigError as e:
+        works = [int(n) for n in str(e).split("resume it on ")[1].split(" process")[0].split(", ")]
+        assert "\n" not in str(e) and sequences % now and all(sequences % n == 0 for n in works)
+        return
+    if now == saved:
+        assert note is None and resumed == cfg
+        return
+    plan = plan_batch(resumed, now)
+    assert plan.tokens == tokens and f"stays {tokens:,} tokens" in note
+    assert plan.micro <= cfg.train.batch_size or not cfg.train.batch_size  # never a larger micro-batch
+    back = copy.deepcopy(resumed)
+    keep_batch(resumed, now, back, saved)  # and back again on the saved process count
+    assert plan_batch(back, saved).tokens == tokens
+
+
+@pytest.mark.parametrize("key", sorted(DATA_KEYS))
+def test_the_data_cannot_change_on_resume_through_python_either(key: str, base_run: Path, monkeypatch) -> None:
+    cfg = read_config(base_run)
+    value = getattr(cfg.data, key)
+    new = {bool: not value, int: value + 1 if isinstance(value, int) else value, float: 0.25}.get(type(value))
+    if isinstance(value, str):
+        new = {"split": "shuffle", "errors": "replace", "sampling": "permutation", "tokenizer": "gpt2"}.get(key, value + "x")
+    setattr(cfg.data, key, new)
+    monkeypatch.setattr(trainer_module, "_train", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(ConfigError, match=rf"^data.{key} cannot change when resuming \(.*\): [^\n]*$"):
+        train(cfg, resume=True)
+
+
+def test_data_changed_under_a_run_is_refused_before_a_step(tmp_path) -> None:
+    """The source file grows by text of the same characters: the char tokenizer (so its fingerprint) is
+    the same, but the training tokens are not those the loader's position counts."""
+    corpus = tmp_path / "text.txt"
+    corpus.write_text(TEXT)
+    run = train(tiny(tmp_path / "run", corpus)).run_dir
+    before = (run / "train_state.pt").read_bytes()
+    corpus.write_text(TEXT + TEXT[:700])
+    cfg = read_config(run)
+    cfg.train.max_steps = 6
+    with pytest.raises(CheckpointError, match=r"is not the data of its checkpoint \(its source changed: [\d,]+ "
+                                              r"training tokens then, [\d,]+ now"):
+        train(cfg, resume=True)
+    assert (run / "train_state.pt").read_bytes() == before
+    corpus.write_text(TEXT)  # the run's own text again: it resumes
+    assert train(cfg, resume=True).step == 6
+
+
+def test_a_trainer_built_with_other_batch_settings_cannot_restore(base_run: Path, tmp_path) -> None:
+    from tinylm.data.prepare import resolve_data_dir
+    from tinylm.tokenizers import load_tokenizer
+
+    run = copy_of(base_run, tmp_path)
+    cfg = read_config(run)
+    cfg.train.batch_size *= 2
+    trainer = trainer_module.Trainer(cfg, run, resolve_data_dir(cfg.data)[0], load_tokenizer(run))
+    with pytest.raises(CheckpointError, match=r"takes steps of \d+ tokens in windows of 16, this resume \d+"):
+        trainer.restore()
+
+
+@pytest.mark.slow
+def test_one_process_trains_in_a_run_directory_at_a_time(corpus, tmp_path, capsys) -> None:
+    """Issue 27, item 2: a second `tinylm train --resume RUN` (or --overwrite) while RUN trains is a one-line
+    error, and the running one keeps its files; Ctrl-C leaves a checkpoint, which then resumes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    argv = ["train", "--preset", "tiny-test", "--text", str(corpus), "--out", str(run), "--device", "cpu",
+            "--max-steps", str(10**9), "--set", "train.save_interval=5", "--set", "model.context=16"]
+    busy = subprocess.Popen([sys.executable, "-m", "tinylm", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "train_state.pt").is_file():
+            assert busy.poll() is None and time.monotonic() < deadline, busy.communicate()
+            time.sleep(0.2)
+        capsys.readouterr()
+        for attempt in (["train", "--resume", str(run), "--max-steps", str(10**9 + 1)], [*argv, "--overwrite"]):
+            assert main(attempt) == 1
+            err = capsys.readouterr().err.strip()
+            assert err == (f"error: {run} is in use: another tinylm process is training in it; wait for that process "
+                           "to finish (Ctrl-C stops it with a checkpoint), then try again, or choose another --out")
+        assert (run / "config.json").is_file() and busy.poll() is None  # the running one is untouched
+    finally:
+        busy.send_signal(signal.SIGINT)
+        _, err = busy.communicate(timeout=120)
+    assert busy.returncode == 130, err[-2000:]
+    step = torch.load(run / "train_state.pt", weights_only=True)["step"]
+    assert main(["train", "--resume", str(run), "--max-steps", str(step + 2)]) == 0

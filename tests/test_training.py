@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from tinylm import fileio
 from tinylm.config import TrainConfig
-from tinylm.errors import CheckpointError, ConfigError, DataError, TinylmError
+from tinylm.errors import CheckpointError, ConfigError, TinylmError
 from tinylm.model import GPT
 from tinylm.rundir import read_config
 from tinylm.training import train
@@ -136,7 +136,7 @@ def test_resume_refuses_finished_runs_and_other_data(trained_run, tmp_path, corp
     other.write_text("completely different text with other letters: XYZ 123 #$%\n" * 200)
     cfg.data.source = str(other)
     cfg.train.max_steps += 10
-    with pytest.raises(DataError, match="tokenized differently"):
+    with pytest.raises(ConfigError, match=r"^data.source cannot change when resuming \("):  # before any work
         train(cfg, resume=True)
 
 

@@ -3,7 +3,7 @@
 A run is described by one `RunConfig` (model, data, train sections). It is filled, in order,
 from the dataclass defaults, a preset shipped in `tinylm/presets/*.toml`, an optional user TOML
 file, and command-line flags; the resolved result is saved as `config.json` in the run
-directory and is enough to rebuild the model. Values are type-checked at every step, so a typo
+directory and is enough to rebuild the model (its paths recorded absolute: `absolute_paths`). Values are type-checked at every step, so a typo
 or a wrongly typed value is a one-line `ConfigError` before any work starts.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import os
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from tinylm import fileio
 from tinylm.errors import ConfigError
 from tinylm.generation.config import GenerationConfig
 from tinylm.inputs import FLOAT32_TINY, check_fields, check_range, check_seeds
@@ -339,6 +341,42 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any], origin: str = "config") -> RunConfig:
         return update(cls(), d, origin)
+
+
+# The fields of a RunConfig that hold paths. They are recorded absolute (`absolute_paths`), so a run's
+# config.json names the same files for every command that reads it, from any working directory.
+PATH_FIELDS = ("data.dir", "data.source_dir", "train.out_dir", "train.hellaswag_file", "finetune.base")
+# fields holding a file or folder, or a name (a dataset, hf:OWNER/NAME): absolute when they name a path
+SOURCE_FIELDS = ("data.source", "finetune.val_data")
+HF_TOKENIZER = "hf:"  # data.tokenizer "hf:PATH": a Hugging Face tokenizer file or directory
+
+
+def absolute_paths(cfg: RunConfig, base: str | os.PathLike | None = None) -> RunConfig:
+    """Make every path `cfg` holds absolute, in place: relative ones are taken from `base` (default the
+    working directory). A source (data.source, finetune.val_data) is a path only when it names an
+    existing file or folder, as `read_source` decides; dataset names and hf: specs stay as they are."""
+    base = os.fspath(base) if base is not None else os.getcwd()
+
+    def exists(value: str) -> bool:
+        return os.path.exists(os.path.join(base, os.path.expanduser(value)))
+
+    for key in (*PATH_FIELDS, *SOURCE_FIELDS):
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value and (key in PATH_FIELDS or (not value.startswith("hf:") and exists(value))):
+            setattr(getattr(cfg, section), name, fileio.absolute(value, base))
+    cfg.data.tokenizer = absolute_tokenizer_spec(cfg.data.tokenizer, base)
+    return cfg
+
+
+def absolute_tokenizer_spec(spec: str, base: str | os.PathLike | None = None) -> str:
+    """A tokenizer spec with the path of `hf:PATH` made absolute (from `base`, default the working
+    directory) when it exists; other specs unchanged."""
+    if not spec.startswith(HF_TOKENIZER):
+        return spec
+    path = spec[len(HF_TOKENIZER):]
+    full = fileio.absolute(path, base)
+    return HF_TOKENIZER + full if path and os.path.exists(full) else spec
 
 
 @dataclass

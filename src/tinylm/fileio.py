@@ -1,4 +1,4 @@
-"""Atomic writes, failed writes as one-line errors, hashing, and where tinylm caches files.
+"""Atomic writes, failed writes as one-line errors, hashing, recorded paths, and where tinylm caches files.
 
 Every file tinylm writes goes through `atomic_write`: the bytes land in a temporary file in the
 same directory, are flushed to disk, and only then replace the destination with `os.replace`,
@@ -13,6 +13,10 @@ so a crash or SIGKILL leaves either the old file or the new one, never a torn on
 
 The temporary file of a failed write is removed, so following the fix and running the same command
 again works (commands leave no half-made output behind that would refuse the next run).
+
+Every path a run, a data directory or an export records is `absolute`, so it names the same file
+whatever the working directory of the command that reads it later. `exclusive` is the lock that keeps
+one training per run directory.
 """
 
 from __future__ import annotations
@@ -273,6 +277,34 @@ def commit(tmp: Path, path: Path) -> None:
     _fsync_dir(path.parent)
 
 
+class Busy(Exception):
+    """Another process holds the lock `exclusive` was asked for."""
+
+
+@contextlib.contextmanager
+def exclusive(path: str | os.PathLike) -> Iterator[None]:
+    """An exclusive advisory lock (flock) on an existing file or directory, held for a `with` block: a
+    process that asks for it while another holds it gets `Busy` at once (never waits). The lock goes with
+    the open descriptor, so it is released when the block ends or the process dies (SIGKILL included).
+    A no-op where flock does not exist (Windows) or the file system refuses it (some network ones)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover (Windows)
+        yield
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Busy(str(path)) from None
+        except OSError:  # a file system without flock: no lock, as on Windows
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_write(path) as f:
         f.write(data)
@@ -298,9 +330,17 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def absolute(path: str | os.PathLike, base: str | os.PathLike | None = None) -> str:
+    """`path` (with `~` expanded) as an absolute, normalised path; a relative one is taken from
+    `base` (default: the working directory). Symbolic links are kept as they are named."""
+    path = os.path.expanduser(os.fspath(path))
+    return os.path.normpath(os.path.join(os.fspath(base) if base is not None else os.getcwd(), path))
+
+
 def cache_root() -> Path:
-    """`$TINYLM_CACHE`, else `$XDG_CACHE_HOME/tinylm`, else `~/.cache/tinylm`."""
+    """`$TINYLM_CACHE`, else `$XDG_CACHE_HOME/tinylm`, else `~/.cache/tinylm` (absolute: the prepared
+    directories' paths that runs and evaluations record hold from any working directory)."""
     if os.environ.get("TINYLM_CACHE"):
-        return Path(os.environ["TINYLM_CACHE"]).expanduser()
+        return Path(absolute(os.environ["TINYLM_CACHE"]))
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "tinylm"
+    return Path(absolute(Path(base) / "tinylm"))

@@ -1,6 +1,6 @@
 """The run directory, the unit users move around.
 
-    config.json          the resolved RunConfig (enough to rebuild the model)
+    config.json          the resolved RunConfig (enough to rebuild the model; every path in it absolute)
     tokenizer.tinylm.json
     model.safetensors    latest weights        best.safetensors   best validation weights
     train_state.pt       optimizer, RNG, loader position, step (see training/checkpoint.py)
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -32,7 +33,7 @@ import safetensors.torch
 import torch
 
 from tinylm import __version__, fileio, inference
-from tinylm.config import LoRAConfig, RunConfig
+from tinylm.config import LoRAConfig, RunConfig, absolute_paths
 from tinylm.console import console, warn
 from tinylm.errors import CheckpointError, ConfigError, TinylmError, WriteError
 from tinylm.generation import (GenerationConfig, StopFilter, beam_search, cut_at_stop, generate_ids, stream_ids,
@@ -83,9 +84,25 @@ def read_config(run_dir: str | Path) -> RunConfig:
         raise CheckpointError(f"{path} is corrupt (a JSON {type(data).__name__}, not the run's settings); "
                               "restore it from a copy")
     try:
-        return RunConfig.from_dict(data, origin=str(path)).validate()
+        cfg = RunConfig.from_dict(data, origin=str(path)).validate()
     except ConfigError as e:
         raise CheckpointError(f"{path} does not fit this tinylm {__version__}: {e}") from None
+    origin = _working_dir_of(run_dir, cfg.train.out_dir)
+    return absolute_paths(cfg, origin) if origin is not None else cfg
+
+
+def _working_dir_of(run_dir: Path, out_dir: str) -> Path | None:
+    """Where the command that wrote a config with relative paths ran (earlier versions recorded paths as
+    typed; now they are absolute): the run directory's absolute path less the relative train.out_dir it
+    recorded ("R" in /home/me/R: /home/me). None when the config cannot tell (no relative out_dir, or a
+    moved run)."""
+    if not out_dir or os.path.isabs(out_dir):
+        return None
+    parts = Path(os.path.normpath(out_dir)).parts
+    here = Path(fileio.absolute(run_dir)).parts
+    if ".." in parts or len(parts) >= len(here) or here[-len(parts):] != parts:
+        return None
+    return Path(*here[:-len(parts)])
 
 
 # --------------------------------------------------------------------------- weights

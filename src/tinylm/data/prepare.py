@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from tinylm import __version__, fileio
-from tinylm.config import DataConfig
+from tinylm.config import DataConfig, absolute_tokenizer_spec
 from tinylm.console import console, progress, warn
 from tinylm.data.sources import PIECE_CHARS, Source
 from tinylm.data.spec import read_source
@@ -330,7 +330,7 @@ def prepare(source: str | Source, tokenizer: str | Tokenizer, out_dir: str | Pat
     src = source if isinstance(source, Source) else read_source(source, errors, text_field, source_dir, hf_split)
     cap = max_tokens or src.max_tokens
     counts = {"bytes": 0, "documents": 0}
-    spec = tokenizer if isinstance(tokenizer, str) else tokenizer.kind
+    spec = absolute_tokenizer_spec(tokenizer) if isinstance(tokenizer, str) else tokenizer.kind  # for meta.json
     started = time.perf_counter()
     if isinstance(tokenizer, str) and parse_spec(tokenizer)[0].needs_corpus:
         console.print(f"building the {spec} vocabulary from {src.name} ...")

@@ -240,6 +240,6 @@ def evaluate_choices(run_dir: str | Path, cfg: Any, show_progress: bool = True) 
         warn(f"{unknown:,} {run.tokenizer.unit}(s) of {path} are not in the run's vocabulary and count as <unk>")
     result = score_items(run.model, run.tokenizer, items, task, batch_size=cfg.batch_size, device=run.device,
                          dtype=run.dtype, show_progress=show_progress)
-    record_eval(run, {"data": str(path), "sha256": fileio.sha256_file(path), "limit": cfg.limit,
+    record_eval(run, {"data": fileio.absolute(path), "sha256": fileio.sha256_file(path), "limit": cfg.limit,
                       "seed": cfg.seed, **result.to_dict()})
     return result

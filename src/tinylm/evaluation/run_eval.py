@@ -98,6 +98,18 @@ def _from_dataset(run: Run, name: str, split: str, source_dir: str, errors: str)
     return _from_data_dir(run, str(out), split)
 
 
+def _own_data_dir(run: Run, run_dir: str | Path) -> Path:
+    """The prepared directory of the data `run` was trained on (data.dir, or data.source prepared into the
+    cache); a one-line error naming what the run recorded when it cannot be read from here."""
+    try:
+        return resolve_data_dir(run.config.data)[0]
+    except DataError as e:
+        data = run.config.data
+        what = f"data.dir {data.dir}" if data.dir else f"data.source {data.source}"
+        raise DataError(f"{run_dir}'s training data ({what} in its config.json) cannot be read: {e}; "
+                        "score other data with --data DATA_DIR, --text FILE or --dataset NAME") from None
+
+
 def _examples_eval(run: Run, examples: list, cfg: EvalConfig, score_examples) -> LMEval:
     """Loss on the response tokens of a fine-tuned run's validation examples."""
     if cfg.split != "val" or cfg.stride:
@@ -137,7 +149,7 @@ def evaluate(run_dir: str | Path, cfg: EvalConfig, show_progress: bool = True) -
             return _examples_eval(run, run_examples(run.config, run.tokenizer, quiet=True).val, cfg, score_examples)
         data = str(text_data_dir(run.config, run.tokenizer))
     elif not given:
-        data = str(resolve_data_dir(run.config.data)[0])
+        data = str(_own_data_dir(run, run_dir))
         name = f" ({run.config.data.source})" if run.config.data.source else ""  # trained with --data DIR: no name
         console.print(f"scoring the {cfg.split} split of the run's data{name} in {data}")
     if data:
@@ -149,6 +161,7 @@ def evaluate(run_dir: str | Path, cfg: EvalConfig, show_progress: bool = True) -
     nats, count = score_tokens(run.model, tokens, context=window, batch_size=cfg.batch_size, device=run.device,
                                dtype=run.dtype, stride=stride, show_progress=show_progress)
     result = summarize(nats, count, nbytes - _first_token_bytes(run, tokens), stride=stride)
-    record_eval(run, {"data": data or cfg.text or cfg.dataset, "dataset": cfg.dataset or None,
+    record_eval(run, {"data": fileio.absolute(data or cfg.text) if data or cfg.text else cfg.dataset,
+                      "dataset": cfg.dataset or None,
                       "split": None if cfg.text else cfg.split, "sha256": sha, **result.to_dict()})
     return result

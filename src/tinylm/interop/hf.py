@@ -281,9 +281,11 @@ def import_hf(src_dir: str | Path, out_run_dir: str | Path, dtype: str = "float3
     except KeyError as e:
         raise CheckpointError(f"{src}: the weights lack {e.args[0]}") from None
     tokenizer = _import_tokenizer(src, family, model_cfg.vocab_size)
-    run_cfg = RunConfig(preset="imported", description=f"imported from {src}")
+    origin = fileio.absolute(src)  # recorded absolute: it means the same folder from any working directory
+    run_cfg = RunConfig(preset="imported", description=f"imported from {origin}")
     run_cfg.model = model_cfg
-    run_cfg.data.tokenizer = f"hf:{src}" if tokenizer.kind == "hf" else tokenizer.kind
+    run_cfg.data.tokenizer = f"hf:{origin}" if tokenizer.kind == "hf" else tokenizer.kind
+    run_cfg.train.out_dir = fileio.absolute(out)
     run_cfg.validate()
     model = GPT(model_cfg)
     expected = {k: v.shape for k, v in model.state_dict().items()}
@@ -297,7 +299,7 @@ def import_hf(src_dir: str | Path, out_run_dir: str | Path, dtype: str = "float3
         raise CheckpointError(f"{src}: the weights are {stored} (quantized?); tinylm imports float checkpoints")
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save(out)
-    save_weights(model.to(stored), out / MODEL_FILE, {"step": 0, "imported_from": str(src),
+    save_weights(model.to(stored), out / MODEL_FILE, {"step": 0, "imported_from": origin,
                                                       "source_dtype": str(emb.dtype).removeprefix("torch."),
                                                       "tokenizer_fingerprint": tokenizer.fingerprint()})
     write_config(out, run_cfg)  # last: a directory with config.json is a complete run

@@ -23,6 +23,7 @@ the fused update.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +110,9 @@ def export_peft(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "bes
     config = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": base_model or cfg.finetune.base,
+        # a local folder is recorded absolute (PEFT would read a relative one from its own working directory)
+        "base_model_name_or_path": (fileio.absolute(base_model) if base_model and os.path.isdir(base_model)
+                                    else base_model or cfg.finetune.base),
         "r": cfg.lora.r,
         "lora_alpha": cfg.lora.alpha,
         "lora_dropout": cfg.lora.dropout,

@@ -5,8 +5,11 @@ adapter is saved, the frozen base stays in the base run). Saving writes both to 
 renames train_state.pt (the commit point: it records the sha256 of the new weights), then
 model.safetensors. A SIGKILL before the commit leaves the previous checkpoint intact; after
 it, `load_checkpoint` finds the new weights under their temporary name by their sha256 and
-finishes the rename. train_state.pt holds only tensors and plain Python values and is read
-with `torch.load(weights_only=True)`, so loading never unpickles arbitrary objects.
+finishes the rename (only the process that writes the run directory does: rank 0, before the others
+load). train_state.pt holds only tensors and plain Python values and is read
+with `torch.load(weights_only=True)`, so loading never unpickles arbitrary objects. It also records the
+batch of a step (tokens, window, processes) and the training data (tokens, source sha256) it was saved
+with, which a resume must match.
 
 With `train.keep_last`, each checkpoint is also kept (hard-linked, so no copy of the bytes) in
 checkpoints/step-NNNNNNN/ and the oldest beyond the last K are removed.
@@ -95,14 +98,16 @@ def _repair(run_dir: Path, expected_sha: str, name: str = MODEL_FILE) -> None:
                           "replaced by hand); the run cannot be resumed exactly")
 
 
-def read_state(run_dir: Path) -> dict[str, Any]:
+def read_state(run_dir: Path, mmap: bool = False) -> dict[str, Any]:
+    """train_state.pt of `run_dir` (with `mmap`, its tensors mapped rather than read: for a look at the
+    plain values before any work)."""
     path = run_dir / STATE_FILE
     if not path.is_file():
         raise CheckpointError(f"{run_dir} has no {STATE_FILE}: the run never reached its first checkpoint, so "
                               f"there is nothing to resume; start it again with your training command and "
                               f"--out {run_dir} --overwrite")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # truncated zip, garbage, or a pickle that is not weights-only
         raise CheckpointError(f"{path} is corrupt or truncated ({type(e).__name__}); "
                               "the run cannot be resumed") from None
@@ -111,14 +116,31 @@ def read_state(run_dir: Path) -> dict[str, Any]:
     return state
 
 
-def load_checkpoint(run_dir: Path, model: GPT, rank: int = 0, adapter: LoRAConfig | None = None) -> dict[str, Any]:
+def saved_processes(run_dir: Path) -> int:
+    """How many processes trained the checkpoint of `run_dir` (recorded in its "batch"; older checkpoints:
+    one RNG state per process)."""
+    state = read_state(run_dir, mmap=True)
+    if isinstance(state.get("batch"), dict) and "processes" in state["batch"]:
+        return int(state["batch"]["processes"])
+    return len(state["rng"]) if isinstance(state["rng"], list) else 1
+
+
+def load_checkpoint(run_dir: Path, model: GPT, rank: int = 0, adapter: LoRAConfig | None = None,
+                    repair: bool = True) -> dict[str, Any]:
     """Load the weights (the adapter, for a LoRA run) into `model` and return the training state (RNG
-    states restored; a run of several processes saved one set per rank, a list: process `rank` takes its own)."""
+    states restored; a run of several processes saved one set per rank, a list: process `rank` takes its own).
+    With `repair` (the one process that writes the run directory: rank 0, before the others load), an
+    interrupted save is completed and half-written temporary files are removed; without it nothing in
+    the directory changes (the other processes only read: a file rank 0 is writing is never touched)."""
     state = read_state(run_dir)
     name = weights_file(adapter)
-    _repair(run_dir, state["model_sha256"], name)
-    for stale in run_dir.glob(".*.tmp"):  # half-written files of the killed process
-        stale.unlink(missing_ok=True)
+    if repair:
+        _repair(run_dir, state["model_sha256"], name)
+        for stale in run_dir.glob(".*.tmp"):  # half-written files of the killed process
+            stale.unlink(missing_ok=True)
+    elif fileio.sha256_file(run_dir / name) != state["model_sha256"]:
+        raise CheckpointError(f"{run_dir / name} does not match {STATE_FILE} (rank 0 did not complete the "
+                              "checkpoint, or the file was replaced by hand); the run cannot be resumed exactly")
     if adapter is not None:
         load_adapter(model, run_dir / name, adapter)
     else:

@@ -6,7 +6,8 @@ gloo on the CPU), takes GPU `cuda:LOCAL_RANK` (or its share of the CPU cores), a
 model in DDP, which averages gradients across processes during backward. Data: every process
 draws the same global batch from the same seeded sampler and keeps its own slice of it, so
 the batches do not depend on the number of processes (data/loader.py). Only rank 0 writes files
-and prints; the others follow the clock and stop decisions of rank 0 (`sync_step`).
+(the run directory, prepared data, caches) and prints; the others only read what rank 0 wrote and
+decided (`broadcast_object`, e.g. the data directory) and follow its clock and stop decisions (`sync_clock`).
 """
 
 from __future__ import annotations
@@ -63,8 +64,23 @@ def start(procs: Procs, device: torch.device) -> torch.device:
         device = torch.device("cuda", procs.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=30))
+        _join(procs, "nccl" if device.type == "cuda" else "gloo")
     return device
+
+
+_groups_joined = 0  # process groups this process has joined (each train() call joins one and leaves it)
+
+
+def _join(procs: Procs, backend: str) -> None:
+    """Join a process group through torchrun's store, under a prefix of its own for each group this
+    process joins: a second train() in the same processes (a script that trains, then resumes or
+    fine-tunes) would otherwise read the first group's addresses, left in the store, and fail to connect."""
+    global _groups_joined
+    _groups_joined += 1
+    timeout = timedelta(minutes=30)
+    store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
+    dist.init_process_group(backend, store=dist.PrefixStore(f"tinylm-{_groups_joined}", store), rank=rank,
+                            world_size=world_size, timeout=timeout)
 
 
 def stop(together: bool = False) -> None:
@@ -96,6 +112,15 @@ def gather_objects(procs: Procs, obj: Any) -> list[Any]:
     out: list[Any] = [None] * procs.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+def broadcast_object(procs: Procs, obj: Any) -> Any:
+    """Rank 0's `obj` in every process (what rank 0 decided, e.g. the data directory it prepared)."""
+    if not procs.distributed:
+        return obj
+    box = [obj if procs.main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def all_sum(procs: Procs, values: list[float], device: torch.device) -> list[float]:

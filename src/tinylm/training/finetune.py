@@ -19,6 +19,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+from tinylm import fileio
 from tinylm.config import DataConfig, LoRAConfig, RunConfig, TrainConfig, update
 from tinylm.data.finetune import resolve_format, run_examples, text_data_dir
 from tinylm.errors import CheckpointError, ConfigError
@@ -48,7 +49,7 @@ def finetune_config(base: str | Path, source: str = "", method: str = "lora") ->
         raise CheckpointError(f"the base run {base} {what}; give a run directory trained with `tinylm train` "
                               "or imported with `tinylm import`")
     base_cfg = read_config(base)
-    cfg = RunConfig(preset="", description=f"{method} fine-tune of {base}")
+    cfg = RunConfig(preset="", description=f"{method} fine-tune of {fileio.absolute(base)}")
     cfg.model = copy.deepcopy(base_cfg.model)
     cfg.data = DataConfig(source=source, tokenizer=base_cfg.data.tokenizer)
     cfg.train = TrainConfig()
@@ -95,15 +96,16 @@ def prepare_model(model: GPT, cfg: RunConfig) -> LoRAConfig | None:
     return cfg.lora
 
 
-def open_finetune_data(cfg: RunConfig, quiet: bool = False) -> tuple[Any, Tokenizer]:
+def open_finetune_data(cfg: RunConfig, quiet: bool = False, data_dir: str | None = None) -> tuple[Any, Tokenizer]:
     """The data of a fine-tune and the base's tokenizer: windows of text (continued pre-training) or
-    instruction / chat examples (finetune.format and finetune.template are resolved into `cfg`)."""
+    instruction / chat examples (finetune.format and finetune.template are resolved into `cfg`).
+    `data_dir`: the text's prepared directory as rank 0 opened it (other processes never prepare)."""
     from tinylm.training.trainer import WindowData
 
     base_weights(cfg)
     tokenizer = load_tokenizer(cfg.finetune.base)
     if resolve_format(cfg) == "text":
-        return WindowData(text_data_dir(cfg, tokenizer)), tokenizer
+        return WindowData(data_dir or text_data_dir(cfg, tokenizer)), tokenizer
     return run_examples(cfg, tokenizer, quiet=quiet), tokenizer
 
 
@@ -125,7 +127,8 @@ def merge(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best") ->
     cfg = copy.deepcopy(run.config)
     cfg.model = run.model.cfg
     cfg.finetune.merged = True
-    cfg.description = f"{run_dir} merged into its base {cfg.finetune.base}"
+    cfg.description = f"{fileio.absolute(run_dir)} merged into its base {cfg.finetune.base}"
+    cfg.train.out_dir = fileio.absolute(out)  # the merged run's own directory, not the adapter run's
     out.mkdir(parents=True, exist_ok=True)
     run.tokenizer.save(out)
     meta = {"step": run.metadata.get("step", 0), "merged_from": str(run_dir.resolve()),

@@ -1,11 +1,14 @@
 """What a resumed run may change, and how the changes take effect.
 
     config.json (saved) ─┐
-                         ├─► check_resume: model.* differs, or a REFUSED train.* key differs ─► ConfigError
-    the resuming config ─┘      (before any data is read or model built)
+                         ├─► check_resume: model.* differs, the data (DATA_KEYS) differs, or a REFUSED
+    the resuming config ─┘      train.* key differs ─► ConfigError (before any data is read or model built)
                          │
+    train_state.pt's process count ─► keep_batch: on another number of processes the batch is split
+                         │              anew so that a step keeps its tokens (and windows), and says so
                          ▼
-    Trainer (built from the resuming config) ─► restore(): optimizer state loaded, then every group's
+    Trainer (built from the resuming config) ─► restore(): the checkpoint's tokens per step and data
+                         │                        checked; optimizer state loaded, then every group's
                          │                        hyperparameters set from the resuming config
                          ▼                        (apply_hyperparameters), so lr, betas, eps,
     config.json rewritten with the resuming         weight_decay, muon lr and momentum are the ones given
@@ -15,6 +18,10 @@ Every `train.*` key is in exactly one of the two tables below (tests/test_resume
 checks that), so a new field has to be decided here. A key in `RESUMABLE` takes effect from the first resumed step
 exactly as given; a key in `REFUSED` is a one-line error: it would change the batches already
 drawn or the optimizer state's kind and shape, so the resumed run could not continue the same run.
+What a refused key decides stays frozen through the other routes too: the tokens per step (batch_size,
+grad_accum, batch_tokens) through the number of processes (`keep_batch`), the windows (seq_len) through
+the model's context, the data and tokenizer through `data.*` (`DATA_KEYS`) and the prepared data itself
+(its training tokens and source checksum are in every checkpoint: `Trainer.restore`).
 """
 
 from __future__ import annotations
@@ -72,6 +79,12 @@ REFUSED: dict[str, str] = {
 }
 
 
+# data.* keys that decide the training tokens the loader's saved position points into (data.source_dir
+# and data.workers only say where raw files are and how fast to tokenize them)
+DATA_KEYS = ("source", "dir", "tokenizer", "val_fraction", "split", "split_seed", "max_tokens", "text_field",
+             "errors", "sampling", "source_splits", "hf_split")
+
+
 def check_resume(saved: RunConfig, cfg: RunConfig) -> None:
     """Refuse, in one line and before any work, a resume of the run saved as `saved` with `cfg`
     that changes the model or a `REFUSED` train.* key. Settles train.epochs against
@@ -86,6 +99,12 @@ def check_resume(saved: RunConfig, cfg: RunConfig) -> None:
     if saved.data.sampling != cfg.data.sampling:
         raise ConfigError(f"data.sampling cannot change when resuming ({saved.data.sampling!r} -> "
                           f"{cfg.data.sampling!r}): the loader's saved position belongs to the saved sampler")
+    for key in DATA_KEYS:
+        old, new = getattr(saved.data, key), getattr(cfg.data, key)
+        if new != old and not (key == "tokenizer" and saved.data.dir):  # a data dir brings its own tokenizer
+            raise ConfigError(f"data.{key} cannot change when resuming ({old!r} -> {new!r}): the loader's saved "
+                              "position points into the run's own training tokens; start a new run (another --out) "
+                              "or fine-tune the run (`tinylm finetune`) to train on other data")
     for key, why in REFUSED.items():
         old, new = getattr(saved.train, key), getattr(cfg.train, key)
         if new != old:
@@ -112,3 +131,31 @@ def hyperparameters(optimizers: list[torch.optim.Optimizer]) -> list[list[dict]]
     return [[{k: v for k, v in g.items() if k not in ("params", "param_names")} for g in o.param_groups]
             for o in optimizers]
 
+
+
+def keep_batch(saved: RunConfig, saved_processes: int, cfg: RunConfig, processes: int) -> str | None:
+    """Keep the tokens per optimizer step of a run saved by `saved_processes` processes when it resumes on
+    `processes`: the step's sequences are shared anew (train.batch_tokens = the saved step's tokens, and
+    train.batch_size = the largest micro-batch up to the saved one that divides each process's share), so
+    the steps draw the same windows as before. Sets `cfg.train` in place and returns what changed, for a
+    warning (None when the process count is the same); a step that the processes cannot share evenly is a
+    one-line ConfigError."""
+    if processes == saved_processes:
+        return None
+    t, seq_len = saved.train, saved.seq_len
+    tokens = t.batch_tokens or t.batch_size * t.grad_accum * seq_len * saved_processes
+    sequences = tokens // seq_len  # per step, over all processes
+    if sequences % processes:
+        fits = [n for n in range(1, min(sequences, 64) + 1) if sequences % n == 0]
+        raise ConfigError(f"a step of this run is {sequences} sequences of {seq_len} tokens ({tokens:,} tokens, saved "
+                          f"by {saved_processes} process(es)), which {processes} processes cannot share evenly; "
+                          f"resume it on {', '.join(map(str, fits))} process(es)")
+    share = sequences // processes
+    micro = next((d for d in range(min(t.batch_size, share), 0, -1) if share % d == 0), 0)  # 0: automatic
+    cfg.train.batch_tokens, cfg.train.grad_accum, cfg.train.batch_size = tokens, 1, micro
+    split = f"{micro} x {share // micro} sequences" if micro else f"{share} sequences"
+    dropout = cfg.model.dropout or (cfg.finetune.method == "lora" and cfg.lora.dropout)
+    return (f"the run was saved by {saved_processes} process(es) and resumes on {processes}: each process now takes "
+            f"{split} per step, so a step stays {tokens:,} tokens and draws the same windows (config.json records "
+            f"train.batch_tokens={tokens}, train.batch_size={micro}, train.grad_accum=1)"
+            + ("; dropout masks differ from an uninterrupted run" if dropout else ""))

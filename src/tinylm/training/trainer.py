@@ -12,8 +12,10 @@ only trainable parameters reach the optimizer, and a LoRA run checkpoints its ad
 The run ends at `max_steps` or when the wall-clock `time_budget` is spent, whichever comes
 first; the learning rate follows that progress (see schedule.py). Ctrl-C stops at the next
 step boundary with a checkpoint; `train(cfg, resume=True)` continues a run exactly where its
-last checkpoint left it (same batches, same dropout masks, same weights on CPU). Under torchrun
-each process trains on its slice of every batch through DDP (distributed.py); rank 0 writes.
+last checkpoint left it (same batches, same dropout masks, same weights on CPU; on another number of
+processes the same steps, shared anew: resume.keep_batch). Under torchrun each process trains on its slice
+of every batch through DDP (distributed.py); only rank 0 changes files, holding the run directory's lock
+for the whole run (one training per run directory).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ import torch
 from rich.progress import TextColumn
 from torch.nn.parallel import DistributedDataParallel
 
-from tinylm.config import RunConfig
+from tinylm import fileio
+from tinylm.config import RunConfig, absolute_paths, absolute_tokenizer_spec
 from tinylm.console import console, progress, warn
 from tinylm.data.loader import make_loader
 from tinylm.data.prepare import load_split, read_meta, resolve_data_dir
@@ -45,11 +48,12 @@ from tinylm.rundir import (BEST_ADAPTER_FILE, BEST_FILE, METRICS_FILE, RUN_FILES
 from tinylm.runtime import autocast, check_memory, memory_bytes, peak_flops, resolve_device, resolve_dtype
 from tinylm.tokenizers import Tokenizer, load_tokenizer, spec_vocab_size
 from tinylm.training import distributed
-from tinylm.training.checkpoint import keep_copy, load_checkpoint, rng_state, save_checkpoint, weights_file
+from tinylm.training.checkpoint import (keep_copy, load_checkpoint, rng_state, save_checkpoint, saved_processes,
+                                       weights_file)
 from tinylm.training.distributed import Procs
 from tinylm.training.metrics import MetricsLog, plot_metrics
 from tinylm.training.optim import build_optimizers, load_state
-from tinylm.training.resume import apply_hyperparameters, check_resume, hyperparameters
+from tinylm.training.resume import apply_hyperparameters, check_resume, hyperparameters, keep_batch
 from tinylm.training.schedule import learning_rate, progress_fraction
 from tinylm.training.trackers import check_trackers, open_trackers
 
@@ -125,7 +129,9 @@ class WindowData:
 
     def __init__(self, data_dir: str | Path):
         self.dir = Path(data_dir)
-        self.splits = read_meta(self.dir)["splits"]
+        meta = read_meta(self.dir)
+        self.splits = meta["splits"]
+        self.source_sha256 = str(meta.get("source", {}).get("sha256", ""))  # recorded in checkpoints
         self.train = load_split(self.dir, "train")
         self.val = load_split(self.dir, "val")
 
@@ -205,7 +211,8 @@ class Trainer:
             t.max_steps = max(1, min(INT64_MAX, math.ceil(steps))) if math.isfinite(steps) else INT64_MAX
         self.tokens_per_step = self.plan.tokens
         self.flops_per_token = self.model.flops_per_token(cfg.seq_len)
-        self.peak_flops = peak_flops(self.device, self.dtype)  # for MFU (per process); None where unknown
+        # for MFU (per process; None where unknown), in rank 0's metrics rows: only rank 0 measures and caches it
+        self.peak_flops = peak_flops(self.device, self.dtype) if procs.main else None
         ddp_ids = [self.device.index] if self.device.type == "cuda" else None
         self.ddp = DistributedDataParallel(self.model, device_ids=ddp_ids) if procs.distributed else self.model
         self.forward = self._compiled() if t.compile else self.ddp
@@ -272,13 +279,10 @@ class Trainer:
         procs = self.procs
         if not procs.main:
             distributed.barrier(procs)  # rank 0 repairs an interrupted save first
-        state = load_checkpoint(self.run_dir, self.model, rank=procs.rank, adapter=self.adapter)
+        state = load_checkpoint(self.run_dir, self.model, rank=procs.rank, adapter=self.adapter, repair=procs.main)
         if procs.main:
             distributed.barrier(procs)
-        saved_procs = len(state["rng"]) if isinstance(state["rng"], list) else 1
-        if saved_procs != procs.world_size and procs.main:
-            warn(f"the run was saved by {saved_procs} process(es) and resumes with {procs.world_size}: the batches "
-                 "are the same, dropout masks differ from an uninterrupted run")
+        self._check_same_steps(state)
         saved_optimizers = state["optimizers"] if "optimizers" in state else [state["optimizer"]]  # format of 0.x
         if len(saved_optimizers) != len(self.optimizers):
             raise CheckpointError(f"{self.run_dir} was trained with another train.optimizer; resume with the "
@@ -302,6 +306,37 @@ class Trainer:
             self.best_val_loss = min(self.best_val_loss, float(meta.get("val_loss", math.inf)))
         if procs.main:
             self.metrics.truncate_after(self.step)
+
+    def batch_record(self) -> dict[str, int]:
+        """What a checkpoint records of the batch: the tokens of a step and how they were shared."""
+        plan = self.plan
+        return {"tokens": plan.tokens, "seq_len": plan.context, "processes": plan.processes, "micro": plan.micro,
+                "accum": plan.accum}
+
+    def data_record(self) -> dict[str, Any]:
+        """What a checkpoint records of the training data (prepared windows: their tokens and source checksum)."""
+        if not isinstance(self.data, WindowData):
+            return {}
+        return {"train_tokens": len(self.data.train), "source_sha256": self.data.source_sha256}
+
+    def _check_same_steps(self, state: dict[str, Any]) -> None:
+        """A resumed run takes steps of the saved tokens and length, on the saved training tokens (the
+        loader's position counts them): the routes resume.py does not see (a Trainer built by hand, a data
+        directory or source changed since the checkpoint) are one-line errors too."""
+        saved, now = state.get("batch"), self.batch_record()
+        if saved and (saved["tokens"], saved["seq_len"]) != (now["tokens"], now["seq_len"]):
+            raise CheckpointError(f"{self.run_dir} takes steps of {saved['tokens']:,} tokens in windows of "
+                                  f"{saved['seq_len']}, this resume {now['tokens']:,} in windows of {now['seq_len']}; "
+                                  "resume with the run's own batch settings (its config.json)")
+        saved_data, data = state.get("data"), self.data_record()
+        if saved_data and data and saved_data != data:
+            what = ("its source changed" if saved_data["source_sha256"] != data["source_sha256"]
+                    else "it was prepared anew")
+            raise CheckpointError(f"the training data of {self.run_dir} is not the data of its checkpoint ({what}: "
+                                  f"{saved_data['train_tokens']:,} training tokens then, {data['train_tokens']:,} now, "
+                                  f"in {self.data.dir}); the loader's position points into the saved tokens, so "
+                                  "restore that data, or train on the new data in a new run (another --out) or "
+                                  "a fine-tune of this one")
 
     # ------------------------------------------------------------------ the pieces of a step
 
@@ -421,6 +456,7 @@ class Trainer:
                  "best_val_loss": self.best_val_loss, "loss_sum": self.loss_sum, "loss_count": self.loss_count,
                  "skipped_steps": self.skipped_steps, "optimizers": [o.state_dict() for o in self.optimizers],
                  "scaler": self.scaler.state_dict(), "loader": self.loader.state_dict(),
+                 "batch": self.batch_record(), "data": self.data_record(),
                  "rng": rngs if self.procs.distributed else rngs[0]}
         save_checkpoint(self.run_dir, self.model, state, meta, adapter=self.adapter)
         self.saved_step = self.step  # once committed: after a failed save the last good checkpoint is named
@@ -560,9 +596,19 @@ class Trainer:
 # --------------------------------------------------------------------------- entry point
 
 
-def _claim_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Create the run directory; with `overwrite`, first remove a previous run (also a half-deleted
-    one), but never a directory holding files tinylm did not write."""
+def _lock_run_dir(run_dir: Path, held: contextlib.ExitStack) -> None:
+    """Take the run directory's lock for as long as `held` lasts (rank 0, for the whole run): one process
+    trains in a run directory at a time, so no other resume, or --overwrite, changes its files meanwhile."""
+    try:
+        held.enter_context(fileio.exclusive(run_dir))
+    except fileio.Busy:
+        raise ConfigError(f"{run_dir} is in use: another tinylm process is training in it; wait for that process to "
+                          "finish (Ctrl-C stops it with a checkpoint), then try again, or choose another --out") from None
+
+
+def _claim_run_dir(run_dir: Path, overwrite: bool, held: contextlib.ExitStack) -> None:
+    """Create the run directory and take its lock (`_lock_run_dir`); with `overwrite`, first remove a
+    previous run (also a half-deleted one), but never a directory holding files tinylm did not write."""
     entries = list(run_dir.iterdir()) if run_dir.is_dir() else []
     if entries:
         foreign = [p.name for p in entries if p.name not in RUN_FILES and not p.name.endswith(".tmp")]
@@ -575,8 +621,13 @@ def _claim_run_dir(run_dir: Path, overwrite: bool) -> None:
                                   f"{run_dir}`, choose another --out, or pass --overwrite to replace it")
             raise ConfigError(f"{run_dir} holds a run that never reached its first checkpoint (nothing to resume); "
                               "pass --overwrite to start it again there, or choose another --out")
-        shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    _lock_run_dir(run_dir, held)  # before anything is removed: a run still training there keeps its files
+    for entry in run_dir.iterdir():  # the directory itself stays: its lock is held
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
@@ -611,8 +662,12 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> T
     procs = distributed.from_environment()
     run_dir = default_run_dir(cfg)
     cfg.train.out_dir = str(run_dir)
+    absolute_paths(cfg)  # config.json names the same files for commands run from any directory
     if resume:  # changes a resume cannot make fail before any work
-        check_resume(read_config(run_dir), cfg)
+        saved = absolute_paths(read_config(run_dir))
+        check_resume(saved, cfg)
+        if (note := keep_batch(saved, saved_processes(run_dir), cfg, procs.world_size)) and procs.main:
+            warn(note)
     device = resolve_device(cfg.train.device)
     resolve_dtype(cfg.train.dtype, device)  # fail before any work
     if cfg.train.batch_size:
@@ -648,33 +703,44 @@ def check_fits(cfg: RunConfig, vocab: int, device: torch.device) -> None:
                  "or train.batch_size")
 
 
-def _open_data(cfg: RunConfig, main: bool) -> tuple[Any, Tokenizer]:
-    """The training data and tokenizer: a data dir (prepared now if need be), or a fine-tune's data."""
+def _open_data(cfg: RunConfig, main: bool, data_dir: str | None = None) -> tuple[Any, Tokenizer]:
+    """The training data and tokenizer: a data dir (prepared now if need be), or a fine-tune's data.
+    `data_dir`: the directory rank 0 opened, which the other processes open as it is (they never prepare)."""
     if cfg.finetune.method:
         from tinylm.training.finetune import open_finetune_data
 
-        return open_finetune_data(cfg, quiet=not main)
-    data_dir, prepared = resolve_data_dir(cfg.data)
-    if prepared:
-        console.print(f"prepared {cfg.data.source} into {data_dir}")
-    cfg.data.tokenizer = read_meta(data_dir)["tokenizer"]["spec"]  # a given data dir brings its own
+        return open_finetune_data(cfg, quiet=not main, data_dir=data_dir)
+    if data_dir is None:
+        data_dir, prepared = resolve_data_dir(cfg.data)
+        if prepared:
+            console.print(f"prepared {cfg.data.source} into {data_dir}")
+    cfg.data.tokenizer = absolute_tokenizer_spec(read_meta(data_dir)["tokenizer"]["spec"])  # a data dir brings its own
     return WindowData(data_dir), load_tokenizer(data_dir)
 
 
 def _train(cfg: RunConfig, procs: Procs, run_dir: Path, resume: bool, overwrite: bool) -> TrainResult:
-    if procs.main:  # one process prepares (and caches) the data; the others find it prepared
+    if procs.main:  # one process prepares (and caches) the data; the others open the directory it opened
         data, tokenizer = _open_data(cfg, main=True)
     distributed.start(procs, resolve_device(cfg.train.device))  # join the process group
-    distributed.barrier(procs)
+    data_dir = distributed.broadcast_object(procs, str(data.dir) if procs.main and isinstance(data, WindowData)
+                                            else None)
     if not procs.main:
-        data, tokenizer = _open_data(cfg, main=False)
-    if resume:
-        run_tokenizer = load_tokenizer(run_dir)
-        if run_tokenizer.fingerprint() != tokenizer.fingerprint():
-            raise DataError(f"the data of {run_dir} was tokenized differently from its run; "
-                            "resume with the data the run was started on")
-    elif procs.main:
-        _claim_run_dir(run_dir, overwrite)
+        data, tokenizer = _open_data(cfg, main=False, data_dir=data_dir)
+    with contextlib.ExitStack() as held:  # rank 0 holds the run directory's lock until the run ends
+        if resume:
+            run_tokenizer = load_tokenizer(run_dir)
+            if run_tokenizer.fingerprint() != tokenizer.fingerprint():
+                raise DataError(f"the data of {run_dir} was tokenized differently from its run; "
+                                "resume with the data the run was started on")
+            if procs.main:
+                _lock_run_dir(run_dir, held)
+        elif procs.main:
+            _claim_run_dir(run_dir, overwrite, held)
+        return _run(cfg, procs, run_dir, data, tokenizer, resume)
+
+
+def _run(cfg: RunConfig, procs: Procs, run_dir: Path, data: Any, tokenizer: Tokenizer, resume: bool) -> TrainResult:
+    """Build the trainer in the claimed (or resumed) run directory, and train."""
     try:
         cfg.model.vocab_size = cfg.model.embedding_rows(tokenizer.vocab_size)
         check_fits(cfg, cfg.model.vocab_size, resolve_device(cfg.train.device))
