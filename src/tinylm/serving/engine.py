@@ -278,12 +278,18 @@ class Engine:
 
     def _prefill(self, seq: _Seq) -> None:
         window = seq.ids[-self.context:]
-        logits = self._fill(seq, window, every=seq.row.prompt_logprobs is not None)
         if seq.row.prompt_logprobs is not None:
-            lp = torch.log_softmax(logits[0, :-1, :self.vocab_size].float(), dim=-1)
-            prompt = [TokenLogprob(window[0], None)] + [
-                self._logprob(lp[j:j + 1], window[j + 1], seq.row.prompt_logprobs) for j in range(len(window) - 1)]
+            # a scored prompt may have context + 1 tokens: one forward over the first `context` scores the rest
+            scored = seq.ids[-(self.context + 1):]
+            logits = self._fill(seq, scored[:self.context], every=True)
+            lp = torch.log_softmax(logits[0, :len(scored) - 1, :self.vocab_size].float(), dim=-1)
+            prompt = [TokenLogprob(scored[0], None)] + [
+                self._logprob(lp[j:j + 1], scored[j + 1], seq.row.prompt_logprobs) for j in range(len(scored) - 1)]
             self._emit(seq, Event(seq.index, prompt_logprobs=prompt))
+            if len(scored) > len(window) and seq.row.config.max_new_tokens > 0:
+                self._fill(seq, window)  # generation continues from the last `context` tokens
+        else:
+            self._fill(seq, window)
         if seq.row.config.max_new_tokens == 0:
             self._finish(seq, "length", Event(seq.index))
 
