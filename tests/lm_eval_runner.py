@@ -3,10 +3,13 @@ fake Hub (HF_ENDPOINT), so the harness reads the rows with its own unchanged tas
 
     python lm_eval_runner.py SPEC.json OUT.json
 
-SPEC: {"tasks": [...], "runs": [{"name", "model": "hf" | "local-completions", "model_args": {...},
+SPEC: {"tasks": [...], "runs": [{"name", "model": "hf" | "local-completions" | null, "model_args": {...},
        "num_fewshot": K, "tasks": [...] (optional, default all)}]}
 OUT:  {run name: {task: {"metrics": {metric: value, metric + "_stderr": value}, "requests": [[context,
-       continuation], ...] per doc, "loglikelihoods": [[ll, greedy], ...] per doc}}}
+       continuation], ...] per doc, "loglikelihoods": [ll, ...] per doc}}}
+
+A run without a model only builds the requests (the harness's prompts, few-shot examples included), as
+`simple_evaluate` does before scoring: num_fewshot set, the few-shot seed 1234, `build_all_requests`.
 
 The task YAMLs are the installed harness's own (lm_eval/tasks/<family>/), indexed from a copy of just
 those folders: indexing all of the harness's 14,000 tasks takes half a minute.
@@ -33,6 +36,21 @@ def task_manager(tmp: Path):
     return TaskManager(include_path=str(tmp), include_defaults=False)
 
 
+def requests_only(manager, names: list[str], num_fewshot: int) -> dict:
+    from lm_eval.tasks import get_task_dict
+
+    out = {}
+    for name, task in get_task_dict(names, manager).items():
+        task.set_config(key="num_fewshot", value=num_fewshot)
+        task.set_fewshot_seed(seed=1234)
+        task.build_all_requests(rank=0, world_size=1)
+        docs: dict[int, list] = {}
+        for instance in task.instances:
+            docs.setdefault(instance.doc_id, []).append((instance.idx, list(instance.args)))
+        out[name] = {"requests": [[args for _, args in sorted(docs[d])] for d in sorted(docs)]}
+    return out
+
+
 def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
     from lm_eval import simple_evaluate
@@ -42,6 +60,9 @@ def main() -> None:
         manager = task_manager(Path(tmp))
         for run in spec["runs"]:
             names = run.get("tasks", spec["tasks"])
+            if run["model"] is None:
+                out[run["name"]] = requests_only(manager, names, run.get("num_fewshot", 0))
+                continue
             results = simple_evaluate(model=run["model"], model_args=run["model_args"], tasks=names,
                                       num_fewshot=run.get("num_fewshot", 0), task_manager=manager,
                                       log_samples=True, bootstrap_iters=100, device="cpu",

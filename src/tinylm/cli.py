@@ -301,6 +301,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return _eval_tasks(args, cfg, tasks)
     if not args.run_dir:
         raise ConfigError("give the RUN_DIR to evaluate (or --tasks list to see the benchmarks)")
+    defaults = EvalConfig()
+    stray = [flag for flag, key in (("--num-fewshot", "num_fewshot"), ("--fewshot-seed", "fewshot_seed"),
+                                    ("--task-data", "task_data")) if getattr(cfg, key) != getattr(defaults, key)]
+    if stray:
+        raise ConfigError(f"{' and '.join(stray)} applies to --tasks (benchmarks by name); add --tasks NAMES")
     if tasks:
         from tinylm.evaluation.multiple_choice import describe, evaluate_choices
 
