@@ -61,8 +61,10 @@ def encode_pair(tokenizer: Tokenizer, context: str, continuation: str) -> Reques
     """(context ids, continuation ids) of a request, by the harness's rule: an empty context is
     the prefix token (or the continuation's first token when that is the prefix token); else the
     context's trailing whitespace moves to the continuation, and the continuation's ids are those
-    of the whole text after the context's ids. A context that encodes to no ids (whitespace for
-    the word tokenizer) conditions on the prefix token too."""
+    of the whole text after the context's ids. Where the harness would fail, tinylm goes on: a
+    context that encodes to no ids (whitespace for the word tokenizer) conditions on the prefix
+    token, and a continuation the whole text leaves no ids (the word tokenizer joins "red" + "ball"
+    into one word) is encoded alone."""
     if context == "":
         cont = tokenizer.encode(continuation) if continuation else []
         prefix = prefix_id(tokenizer)
@@ -73,6 +75,8 @@ def encode_pair(tokenizer: Tokenizer, context: str, continuation: str) -> Reques
     whole = tok_encode(tokenizer, context + continuation)
     ctx = tok_encode(tokenizer, context)
     cont = whole[len(ctx):]
+    if not cont and continuation:  # joined into the context's last token (the harness fails here): alone
+        cont = tokenizer.encode(continuation)
     return (ctx or [prefix_id(tokenizer)]), cont
 
 

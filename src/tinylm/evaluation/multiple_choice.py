@@ -39,7 +39,7 @@ from tinylm.data.sources import json_lines
 from tinylm.errors import DataError
 from tinylm.evaluation.loglikelihood import Request, encode_pair, score_requests
 from tinylm.evaluation.tasks import hellaswag_doc
-from tinylm.inputs import EmptyInputError, encode_text
+from tinylm.inputs import encode_text
 from tinylm.tokenizers import Tokenizer
 
 HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
@@ -152,18 +152,14 @@ def hellaswag_file(path: str = "", source_dir: str = "") -> Path:
 def encode_items(tokenizer: Tokenizer, items: list[Item]) -> list[tuple[int, Request]]:
     """(item index, (context ids, choice ids)) for every choice of every item, by the harness's rule
     (`loglikelihood.encode_pair`); raises the one-line error of the first choice that encodes to no
-    tokens (alone, or after its context), naming the item, before any scoring."""
+    tokens, naming the item, before any scoring."""
     out = []
     for i, item in enumerate(items):
         where = f"{item.where}: " if item.where else ""
         for j, choice in enumerate(item.choices):
             name = f"choice {j + 1}" if len(item.choices) > 1 else "the continuation"
             encode_text(tokenizer, choice, item=f"{where}{name}", empty="error")
-            ctx, cont = encode_pair(tokenizer, item.context, choice)
-            if not cont:
-                raise EmptyInputError(f"{where}{name} encodes to no tokens after its context ({choice[:20]!r} merges "
-                                      "into the context's last token); give it some text")
-            out.append((i, (ctx, cont)))
+            out.append((i, encode_pair(tokenizer, item.context, choice)))
     return out
 
 

@@ -593,7 +593,7 @@ def score_task(model: Any, tokenizer: Any, task: Task, docs: list[Doc], *, batch
             pair = encode_pair(tokenizer, ctx, cont)
             if not pair[1]:
                 raise EmptyInputError(f"task {task.name} item {d + 1}: the continuation {cont[:20]!r} encodes to no "
-                                      "tokens after its context")
+                                      "tokens; the row must give it some text")
             flat.append(pair)
             owner.append((d, r))
     scored = score_requests(model, flat, batch_size=batch_size, device=device,
