@@ -174,21 +174,25 @@ def wikitext(g: Gen, n: int, text: str, offset: int) -> list[dict]:
     return pages
 
 
+def _split_rows(task: str, g: Gen, n: int, split: str, j: int, text: str) -> list[dict]:
+    if task == "hellaswag":
+        return hellaswag(g, n, split)
+    if task in ("arc_easy", "arc_challenge"):
+        return arc(g, n, "Mercury" if task == "arc_easy" else "MCAS")
+    if task == "wikitext":
+        return wikitext(g, 3 if split != "train" else 4, text, 20 * j)
+    return {"piqa": piqa, "winogrande": winogrande, "lambada_openai": lambada, "openbookqa": openbookqa,
+            "sciq": sciq}[task](g, n)
+
+
 def rows(text: str) -> dict[str, dict[str, list[dict]]]:
     out: dict[str, dict[str, list[dict]]] = {}
     for task in REPOS:
         g = Gen(text, seed=len(task))
-        splits = SPLITS.get(task, ("train", "validation", "test"))
         out[task] = {}
-        for j, split in enumerate(splits):
-            n = TRAIN_ROWS if split == "train" else EVAL_ROWS
+        for j, split in enumerate(SPLITS.get(task, ("train", "validation", "test"))):
             g.k = 1000 * j  # each split its own lines
-            out[task][split] = {
-                "hellaswag": lambda: hellaswag(g, n, split), "arc_easy": lambda: arc(g, n, "Mercury"),
-                "arc_challenge": lambda: arc(g, n, "MCAS"), "piqa": lambda: piqa(g, n),
-                "winogrande": lambda: winogrande(g, n), "lambada_openai": lambda: lambada(g, n),
-                "openbookqa": lambda: openbookqa(g, n), "sciq": lambda: sciq(g, n),
-                "wikitext": lambda: wikitext(g, 3 if split != "train" else 4, text, 20 * j)}[task]()
+            out[task][split] = _split_rows(task, g, TRAIN_ROWS if split == "train" else EVAL_ROWS, split, j, text)
     return out
 
 

@@ -415,10 +415,7 @@ def prepare_docs(task: Task, rows: list[dict], where: str) -> list[dict]:
     """Rows -> docs (process_docs), with a one-line error for a row outside the dataset's schema."""
     if task.process is None:
         return rows
-    out = []
-    for i, row in enumerate(rows):
-        out.append(_checked(task, where, i, lambda: task.process(row)))  # type: ignore[misc]
-    return out
+    return [_checked(task, where, i, lambda row=row: task.process(row)) for i, row in enumerate(rows)]  # type: ignore[misc]
 
 
 def _checked(task: Task, where: str, index: int, build: Callable[[], Any]) -> Any:

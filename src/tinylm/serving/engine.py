@@ -14,7 +14,9 @@
                  refilled alone from its last context // 2 tokens (the generation engine's sliding rule)
 
 Rows admitted in the same step are prefilled together (right-padded, one forward per 4,096 prompt
-tokens), a row admitted alone or asking for its prompt's log-probabilities on its own. Rows that
+tokens), a row admitted alone or asking for its prompt's log-probabilities on its own. Such a scored
+prompt may hold context + 1 tokens: the forward over its first `context` scores every token after the
+first (lm-evaluation-harness's requests), and generation continues from its last `context`. Rows that
 sample with the same options draw together (`sample_next` over their stacked logits, one generator
 per row: each row still draws exactly what it would draw alone). With a compiled decode step
 (`tinylm.inference`, `tinylm serve --compile on`) the cache is static and each decode runs the
