@@ -34,6 +34,35 @@ LFS_SUFFIXES = (".parquet", ".arrow", ".zip", ".gz", ".txt")
 PUBLIC_FILES = ("README.md", ".gitattributes")
 PAGE = 50  # tree entries per page (the Hub pages long listings through a Link header)
 
+# a sitecustomize module for the Hub clients' subprocesses: connections that leave this machine fail
+GUARD = '''
+import socket
+
+_LOCAL = {"127.0.0.1", "localhost", "::1", None}
+_getaddrinfo, _connect = socket.getaddrinfo, socket.socket.connect
+
+
+def _refuse(host):
+    raise OSError(f"tests may not reach the network (tried {host})")
+
+
+def getaddrinfo(host, *args, **kwargs):
+    return _getaddrinfo(host, *args, **kwargs) if host in _LOCAL else _refuse(host)
+
+
+def connect(self, address):
+    host = address[0] if isinstance(address, tuple) else None
+    return _connect(self, address) if host in _LOCAL or self.family == socket.AF_UNIX else _refuse(host)
+
+
+socket.getaddrinfo, socket.socket.connect = getaddrinfo, connect
+
+import os, sys
+
+if os.environ.get("HIDE_DATASETS"):  # as if the `datasets` library were not installed
+    sys.modules["datasets"] = None
+'''
+
 
 @dataclass
 class Repo:

@@ -22,7 +22,7 @@ from typing import Iterator
 import pytest
 
 from dataset_files import same_data_dirs, stories
-from hub_fake import FakeHub
+from hub_fake import GUARD, FakeHub
 from tinylm.data import catalog, load_split, read_meta
 from tinylm.data.prepare import prepare
 from tinylm.data.sources import Source, chain, read_parquet
@@ -33,33 +33,6 @@ pq = pytest.importorskip("pyarrow.parquet")
 pa = pytest.importorskip("pyarrow")
 
 TOKEN = "hf_test_token"
-GUARD = '''
-import socket
-
-_LOCAL = {"127.0.0.1", "localhost", "::1", None}
-_getaddrinfo, _connect = socket.getaddrinfo, socket.socket.connect
-
-
-def _refuse(host):
-    raise OSError(f"tests may not reach the network (tried {host})")
-
-
-def getaddrinfo(host, *args, **kwargs):
-    return _getaddrinfo(host, *args, **kwargs) if host in _LOCAL else _refuse(host)
-
-
-def connect(self, address):
-    host = address[0] if isinstance(address, tuple) else None
-    return _connect(self, address) if host in _LOCAL or self.family == socket.AF_UNIX else _refuse(host)
-
-
-socket.getaddrinfo, socket.socket.connect = getaddrinfo, connect
-
-import os, sys
-
-if os.environ.get("HIDE_DATASETS"):  # as if the `datasets` library were not installed
-    sys.modules["datasets"] = None
-'''
 README = """\
 ---
 configs:

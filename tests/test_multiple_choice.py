@@ -21,7 +21,7 @@ ITEMS = [
     {"ind": 4, "activity_label": "Theatre", "ctx_a": "Enter the ghost.", "ctx_b": "hamlet",
      "ctx": "Enter the ghost. Hamlet", "label": 1, "split": "val", "split_type": "indomain",
      "endings": ["zzqx vvk.", "speaks to it and follows.", "qq jj kk.", "xxxxxxx"], "source_id": "fixture~1"},
-    {"ind": 9, "activity_label": "Theatre", "ctx_a": "", "ctx_b": "",
+    {"ind": 9, "activity_label": "Theatre", "ctx_a": "KING. Good Hamlet, cast thy nighted colour off,", "ctx_b": "",
      "ctx": "KING. Good Hamlet, cast thy nighted colour off,", "label": 0, "split": "val",
      "split_type": "zeroshot", "endings": ["and let thine eye look like a friend on Denmark.", "zq", "xj vq", "Qz"],
      "source_id": "fixture~2"},

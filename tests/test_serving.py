@@ -450,13 +450,16 @@ def test_lone_surrogates_new_sdk_fields_and_echo_offsets(url: str, client: OpenA
         store=False, metadata={"k": "v"}, tool_choice="none", parallel_tool_calls=False)
     assert reply.usage.completion_tokens <= 3
 
-    prompt = "ROMEO: " * 10  # 70 characters, 70 char tokens: only the last 32 fit the context
+    # 70 characters, 70 char tokens: a scored prompt (echo + logprobs) keeps its last context + 1 = 33, whose
+    # last 32 one forward over the context scores (what lm-evaluation-harness's local-completions sends)
+    prompt = "ROMEO: " * 10
     r = client.completions.create(model="tiny", prompt=prompt, max_tokens=5, temperature=0, echo=True, logprobs=0)
     c = r.choices[0]
-    assert c.text.startswith(prompt) and r.usage.prompt_tokens == 32
+    assert c.text.startswith(prompt) and r.usage.prompt_tokens == 33
     for token, offset in zip(c.logprobs.tokens, c.logprobs.text_offset, strict=True):
         assert c.text[offset:offset + len(token)] == token
-    assert c.logprobs.text_offset[0] == len(prompt) - 32 and c.logprobs.text_offset[32] == len(prompt)
+    assert c.logprobs.text_offset[0] == len(prompt) - 33 and c.logprobs.text_offset[33] == len(prompt)
+    assert c.logprobs.token_logprobs[0] is None and None not in c.logprobs.token_logprobs[1:]
 
 
 def test_chat_logprob_bytes_rebuild_characters_split_across_tokens(tmp_path: Path, corpus_file: Path):

@@ -297,6 +297,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _apply(cfg, args, prefix="eval.")
     tasks = [flag for flag, value in (("--hellaswag", cfg.hellaswag), ("--choices", cfg.choices),
                                       ("--cloze", cfg.cloze)) if value]
+    if cfg.tasks or cfg.download_to:
+        return _eval_tasks(args, cfg, tasks)
+    if not args.run_dir:
+        raise ConfigError("give the RUN_DIR to evaluate (or --tasks list to see the benchmarks)")
+    defaults = EvalConfig()
+    stray = [flag for flag, key in (("--num-fewshot", "num_fewshot"), ("--fewshot-seed", "fewshot_seed"),
+                                    ("--task-data", "task_data")) if getattr(cfg, key) != getattr(defaults, key)]
+    if stray:
+        raise ConfigError(f"{' and '.join(stray)} applies to --tasks (benchmarks by name); add --tasks NAMES")
     if tasks:
         from tinylm.evaluation.multiple_choice import describe, evaluate_choices
 
@@ -312,6 +321,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
         bpb = f"{result.bits_per_byte:.4f}" if result.bits_per_byte is not None else "n/a"
         print(f"loss {result.loss:.4f} nats/token   perplexity {result.perplexity:.3f}   "
               f"bits/byte {bpb}   ({result.tokens:,} tokens" + (f", {result.bytes:,} bytes)" if result.bytes else ")"))
+    return 0
+
+
+def _eval_tasks(args: argparse.Namespace, cfg: EvalConfig, files: list[str]) -> int:
+    """`tinylm eval [RUN_DIR] --tasks ...`: list, download (--download-to) and score benchmarks."""
+    from tinylm.evaluation import tasks
+
+    if cfg.tasks.strip() == "list":
+        print(tasks.describe_tasks())
+        return 0
+    others = files + [flag for flag, value in (("--data", cfg.data), ("--text", cfg.text), ("--dataset", cfg.dataset))
+                      if value]
+    if others:
+        raise ConfigError(f"--tasks scores benchmarks by name; give {' or '.join(others)} in another `tinylm eval`")
+    if not cfg.tasks:
+        raise ConfigError("--download-to needs --tasks NAMES (the benchmarks to download)")
+    names = tasks.task_names(cfg.tasks)
+    if cfg.download_to:
+        for name in names:
+            for path in tasks.download(tasks.TASKS[name], cfg.download_to):
+                console.print(f"{name}: wrote {path}")
+        if not args.run_dir:
+            print(f"score offline with:  tinylm eval RUN_DIR --tasks {','.join(names)} --task-data {cfg.download_to}")
+            return 0
+        cfg.task_data = cfg.task_data or cfg.download_to
+    if not args.run_dir:
+        raise ConfigError("give the RUN_DIR to score the tasks on (or --download-to DIR to fetch their data only)")
+    report = tasks.evaluate_tasks(args.run_dir, cfg, show_progress=not args.json)
+    print(json.dumps(report.to_dict()) if args.json else report.table())
     return 0
 
 
@@ -577,10 +615,11 @@ def build_parser() -> argparse.ArgumentParser:
     _inference_flags(p, "sample")
     p.set_defaults(func=cmd_sample)
 
-    p = verbs.add_parser("eval", parents=[common], help="loss, perplexity and bits per byte of a run",
+    p = verbs.add_parser("eval", parents=[common], help="loss, perplexity, bits per byte and benchmarks of a run",
                          description="Score a run on a prepared data split, a catalog dataset's split, "
-                                     "a text file, or (with none of them) the run's own validation data.")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+                                     "a text file, or (with none of them) the run's own validation data; or on "
+                                     "standard benchmarks by name (--tasks), as lm-evaluation-harness scores them.")
+    p.add_argument("run_dir", metavar="RUN_DIR", nargs="?")
     p.add_argument("--data", dest="eval.data", metavar="DATA_DIR", help="a prepared data directory")
     p.add_argument("--text", dest="eval.text", metavar="FILE", help="a text file (or folder), scored whole")
     p.add_argument("--dataset", dest="eval.dataset", metavar="NAME",
@@ -602,7 +641,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help='multiple-choice accuracy on a jsonl of {"context", "choices", "label"}')
     p.add_argument("--cloze", dest="eval.cloze", metavar="FILE",
                    help='last-word (LAMBADA-style) accuracy on a jsonl of {"context", "continuation"}')
-    p.add_argument("--limit", dest="eval.limit", metavar="N", help="score a seeded random subset of N items")
+    p.add_argument("--tasks", dest="eval.tasks", metavar="NAMES",
+                   help="benchmarks by name, comma-separated (hellaswag,arc_easy,arc_challenge,piqa,winogrande,"
+                        "lambada_openai,openbookqa,sciq,wikitext, or all), defined and scored as "
+                        "lm-evaluation-harness 0.4.13 does; `--tasks list` describes them")
+    p.add_argument("--num-fewshot", dest="eval.num_fewshot", metavar="K",
+                   help="--tasks: K few-shot examples per prompt (default 0), drawn as the harness draws them")
+    p.add_argument("--fewshot-seed", dest="eval.fewshot_seed", metavar="N",
+                   help="--tasks: seed of the few-shot draws (default 1234, the harness's)")
+    p.add_argument("--task-data", dest="eval.task_data", metavar="DIR",
+                   help="--tasks: read DIR/<task>/<split>.jsonl (or .parquet) instead of the Hugging Face Hub")
+    p.add_argument("--download-to", dest="eval.download_to", metavar="DIR",
+                   help="--tasks: download the tasks' splits from the Hub into DIR/<task>/<split>.jsonl "
+                        "(RUN_DIR optional), for --task-data DIR on a machine without network")
+    p.add_argument("--limit", dest="eval.limit", metavar="N",
+                   help="--tasks: the first N items of each task; --hellaswag/--choices/--cloze: a seeded "
+                        "random subset of N items")
     p.add_argument("--seed", dest="eval.seed", metavar="N", help="seed of the --limit subset (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)

@@ -423,8 +423,13 @@ class EvalConfig:
     hellaswag: str = ""  # a HellaSwag jsonl file, or "default" (local copy / download cache / download)
     choices: str = ""  # a multiple-choice jsonl file: {"context", "choices", "label"}
     cloze: str = ""  # a cloze jsonl file: {"context", "continuation"} (LAMBADA-style last-word accuracy)
-    limit: int = 0  # score a seeded random subset of this many items (0 = all)
-    seed: int = 0  # seed of --limit's subset
+    tasks: str = ""  # benchmarks by name, comma-separated (tasks.TASKS; "all"; "list" describes them)
+    num_fewshot: int = 0  # --tasks: few-shot examples per prompt, drawn as lm-evaluation-harness draws them
+    fewshot_seed: int = 1234  # --tasks: seed of the few-shot draws (the harness's fewshot_random_seed)
+    task_data: str = ""  # --tasks: local rows, DIR/<task>/<split>.jsonl|.parquet ("" = the Hub through `datasets`)
+    download_to: str = ""  # --tasks: write the tasks' rows from the Hub into DIR/<task>/<split>.jsonl
+    limit: int = 0  # --tasks: the first N items of each task; the item files: a seeded random subset (0 = all)
+    seed: int = 0  # seed of --limit's subset (the item files)
     batch_size: int = 16
     checkpoint: str = "best"
     device: str = "auto"
@@ -436,6 +441,7 @@ class EvalConfig:
         _check_inference(self, "eval")
         # eval.stride's range depends on the run's training window: evaluate() checks it
         check_range("eval.limit", self.limit, ge=0, note=" (0 = all items)")
+        check_range("eval.num_fewshot", self.num_fewshot, ge=0)
         check_range("eval.batch_size", self.batch_size, ge=1)
         _check(self.errors in ENCODING_ERRORS, f"eval.errors must be strict or replace, got {self.errors!r}")
         return self

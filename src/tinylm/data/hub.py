@@ -132,6 +132,17 @@ def not_cached_message(what: str, download: str) -> str:
             "HF_HUB_OFFLINE")
 
 
+def unreachable(e: BaseException) -> str | None:
+    """Why the Hub could not serve a request, when `e` (or its cause) says so: "offline" (HF_HUB_OFFLINE=1
+    and the cache lacks it) or "network" (no connection); None for other exceptions."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    chain = list(_chain(e))
+    if any(_is_network_error(c) or isinstance(c, LocalEntryNotFoundError) for c in chain):
+        return "offline" if _offline() else "network"
+    return None
+
+
 def hub_error(e: BaseException, what: str, download: str = "OWNER/NAME") -> DataError | None:
     """A one-line DataError for a huggingface_hub/datasets exception about `what`, or None for an
     exception that is not about the Hub; `download` is what `hf download` needs to fetch it."""

@@ -1,14 +1,23 @@
 """Multiple-choice and cloze evaluation: HellaSwag, any `{context, choices, label}` set, and
 LAMBADA-style last-word accuracy.
 
-A choice is scored by the model's log-likelihood of its tokens given the context's tokens (the
-two are encoded separately and concatenated, as in the reference implementations). `accuracy`
-picks the choice with the highest total log-probability; `accuracy_norm` divides it by the
-choice's length in characters (the convention behind most published HellaSwag numbers).
-Sequences longer than the model's context lose tokens from the left of the context.
+    jsonl file ─► read_items (checked line by line) ─► Items (context, choices, label)
+        HellaSwag records are prompted as lm-evaluation-harness 0.4.13 prompts them (tasks.hellaswag_doc:
+        activity label, ctx_a, capitalised ctx_b, bracketed WikiHow markup removed)
+    ─► subsample (--limit N --seed S: a seeded subset in file order)
+    ─► encode_items: (context, choice) -> (context ids, choice ids) by the harness's rule
+        (loglikelihood.encode_pair); an item that cannot be scored is a one-line error first
+    ─► loglikelihood.score_requests (cut from the left to the context; shared contexts scored once)
+    ─► score_items: accuracy (the choice with the highest total log-probability) and accuracy_norm
+        (divided by the choice's length in characters), or the cloze accuracy (greedy decoding
+        reproduces the continuation) ─► evals.jsonl
+
+On the whole HellaSwag validation file, `--hellaswag` gives the harness's acc and acc_norm, those of
+`tinylm eval --tasks hellaswag` (tasks.py).
 
 File formats (JSON lines):
-    HellaSwag   {"ctx": ..., "endings": [4 strings], "label": 0-3, ...}   (rowanz/hellaswag)
+    HellaSwag   {"activity_label", "ctx_a", "ctx_b", "ctx", "endings": [4 strings], "label": 0-3, ...}
+                (rowanz/hellaswag; a record with only "ctx" is prompted with it)
     choices     {"context": ..., "choices": [strings], "label": int}
     cloze       {"context": ..., "continuation": ...}   (correct if greedy decoding reproduces it)
 """
@@ -23,13 +32,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-import torch.nn.functional as F
 
 from tinylm import fileio
-from tinylm.console import progress, warn
+from tinylm.console import warn
 from tinylm.data.sources import json_lines
 from tinylm.errors import DataError
-from tinylm.inference import autocast_for
+from tinylm.evaluation.loglikelihood import Request, encode_pair, score_requests
+from tinylm.evaluation.tasks import hellaswag_doc
 from tinylm.inputs import encode_text, integer
 from tinylm.tokenizers import Tokenizer
 
@@ -93,8 +102,20 @@ def read_items(path: str | Path, kind: str) -> list[Item]:
             "cloze": ("context", "continuation", None)}[kind]
     items = []
     for number, record in _records(path):
-        context = _field(path, number, record, keys[0], str)
         where = f"{path} line {number}"
+        if kind == "hellaswag":
+            official = [k for k in ("activity_label", "ctx_a", "ctx_b") if k in record]
+            for key in official or ["ctx"]:
+                _field(path, number, record, key, str)
+            choices = _field(path, number, record, keys[1], list)
+            label = _field(path, number, record, keys[2], int)
+            if len(choices) < 2 or not 0 <= label < len(choices):
+                raise DataError(f"{path} line {number}: label {label} does not index its {len(choices)} choices")
+            doc = hellaswag_doc({**record, "label": label})
+            # the endings continue the context's sentence: the harness's target delimiter, a space
+            items.append(Item(doc["query"], [" " + c for c in doc["choices"]], doc["gold"], where))
+            continue
+        context = _field(path, number, record, keys[0], str)
         if kind == "cloze":
             items.append(Item(context, [_field(path, number, record, keys[1], str)], where=where))
             continue
@@ -102,8 +123,7 @@ def read_items(path: str | Path, kind: str) -> list[Item]:
         label = _field(path, number, record, keys[2], int)
         if len(choices) < 2 or not 0 <= label < len(choices):
             raise DataError(f"{path} line {number}: label {label} does not index its {len(choices)} choices")
-        # HellaSwag endings continue the context's sentence: a space separates them
-        items.append(Item(context, [" " + c for c in choices] if kind == "hellaswag" else choices, label, where))
+        items.append(Item(context, choices, label, where))
     return items
 
 
@@ -132,26 +152,18 @@ def hellaswag_file(path: str = "", source_dir: str = "") -> Path:
 # --------------------------------------------------------------------------- scoring
 
 
-def _sequences(tokenizer: Tokenizer, item: Item, context: int) -> list[tuple[list[int], int]]:
-    """(token ids, number of choice tokens at the end) per choice, cut from the left to fit. A
-    context that encodes to no tokens is the empty context (the tokenizer's start ids); a choice
-    that does is an error naming the item (`tinylm.inputs.encode_text`)."""
-    where = f"{item.where}: " if item.where else ""
-    ctx = encode_text(tokenizer, item.context, item=f"{where}the context")
+def encode_items(tokenizer: Tokenizer, items: list[Item]) -> list[tuple[int, Request]]:
+    """(item index, (context ids, choice ids)) for every choice of every item, by the harness's rule
+    (`loglikelihood.encode_pair`); raises the one-line error of the first choice that encodes to no
+    tokens, naming the item, before any scoring."""
     out = []
-    for j, choice in enumerate(item.choices):
-        name = f"choice {j + 1}" if len(item.choices) > 1 else "the continuation"
-        ids = encode_text(tokenizer, choice, item=f"{where}{name}", empty="error")
-        ids = ids[-context:]  # a choice longer than the context keeps its end
-        seq = (ctx + ids)[-(context + 1):]
-        out.append((seq, len(ids)))
+    for i, item in enumerate(items):
+        where = f"{item.where}: " if item.where else ""
+        for j, choice in enumerate(item.choices):
+            name = f"choice {j + 1}" if len(item.choices) > 1 else "the continuation"
+            encode_text(tokenizer, choice, item=f"{where}{name}", empty="error")
+            out.append((i, encode_pair(tokenizer, item.context, choice)))
     return out
-
-
-def encode_items(tokenizer: Tokenizer, items: list[Item], context: int) -> list[tuple[int, list[int], int]]:
-    """(item index, token ids, choice tokens at the end) for every choice of every item; raises
-    the one-line error of the first item that cannot be scored, before any scoring."""
-    return [(i, seq, n) for i, item in enumerate(items) for seq, n in _sequences(tokenizer, item, context)]
 
 
 @torch.no_grad()  # scoring builds no autograd graph (no_grad, not inference_mode: training calls it too)
@@ -160,39 +172,12 @@ def choice_logprobs(model: torch.nn.Module, tokenizer: Tokenizer, items: list[It
                     show_progress: bool = False, description: str = "choices") -> list[list[tuple[float, int, bool]]]:
     """Per item, per choice: (sum of log-probs of the choice tokens, their count, whether greedy
     decoding reproduces them). Runs without autograd."""
-    device = device or torch.device("cpu")
-    context = model.cfg.context
-    flat = encode_items(tokenizer, items, context)
+    flat = encode_items(tokenizer, items)
+    scored = score_requests(model, [request for _, request in flat], batch_size=batch_size, device=device,
+                            dtype=dtype, show_progress=show_progress, description=description)
     results: list[list[tuple[float, int, bool]]] = [[] for _ in items]
-    was_training = model.training
-    model.eval()
-    bar = progress() if show_progress else None
-    task = bar.add_task(description, total=len(items)) if bar else None
-    try:
-        if bar:
-            bar.start()
-        for start in range(0, len(flat), batch_size):
-            chunk = flat[start:start + batch_size]
-            width = max(len(seq) for _, seq, _ in chunk) - 1
-            inputs = torch.zeros(len(chunk), width, dtype=torch.long)
-            for row, (_, seq, _) in enumerate(chunk):  # right-padded; causal attention never sees the padding
-                inputs[row, :len(seq) - 1] = torch.tensor(seq[:-1])
-            with autocast_for(model, device, dtype):
-                hidden = model.features(inputs.to(device))
-                # the output layer only at the positions that predict the choice's tokens
-                logits = [model.head(hidden[row, len(seq) - 1 - n:len(seq) - 1])
-                          for row, (_, seq, n) in enumerate(chunk)]
-            for row, (i, seq, n) in enumerate(chunk):
-                target = torch.tensor(seq[-n:])
-                scores = F.log_softmax(logits[row].float(), dim=-1).cpu()
-                total = float(scores.gather(1, target[:, None]).sum())
-                results[i].append((total, n, bool((scores.argmax(-1) == target).all())))
-            if bar:
-                bar.update(task, completed=chunk[-1][0])
-    finally:
-        if bar:
-            bar.stop()
-        model.train(was_training)
+    for (i, _), s in zip(flat, scored, strict=True):
+        results[i].append((s.logprob, s.tokens, s.greedy))
     return results
 
 

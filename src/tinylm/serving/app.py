@@ -51,6 +51,7 @@ from tinylm import __version__
 from tinylm.config import ServeConfig
 from tinylm.console import TinylmWarning, console
 from tinylm.errors import ConfigError
+from tinylm.inputs import encode_text
 from tinylm.serving.engine import Closing, Engine, Event, QueueFull, Request as EngineRequest, Row, TokenLogprob
 from tinylm.serving.protocol import (APIError, ChatRequest, CompletionRequest, Limits, chat_request,
                                      completion_request, finite, parse_json)
@@ -299,20 +300,27 @@ class Service:
                                 "(--max-body)", code="request_too_large")
         return parse_json(bytes(data), limit)
 
-    def fit(self, ids: list[int], truncate: bool, what: str = "prompt") -> list[int]:
-        """`ids` cut to the context per the generation engine's rule (its last tokens), or a 413."""
-        if len(ids) <= self.context:
+    def fit(self, ids: list[int], truncate: bool, what: str = "prompt", extra: int = 0) -> list[int]:
+        """`ids` cut to the context (+ `extra`) per the generation engine's rule (its last tokens), or a 413."""
+        limit = self.context + extra
+        if len(ids) <= limit:
             return ids
         if not truncate:
             raise APIError(413, f"the {what} has {len(ids):,} tokens, more than the model's context "
-                                f"({self.context}); shorten it, or allow truncation to its last tokens "
-                                "(\"truncate\": true, the default)", what, "context_length_exceeded")
-        return ids[-self.context:]
+                                f"({self.context}{' + 1 when scored' if extra else ''}); shorten it, or allow "
+                                "truncation to its last tokens (\"truncate\": true, the default)", what,
+                           "context_length_exceeded")
+        return ids[-limit:]
 
-    def encode(self, prompt: str | list[int], truncate: bool) -> list[int]:
-        """A prompt's ids (text: `Run.encode_prompt`, the rule of `tinylm sample`), fitted to the context."""
+    def encode(self, prompt: str | list[int], truncate: bool, scored: bool = False) -> list[int]:
+        """A prompt's ids (text: `Run.encode_prompt`, the rule of `tinylm sample`), fitted to the context.
+        A `scored` prompt (echo with logprobs) may keep context + 1 tokens: one forward over its first
+        `context` tokens gives the log-probability of every token after the first (what
+        lm-evaluation-harness's local-completions model sends with max_length = context + 2)."""
         if isinstance(prompt, list):
-            return self.fit(prompt, truncate)
+            return self.fit(prompt, truncate, extra=int(scored))
+        if scored:
+            return self.fit(encode_text(self.run.tokenizer, prompt), truncate, extra=1)
         with warnings.catch_warnings():  # <unk> characters and truncation are normal for a server
             warnings.simplefilter("ignore", TinylmWarning)
             try:
@@ -491,7 +499,7 @@ class API:
         req: CompletionRequest
         req, model = await self.checked(http, completion_request)
         sp = req.sampling
-        prompts = [s.encode(p, sp.truncate) for p in req.prompts]
+        prompts = [s.encode(p, sp.truncate, scored=req.echo and req.logprobs is not None) for p in req.prompts]
         echoes = [(p if isinstance(p, str) else s.run.tokenizer.decode(p)) if req.echo else "" for p in req.prompts]
         rows = [Row(ids, sp.config(i * sp.n + j), model.adapter, req.logprobs,
                     req.logprobs if req.echo and req.logprobs is not None else None)

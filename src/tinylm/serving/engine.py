@@ -14,7 +14,9 @@
                  refilled alone from its last context // 2 tokens (the generation engine's sliding rule)
 
 Rows admitted in the same step are prefilled together (right-padded, one forward per 4,096 prompt
-tokens), a row admitted alone or asking for its prompt's log-probabilities on its own. Rows that
+tokens), a row admitted alone or asking for its prompt's log-probabilities on its own. Such a scored
+prompt may hold context + 1 tokens: the forward over its first `context` scores every token after the
+first (lm-evaluation-harness's requests), and generation continues from its last `context`. Rows that
 sample with the same options draw together (`sample_next` over their stacked logits, one generator
 per row: each row still draws exactly what it would draw alone). With a compiled decode step
 (`tinylm.inference`, `tinylm serve --compile on`) the cache is static and each decode runs the
@@ -315,12 +317,18 @@ class Engine:
 
     def _prefill(self, seq: _Seq) -> None:
         window = seq.ids[-self.context:]
-        logits = self._fill(seq, window, every=seq.row.prompt_logprobs is not None)
         if seq.row.prompt_logprobs is not None:
-            lp = torch.log_softmax(logits[0, :-1, :self.vocab_size].float(), dim=-1)
-            prompt = [TokenLogprob(window[0], None)] + [
-                self._logprob(lp[j:j + 1], window[j + 1], seq.row.prompt_logprobs) for j in range(len(window) - 1)]
+            # a scored prompt may have context + 1 tokens: one forward over the first `context` scores the rest
+            scored = seq.ids[-(self.context + 1):]
+            logits = self._fill(seq, scored[:self.context], every=True)
+            lp = torch.log_softmax(logits[0, :len(scored) - 1, :self.vocab_size].float(), dim=-1)
+            prompt = [TokenLogprob(scored[0], None)] + [
+                self._logprob(lp[j:j + 1], scored[j + 1], seq.row.prompt_logprobs) for j in range(len(scored) - 1)]
             self._emit(seq, Event(seq.index, prompt_logprobs=prompt))
+            if len(scored) > len(window) and seq.row.config.max_new_tokens > 0:
+                self._fill(seq, window)  # generation continues from the last `context` tokens
+        else:
+            self._fill(seq, window)
         if seq.row.config.max_new_tokens == 0:
             self._finish(seq, "length", Event(seq.index))
 

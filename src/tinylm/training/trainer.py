@@ -272,7 +272,7 @@ class Trainer:
 
         t = self.cfg.train
         items = subsample(read_items(hellaswag_file(t.hellaswag_file), "hellaswag"), t.hellaswag_items, seed=0)
-        encode_items(self.tokenizer, items, self.cfg.model.context)  # an item that cannot be scored fails now
+        encode_items(self.tokenizer, items)  # an item that cannot be scored fails now
         return items
 
     def restore(self) -> None:
