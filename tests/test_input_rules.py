@@ -456,3 +456,25 @@ def test_a_corrupt_run_config_is_a_one_line_error(word_run: Path, tmp_path: Path
             assert main(argv) == 1
             err = capsys.readouterr().err.strip()
             assert "config.json is corrupt" in err and len(err.splitlines()) == 1, (argv, err)
+
+
+def test_weights_that_overflow_the_forward_are_a_divergence_not_a_checkpoint(corpus, tmp_path) -> None:
+    """Finite weights can still give non-finite logits (here: one step at lr 1e12): the validation loss
+    is then NaN, and the run stops in one line before that step is saved, instead of finishing."""
+    out = tmp_path / "run"
+    cfg = tiny(out, corpus, "char", max_steps=1, eval_interval=1, lr=1e12)
+    cfg.train.weight_decay = 0.0
+    with pytest.raises(TinylmError, match="the validation loss became nan at step 1") as info:
+        train(cfg)
+    assert "\n" not in str(info.value) and "lower learning rate" in str(info.value)
+    assert not (out / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_decoupled_weight_decay_that_flips_the_weights_is_refused(corpus, tmp_path, optimizer: str) -> None:
+    cfg = tiny(tmp_path / "run", corpus, "char", max_steps=1)
+    cfg.train.optimizer, cfg.train.weight_decay = optimizer, 1e30
+    with pytest.raises(ConfigError, match="use a weight decay below"):
+        cfg.validate()
+    cfg.train.weight_decay = 0.1
+    cfg.validate()

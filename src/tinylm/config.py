@@ -239,6 +239,11 @@ class TrainConfig:
         check_range("train.cooldown", self.cooldown, gt=0, le=1, note=" (a fraction of the run)")
         check_range("train.muon_lr", self.muon_lr, gt=0)
         check_range("train.muon_momentum", self.muon_momentum, ge=0, lt=1)
+        if self.optimizer != "adam":  # decoupled decay multiplies the weights by 1 - lr * weight_decay each step
+            top = max(self.lr, self.muon_lr if self.optimizer == "muon" else 0.0)
+            _check(top * self.weight_decay < 1, f"train.weight_decay {self.weight_decay:g} times the learning rate "
+                   f"{top:g} is {top * self.weight_decay:g}: each step multiplies the weights by 1 - lr * weight_decay, "
+                   f"which must stay above 0; use a weight decay below {1 / top:g} (0.1 is usual)")
         _check(self.batch_size > 0 or self.batch_tokens > 0,
                "train.batch_size 0 (automatic) needs train.batch_tokens, the tokens per optimizer step")
         _check(self.batch_tokens == 0 or self.grad_accum == 1,

@@ -514,6 +514,9 @@ class Trainer:
 
     def evaluate_and_save(self) -> float:
         val_loss = self.validation_loss()
+        if not math.isfinite(val_loss):  # finite weights can still overflow the forward (e.g. weight decay 1e30)
+            raise TinylmError(f"the validation loss became {val_loss} at step {self.step} (the weights no longer "
+                              "give finite logits); nothing of this step was saved; " + self.divergence_advice())
         self.elapsed = time.perf_counter() - self._start
         row = {"step": self.step, "tokens": self.tokens, "elapsed": round(self.elapsed, 3),
                "val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 700.0))}
