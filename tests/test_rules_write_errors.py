@@ -15,6 +15,7 @@ import os
 import resource
 import shutil
 import subprocess
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,14 +141,37 @@ def test_a_read_only_disk_says_so_and_writing_elsewhere_works(read_only_disk, tm
     assert tinylm("prepare", "shakespeare", "--out", str(tmp_path / "d")).returncode == 0
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere: no permission error to provoke")
+def _without_permission_override() -> None:
+    """In a child of root (CI runs as root, who may write anywhere): drop the capabilities that let root
+    ignore permission bits (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH) from the bounding set, so the command
+    it then runs meets a folder's permissions as any user does. prctl(PR_CAPBSET_DROP, cap)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
 def test_a_folder_without_write_permission_says_so_and_changing_it_works(tmp_path, tinylm):
     folder = tmp_path / "locked"
     folder.mkdir(mode=0o555)
-    err = error_line(tinylm("prepare", "shakespeare", "--out", str(folder / "d")))
+    if os.geteuid() != 0:
+        err = error_line(tinylm("prepare", "shakespeare", "--out", str(folder / "d")))
+        assert err.startswith(f"error: {folder / 'd'}: permission denied; ") and "change its permissions" in err, err
+        folder.chmod(0o755)
+        assert tinylm("prepare", "shakespeare", "--out", str(folder / "d")).returncode == 0
+        return
+    # as root: the same command in a child that cannot override permissions
+    command = [sys.executable, "-m", "tinylm", "prepare", "shakespeare", "--out", str(folder / "d")]
+    result = subprocess.run(command, preexec_fn=_without_permission_override, capture_output=True, text=True)
+    assert result.returncode == 1, result.stderr
+    err = result.stderr.strip().splitlines()[-1]
     assert err.startswith(f"error: {folder / 'd'}: permission denied; ") and "change its permissions" in err, err
-    folder.chmod(0o755)
-    assert tinylm("prepare", "shakespeare", "--out", str(folder / "d")).returncode == 0
+    folder.chmod(0o755)  # the fix the message names
+    again = subprocess.run(command, preexec_fn=_without_permission_override, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert (folder / "d" / "meta.json").is_file()
 
 
 # --------------------------------------------------------------------------- the report: prepare on a full disk
