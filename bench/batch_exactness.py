@@ -5,7 +5,7 @@ against the same requests decoded alone.
     python bench/batch_exactness.py --run RUN_DIR          # a trained run instead
     python bench/batch_exactness.py --size tiny --requests 16 --tokens 16    # a quick check that it runs
 
-`tinylm serve`'s engine (`tinylm.serving.engine.Engine`, built as the server builds it) decodes
+`tinylm serve`'s engine (`tinylm.generation.engine.Engine`, built as the server builds it) decodes
 `--requests` seeded requests (seed i, temperature 1.0, no other filter, `--tokens` new tokens after
 a short prompt) in batches of `--batch` rows that start together (the server's default
 `--max-batch` is 16), then each request alone, which is bit-identical to `Run.generate` (tested). For
@@ -38,7 +38,7 @@ from shakespeare_char import machine  # noqa: E402
 from tinylm.config import ServeConfig  # noqa: E402
 from tinylm.generation import GenerationConfig  # noqa: E402
 from tinylm.serving.app import Service  # noqa: E402
-from tinylm.serving.engine import Engine, Request, Row  # noqa: E402
+from tinylm.generation.engine import Engine, Request, Row  # noqa: E402
 
 
 class Recording(Engine):
@@ -80,9 +80,8 @@ def change_probability(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def measure(service: Service, args: argparse.Namespace) -> dict:
     s = service
-    engine = Recording(s.run.model, s.run.tokenizer.decode, vocab_size=s.run.tokenizer.vocab_size,
-                       stop_ids=(), max_batch=args.batch, max_queue=args.requests, device=s.run.device,
-                       dtype=s.run.dtype, suppress_ids=s.run.tokenizer.suppressed_ids)
+    engine = Recording(s.run.model, max_batch=args.batch, max_queue=args.requests,
+                       **{**s.run.engine_args(), "stop_ids": ()})
     rows = [Row(s.run.encode_prompt(f"{PROMPTS[i % len(PROMPTS)]} {i}", True),
                 GenerationConfig(max_new_tokens=args.tokens, temperature=1.0, seed=i).validate())
             for i in range(args.requests)]

@@ -49,10 +49,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from shakespeare_char import machine  # noqa: E402
 
-from tinylm import inference  # noqa: E402
 from tinylm.config import load_preset  # noqa: E402
 from tinylm.data.spec import read_source  # noqa: E402
 from tinylm.generation import generate_ids  # noqa: E402
+from tinylm.generation.kernels import is_quantized  # noqa: E402
 from tinylm.interop.native import NativeCrash  # noqa: E402
 from tinylm.model import GPT  # noqa: E402
 from tinylm.rundir import MODEL_FILE, load, save_weights, write_config  # noqa: E402
@@ -187,7 +187,7 @@ def weight_bytes(model: torch.nn.Module) -> int:
     for m in model.modules():
         if isinstance(m, torch.nn.Linear):
             w = m.weight
-            if inference.is_quantized(w):
+            if is_quantized(w):
                 total += w.qdata.numel() + w.scale.numel() * w.scale.element_size()
             else:
                 total += w.numel() * w.element_size()
@@ -212,13 +212,13 @@ class Tinylm:
         self.warmup_s: float | None = None
 
     def generate(self, prompts: list[list[int]], n: int) -> list[list[int]]:
-        return generate_ids(self.run.model, prompts, n, temperature=0, dtype=self.dtype, device=self.run.device)
+        return generate_ids(self.run.model, prompts, n, temperature=0, dtype=self.dtype, device=self.run.device,
+                            step=self.run.step)
 
     def warm(self, prompts: list[list[int]]) -> None:
         self.generate(prompts, 4)
-        step = inference.compiled_step(self.run.model)
-        if step is not None and self.warmup_s is None:
-            self.warmup_s = step.warmup_s
+        if self.run.step is not None and self.warmup_s is None:
+            self.warmup_s = self.run.step.warmup_s
 
 
 class Transformers:

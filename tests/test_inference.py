@@ -13,14 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tinylm
-from tinylm import inference
 from tinylm.cli import main
 from tinylm.config import ModelConfig
 from tinylm.errors import ConfigError
-from tinylm.generation import GenerationConfig, generate_ids, sample_next, top_p_filter
+from tinylm.generation import GenerationConfig, generate_ids, kernels, precision, sample_next, top_p_filter
+from tinylm.generation.compiled import DecodeStep
+from tinylm.generation.engine import Engine, Request, Row
 from tinylm.generation.sampling import draw_tokens
 from tinylm.model import GPT
-from tinylm.serving.engine import Engine, Request, Row
 
 # the largest logit error each precision may make on the trained tiny model, relative to the
 # largest float32 logit: bfloat16 keeps 8 significant bits (relative rounding 2^-9 per operation)
@@ -41,7 +41,7 @@ def test_greedy_ids_equal_float32_where_the_margin_exceeds_the_precisions_error(
     reference = tinylm.load(trained_run, device="cpu", dtype="float32")
     run = tinylm.load(trained_run, device="cpu", **option).ready()
     assert run.dtype == torch.bfloat16
-    kinds = inference.linear_kernel_names(run.model)
+    kinds = kernels.linear_kernel_names(run.model)
     assert set(kinds) == {"int8pack" if "quantize" in option else "onednn-bf16"}
     prompt = reference.tokenizer.encode("ROMEO:\n")
     n = reference.model.cfg.context - len(prompt)  # fits the context: no sliding
@@ -103,9 +103,9 @@ def test_compile_takes_booleans_and_stream_says_when_it_prints_whole_texts(train
 
 def test_int8_on_a_device_without_its_kernels_is_refused():
     with pytest.raises(ConfigError, match="runs on CPUs and CUDA GPUs"):
-        inference.resolve(torch.device("mps"), "auto", "int8")
+        precision.resolve(torch.device("mps"), "auto", "int8")
     with pytest.raises(ConfigError, match="unknown quantization"):
-        inference.resolve(torch.device("cpu"), "auto", "int4")
+        precision.resolve(torch.device("cpu"), "auto", "int4")
 
 
 # --------------------------------------------------------------------------- decode kernels
@@ -129,12 +129,12 @@ def test_packing_keeps_names_parameters_and_results(dtype, quantize):
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=61, context=16, n_layer=2, n_head=4, d_model=32)
     cfg.validate()
-    model = inference.prepare(GPT(cfg), torch.device("cpu"), dtype, quantize)
+    model = precision.prepare(GPT(cfg), torch.device("cpu"), dtype, quantize)
     names = list(model.state_dict())
     x = torch.randint(0, 61, (3, 7))
     with torch.inference_mode():
         before = model(x)[0]
-    inference.pack_for_decoding(model)
+    kernels.pack_for_decoding(model)
     with torch.inference_mode():
         after = model(x)[0]
     assert list(model.state_dict()) == names  # LoRA wrappers and state dicts see the same modules
@@ -144,8 +144,8 @@ def test_packing_keeps_names_parameters_and_results(dtype, quantize):
 
 
 def test_a_packed_weight_changed_in_place_is_repacked():
-    model = inference.prepare(small_model(), torch.device("cpu"), torch.bfloat16)
-    inference.pack_for_decoding(model)
+    model = precision.prepare(small_model(), torch.device("cpu"), torch.bfloat16)
+    kernels.pack_for_decoding(model)
     layer = model.blocks[0].mlp.fc
     assert layer.weight.dtype == torch.bfloat16 and layer.bias.dtype == torch.float32  # CPU: weight-only
     x = torch.randn(2, 32)
@@ -162,23 +162,21 @@ def test_compiled_and_eager_decode_give_identical_ids():
     prompts = [[1, 2, 3], [7, 8, 9, 10, 11]]
     options = [dict(temperature=0), dict(temperature=1.0, top_k=20, seed=3)]
     eager = [generate_ids(model, prompts, 40, **o) for o in options]  # 40 > context 16: windows slide
-    step = inference.enable_compile(model)
-    try:
-        compiled = [generate_ids(model, prompts, 40, **o) for o in options]
-        # the server's engine decodes its two rows through the same compiled step (batch 2 again)
-        engine = Engine(model, lambda ids: "", vocab_size=61, max_batch=2, device=torch.device("cpu"))
-        assert engine.compiled is step and engine.cache.static
-        events: list[list[int]] = [[], []]
+    step = DecodeStep(model)  # owned here: only engines given it decode through it
+    compiled = [generate_ids(model, prompts, 40, step=step, **o) for o in options]
+    assert generate_ids(model, prompts, 40, temperature=0) == eager[0]  # the model itself is unchanged
+    # the server's engine decodes its two rows through the same compiled step (batch 2 again)
+    engine = Engine(model, lambda ids: "", vocab_size=61, max_batch=2, device=torch.device("cpu"), step=step)
+    assert engine.compiled is step and engine.cache.static
+    events: list[list[int]] = [[], []]
 
-        def collect(event):
-            events[event.row].extend(t.token for t in event.tokens)
+    def collect(event):
+        events[event.row].extend(t.token for t in event.tokens)
 
-        engine.submit(Request([Row(p, GenerationConfig(max_new_tokens=40, temperature=0).validate())
-                               for p in prompts], collect))
-        while engine.running or engine.waiting:
-            engine.step()
-    finally:
-        inference.disable_compile(model)
+    engine.submit(Request([Row(p, GenerationConfig(max_new_tokens=40, temperature=0).validate())
+                           for p in prompts], collect))
+    while engine.running or engine.waiting:
+        engine.step()
     # (2 rows; 1 while the server refills a row whose window slid)
     assert step.failed is None and step.warmup_s is not None and step.batches <= {1, 2}
     assert compiled == eager
@@ -242,6 +240,6 @@ def test_top_p_over_a_partial_sort_keeps_what_a_full_sort_keeps(seed, vocab, p, 
 
 def test_prepare_casts_and_quantizes_a_copy_not_the_float_model():
     model = small_model()
-    copy_ = inference.prepare(copy.deepcopy(model), torch.device("cpu"), torch.bfloat16, "int8")
-    assert inference.is_quantized(copy_.blocks[0].attn.qkv.weight)
-    assert model.tok_emb.weight.dtype == torch.float32 and not inference.is_quantized(model.head.weight)
+    copy_ = precision.prepare(copy.deepcopy(model), torch.device("cpu"), torch.bfloat16, "int8")
+    assert kernels.is_quantized(copy_.blocks[0].attn.qkv.weight)
+    assert model.tok_emb.weight.dtype == torch.float32 and not kernels.is_quantized(model.head.weight)

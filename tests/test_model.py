@@ -129,24 +129,27 @@ def test_every_variant_trains_decodes_with_a_cache_and_matches_manual_attention(
 
 
 @pytest.mark.parametrize("pos", ["learned", "sinusoidal", "rope", "none"])
-def test_left_padded_batch_equals_each_prompt_alone(pos):
+def test_rows_of_different_lengths_in_a_per_row_cache_equal_each_prompt_alone(pos):
+    """A right-padded batch in a per-row cache (each row at its own length) decodes each row as it
+    would decode alone: padding after a row's tokens is never attended to, and each row counts its
+    positions from its own first token (what the generation engine batches rows with)."""
     torch.manual_seed(0)
     model = GPT(small(pos=pos)).eval()
     short, long = torch.randint(0, 50, (1, 5)), torch.randint(0, 50, (1, 9))
-    batch = torch.cat([torch.cat([torch.zeros(1, 4, dtype=torch.long), short], 1), long])
-    pad = torch.tensor([4, 0])
+    batch = torch.cat([torch.cat([short, torch.zeros(1, 4, dtype=torch.long)], 1), long])
     with torch.no_grad():
-        logits, _ = model(batch, pad=pad)
         alone_short, _ = model(short)
         alone_long, _ = model(long)
-        assert torch.allclose(logits[0, 4:], alone_short[0], atol=1e-5)
+        cache = model.new_cache(2).rows(0, 2)  # per-row lengths, both 0
+        logits, _ = model(batch, cache=cache)
+        assert torch.allclose(logits[0, :5], alone_short[0], atol=1e-5)
         assert torch.allclose(logits[1], alone_long[0], atol=1e-5)
-        cache = model.new_cache(2)  # and continuing the padded batch from a cache
-        model(batch, cache=cache, pad=pad)
+        cache.lengths.copy_(torch.tensor([5, 9]))  # the rows' real lengths: the padding is forgotten
         nxt = torch.randint(0, 50, (2, 1))
-        step, _ = model(nxt, cache=cache, pad=pad)
+        step, _ = model(nxt, cache=cache)
         assert torch.allclose(step[0, 0], model(torch.cat([short, nxt[:1]], 1))[0][0, -1], atol=1e-5)
-        assert torch.isfinite(logits).all()
+        assert torch.allclose(step[1, 0], model(torch.cat([long, nxt[1:]], 1))[0][0, -1], atol=1e-5)
+        assert cache.lengths.tolist() == [6, 10] and torch.isfinite(logits).all()
 
 
 def test_variant_shapes_and_parameter_counts():

@@ -35,7 +35,7 @@ JSON = {"Content-Type": "application/json"}
 
 @pytest.fixture(scope="module")
 def url(trained_run: Path):
-    # float32: the offline references below run in float32 too (see "Exactness" in serving/engine.py)
+    # float32: the offline references below run in float32 too (see "Exactness" in generation/engine.py)
     app = create_app(trained_run, model_name="tiny", api_key=KEY, chat_template="plain", max_batch=20,
                      max_tokens=5000, max_body=1 << 16, dtype="float32")
     with running(app) as base:
@@ -468,7 +468,7 @@ def test_chat_logprob_bytes_rebuild_characters_split_across_tokens(tmp_path: Pat
     from conftest import tiny_config
 
     from tinylm.serving.app import API
-    from tinylm.serving.engine import TokenLogprob
+    from tinylm.generation.sampling import TokenLogprob
     from tinylm.training import train
 
     cfg = tiny_config(tmp_path / "g", corpus_file, max_steps=1, eval_interval=1)

@@ -13,10 +13,10 @@ A LoRA fine-tune (`tinylm finetune`, finetune.method = "lora") holds no model we
                          weights it was trained on: loading refuses base weights that changed since)
 
 Weights are safetensors (no pickle). `load(run_dir)` restores model + tokenizer + config for
-sampling and evaluation, in the inference precision asked for (`tinylm.inference`: the weights cast
-to `dtype`, optionally int8 weight-only quantized); for an adapter run, the base's weights with the
+sampling and evaluation, in the inference precision asked for (`generation/precision.py`: the weights
+cast to `dtype`, optionally int8 weight-only quantized); for an adapter run, the base's weights with the
 adapter "default" active. Before the first generation the run packs its linear layers for decoding
-and, when asked, registers the compiled decode step.
+and, when asked, builds the compiled decode step it then hands to every engine it runs.
 """
 
 from __future__ import annotations
@@ -32,12 +32,16 @@ import safetensors
 import safetensors.torch
 import torch
 
-from tinylm import __version__, fileio, inference
+from tinylm import __version__, fileio
 from tinylm.config import LoRAConfig, RunConfig, absolute_paths
 from tinylm.console import console, warn
 from tinylm.errors import CheckpointError, ConfigError, TinylmError, WriteError
-from tinylm.generation import (GenerationConfig, StopFilter, beam_search, cut_at_stop, generate_ids, stream_ids,
-                               stream_text)
+from tinylm.config import GenerationConfig
+from tinylm.generation import precision
+from tinylm.generation.compiled import DecodeStep
+from tinylm.generation.generate import batch_rows, generate, stream
+from tinylm.generation.kernels import pack_for_decoding
+from tinylm.generation.sampling import TokenLogprob
 from tinylm.inputs import EmptyInputError, encode_text
 from tinylm.model import GPT, lora
 from tinylm.runtime import resolve_device
@@ -256,13 +260,15 @@ def base_weights(cfg: RunConfig, run_dir: Path | str = "") -> Path:
 @dataclass
 class Completion:
     """One generated continuation: the prompt's ids, the new ids (ending with the end-of-text
-    id if one was generated), the text (without end-of-text, cut before the first stop string)
-    and, for beam search, the hypothesis' score (sum of log-probabilities / length ** length_penalty)."""
+    id if one was generated), the text (without end-of-text, cut before the first stop string),
+    for beam search the hypothesis' score (sum of log-probabilities / length ** length_penalty), and
+    when asked (`logprobs=N`) each new token's log-probability with its N likeliest alternatives."""
 
     prompt_ids: list[int]
     ids: list[int]
     text: str
     score: float | None = None
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
@@ -304,17 +310,18 @@ class Run:
     metadata: dict[str, str]
     quantize: str = "none"
     compile: bool = False
+    step: DecodeStep | None = None  # the compiled decode step, once `ready` built it (with `compile`)
     _ready: bool = False
     _weights_sha256: str = field(default="", repr=False)
 
     def ready(self) -> Run:
         """Make the model ready to decode (once): CPU decode kernels for its linear layers
-        (`inference.pack_for_decoding`) and, with `compile`, the compiled decode step (its warm-up,
+        (`kernels.pack_for_decoding`) and, with `compile`, the compiled decode step `step` (its warm-up,
         the compilation at the first generation, is reported on stderr)."""
         if not self._ready:
-            inference.pack_for_decoding(self.model)
+            pack_for_decoding(self.model)
             if self.compile:
-                inference.enable_compile(self.model, on_warmup=lambda s: console.print(
+                self.step = DecodeStep(self.model, on_warmup=lambda s: console.print(
                     f"compiled the decode step in {s:.1f}s (a one-time warm-up)"))
             self._ready = True
         return self
@@ -360,7 +367,7 @@ class Run:
             raise CheckpointError(f"the adapter {run_dir} also trained base biases or norms, which one model cannot "
                                   f"switch per adapter; merge it (`tinylm merge {run_dir} --out MERGED`) and load that")
         with torch.random.fork_rng(devices=[]):
-            lora.add_lora(self.model, cfg.lora, name, dtype=inference.adapter_dtype(self.device, self.dtype))
+            lora.add_lora(self.model, cfg.lora, name, dtype=precision.adapter_dtype(self.device, self.dtype))
         path = weights_path(run_dir, checkpoint, adapter=True)
         load_adapter(self.model, path, cfg.lora, name)
         return Adapter(name, run_dir, cfg, path)
@@ -381,8 +388,8 @@ class Run:
         stops = tpl.reply_stops(self.tokenizer.eot_id is not None)
         cfg = cfg.replace(stop=[*cfg.stop, *(s for s in stops if s not in cfg.stop)])
         ids = self.chat_ids(messages, tpl, cfg.max_new_tokens, cfg.truncate)
-        new = generate_ids(self.model, [ids], cfg, decode=self.tokenizer.decode, **self.ready()._engine_args())[0]
-        return self._text(ids, new, cfg)
+        (reply,) = generate(self.model, batch_rows([ids], cfg), **self.engine_args())
+        return reply.beams[0].text if reply.beams else reply.text
 
     def chat_ids(self, messages: Sequence[dict[str, str]], template: Template, max_new_tokens: int,
                  truncate: bool = True) -> list[int]:
@@ -428,23 +435,19 @@ class Run:
             ids = ids[-context:]
         return ids
 
-    def _engine_args(self) -> dict[str, Any]:
-        return dict(vocab_size=self.tokenizer.vocab_size, stop_ids=self.tokenizer.stop_ids,
-                    device=self.device, dtype=self.dtype, suppress_ids=sorted(self.tokenizer.suppressed_ids))
+    def engine_args(self) -> dict[str, Any]:
+        """What an engine on this run's model takes from the run (`generation.generate`'s keywords): the
+        tokenizer's decode, vocabulary, stop, suppressed and marker ids, the device, dtype and compiled step."""
+        tok = self.ready().tokenizer
+        return dict(decode=tok.decode, vocab_size=tok.vocab_size, stop_ids=tok.stop_ids,
+                    suppress_ids=sorted(tok.suppressed_ids), markers=sorted(tok.markers), device=self.device,
+                    dtype=self.dtype, step=self.step)
 
-    def _text(self, prompt_ids: list[int], ids: list[int], cfg: GenerationConfig) -> str:
-        """The text `ids` add after the prompt, decoded after the prompt's ids: tokenizers that
-        space tokens by their neighbours (word) or merge bytes across tokens join it correctly."""
-        decode, markers = self.tokenizer.decode, self.tokenizer.markers
-        head = decode(prompt_ids)
-        whole = decode([*prompt_ids, *(t for t in ids if t not in markers)])
-        text = whole[len(head):] if whole.startswith(head) else decode([t for t in ids if t not in markers])
-        return cut_at_stop(text, cfg.stop)
-
-    def complete(self, prompts: str | Sequence[str] = "", config: GenerationConfig | None = None,
-                 **options: Any) -> list[Completion]:
+    def complete(self, prompts: str | Sequence[str] = "", config: GenerationConfig | None = None, *,
+                 logprobs: int | None = None, **options: Any) -> list[Completion]:
         """Continue one prompt or a batch of prompts; num_return_sequences completions per
-        prompt, grouped by prompt (best first for beam search)."""
+        prompt, grouped by prompt (best first for beam search). With `logprobs` = N (sampling and
+        greedy), each completion has every new token's log-probability and its N likeliest alternatives."""
         cfg = self.generation_config(config, **options)
         if not isinstance(prompts, (str, list, tuple)):
             raise EmptyInputError(f"the prompt must be text or a list of texts, got {type(prompts).__name__}")
@@ -453,26 +456,30 @@ class Run:
                                       f"{len(texts)}") for i, p in enumerate(texts, 1)]
         if not encoded:
             return []
-        args = self._engine_args()
-        self.ready()
+        if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int) or logprobs < 0):
+            raise ConfigError(f"logprobs must be the number of alternatives to report per token (>= 0), "
+                              f"got {logprobs!r}")
+        rows = batch_rows(encoded, cfg, logprobs=logprobs if cfg.beams == 1 else None)
+        out = generate(self.model, rows, **self.engine_args())
         if cfg.beams > 1:
-            return [Completion(ids, beam.ids, self._text(ids, beam.ids, cfg), beam.score) for ids in encoded
-                    for beam in beam_search(self.model, ids, cfg, decode=self.tokenizer.decode, **args)]
-        new = generate_ids(self.model, encoded, cfg, decode=self.tokenizer.decode, **args)
-        return [Completion(ids, out, self._text(ids, out, cfg)) for ids, out in zip(encoded, new, strict=True)]
+            return [Completion(row.prompt, beam.ids, beam.text, beam.score) for row, g in zip(rows, out, strict=True)
+                    for beam in g.beams]
+        return [Completion(row.prompt, g.ids, g.text, logprobs=g.logprobs) for row, g in zip(rows, out, strict=True)]
 
-    def generate(self, prompt: str | Sequence[str] = "", config: GenerationConfig | None = None,
-                 **options: Any) -> str | list[str] | list[list[str]]:
+    def generate(self, prompt: str | Sequence[str] = "", config: GenerationConfig | None = None, *,
+                 logprobs: int | None = None, **options: Any) -> str | list[str] | list[list[str]] | Any:
         """The continuation of `prompt` (without the prompt). A list of prompts is generated as
         one batch and gives a list of texts; with num_return_sequences = n > 1 each prompt gives
-        a list of n texts."""
+        a list of n texts. With `logprobs` = N the same shapes hold `Completion`s instead of texts
+        (`.text`, `.ids`, `.logprobs`: each new token's log-probability and its N likeliest alternatives)."""
         cfg = self.generation_config(config, **options)
-        texts = [c.text for c in self.complete(prompt, cfg)]
+        done = self.complete(prompt, cfg, logprobs=logprobs)
+        items = [c.text for c in done] if logprobs is None else done
         n = cfg.num_return_sequences
         if n > 1:
-            grouped = [texts[i:i + n] for i in range(0, len(texts), n)]
+            grouped = [items[i:i + n] for i in range(0, len(items), n)]
             return grouped[0] if isinstance(prompt, str) else grouped
-        return texts[0] if isinstance(prompt, str) else texts
+        return items[0] if isinstance(prompt, str) else items
 
     def stream(self, prompt: str = "", config: GenerationConfig | None = None, **options: Any) -> Iterator[str]:
         """Yield the continuation of `prompt` piece by piece as it is generated (UTF-8-safe;
@@ -484,11 +491,10 @@ class Run:
         if cfg.beams > 1:
             yield from (t for t in [self.generate(prompt, cfg)] if t)
             return
-        prompt_ids = self.encode_prompt(prompt, cfg.truncate)
-        ids = stream_ids(self.model, prompt_ids, cfg, **self.ready()._engine_args())
-        markers = self.tokenizer.markers
-        pieces = stream_text((t for t in ids if t not in markers), self.tokenizer.decode, prefix=prompt_ids)
-        yield from StopFilter(cfg.stop)(pieces) if cfg.stop else pieces
+        rows = batch_rows([self.encode_prompt(prompt, cfg.truncate)], cfg)
+        for event in stream(self.model, rows, **self.engine_args()):
+            if event.text:
+                yield event.text
 
 
 def record_eval(run: Run, result: dict[str, Any]) -> None:
@@ -536,8 +542,8 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", dt
                               f"tokenizer's {tokenizer.vocab_size}")
     dev = resolve_device(device)
     model = GPT(cfg.model)
-    precision = inference.resolve(dev, dtype, quantize, inference.linear_params(model))
-    use_compile = inference.use_compile(compile, dev)
+    weights_dtype = precision.resolve(dev, dtype, quantize, precision.linear_params(model))
+    use_compile = precision.use_compile(compile, dev)
     adapter = cfg.finetune.adapter
     if adapter:
         load_weights(model, base_weights(cfg, run_dir))
@@ -555,5 +561,5 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", dt
     fp = metadata.get("tokenizer_fingerprint")
     if fp and fp != tokenizer.fingerprint():
         raise TinylmError(f"{path} was trained with a different tokenizer than {run_dir}'s tokenizer file")
-    inference.prepare(model, dev, precision, quantize)
-    return Run(run_dir, cfg, model, tokenizer, dev, precision, path, metadata, quantize, use_compile)
+    precision.prepare(model, dev, weights_dtype, quantize)
+    return Run(run_dir, cfg, model, tokenizer, dev, weights_dtype, path, metadata, quantize, use_compile)

@@ -93,6 +93,21 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def weights_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype the model computes in (its token embedding's; quantized linears compute in it too)."""
+    emb = getattr(model, "tok_emb", None)
+    return emb.weight.dtype if emb is not None else next(model.parameters()).dtype
+
+
+def autocast_for(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """Autocast to `dtype` for a model whose weights are another dtype (a float32 model run in bfloat16);
+    nothing for a model prepared for inference (`tinylm.generation.precision.prepare`: its weights are
+    already what it computes in) or already in `dtype`."""
+    if getattr(model, "inference_dtype", None) is not None or dtype == weights_dtype(model):
+        return contextlib.nullcontext()
+    return autocast(device, dtype)
+
+
 def memory_bytes(device: torch.device) -> int | None:
     """The device's whole memory in bytes (the machine's RAM for the CPU), or None where unknown."""
     try:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from tinylm.console import progress
-from tinylm.inference import autocast_for
+from tinylm.runtime import autocast_for
 from tinylm.tokenizers import Tokenizer
 
 
@@ -143,13 +143,13 @@ def _score_shared(model, groups: list[tuple[list[int], list[tuple[int, list[int]
     rows = [(g, index, cont) for g, (_, conts) in enumerate(groups) for index, cont in conts]
     width = max(len(cont) for _, _, cont in rows) - 1
     positions = max(lengths) + width  # the batch's positions (at most the model's context)
-    cache = model.new_cache(len(groups), positions, per_row=True)
+    cache = model.new_cache(len(groups), positions).rows(0, len(groups))  # per-row
     hidden = model.features(inputs.to(device), cache=cache)
     last = hidden[torch.arange(len(groups)), torch.tensor(lengths) - 1]  # predicts each continuation's first token
     more = None
     if width > 0:
         repeat = torch.tensor([g for g, _, _ in rows], device=device)
-        choices = model.new_cache(len(rows), positions, per_row=True)
+        choices = model.new_cache(len(rows), positions).rows(0, len(rows))
         for layer in range(len(cache.k)):
             choices.k[layer].copy_(cache.k[layer].index_select(0, repeat))
             choices.v[layer].copy_(cache.v[layer].index_select(0, repeat))

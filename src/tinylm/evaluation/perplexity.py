@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from tinylm.console import progress
 from tinylm.errors import ConfigError
-from tinylm.inference import autocast_for
+from tinylm.runtime import autocast_for
 
 
 @dataclass

@@ -1,34 +1,37 @@
-"""Text generation used by `tinylm sample` and `tinylm.load(run_dir).generate(...)`.
+"""Text generation: one engine for every caller (`tinylm sample`, `tinylm.load(run_dir).generate(...)`,
+`tinylm serve`).
 
-    GenerationConfig                      the decoding options (torch-free; SampleConfig extends it)
-    generate_ids(model, prompts, cfg)     a batch of prompts -> new ids per prompt (KV cache, sliding window)
+    GenerationConfig                      the decoding options (torch-free, in tinylm.config)
+    Engine, Request, Row, Event           the engine: rows decoding together, one step at a time (engine.py)
+    generate_ids(model, prompts, cfg)     a batch of prompts -> new ids per prompt (generate.py)
     stream_ids(model, prompt, cfg)        one prompt -> an iterator of new ids
-    beam_search(model, prompt, cfg)       the best hypotheses with their scores
-    sample_next, top_k_filter, top_p_filter, min_p_filter, apply_repetition_penalty
-    stream_text, TextStream, StopFilter   ids -> UTF-8-safe text pieces; stop strings (cut_at_stop)
+    beam_search(model, prompt, cfg)       the best hypotheses with their scores (beam.py)
+    sample_next, top_k_filter, top_p_filter, min_p_filter, apply_repetition_penalty   (sampling.py)
+    stream_text, TextStream, StopFilter, RowText, cut_at_stop   ids -> UTF-8-safe text; stop strings (text.py)
+    precision.py, kernels.py, compiled.py   inference precision, CPU decode kernels, the compiled decode step
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from tinylm.generation.config import GenerationConfig
+from tinylm.config import GenerationConfig
 
-_ENGINE = ("Beam", "beam_search", "generate_ids", "reorder_cache", "stream_ids")
-_SAMPLING = ("StopFilter", "TextStream", "apply_repetition_penalty", "cut_at_stop", "min_p_filter", "sample_next",
-             "stream_text", "top_k_filter", "top_p_filter")
+_LAZY = {"engine": ("Engine", "Event", "QueueFull", "Closing", "Request", "Row"),
+         "generate": ("Generated", "beam_search", "generate", "generate_ids", "stream", "stream_ids"),
+         "beam": ("Beam", "BeamSearch"),
+         "sampling": ("TokenLogprob", "apply_repetition_penalty", "min_p_filter", "sample_next", "top_k_filter",
+                      "top_p_filter"),
+         "text": ("RowText", "StopFilter", "TextStream", "added_text", "cut_at_stop", "stream_text")}
 
-__all__ = ["GenerationConfig", *_ENGINE, *_SAMPLING]
+__all__ = ["GenerationConfig", *(name for names in _LAZY.values() for name in names)]
 
 
 def __getattr__(name: str) -> Any:
     # the engine pulls in torch: import it on first use, so `tinylm.config` stays light
-    if name in _ENGINE:
-        from tinylm.generation import engine
+    for module, names in _LAZY.items():
+        if name in names:
+            import importlib
 
-        return getattr(engine, name)
-    if name in _SAMPLING:
-        from tinylm.generation import sampling
-
-        return getattr(sampling, name)
+            return getattr(importlib.import_module(f"tinylm.generation.{module}"), name)
     raise AttributeError(f"module 'tinylm.generation' has no attribute {name!r}")

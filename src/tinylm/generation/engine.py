@@ -1,500 +1,606 @@
-"""The generation engine: batched sampling / greedy decoding and beam search, with a KV cache.
+"""The generation engine: every decode in tinylm is a loop over `Engine.step()` (`generate_ids`,
+`stream_ids`, beam search, `Run.generate/stream/chat`, `tinylm sample` and `tinylm serve`).
 
-Batches of prompts of different lengths are left-padded; the model is told each row's padding
-(`pad`), so padding is never attended to and each row's positions count from its first real
-token: a row generates exactly what it would generate alone.
+    submit(Request(rows, on_event)) ──► waiting (at most `max_queue` rows; a beam row counts `beams`)
+                                            │ admitted between steps while at most `max_batch` rows run
+                                            ▼
+    step():  admit ─► prefill ─► sample ─► retire ─► decode
+      admit    waiting rows take free slots of the per-row KV cache (`model.new_cache(max_batch)`)
+      prefill  rows admitted together: one forward per PREFILL_TOKENS prompt tokens, the head on each
+               row's last position (rows of one length as an aligned batch; others right-padded); a row
+               admitted alone, or scoring its prompt, on its own
+      sample   each row's next token from its own logits: rows with the same options draw together
+               (`sample_next` over their stacked logits, one torch.Generator per row seeded with the
+               row's own seed); a beam row's `beams` hypotheses extend together (`BeamSearch`); then the
+               token's log-probabilities ─► RowText (text pieces, stop strings) ─► Event(text, tokens, finish)
+      retire   finished or cancelled rows leave at once; the last row moves into the freed slot
+      decode   one forward of every running row's newest token (rows of one length: an aligned batch, no
+               mask; the owner's compiled step, if it gave one, over a static cache); a row whose window
+               is full is refilled instead from its last context // 2 tokens (the sliding window: the
+               next token's logits come from that prefill). Without the cache (`use_cache=False`) every
+               row's last `context` tokens run through the model at every step.
 
-With the KV cache (default) the prompts run through the model once (prefill), then each step
-feeds one token per row. The cache holds `context` positions. When a row's window would grow
-past the context, the window *slides*: the cache is rebuilt from that row's last
-`context // 2` tokens (one prefill; positions restart at 0 in the rebuilt window), while rows
-that still fit keep their whole window. So `max_new_tokens` may exceed the context for every
-position type, at the cost of one prefill every `context // 2` tokens. Without the cache
-(`use_cache=False`) every step runs the model over the last `context` tokens of each row (the
-window slides by one token per step); both agree exactly while a sequence fits in the context.
+Exactness: a row prefilled alone, its refills and a step with one running row are the B = 1
+computation (aligned cache, no mask), so a lone greedy or seeded row gives the same tokens whatever
+the entry point. With several rows the matrix products run at another batch size, and CPU/GPU
+kernels sum in another order, so logits differ by float32 rounding (up to about 2e-6 of the largest
+logit; tested within 1e-5); the per-row generator and filters are unchanged, so a sampled token changes
+only if a draw falls within that distance of a boundary of the cumulative distribution, or greedy
+meets a near-tie (measured rates: `bench/batch_exactness.py`, BENCHMARKS.md).
 
-Beam search keeps `beams` hypotheses as the rows of one batch and reorders the cache's rows
-(`reorder_cache`) to follow the surviving hypotheses after each step.
-
-A model with a compiled decode step (`tinylm.inference.enable_compile`) decodes through it over a
-static per-row cache instead: each row is prefilled alone, all rows then step together with fixed
-shapes, and a row whose window is full slides on its own (the same windows as above).
-
-Sampling draws from one generator per row (row b of a batch seeded `seed + b`), so a row's tokens
-do not depend on the other rows and a seeded request gives the same text in `generate_ids`,
-`tinylm sample` and the server. Decoding runs under `torch.inference_mode`; a model whose weights
-are already in `dtype` (prepared by `tinylm.inference.prepare`) runs without autocast.
+LoRA adapters per row: `activate` (e.g. `tinylm.model.lora.set_active` bound to the model) is called
+before every forward with one name (or None) for a lone row and the per-row list for a batch.
+Offline callers step the engine themselves (`generation/generate.py`); the server runs `start()`'s
+thread (`close` for shutdown, `stop` to end it).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
 
 import torch
 
+from tinylm.config import GenerationConfig
 from tinylm.errors import ConfigError
-from tinylm.inputs import EmptyInputError, check_seeds
-from tinylm.generation.config import GenerationConfig
-from tinylm.generation.sampling import apply_repetition_penalty, find_stop, sample_next
-from tinylm.inference import DecodeStep, autocast_for, compiled_step
+from tinylm.generation.beam import Beam, BeamSearch
+from tinylm.generation.compiled import DecodeStep
+from tinylm.generation.sampling import TokenLogprob, sample_next, seen_mask, suppress_mask, token_logprobs
+from tinylm.generation.text import Decode, RowText
+from tinylm.inputs import EmptyInputError
+from tinylm.runtime import autocast_for
 
-Decode = Callable[[Sequence[int]], str]
+PREFILL_TOKENS = 4096  # prompt tokens (rows x longest prompt) per forward when rows are prefilled together
+SHUTDOWN = "the server is shutting down; send the request again when it is back"
 
 
-# --------------------------------------------------------------------------- cache helpers
+class QueueFull(Exception):
+    """The waiting queue cannot take the request's rows now (a server answers 503 with Retry-After)."""
 
 
-def reorder_cache(cache, index: torch.Tensor) -> None:
-    """Make row i of `cache` a copy of row index[i] (beam search), in place, for every layer's
-    keys and values (`cache.k[layer]`, `cache.v[layer]`: (batch, kv_heads, max_len, head_dim))."""
-    n = cache.length
-    for store in (cache.k, cache.v):
-        for layer, t in enumerate(store):
-            if t is None:
-                continue
-            if t.size(0) != index.numel():
-                store[layer] = t.index_select(0, index)
-            else:
-                t[:, :, :n].copy_(t[:, :, :n].index_select(0, index))
-
-
-def _left_pad(rows: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(B, T) ids with each row left-padded to the longest, and the padding per row (None: none)."""
-    width = max(len(r) for r in rows)
-    pad = [width - len(r) for r in rows]
-    idx = torch.tensor([[0] * p + r for p, r in zip(pad, rows, strict=True)], dtype=torch.long, device=device)
-    return idx, (torch.tensor(pad, dtype=torch.long, device=device) if any(pad) else None)
-
-
-# --------------------------------------------------------------------------- decoders
-
-
-class _Decoder:
-    """The model's next-token logits for B growing sequences (rows). `seqs` holds every row's
-    whole sequence (prompt + generated); the model sees each row's window `seqs[b][start[b]:]`."""
-
-    def __init__(self, model: torch.nn.Module, prompts: list[list[int]], device: torch.device, dtype: torch.dtype):
-        self.model, self.device, self.dtype = model, device, dtype
-        self.context = model.cfg.context
-        self.seqs = [list(p) for p in prompts]
-        self.start = [max(0, len(p) - self.context) for p in prompts]
-
-    def _forward(self, idx: torch.Tensor, **kwargs) -> torch.Tensor:
-        with autocast_for(self.model, self.device, self.dtype):
-            hidden = self.model.features(idx, **kwargs)
-            return self.model.head(hidden[:, -1]).float()  # the head on the last position only
-
-    def close(self) -> None:
-        """Give back what the decoder borrowed (a compiled step's cache)."""
-
-    def prefill(self) -> torch.Tensor:
-        raise NotImplementedError
-
-    def step(self, tokens: list[int]) -> torch.Tensor:
-        raise NotImplementedError
-
-    def reorder(self, index: list[int]) -> None:
-        self.seqs = [list(self.seqs[i]) for i in index]
-        self.start = [self.start[i] for i in index]
-
-
-class _WindowDecoder(_Decoder):
-    """No cache: every step runs the model over the last `context` tokens of each row."""
-
-    def prefill(self) -> torch.Tensor:
-        windows = [s[-self.context:] for s in self.seqs]
-        idx, pad = _left_pad(windows, self.device)
-        return self._forward(idx) if pad is None else self._forward(idx, pad=pad)
-
-    def step(self, tokens: list[int]) -> torch.Tensor:
-        for s, t in zip(self.seqs, tokens, strict=True):
-            s.append(t)
-        return self.prefill()
-
-
-class _CachedDecoder(_Decoder):
-    """KV cache: one prefill, then one position per step; slides (rebuilds the cache from the
-    last `context // 2` tokens of each row that outgrew the context) when the cache is full."""
-
-    def __init__(self, model, prompts, device, dtype):
-        super().__init__(model, prompts, device, dtype)
-        self.keep = max(1, self.context // 2)
-        self.cache = model.new_cache(len(prompts))
-        self.pad: torch.Tensor | None = None
-        self.rebuilds = 0
-
-    def _fill(self) -> torch.Tensor:
-        idx, self.pad = _left_pad([s[b:] for s, b in zip(self.seqs, self.start, strict=True)], self.device)
-        self.cache.reset()
-        return self._forward(idx, cache=self.cache, pad=self.pad)
-
-    def prefill(self) -> torch.Tensor:
-        return self._fill()
-
-    def step(self, tokens: list[int]) -> torch.Tensor:
-        for s, t in zip(self.seqs, tokens, strict=True):
-            s.append(t)
-        if self.cache.length + 1 > self.cache.max_len:  # full: slide the rows that outgrew the context
-            for b, s in enumerate(self.seqs):
-                if len(s) - self.start[b] > self.context:
-                    self.start[b] = len(s) - self.keep
-            self.rebuilds += 1
-            return self._fill()
-        idx = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]
-        return self._forward(idx, cache=self.cache, pad=self.pad)
-
-    def reorder(self, index: list[int]) -> None:
-        super().reorder(index)
-        if index != list(range(len(index))):
-            at = torch.tensor(index, dtype=torch.long, device=self.device)
-            reorder_cache(self.cache, at)
-            if self.pad is not None:
-                self.pad = self.pad.index_select(0, at)
-
-
-class _StaticDecoder(_Decoder):
-    """The model's compiled decode step over a static per-row cache: each row is prefilled alone
-    (as a lone row would be), then every step decodes all rows together at fixed shapes. A row whose
-    window is full slides on its own: its cache is refilled from the last `context // 2` tokens but
-    the newest, which the step then appends (the windows of `_CachedDecoder`)."""
-
-    def __init__(self, model, prompts, device, dtype, step: DecodeStep):
-        super().__init__(model, prompts, device, dtype)
-        self.keep = max(1, self.context // 2)
-        self.compiled = step
-        self.cache = step.acquire(len(prompts))
-        self.lengths = [0] * len(prompts)  # each row's filled positions, known without asking the device
-        self.rebuilds = 0
-
-    def _fill(self, b: int, window: list[int]) -> torch.Tensor | None:
-        self.lengths[b] = len(window)
-        self.cache.lengths[b] = len(window)
-        if not window:
-            return None
-        idx = torch.tensor([window], dtype=torch.long, device=self.device)
-        return self._forward(idx, cache=self.cache.rows(b, b + 1, length=0))
-
-    def prefill(self) -> torch.Tensor:
-        return torch.cat([self._fill(b, s[self.start[b]:]) for b, s in enumerate(self.seqs)])
-
-    def step(self, tokens: list[int]) -> torch.Tensor:
-        for b, (s, t) in enumerate(zip(self.seqs, tokens, strict=True)):
-            s.append(t)
-            if self.lengths[b] >= self.context:  # full: slide this row alone
-                self.start[b] = len(s) - self.keep
-                self._fill(b, s[self.start[b]:-1])
-                self.rebuilds += 1
-            self.lengths[b] += 1
-        idx = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]
-        with autocast_for(self.model, self.device, self.dtype):
-            return self.compiled(idx, self.cache)
-
-    def reorder(self, index: list[int]) -> None:
-        super().reorder(index)
-        if index != list(range(len(index))):
-            at = torch.tensor(index, dtype=torch.long, device=self.device)
-            for t in (*self.cache.k, *self.cache.v, self.cache.lengths):
-                t.copy_(t.index_select(0, at))
-            self.lengths = [self.lengths[i] for i in index]
-
-    def close(self) -> None:
-        self.compiled.release(self.cache)
-
-
-def _decoder(model, prompts, cfg: GenerationConfig, device, dtype) -> _Decoder:
-    step = compiled_step(model) if cfg.use_cache else None
-    if step is not None:
-        return _StaticDecoder(model, prompts, device, dtype, step)
-    return (_CachedDecoder if cfg.use_cache else _WindowDecoder)(model, prompts, device, dtype)
-
-
-def _generators(seed: int | None, rows: int, device: torch.device) -> list[torch.Generator]:
-    """One generator per row: row b seeded `seed + b` (each row draws what it would draw alone with
-    that seed), or fresh random seeds."""
-    out = []
-    for b in range(rows):
-        g = torch.Generator(device=device)
-        g.manual_seed(seed + b) if seed is not None else g.seed()
-        out.append(g)
-    return out
-
-
-# --------------------------------------------------------------------------- shared setup
-
-
-def _setup(model: torch.nn.Module, prompts: Sequence[Sequence[int]], cfg: GenerationConfig,
-           device: torch.device | None) -> tuple[list[list[int]], torch.device]:
-    cfg.validate()
-    if not prompts:
-        raise EmptyInputError("generation needs at least one prompt (an empty prompt is the tokenizer's "
-                              "start_ids())")
-    check_seeds(cfg.seed, len(prompts), unit="prompt")  # row b draws from seed + b (`_generators`)
-    rows = [list(map(int, p)) for p in prompts]
-    vocab = model.cfg.vocab_size
-    for i, r in enumerate(rows):
-        where = f"prompt {i + 1} of {len(rows)}" if len(rows) > 1 else "the prompt"
-        if not r:
-            raise EmptyInputError(f"{where} has no token ids; an empty prompt is the tokenizer's start_ids() "
-                                  "(tinylm.inputs.encode_text gives them for a text that encodes to nothing)")
-        bad = next((t for t in r if not 0 <= t < vocab), None)
-        if bad is not None:
-            raise ConfigError(f"{where} holds token id {bad}, outside the model's vocabulary (0..{vocab - 1})")
-    context = model.cfg.context
-    longest = max(len(r) for r in rows)
-    if longest > context and not cfg.truncate:
-        raise ConfigError(f"a prompt has {longest} tokens, more than the model's context ({context}); "
-                          "shorten it or allow truncation (truncate=True keeps its last tokens)")
-    model.eval()
-    return rows, device or next(model.parameters()).device
-
-
-def _stop_checker(cfg: GenerationConfig, decode: Decode | None) -> Callable[[list[int]], bool] | None:
-    """A test of whether generated ids contain a stop string (decoding only their tail)."""
-    if not cfg.stop:
-        return None
-    if decode is None:
-        raise ConfigError("stop strings need `decode` (the tokenizer's decode) to read the text")
-    # a token is at least one byte and a character at most four, so a stop string of n
-    # characters spans at most 4n tokens, plus one for the token that completes it
-    window = 4 * max(len(s) for s in cfg.stop) + 1
-
-    def stopped(ids: list[int]) -> bool:
-        return find_stop(decode(ids[-window:]), cfg.stop) >= 0
-
-    return stopped
-
-
-def _suppress_mask(cfg: GenerationConfig, suppress_ids: Iterable[int], vocab: int,
-                   device: torch.device) -> torch.Tensor | None:
-    """(vocab,) bool: the ids never generated, `cfg.suppress_tokens` or else `suppress_ids` (the
-    tokenizer's `suppressed_ids`); None when there are none. At least one id stays allowed."""
-    ids = [i for i in (cfg.suppress_tokens if cfg.suppress_tokens is not None else suppress_ids) if 0 <= i < vocab]
-    if not ids:
-        return None
-    mask = torch.zeros(vocab, dtype=torch.bool, device=device)
-    mask[ids] = True
-    if bool(mask.all()):
-        raise ConfigError(f"suppress_tokens leaves no token to generate (all {vocab} ids are suppressed)")
-    return mask
-
-
-def _seen_mask(rows: list[list[int]], vocab: int, device: torch.device) -> torch.Tensor:
-    seen = torch.zeros(len(rows), vocab, dtype=torch.bool, device=device)
-    for b, r in enumerate(rows):
-        seen[b, [t for t in r if t < vocab]] = True
-    return seen
-
-
-def _options(cfg: GenerationConfig | int | None, options: dict) -> GenerationConfig:
-    if isinstance(cfg, int) and not isinstance(cfg, bool):  # generate_ids(model, prompt, 200, ...)
-        options = {"max_new_tokens": cfg, **options}
-        cfg = None
-    if cfg is not None and not isinstance(cfg, GenerationConfig):
-        raise ConfigError(f"the generation options must be a GenerationConfig or max_new_tokens (an integer), got "
-                          f"{cfg!r}")
-    return (cfg or GenerationConfig()).replace(**options)
-
-
-# --------------------------------------------------------------------------- sampling / greedy
-
-
-@torch.inference_mode()
-def _sample_steps(model, rows: list[list[int]], cfg: GenerationConfig, *, vocab_size: int | None,
-                  stop_ids: Iterable[int], device: torch.device, dtype: torch.dtype,
-                  stopped: Callable[[list[int]], bool] | None = None,
-                  suppress_ids: Iterable[int] = ()) -> Iterator[tuple[list[int], list[bool]]]:
-    """Yield, per step, each row's new token and whether the row was still generating.
-    A row finishes after a stop id or when `stopped(its new ids)`; finished rows are fed
-    their last token (and ignored) until every row has finished."""
-    if cfg.max_new_tokens == 0:
-        return
-    decoder = _decoder(model, rows, cfg, device, dtype)
-    try:
-        yield from _steps(decoder, rows, cfg, vocab_size, set(stop_ids), device, stopped, suppress_ids)
-    finally:
-        decoder.close()
-
-
-def _steps(decoder: _Decoder, rows: list[list[int]], cfg: GenerationConfig, vocab_size: int | None,
-           stop: set[int], device: torch.device, stopped: Callable[[list[int]], bool] | None,
-           suppress_ids: Iterable[int]) -> Iterator[tuple[list[int], list[bool]]]:
-    generator = _generators(cfg.seed, len(rows), device) if cfg.temperature > 0 else None
-    new: list[list[int]] = [[] for _ in rows]
-    active = [True] * len(rows)
-    seen = None
-    logits = decoder.prefill()
-    suppress = _suppress_mask(cfg, suppress_ids, logits[:, :vocab_size].size(-1), device)
-    for step in range(cfg.max_new_tokens):
-        logits = logits[:, :vocab_size]
-        if cfg.repetition_penalty != 1.0 and seen is None:
-            seen = _seen_mask(rows, logits.size(-1), device)
-        chosen = sample_next(logits, cfg.temperature, cfg.top_k, generator, top_p=cfg.top_p, min_p=cfg.min_p,
-                             repetition_penalty=cfg.repetition_penalty, seen=seen, suppress=suppress)
-        if seen is not None:
-            seen[torch.arange(len(rows), device=device), chosen] = True
-        tokens = chosen.tolist()
-        was_active = list(active)
-        for b, t in enumerate(tokens):
-            if not active[b]:
-                tokens[b] = decoder.seqs[b][-1]
-                continue
-            new[b].append(t)
-            if t in stop or (stopped is not None and stopped(new[b])):
-                active[b] = False
-        yield tokens, was_active
-        if not any(active) or step + 1 == cfg.max_new_tokens:
-            return
-        logits = decoder.step(tokens)
-
-
-def stream_ids(model: torch.nn.Module, prompt: Sequence[int], cfg: GenerationConfig | int | None = None, *,
-               vocab_size: int | None = None, stop_ids: Iterable[int] = (), device: torch.device | None = None,
-               dtype: torch.dtype = torch.float32, suppress_ids: Iterable[int] = (), **options) -> Iterator[int]:
-    """Yield up to `max_new_tokens` new ids after one prompt as they are generated (the last one
-    is a stop id if one was drawn). Sampling / greedy only (beam search cannot stream)."""
-    cfg = _options(cfg, options)
-    if cfg.beams > 1:
-        raise ConfigError("beam search cannot stream: it knows the best sequence only at the end")
-    rows, device = _setup(model, [prompt], cfg, device)
-    for tokens, active in _sample_steps(model, rows, cfg, vocab_size=vocab_size, stop_ids=stop_ids,
-                                        device=device, dtype=dtype, suppress_ids=suppress_ids):
-        if active[0]:
-            yield tokens[0]
-
-
-# --------------------------------------------------------------------------- beam search
+class Closing(QueueFull):
+    """The engine is shutting down (`close`) and takes no new rows."""
 
 
 @dataclass
-class Beam:
-    """One finished hypothesis: its new ids (ending with the stop id, if one ended it) and its
-    score, sum of log-probabilities / len(ids) ** length_penalty."""
+class Row:
+    """One sequence to generate: prompt ids (a window of its last `context` tokens is decoded; the
+    repetition penalty sees them all), decoding options (its `seed` seeds this row's generator; with
+    `beams` > 1 the row is a beam search, its hypotheses `beams` rows of the cache), the LoRA adapter to
+    use (None: the model as it is), and log-probabilities to report (`logprobs`: N alternatives per
+    generated token, 0 = the chosen token's only; `prompt_logprobs`: the same for the prompt's tokens,
+    which may then number context + 1)."""
 
-    ids: list[int]
-    score: float
-    logprob: float
-
-
-@torch.inference_mode()
-def beam_search(model: torch.nn.Module, prompt: Sequence[int], cfg: GenerationConfig | int | None = None, *,
-                vocab_size: int | None = None, stop_ids: Iterable[int] = (), device: torch.device | None = None,
-                dtype: torch.dtype = torch.float32, decode: Decode | None = None, suppress_ids: Iterable[int] = (),
-                **options) -> list[Beam]:
-    """Beam search for one prompt: the `num_return_sequences` best hypotheses, best first.
-
-    Each step extends every live beam by every token, keeps the 2 * beams best extensions,
-    moves those that end (a stop id or a stop string) to the finished list and keeps the best
-    `beams` others live. It ends after `max_new_tokens` or once `beams` hypotheses are finished
-    and no live beam scores above the worst of them (the usual heuristic). Live beams at the end
-    count as finished."""
-    cfg = _options(cfg, options)
-    rows, device = _setup(model, [prompt], cfg, device)
-    stop = set(stop_ids)
-    stopped = _stop_checker(cfg, decode)
-    width, lp = cfg.beams, cfg.length_penalty
-    if cfg.max_new_tokens == 0:
-        return [Beam([], 0.0, 0.0)]
-
-    def normalised(logprob: float, length: int) -> float:
-        # length ** lp in log space, kept inside the float64 range: any finite length_penalty ranks
-        return logprob / math.exp(max(-700.0, min(700.0, lp * math.log(length))))
-
-    decoder = _decoder(model, rows * width, cfg, device, dtype)
-    try:
-        return _beam_steps(decoder, rows, cfg, width, stop, stopped, device, vocab_size, normalised, suppress_ids)
-    finally:
-        decoder.close()
+    prompt: list[int]
+    config: GenerationConfig
+    adapter: str | None = None
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    beam_search: bool = False  # a beam search even with beams = 1 (greedy, scored)
 
 
-def _beam_steps(decoder: _Decoder, rows: list[list[int]], cfg: GenerationConfig, width: int, stop: set[int],
-                stopped: Callable[[list[int]], bool] | None, device: torch.device, vocab_size: int | None,
-                normalised: Callable[[float, int], float], suppress_ids: Iterable[int]) -> list[Beam]:
-    logits = decoder.prefill()
-    scores = torch.full((width,), float("-inf"), device=device)
-    scores[0] = 0.0  # all rows start equal: only the first one may extend
-    new: list[list[int]] = [[] for _ in range(width)]
-    seen = _seen_mask(rows * width, logits[:, :vocab_size].size(-1), device) if cfg.repetition_penalty != 1 else None
-    suppress = _suppress_mask(cfg, suppress_ids, logits[:, :vocab_size].size(-1), device)
-    finished: list[Beam] = []
-    for step in range(cfg.max_new_tokens):
-        logits = logits[:, :vocab_size].float()
-        if seen is not None:
-            logits = apply_repetition_penalty(logits, seen, cfg.repetition_penalty)
-        if suppress is not None:
-            logits = logits.masked_fill(suppress, float("-inf"))
-        logprobs = torch.log_softmax(logits, dim=-1)
-        vocab = logprobs.size(-1)
-        candidates = (scores[:, None] + logprobs).view(-1)
-        top, where = torch.topk(candidates, min(2 * width, candidates.numel()))
-        keep: list[tuple[int, int, float]] = []
-        for s, i in zip(top.tolist(), where.tolist(), strict=True):
-            if s == float("-inf"):
-                break
-            b, t = divmod(i, vocab)
-            ids = new[b] + [t]
-            if t in stop or (stopped is not None and stopped(ids)):
-                finished.append(Beam(ids, normalised(s, len(ids)), s))
+@dataclass
+class Event:
+    """What one step produced for one row of a request: new `text` (maybe empty while text is held
+    back), the `tokens` it covers (with log-probabilities when asked), and at the end `finish`
+    ("stop", "length"; or, with `error` saying why, "error" when generation failed and "shutdown"
+    when the engine closed before the row ended), the row's `completion_tokens` and, for a beam row,
+    its best `beams` (num_return_sequences of them, best first)."""
+
+    row: int
+    text: str = ""
+    tokens: list[TokenLogprob] = field(default_factory=list)
+    finish: str | None = None
+    error: str | None = None
+    completion_tokens: int = 0
+    prompt_logprobs: list[TokenLogprob] | None = None
+    beams: list[Beam] | None = None
+
+
+class Request:
+    """Rows submitted together; `on_event(Event)` is called from the thread that steps the engine (it
+    must not block). `cancel()` (e.g. the client went away) makes every row leave at the next step."""
+
+    def __init__(self, rows: Sequence[Row], on_event: Callable[[Event], None]):
+        self.rows, self.on_event = list(rows), on_event
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _Seq:
+    """One cache row: its sequence so far (prompt + generated, for windows and refills), generator, text,
+    repetition mask, the logits of its next token once computed, and its slot's filled length."""
+
+    def __init__(self, engine: Engine, request: Request, index: int, group: BeamSearch | None = None):
+        self.request, self.index, self.group = request, index, group
+        self.row = row = request.rows[index]
+        self.cfg = row.config
+        self.generator = None
+        if group is None and self.cfg.temperature > 0:
+            self.generator = torch.Generator(device=engine.device)
+            self.generator.manual_seed(self.cfg.seed) if self.cfg.seed is not None else self.generator.seed()
+        self.ids = list(row.prompt)
+        self.new = 0
+        self.text = (RowText(engine.decode, row.prompt, self.cfg.stop, engine.markers)
+                     if engine.decode is not None and group is None else None)
+        self.seen: torch.Tensor | None = None
+        self.logits: torch.Tensor | None = None  # (1, vocab)
+        self.length = 0
+        self.done = False
+
+
+class Engine:
+    """The scheduler and decode loop over one model (see the module docstring).
+
+    model: a `GPT` (eval mode); decode: ids -> text (None: ids only, no stop strings); vocab_size: the
+    tokenizer's (padded embedding rows are never sampled; None: the model's); stop_ids: ids that end a
+    row (end-of-text); markers: ids left out of the text; suppress_ids: never generated unless a row's
+    `suppress_tokens` says otherwise; max_batch: rows decoding together (a beam row takes `beams`);
+    max_queue: rows waiting at most; use_cache: the KV cache (False: every step runs the model over
+    each row's last `context` tokens); step: a compiled decode step (`compiled.DecodeStep`) to decode
+    through; activate: called with the adapters before every forward. Use it as a context manager (or
+    call `release`) to give a compiled step's cache back."""
+
+    def __init__(self, model: torch.nn.Module, decode: Decode | None = None, *, vocab_size: int | None = None,
+                 stop_ids: Sequence[int] = (), markers: Sequence[int] = (), suppress_ids: Sequence[int] = (),
+                 max_batch: int = 16, max_queue: int = 256, device: torch.device | None = None,
+                 dtype: torch.dtype = torch.float32, use_cache: bool = True, step: DecodeStep | None = None,
+                 activate: Callable[[str | None | list[str | None]], None] | None = None):
+        self.model, self.decode = model.eval(), decode
+        self.vocab_size = min(vocab_size or model.cfg.vocab_size, model.cfg.vocab_size)
+        self.stop_ids, self.markers = set(stop_ids), set(markers)
+        self.suppress_ids = tuple(suppress_ids)
+        self._suppress: dict[tuple[int, ...] | None, torch.Tensor | None] = {}  # masks by a row's suppress_tokens
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.device = device or next(model.parameters()).device
+        self.dtype, self.activate = dtype, activate
+        self.context = model.cfg.context
+        self.keep = max(1, self.context // 2)  # the window a full row slides to
+        self.use_cache = use_cache
+        self.compiled = step if use_cache else None
+        self.cache = None
+        if use_cache:
+            self.cache = step.acquire(max_batch) if step is not None else model.new_cache(max_batch)
+        self.running: list[_Seq] = []  # running[i] owns cache row i
+        self.waiting: deque[list[_Seq]] = deque()  # admitted whole: one row, or a beam row's hypotheses
+        self.cv = threading.Condition()
+        self.steps = 0
+        self.ended = 0  # rows ended unfinished by `close` or `stop`
+        self._thread: threading.Thread | None = None
+        self._stop = False
+        self._deadline: float | None = None  # `close`: when the rows still running are ended
+
+    # ------------------------------------------------------------------ the public side (any thread)
+
+    def submit(self, request: Request) -> None:
+        """Queue a request's rows: a one-line TinylmError for a row the engine cannot generate (no ids,
+        ids outside the vocabulary, a prompt longer than the context without truncate, stop strings
+        without `decode`, more beams than max_batch); QueueFull when the waiting queue cannot take them
+        all, Closing once `close` was called."""
+        units = [self._unit(request, i) for i in range(len(request.rows))]
+        with self.cv:
+            if self._deadline is not None:
+                raise Closing(SHUTDOWN)
+            waiting, rows = sum(map(len, self.waiting)), sum(map(len, units))
+            if waiting + rows > self.max_queue:
+                raise QueueFull(f"{waiting} sequences are waiting (at most {self.max_queue})")
+            self.waiting.extend(units)
+            self.cv.notify()
+
+    def _unit(self, request: Request, index: int) -> list[_Seq]:
+        row, n = request.rows[index], len(request.rows)
+        where = f"prompt {index + 1} of {n}" if n > 1 else "the prompt"
+        cfg, vocab = row.config, self.model.cfg.vocab_size
+        if not row.prompt:
+            raise EmptyInputError(f"{where} has no token ids; an empty prompt is the tokenizer's start_ids() "
+                                  "(tinylm.inputs.encode_text gives them for a text that encodes to nothing)")
+        bad = next((t for t in row.prompt if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise ConfigError(f"{where} holds token id {bad}, outside the model's vocabulary (0..{vocab - 1})")
+        if len(row.prompt) > self.context + (row.prompt_logprobs is not None) and not cfg.truncate:
+            raise ConfigError(f"a prompt has {len(row.prompt)} tokens, more than the model's context ({self.context}); "
+                              "shorten it or allow truncation (truncate=True keeps its last tokens)")
+        if cfg.stop and self.decode is None:
+            raise ConfigError("stop strings need `decode` (the tokenizer's decode) to read the text")
+        if cfg.beams == 1 and not row.beam_search:
+            return [_Seq(self, request, index)]
+        if cfg.beams > self.max_batch:
+            raise ConfigError(f"a beam search of {cfg.beams} beams decodes {cfg.beams} rows together, more than this "
+                              f"engine's {self.max_batch} (max_batch); use fewer beams or a larger max_batch")
+        group = BeamSearch(cfg, row.prompt, vocab=self.vocab_size, stop_ids=self.stop_ids, device=self.device,
+                           suppress=self._suppress_for(cfg, self.vocab_size), decode=self.decode, markers=self.markers)
+        group.seqs = [_Seq(self, request, index, group) for _ in range(cfg.beams)]
+        return group.seqs
+
+    def wake(self) -> None:
+        """Let the loop notice a cancellation now."""
+        with self.cv:
+            self.cv.notify()
+
+    @property
+    def load(self) -> tuple[int, int]:
+        """(rows running, rows waiting)."""
+        return len(self.running), sum(map(len, self.waiting))
+
+    def events(self, rows: Sequence[Row]) -> Iterator[Event]:
+        """Generate `rows` by stepping the engine in this thread (offline use), yielding each event as it
+        comes; rows left unfinished when the caller stops iterating are cancelled."""
+        pending: deque[Event] = deque()
+        request = Request(rows, pending.append)
+        self.submit(request)
+        left = len(rows)
+        try:
+            while left:
+                if not pending:
+                    self.step()
+                    continue
+                event = pending.popleft()
+                left -= event.finish is not None
+                yield event
+        finally:
+            if left:
+                request.cancel()
+                self._admit()
+
+    def release(self) -> None:
+        """Give a compiled step's static cache back to it (for the next engine)."""
+        if self.compiled is not None and self.cache is not None:
+            self.compiled.release(self.cache)
+            self.cache = None
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def start(self) -> None:
+        """Step in a daemon thread whenever rows run or wait (the server)."""
+        if self._thread is None:
+            self._stop = False
+            self._thread = threading.Thread(target=self._loop, name="tinylm-engine", daemon=True)
+            self._thread.start()
+
+    def close(self, seconds: float) -> None:
+        """Begin shutting down: no new rows from now on (`submit` raises `Closing`); rows running or
+        waiting may go on for `seconds`, then each still there ends with finish "shutdown" (its text
+        so far flushed) at the next step."""
+        with self.cv:
+            self._deadline = time.monotonic() + seconds
+            self.cv.notify()
+
+    @property
+    def closing(self) -> bool:
+        return self._deadline is not None
+
+    def stop(self) -> None:
+        """End the loop; rows still running or waiting end with finish "shutdown"."""
+        with self.cv:
+            self._stop = True
+            self.cv.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+        self._end_all()
+
+    def _end_all(self) -> None:
+        """End every running and waiting row with finish "shutdown" (counted in `ended`)."""
+        with self.cv:
+            seqs = [*self.running, *(seq for unit in self.waiting for seq in unit)]
+            self.running.clear()
+            self.waiting.clear()
+        ended = _rows(seqs)
+        for seq in ended:
+            self._finish(seq, "shutdown", Event(seq.index, error=SHUTDOWN))
+        self.ended += len(ended)
+
+    def _loop(self) -> None:
+        while True:
+            with self.cv:
+                while not (self._stop or self.running or self.waiting):
+                    self.cv.wait()
+                if self._stop:
+                    return
+            if self._deadline is not None and time.monotonic() >= self._deadline:
+                self._end_all()
+                continue
+            try:
+                self.step()
+            except Exception as e:  # a failed forward ends the rows it held, never the loop
+                message = f"generation failed: {type(e).__name__}: {e}"
+                for seq in _rows(self.running):
+                    self._finish(seq, "error", Event(seq.index, error=message), flush=False)
+                self.running.clear()
+
+    # ------------------------------------------------------------------ one step (the stepping thread)
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        """Admit waiting rows and prefill them, sample one token for every running row, drop finished
+        rows, then decode the remaining rows together."""
+        self.steps += 1
+        self._prefill(self._admit())
+        self._sample_all([seq for seq in self.running if not seq.done and seq.logits is not None])
+        self._retire()
+        if self.running:
+            self._decode()
+
+    def _admit(self) -> list[_Seq]:
+        with self.cv:
+            if any(unit[0].request.cancelled for unit in self.waiting):
+                self.waiting = deque(unit for unit in self.waiting if not unit[0].request.cancelled)
+            for seq in self.running:
+                seq.done = seq.done or seq.request.cancelled
+            self._retire()
+            admitted: list[_Seq] = []
+            while self.waiting and len(self.running) + len(admitted) + len(self.waiting[0]) <= self.max_batch:
+                admitted += self.waiting.popleft()
+            # rows that can be prefilled together first, so that their slots are contiguous
+            admitted.sort(key=lambda seq: seq.row.prompt_logprobs is not None)
+            self.running += admitted
+            return admitted
+
+    def _forward(self, idx: torch.Tensor, cache, adapters: str | None | list[str | None],
+                 last: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, vocab) in float32 of `idx` (B, T) appended to `cache` (None: no cache), at each row's
+        position `last` (B,) (default: the last one): the head runs on the positions sampled from only.
+        `adapters` is set active first (one name or None, or one per row)."""
+        return self._logits(idx, cache, adapters, last)[0]
+
+    def _logits(self, idx: torch.Tensor, cache, adapters: str | None | list[str | None],
+                last: torch.Tensor | None = None, every: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`_forward`'s logits, and with `every` also those of every position (B, T, vocab)."""
+        if self.activate is not None:
+            self.activate(adapters)
+        with autocast_for(self.model, self.device, self.dtype):
+            hidden = self.model.features(idx, cache=cache)
+            at = hidden[:, -1] if last is None else hidden[torch.arange(idx.size(0), device=idx.device), last]
+            return self.model.head(at).float(), self.model.head(hidden) if every else None
+
+    def _window(self, seq: _Seq) -> list[int]:
+        return seq.ids[-self.context:]
+
+    def _fill(self, seqs: list[_Seq], windows: list[list[int]]) -> None:
+        """Prefill `seqs` (their slots from their start) with `windows`, runs of consecutive slots together
+        (at most PREFILL_TOKENS prompt tokens per forward): rows of one length as an aligned batch, others
+        right-padded (per-row lengths: the padding sits after each row's tokens, where the mask hides it);
+        the head runs on each row's last position only. Without the cache: the same forwards, uncached."""
+        slot = {id(seq): i for i, seq in enumerate(self.running)}
+        order = sorted(range(len(seqs)), key=lambda i: slot[id(seqs[i])])
+        start = 0
+        while start < len(order):
+            first = slot[id(seqs[order[start]])]
+            width, stop = len(windows[order[start]]), start + 1
+            while (stop < len(order) and slot[id(seqs[order[stop]])] == first + stop - start
+                   and (stop + 1 - start) * max(width, len(windows[order[stop]])) <= PREFILL_TOKENS):
+                width = max(width, len(windows[order[stop]]))
+                stop += 1
+            chunk = [seqs[i] for i in order[start:stop]]
+            rows = [windows[i] for i in order[start:stop]]
+            idx = torch.tensor([w + [0] * (width - len(w)) for w in rows], dtype=torch.long, device=self.device)
+            aligned = all(len(w) == width for w in rows)
+            cache = None
+            if self.cache is not None:
+                cache = self.cache.rows(first, first + len(chunk), length=0 if aligned else None)
+                cache.lengths.zero_()
+            last = None if aligned else torch.tensor([len(w) - 1 for w in rows], device=self.device)
+            adapters = chunk[0].row.adapter if len(chunk) == 1 else [seq.row.adapter for seq in chunk]
+            logits = self._forward(idx, cache, adapters, last)
+            if cache is not None and not aligned:
+                cache.lengths.copy_(torch.tensor([len(w) for w in rows], device=self.device))
+            for b, (seq, window) in enumerate(zip(chunk, rows, strict=True)):
+                seq.logits, seq.length = logits[b:b + 1], len(window)
+            start = stop
+
+    def _prefill(self, admitted: list[_Seq]) -> None:
+        ready = []
+        for seq in admitted:
+            if seq.row.prompt_logprobs is not None:
+                self._prefill_scored(seq)
+            elif seq.cfg.max_new_tokens == 0:  # nothing to generate: no forward
+                if seq.group is None or seq is seq.group.seqs[0]:
+                    beams = seq.group.best() if seq.group is not None else None
+                    self._finish(seq, "length", Event(seq.index, beams=beams))
+                seq.done = True
             else:
-                keep.append((b, t, s))
-                if len(keep) == width:
-                    break
-        if not keep:  # every extension ended
-            new, scores = [], scores[:0]
-            break
-        while len(keep) < width:  # fewer live extensions than beams: fill with dead copies
-            keep.append((keep[0][0], keep[0][1], float("-inf")))
-        index = [b for b, _, _ in keep]
-        tokens = [t for _, t, _ in keep]
-        new = [new[b] + [t] for b, t, _ in keep]
-        scores = torch.tensor([s for _, _, s in keep], device=device)
-        if seen is not None:
-            seen = seen[torch.tensor(index, device=device)]
-            seen[torch.arange(width, device=device), torch.tensor(tokens, device=device)] = True
-        if len(finished) >= width:
-            worst = sorted(b.score for b in finished)[-width]
-            if normalised(float(scores.max()), step + 1) <= worst:
-                new, scores = [], scores[:0]
-                break
-        if step + 1 < cfg.max_new_tokens:
-            decoder.reorder(index)
-            logits = decoder.step(tokens)
-    live = [Beam(ids, normalised(float(s), len(ids)), float(s)) for ids, s in zip(new, scores.tolist(), strict=True)
-            if s != float("-inf")]
-    ranked = sorted(finished + live, key=lambda beam: beam.score, reverse=True)
-    return ranked[:cfg.num_return_sequences]
+                ready.append(seq)
+        self._fill(ready, [self._window(seq) for seq in ready])
+
+    def _prefill_scored(self, seq: _Seq) -> None:
+        """A row that reports its prompt's log-probabilities, prefilled alone with the logits of every position.
+        Its prompt may hold context + 1 tokens: one forward over the first `context` scores every token after
+        the first (lm-evaluation-harness's requests), and generation continues from the last `context`."""
+        scored = seq.ids[-(self.context + 1):]
+        slot = self.running.index(seq)
+        cache = self.cache.rows(slot, slot + 1, length=0) if self.cache is not None else None
+        idx = torch.tensor([scored[:self.context]], dtype=torch.long, device=self.device)
+        seq.logits, logits = self._logits(idx, cache, seq.row.adapter, every=True)
+        seq.length = min(len(scored), self.context)
+        lp = torch.log_softmax(logits[0, :len(scored) - 1, :self.vocab_size].float(), dim=-1)
+        prompt = [TokenLogprob(scored[0], None)] + [
+            token_logprobs(lp[j], scored[j + 1], seq.row.prompt_logprobs) for j in range(len(scored) - 1)]
+        self._emit(seq, Event(seq.index, prompt_logprobs=prompt))
+        if seq.cfg.max_new_tokens == 0:
+            self._finish(seq, "length", Event(seq.index))
+        elif len(scored) > self.context:
+            self._fill([seq], [self._window(seq)])
+
+    def _suppress_for(self, cfg: GenerationConfig, vocab: int) -> torch.Tensor | None:
+        own = None if cfg.suppress_tokens is None else tuple(cfg.suppress_tokens)
+        if own not in self._suppress:  # built once, not at every step
+            self._suppress[own] = suppress_mask(cfg.suppress_tokens, self.suppress_ids, vocab, self.device)
+        return self._suppress[own]
+
+    def _sample_all(self, seqs: list[_Seq]) -> None:
+        """Every row's next token: beam rows per search, the other rows grouped by their options (their
+        logits stacked, one generator per row), then each row's text and events."""
+        groups: dict[tuple, list[_Seq]] = {}
+        beams: dict[int, BeamSearch] = {}
+        for seq in seqs:
+            cfg = seq.cfg
+            if seq.group is not None:
+                beams[id(seq.group)] = seq.group
+                continue
+            key = (cfg.temperature > 0 and cfg.temperature, cfg.top_k, cfg.top_p, cfg.min_p, cfg.repetition_penalty,
+                   None if cfg.suppress_tokens is None else tuple(cfg.suppress_tokens))
+            groups.setdefault(key, []).append(seq)
+        for search in beams.values():
+            self._advance(search)
+        for group in groups.values():
+            cfg = group[0].cfg
+            logits = torch.cat([seq.logits for seq in group])[:, :self.vocab_size]
+            seen = None
+            if cfg.repetition_penalty != 1.0:
+                for seq in group:
+                    if seq.seen is None:
+                        seq.seen = seen_mask([seq.row.prompt], logits.size(-1), self.device)
+                seen = torch.cat([seq.seen for seq in group])
+            generators = [seq.generator for seq in group] if cfg.temperature > 0 else None
+            tokens = sample_next(logits, cfg.temperature, cfg.top_k, generators, top_p=cfg.top_p, min_p=cfg.min_p,
+                                 repetition_penalty=cfg.repetition_penalty, seen=seen,
+                                 suppress=self._suppress_for(cfg, logits.size(-1))).tolist()
+            for b, (seq, token) in enumerate(zip(group, tokens, strict=True)):
+                seq.logits = None
+                self._sampled(seq, token, logits[b])
+
+    def _sampled(self, seq: _Seq, token: int, logits: torch.Tensor) -> None:
+        """A row drew `token` from `logits` (vocab,): report it, its text, and whether the row ends."""
+        if seq.seen is not None:
+            seq.seen[0, token] = True
+        event = Event(seq.index)
+        if seq.row.logprobs is not None:
+            event.tokens.append(token_logprobs(torch.log_softmax(logits.float(), dim=-1), token, seq.row.logprobs))
+        else:
+            event.tokens.append(TokenLogprob(token, 0.0))
+        seq.ids.append(token)
+        seq.new += 1
+        if token in self.stop_ids:
+            return self._finish(seq, "stop", event)
+        if seq.text is not None:
+            event.text = seq.text.push(token)
+            if seq.text.stopped:
+                return self._finish(seq, "stop", event, flush=False)
+        if seq.new >= seq.cfg.max_new_tokens:
+            return self._finish(seq, "length", event)
+        self._emit(seq, event)
+
+    def _advance(self, search: BeamSearch) -> None:
+        """One step of a beam search: its rows take the chosen hypotheses' states (cache rows, ids) and
+        their new tokens, or, once it has ended, the request gets its best beams."""
+        logits = torch.cat([seq.logits for seq in search.seqs])[:, :self.vocab_size]
+        chosen = search.advance(logits)
+        for seq in search.seqs:
+            seq.logits = None
+            seq.new += 1
+        if chosen is None:
+            first = search.seqs[0]
+            beams = search.best()
+            self._finish(first, beams[0].finish if beams else "length",
+                         Event(first.index, beams=beams, completion_tokens=max((len(b.ids) for b in beams), default=0)),
+                         flush=False)
+            for seq in search.seqs:
+                seq.done = True
+            return
+        parents, tokens = chosen
+        if parents != list(range(len(parents))):
+            states = [(list(search.seqs[p].ids), search.seqs[p].length) for p in parents]
+            if self.cache is not None:
+                slot = {id(seq): i for i, seq in enumerate(self.running)}
+                slots = [slot[id(seq)] for seq in search.seqs]
+                self.cache.copy_rows(slots, [slots[p] for p in parents], states[0][1])
+            for seq, (ids, length) in zip(search.seqs, states, strict=True):
+                seq.ids, seq.length = ids, length
+        for seq, token in zip(search.seqs, tokens, strict=True):
+            seq.ids.append(token)
+
+    def _finish(self, seq: _Seq, reason: str, event: Event, flush: bool = True) -> None:
+        if flush and seq.text is not None:
+            event.text += seq.text.flush()
+        event.finish, event.completion_tokens = reason, event.completion_tokens or seq.new
+        seq.done = True
+        self._emit(seq, event)
+
+    def _emit(self, seq: _Seq, event: Event) -> None:
+        try:
+            seq.request.on_event(event)
+        except Exception:  # the consumer is gone (closed event loop): treat as cancelled
+            seq.request.cancelled = True
+
+    def _move(self, src: int, dst: int) -> None:
+        """Slot `dst` takes the row of slot `src` (its cache row's filled positions and the sequence)."""
+        if self.cache is not None:
+            self.cache.copy_rows([dst], [src], self.running[src].length)
+        self.running[dst] = self.running[src]
+
+    def _retire(self) -> None:
+        """Drop finished rows: each freed slot takes the last running row, so rows stay 0..n-1."""
+        for slot in range(len(self.running) - 1, -1, -1):
+            if self.running[slot].done:
+                last = len(self.running) - 1
+                if slot != last:
+                    self._move(last, slot)
+                self.running.pop()
+
+    def _decode(self) -> None:
+        if not self.use_cache:  # every row's last `context` tokens through the model
+            self._fill(self.running, [self._window(seq) for seq in self.running])
+            return
+        # rows whose window is full go last and are refilled from their last `keep` tokens; the others decode
+        end = len(self.running)
+        for slot in range(len(self.running) - 1, -1, -1):
+            if self.running[slot].length >= self.context:
+                end -= 1
+                if slot != end:  # the row at `end` takes this slot; the full row needs no copy (it is refilled)
+                    full = self.running[slot]
+                    self._move(end, slot)
+                    self.running[end] = full
+        full = self.running[end:]
+        self._fill(full, [seq.ids[-self.keep:] for seq in full])
+        batch = self.running[:end]
+        if not batch:
+            return
+        idx = torch.tensor([[seq.ids[-1]] for seq in batch], dtype=torch.long, device=self.device)
+        adapters = [seq.row.adapter for seq in batch]
+        if self.compiled is not None:
+            logits = self._decode_compiled(idx, adapters)
+        else:
+            lengths = {seq.length for seq in batch}
+            cache = self.cache.rows(0, end, length=lengths.pop() if len(lengths) == 1 else None)
+            logits = self._forward(idx, cache, adapters if len(batch) > 1 else adapters[0])
+        for b, seq in enumerate(batch):
+            seq.logits = logits[b:b + 1]
+            seq.length += 1
+
+    def _decode_compiled(self, idx: torch.Tensor, adapters: list[str | None]) -> torch.Tensor:
+        """The compiled step over the first `size` slots, size the power of two at or above the
+        decoding rows (all `max_batch` on CUDA: one graph); the extra slots decode a dummy token and
+        get their lengths back (free slots start from 0, so they never write past the cache)."""
+        n = idx.size(0)
+        size = self.max_batch if self.device.type == "cuda" else min(self.max_batch, 1 << (n - 1).bit_length())
+        if size > n:
+            self.cache.lengths[len(self.running):size] = 0
+            idx = torch.cat([idx, idx.new_zeros(size - n, 1)])
+        if self.activate is not None:
+            self.activate(adapters + [None] * (size - n))
+        with autocast_for(self.model, self.device, self.dtype):
+            logits = self.compiled(idx, self.cache.rows(0, size) if size < self.max_batch else self.cache)
+        if size > n:
+            self.cache.lengths[n:size] -= 1
+        return logits[:n]
 
 
-# --------------------------------------------------------------------------- the batch entry point
-
-
-def generate_ids(model: torch.nn.Module, prompts: Sequence[Sequence[int]] | Sequence[int],
-                 cfg: GenerationConfig | int | None = None, *, vocab_size: int | None = None,
-                 stop_ids: Iterable[int] = (), device: torch.device | None = None,
-                 dtype: torch.dtype = torch.float32, decode: Decode | None = None,
-                 suppress_ids: Iterable[int] = (), **options) -> list[list[int]] | list[int]:
-    """New ids for each prompt of a batch (prompts of any lengths; sampling, greedy or beam search).
-
-    `cfg` is a GenerationConfig (an int is taken as max_new_tokens); keyword `options` override
-    its fields. A row stops after a stop id (kept as its last id) or once its text contains a
-    stop string (`decode` needed). `vocab_size` limits the choice to the tokenizer's ids when
-    the embedding is padded; `suppress_ids` are never generated (unless `cfg.suppress_tokens`
-    names others; Run passes the tokenizer's `suppressed_ids`). Returns one list of new ids per
-    prompt, or for beam search with num_return_sequences = n, n lists per prompt (grouped by
-    prompt, best first); given a single prompt (a flat list of ids) it returns that prompt's first
-    list. A prompt with no ids or ids outside the model's vocabulary is a one-line TinylmError."""
-    single = bool(prompts) and not isinstance(prompts[0], (list, tuple, torch.Tensor))
-    batch = [prompts] if single else prompts
-    cfg = _options(cfg, options)
-    rows, device = _setup(model, batch, cfg, device)
-    kw = dict(vocab_size=vocab_size, stop_ids=stop_ids, device=device, dtype=dtype, suppress_ids=suppress_ids)
-    if cfg.beams > 1:
-        out = [beam.ids for r in rows for beam in beam_search(model, r, cfg, decode=decode, **kw)]
-    else:
-        out = [[] for _ in rows]
-        for tokens, active in _sample_steps(model, rows, cfg, stopped=_stop_checker(cfg, decode), **kw):
-            for b, t in enumerate(tokens):
-                if active[b]:
-                    out[b].append(t)
-    return out[0] if single else out
+def _rows(seqs: Sequence[_Seq]) -> list[_Seq]:
+    """The unfinished request rows among cache rows: a beam row's hypotheses once."""
+    seen: set[tuple[int, int]] = set()
+    out = []
+    for seq in seqs:
+        key = (id(seq.request), seq.index)
+        if not seq.done and key not in seen:
+            seen.add(key)
+            out.append(seq)
+    return out

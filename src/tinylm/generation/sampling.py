@@ -1,10 +1,10 @@
-"""Choosing the next token from logits, and turning generated ids into text.
+"""Choosing the next token from logits.
 
 Logit filters (each returns logits with the dropped tokens at -inf, rows independent):
 `apply_repetition_penalty`, `top_k_filter`, `top_p_filter`, `min_p_filter`; `sample_next`
 applies them in that order after the temperature (`apply_temperature`, overflow-free) and draws
-one token per row. Text helpers: `stream_text` / `TextStream` (UTF-8-safe pieces) and
-`cut_at_stop` / `StopFilter` (stop strings).
+one token per row. `seen_mask` and `suppress_mask` build the penalty's and the suppression's
+masks; `token_logprobs` reports a drawn token's log-probability and its likeliest alternatives.
 
     logits (B, vocab) ─► penalty ─► / temperature ─► top-k ─► top-p ─► min-p ─► softmax ─► draw_tokens
                                                                          one uniform number per row from
@@ -18,10 +18,12 @@ than `torch.multinomial` or an exponential race, which draw one random number pe
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
 
 import torch
 
+from tinylm.errors import ConfigError
 from tinylm.inputs import FLOAT32_MAX
 
 NEG_INF = float("-inf")
@@ -135,110 +137,42 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
     return draw_tokens(torch.softmax(scaled, dim=-1), generator)
 
 
-# --------------------------------------------------------------------------- text
+def seen_mask(rows: Sequence[Sequence[int]], vocab: int, device: torch.device) -> torch.Tensor:
+    """(len(rows), vocab) bool: the ids each row holds (what the repetition penalty penalises)."""
+    seen = torch.zeros(len(rows), vocab, dtype=torch.bool, device=device)
+    for b, r in enumerate(rows):
+        seen[b, [t for t in r if t < vocab]] = True
+    return seen
 
 
-class TextStream:
-    """Token ids in, text pieces out, one id at a time (what `stream_text` does for an iterable):
-    `push(id)` returns the text that id completes (maybe ""), `flush()` the held-back rest. A
-    piece ending in `hold` (U+FFFD) may be a UTF-8 character split across tokens, so it is held
-    back until the next token completes it. The ids are decoded after `prefix` (the prompt),
-    which is not returned: the first piece is spaced or joined as it is in the whole text."""
-
-    def __init__(self, decode: Callable[[Sequence[int]], str], prefix: Sequence[int] = (), hold: str = "\ufffd"):
-        self.decode, self.hold = decode, hold
-        self.tokens = list(prefix)
-        self.text = decode(self.tokens) if self.tokens else ""
-        self.emitted = len(self.text)
-
-    def push(self, token: int) -> str:
-        self.tokens.append(token)
-        self.text = self.decode(self.tokens)
-        if self.text.endswith(self.hold) or len(self.text) <= self.emitted:
-            return ""
-        out, self.emitted = self.text[self.emitted:], len(self.text)
-        return out
-
-    def flush(self) -> str:
-        out, self.emitted = self.text[self.emitted:], max(len(self.text), self.emitted)
-        return out
+def suppress_mask(suppress_tokens: Sequence[int] | None, suppress_ids: Iterable[int], vocab: int,
+                  device: torch.device) -> torch.Tensor | None:
+    """(vocab,) bool: the ids never generated, `suppress_tokens` (a row's own list) or else `suppress_ids`
+    (the tokenizer's `suppressed_ids`); None when there are none. A ConfigError when no id stays allowed."""
+    ids = [i for i in (suppress_tokens if suppress_tokens is not None else suppress_ids) if 0 <= i < vocab]
+    if not ids:
+        return None
+    mask = torch.zeros(vocab, dtype=torch.bool, device=device)
+    mask[ids] = True
+    if bool(mask.all()):
+        raise ConfigError(f"suppress_tokens leaves no token to generate (all {vocab} ids are suppressed)")
+    return mask
 
 
-def stream_text(ids: Iterable[int], decode: Callable[[Sequence[int]], str], hold: str = "\ufffd",
-                prefix: Sequence[int] = ()) -> Iterator[str]:
-    """Turn a stream of token ids into text pieces (see `TextStream`: split UTF-8 characters are
-    held back; the first piece is spaced or joined after `prefix` as in the whole text)."""
-    stream = TextStream(decode, prefix, hold)
-    for token in ids:
-        piece = stream.push(token)
-        if piece:
-            yield piece
-    rest = stream.flush()
-    if rest:
-        yield rest
+@dataclass
+class TokenLogprob:
+    """A token with its log-probability under the model (before the temperature and the filters) and the
+    `top` likeliest alternatives as (id, logprob), likeliest first."""
+
+    token: int
+    logprob: float | None  # None for a prompt's first token (nothing predicts it)
+    top: list[tuple[int, float]] = field(default_factory=list)
 
 
-def find_stop(text: str, stops: Sequence[str]) -> int:
-    """Index of the earliest occurrence of any stop string in `text`, or -1."""
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return min(hits) if hits else -1
-
-
-def cut_at_stop(text: str, stops: Sequence[str]) -> str:
-    """`text` up to (not including) the first stop string."""
-    i = find_stop(text, stops)
-    return text if i < 0 else text[:i]
-
-
-class StopFilter:
-    """Streams text pieces, cut before the first stop string: text that might be the beginning
-    of a stop string is held back until the next piece shows whether it is one."""
-
-    def __init__(self, stops: Sequence[str]):
-        self.stops = list(stops)
-        self.text = ""
-        self.emitted = 0
-        self.stopped = False
-
-    def _held(self) -> int:
-        """Length of the longest end of the text that is a proper beginning of a stop string."""
-        longest = 0
-        for s in self.stops:
-            for n in range(min(len(s) - 1, len(self.text) - self.emitted), longest, -1):
-                if self.text.endswith(s[:n]):
-                    longest = n
-                    break
-        return longest
-
-    def feed(self, piece: str) -> str:
-        """The text that is now safe to show (empty once a stop string was seen)."""
-        if self.stopped:
-            return ""
-        start = max(self.emitted - max((len(s) for s in self.stops), default=0), 0)
-        self.text += piece
-        end = len(self.text) - self._held()  # a stop string may still begin at `end`
-        i = find_stop(self.text[start:], self.stops)
-        if i >= 0 and start + i <= end:  # no longer stop string can begin before this one
-            self.stopped = True
-            out, self.emitted = self.text[self.emitted:start + i], len(self.text)
-            return out
-        out, self.emitted = self.text[self.emitted:end], max(end, self.emitted)
-        return out
-
-    def flush(self) -> str:
-        """The held-back rest at the end of the stream (up to a stop string it holds)."""
-        if self.stopped:
-            return ""
-        out, self.emitted = cut_at_stop(self.text[self.emitted:], self.stops), len(self.text)
-        return out
-
-    def __call__(self, pieces: Iterable[str]) -> Iterator[str]:
-        for piece in pieces:
-            out = self.feed(piece)
-            if out:
-                yield out
-            if self.stopped:
-                return
-        out = self.flush()
-        if out:
-            yield out
+def token_logprobs(logprobs: torch.Tensor, token: int, top: int) -> TokenLogprob:
+    """`token`'s entry of `logprobs` (vocab,) (a log_softmax) with the `top` likeliest alternatives."""
+    out = TokenLogprob(token, float(logprobs[token]))
+    if top:
+        values, ids = torch.topk(logprobs, min(top, logprobs.size(-1)))
+        out.top = list(zip(ids.tolist(), values.tolist(), strict=True))
+    return out

@@ -316,9 +316,9 @@ def gguf_vocab(tokenizer: Tokenizer, rows: int) -> GGUFVocab:
         raise ExportError(f"GGUF cannot express tokenizer.json model.type {model.get('type')!r}: tinylm writes "
                           "byte-level BPE and SentencePiece-style BPE (with byte fallback) tokenizers")
     vocab = _sentencepiece(spec, rows) if model.get("byte_fallback") else _byte_level(spec, rows)
-    bos = getattr(tokenizer, "bos_token_id", tokenizer.bos_id)
+    bos = tokenizer.bos_token_id
     vocab.specials = {"bos": bos if bos is not None else tokenizer.eot_id, "eos": tokenizer.eot_id,
-                      "unk": tokenizer.unk_id, "pad": getattr(tokenizer, "pad_id", None)}
+                      "unk": tokenizer.unk_id, "pad": tokenizer.pad_id}
     vocab.add_bos = tokenizer.add_bos
     return vocab
 
@@ -395,8 +395,8 @@ def export_gguf(run_dir: str | Path, out: str | Path, dtype: str = "f32", checkp
         raise ExportError(f"the tokenizer has {len(vocab.tokens)} ids but model.vocab_size is {cfg.vocab_size}")
     if isinstance(chat_template, str):
         chat_template = get_template(chat_template)
-    template = chat_template if chat_template is not None else getattr(run, "chat_template", None)
-    jinja = template.jinja() if template is not None else getattr(tokenizer, "chat_template", None)
+    template = chat_template if chat_template is not None else run.chat_template
+    jinja = template.jinja() if template is not None else tokenizer.chat_template
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

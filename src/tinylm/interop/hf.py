@@ -43,16 +43,16 @@ _WHY_NOT_LLAMA = {
 def _family(cfg, tokenizer: Tokenizer) -> tuple[str, dict[str, Any], Any]:
     """(family name, transformers config dict, state-dict builder) for the model config `cfg`."""
     eot_id = tokenizer.eot_id
-    bos = getattr(tokenizer, "bos_token_id", None)  # hf: the original BOS, even when not added
+    bos = tokenizer.bos_token_id  # hf: the original BOS, even when not added
     if bos is None:  # what generation starts from without a prompt: word's <sos>, else end-of-text
-        bos = tokenizer.bos_id if tokenizer.bos_id is not None else eot_id
+        bos = eot_id
     problems = gpt2_problems(cfg)
     if not problems:
         return "gpt2", gpt2_config(cfg, eot_id, bos_id=bos), to_gpt2_state
     why_not_llama = llama.llama_incompatibility(cfg)
     if why_not_llama is None:
         config = llama.llama_config(cfg, bos_token_id=bos, eos_token_id=eot_id,
-                                    pad_token_id=getattr(tokenizer, "pad_id", None))
+                                    pad_token_id=tokenizer.pad_id)
         return "llama", config, llama.to_llama_state
     reason = _WHY_NOT_LLAMA.get(cfg.pos, f"Llama cannot express it ({why_not_llama})")
     raise ExportError(f"cannot export to transformers: {reason}; GPT-2 cannot express {'; '.join(problems)}")
@@ -115,7 +115,7 @@ def _write_export(out: Path, run: Any, config: dict[str, Any], state: dict[str, 
                   "eos_token_id": config.get("eos_token_id")}
     if tokenizer.suppressed_ids:  # ids tinylm never generates (<pad>, <unk>, ...): transformers' generate neither
         generation["suppress_tokens"] = sorted(tokenizer.suppressed_ids)
-    original = getattr(tokenizer, "files", {}).get("generation_config.json")  # hf: the imported model's own
+    original = tokenizer.source_files.get("generation_config.json")  # hf: the imported model's own
     if original is not None:
         fileio.write_text(out / "generation_config.json", original)
     else:

@@ -12,23 +12,17 @@ positions applied to queries and keys when `pos = "rope"`. It runs in
 `scaled_dot_product_attention`, or in an explicit softmax(q k^T / sqrt(d)) v ("manual", for
 teaching and inspecting the weights). The MLP is Linear -> GELU (exact or tanh) -> Linear, or SwiGLU.
 
-For generation, a `KVCache` keeps each layer's keys and values, so a new token attends to the
-cached ones instead of recomputing the prefix. `pad` marks left padding in batches of prompts of
-different lengths: padded positions are never attended to and each row counts positions from
-its first real token. A cache with per-row lengths (`new_cache(..., per_row=True)`) lets rows at
-different positions decode together (continuous batching in `tinylm.serving`): each row starts at
-position 0 and attends to its own filled positions only. A *static* per-row cache (`static=True`)
-attends over all `max_len` positions (the mask hides the unfilled ones), so a decode step has the
-same shapes every time and never reads a length back to the host: what `torch.compile` and CUDA
-graphs need (`tinylm.inference`).
-
-Decoding one token after the cache needs no mask (it sees every cached position), and grouped-query
-heads are passed to `scaled_dot_product_attention` as they are (`enable_gqa`), not repeated.
+For generation, a `KVCache` (cache.py) keeps each layer's keys and values, so a new token attends to
+the cached ones instead of recomputing the prefix. Every row of a cache has its own length: rows at
+different positions decode together (the generation engine's continuous batching), each counting
+positions from its own first token and attending to its own positions only. Rows the caller knows to be
+equally long (an aligned cache) need no mask: a prefill from position 0 is plain causal attention and one
+new token sees every cached position. Grouped-query heads are passed to
+`scaled_dot_product_attention` as they are (`enable_gqa`), not repeated.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -36,44 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tinylm.config import ModelConfig
+from tinylm.model.cache import KVCache
 from tinylm.runtime import check_memory
-
-
-class KVCache:
-    """Keys and values of every layer for up to `max_len` positions: k[layer], v[layer] are
-    (batch, n_kv_head, max_len, head_dim); `length` positions are filled.
-
-    With `per_row=True` (continuous batching) every row has its own filled length, `lengths`
-    (batch,): rows start at position 0, a forward appends each row's new tokens at its own length
-    and a row attends to its first `lengths[b]` positions only (`length` is then the longest row's).
-    A `static` per-row cache attends over all `max_len` positions instead (fixed shapes for
-    torch.compile; `length` is not tracked and the caller keeps every row within `max_len`)."""
-
-    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device: torch.device, dtype: torch.dtype,
-                 per_row: bool = False, static: bool = False):
-        shape = (batch, cfg.kv_heads, max_len, cfg.head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
-        self.max_len, self.length = max_len, 0
-        self.lengths = torch.zeros(batch, dtype=torch.long, device=device) if per_row or static else None
-        self.static = static
-
-    def reset(self) -> None:
-        self.length = 0
-        if self.lengths is not None:
-            self.lengths.zero_()
-
-    def rows(self, start: int, stop: int, length: int | None = None) -> KVCache:
-        """A cache over rows start..stop-1 sharing this one's storage (writes go through). With
-        `length` the view has one shared length starting there (to prefill rows on their own, as
-        `generate_ids` would; the caller then records their `lengths`); else it shares `lengths`."""
-        view = copy.copy(self)
-        view.k, view.v = [t[start:stop] for t in self.k], [t[start:stop] for t in self.v]
-        if length is not None or self.lengths is None:
-            view.lengths, view.length, view.static = None, self.length if length is None else length, False
-        else:
-            view.lengths = self.lengths[start:stop]
-        return view
 
 
 def norm_layer(cfg: ModelConfig, dim: int) -> nn.Module:
@@ -118,7 +76,9 @@ class CausalSelfAttention(nn.Module):
         self.weights: torch.Tensor | None = None  # the last attention weights (manual attention only)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, rotary: tuple[torch.Tensor, torch.Tensor] | None,
-                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+                cache: KVCache | None = None, layer: int = 0, where: tuple = ()) -> torch.Tensor:
+        """x (B, T, d_model) -> (B, T, d_model); with `cache`, the keys and values go `where` the cache's
+        `plan` said (and the attention sees the cached ones)."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split([self.n_head * self.head_dim, self.n_kv * self.head_dim,
                                      self.n_kv * self.head_dim], dim=-1)
@@ -130,19 +90,7 @@ class CausalSelfAttention(nn.Module):
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         if cache is not None:  # append to the cached keys and values and attend over all of them
-            end = cache.length + T
-            if cache.lengths is not None:  # per-row lengths: row b writes at lengths[b] (the mask hides the rest)
-                rows = torch.arange(B, device=x.device)[:, None]
-                cols = cache.lengths[:, None] + torch.arange(T, device=x.device)
-                cache.k[layer][rows, :, cols] = k.transpose(1, 2).to(cache.k[layer].dtype)
-                cache.v[layer][rows, :, cols] = v.transpose(1, 2).to(cache.v[layer].dtype)
-            else:
-                cache.k[layer][:, :, cache.length:end] = k
-                cache.v[layer][:, :, cache.length:end] = v
-            if cache.static:  # every position, filled or not (the mask decides): fixed shapes
-                k, v = cache.k[layer], cache.v[layer]
-            else:
-                k, v = cache.k[layer][:, :, :end], cache.v[layer][:, :, :end]
+            k, v = cache.append(layer, k, v, *where)
         # without a mask: causal over T > 1 new tokens, or one token that sees every key before it
         causal = mask is None and T > 1
         dropout = self.cfg.dropout if self.training else 0.0
@@ -192,11 +140,11 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, rotary: tuple[torch.Tensor, torch.Tensor] | None,
-                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+                cache: KVCache | None = None, layer: int = 0, where: tuple = ()) -> torch.Tensor:
         if self.pre_norm:
-            x = x + self.attn(self.ln1(x), mask, rotary, cache, layer)
+            x = x + self.attn(self.ln1(x), mask, rotary, cache, layer, where)
             return x + self.mlp(self.ln2(x))
-        x = self.ln1(x + self.attn(x, mask, rotary, cache, layer))
+        x = self.ln1(x + self.attn(x, mask, rotary, cache, layer, where))
         return self.ln2(x + self.mlp(x))
 
 
@@ -247,63 +195,41 @@ class GPT(nn.Module):
         matmul_params = self.num_params(non_embedding=True) + (self.head.weight.numel() if self.cfg.tie_weights else 0)
         return 6 * matmul_params + 12 * self.cfg.n_layer * self.cfg.d_model * (seq_len or self.cfg.context)
 
-    def new_cache(self, batch: int, max_len: int | None = None, per_row: bool = False,
-                  static: bool = False) -> KVCache:
-        """An empty key/value cache for `batch` sequences of up to `max_len` (default: context) positions
-        (`per_row`: each row with its own length, for continuous batching; `static`: per-row lengths and
-        attention over all `max_len` positions, fixed shapes for torch.compile)."""
+    def new_cache(self, batch: int, max_len: int | None = None, static: bool = False) -> KVCache:
+        """An empty key/value cache for `batch` sequences of up to `max_len` (default: the context)
+        positions, aligned at 0 (`static`: attention over all `max_len` positions, fixed shapes for
+        torch.compile). A one-line error when it certainly cannot fit in memory."""
         weight = self.tok_emb.weight
         max_len = max_len or self.cfg.context
         cfg = self.cfg
         need = 2 * cfg.n_layer * batch * max_len * cfg.kv_heads * cfg.head_dim * weight.element_size()
         check_memory(need, weight.device, f"the KV cache ({batch} x {max_len:,} positions x {cfg.n_layer} layers)",
                      "lower model.context (tinylm import --context N caps an imported model's) or the batch")
-        return KVCache(cfg, batch, max_len, weight.device, weight.dtype, per_row, static)
+        return KVCache(cfg, batch, max_len, weight.device, weight.dtype, static)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: KVCache | None = None,
-                pad: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
+                cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx: (B, T) token ids. Returns logits (B, T, vocab) and, when `targets` (B, T) is given,
-        the mean cross-entropy (targets of -1 are ignored). With `cache`, idx continues the cached
-        sequence (and is appended to the cache); `pad` (B,) counts each row's left-padding tokens."""
-        logits = self.head(self.features(idx, cache=cache, pad=pad))
+        the mean cross-entropy (targets of -1 are ignored). With `cache`, idx continues each row's
+        cached sequence (and is appended to the cache)."""
+        logits = self.head(self.features(idx, cache=cache))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
         return logits, loss
 
-    def features(self, idx: torch.Tensor, *, cache: KVCache | None = None,
-                 pad: torch.Tensor | None = None) -> torch.Tensor:
+    def features(self, idx: torch.Tensor, *, cache: KVCache | None = None) -> torch.Tensor:
         """The final normalised hidden states (B, T, d_model): `self.head` of them are the logits
-        (callers that need few positions' logits apply the head to those alone)."""
+        (callers that need few positions' logits apply the head to those alone). Without a cache, plain
+        causal attention over at most `context` tokens; with one, see `KVCache.plan`."""
         B, T = idx.shape
-        per_row = cache is not None and cache.lengths is not None
-        if per_row:
-            if pad is not None:
-                raise ValueError("a cache with per-row lengths takes no padding (its rows start at position 0)")
-            if not cache.static:  # (a static cache never reads its lengths back: the caller bounds them)
-                cache.length = int(cache.lengths.max())
-        static = per_row and cache.static
-        start = cache.length if cache is not None and not static else 0
-        limit = cache.max_len if cache is not None else self.cfg.context
-        if start + T > limit:
-            where = f"the cache's {limit} positions" if cache is not None else f"the model's context {limit}"
-            raise ValueError(f"sequence length {start + T} exceeds {where}")
-        queries = torch.arange(start, start + T, device=idx.device)  # absolute positions of idx
-        positions = queries[None].expand(B, T)
-        # plain causal attention (T > 1 from position 0), or one new token that sees all the cache:
-        # no mask, unless rows have lengths or padding of their own, or T > 1 tokens follow a prefix
-        mask = None
-        if per_row:  # row b's tokens sit at lengths[b] + t and see the keys up to themselves
-            keys = torch.arange(cache.max_len if static else start + T, device=idx.device)
-            positions = cache.lengths[:, None] + torch.arange(T, device=idx.device)
-            mask = (keys[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, keys)
-        elif pad is not None or (start > 0 and T > 1):
-            keys = torch.arange(start + T, device=idx.device)
-            mask = (keys[None, :] <= queries[:, None])[None, None]  # (1, 1, T, keys): causal
-            if pad is not None:
-                positions = (positions - pad[:, None]).clamp(min=0)  # count from each row's first token
-                # never attend to padding; a padding position attends to itself only (no empty softmax)
-                mask = mask & (keys >= pad[:, None, None, None]) | (keys[None, :] == queries[:, None])[None, None]
+        mask, where = None, ()
+        if cache is None:
+            if T > self.cfg.context:
+                raise ValueError(f"sequence length {T} exceeds the model's context {self.cfg.context}")
+            positions = torch.arange(T, device=idx.device)[None].expand(B, T)
+        else:
+            positions, mask, *where = cache.plan(T)
         x = self.tok_emb(idx)
         if self.pos_emb is not None:
             x = x + self.pos_emb(positions)
@@ -312,9 +238,7 @@ class GPT(nn.Module):
         rotary = rotary_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_base) if self.cfg.pos == "rope" else None
         x = self.drop(x)
         for layer, block in enumerate(self.blocks):
-            x = block(x, mask, rotary, cache, layer)
+            x = block(x, mask, rotary, cache, layer, tuple(where))
         if cache is not None:
-            cache.length = start + T if not static else 0
-            if per_row:
-                cache.lengths += T
+            cache.advance(T)
         return self.ln_f(x)

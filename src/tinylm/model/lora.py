@@ -10,7 +10,7 @@ Language Models"; the layout follows Hugging Face PEFT's `lora.Linear`).
                                    adapters become plain nn.Linear again (so the state dict is a base run's)
 
 B starts at zero, so a fresh adapter leaves the model's output unchanged. Several adapters can live
-on one model: the serving engine decodes rows for different adapters in one batch by passing one
+on one model: the generation engine decodes rows for different adapters in one batch by passing one
 adapter name (or None) per batch row to `set_active`.
 
 Target layers have short names (`TARGETS`): qkv (attention's fused q, k, v projection), proj
@@ -89,7 +89,7 @@ class LoRALinear(nn.Module):
     def add(self, name: str, r: int, alpha: float, dropout: float, dtype: torch.dtype | None = None) -> None:
         """A new adapter: A Kaiming-uniform (a = sqrt(5), as nn.Linear and PEFT), B zeros; in `dtype`
         (default: the base weight's; an inference model gives its activations' dtype, see
-        `tinylm.inference.adapter_dtype`)."""
+        `tinylm.generation.precision.adapter_dtype`)."""
         check_name(name)
         if name in self.lora_A:
             raise ConfigError(f"the model already has an adapter named {name!r}")

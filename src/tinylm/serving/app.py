@@ -1,4 +1,4 @@
-"""The HTTP side of `tinylm serve`: an OpenAI-compatible API (FastAPI) over the batching engine.
+"""The HTTP side of `tinylm serve`: an OpenAI-compatible API (FastAPI) over the generation engine.
 
     client ──HTTP──► Host allowed? Origin its own (or --cors-origin)? (403) ──► [CORS] ──► FastAPI route
        ──► API key (Bearer, constant-time) ──► body (Content-Type JSON or 415, size-limited, within
@@ -52,7 +52,8 @@ from tinylm.config import ServeConfig
 from tinylm.console import TinylmWarning, console
 from tinylm.errors import ConfigError
 from tinylm.inputs import encode_text
-from tinylm.serving.engine import Closing, Engine, Event, QueueFull, Request as EngineRequest, Row, TokenLogprob
+from tinylm.generation.engine import Closing, Engine, Event, QueueFull, Request as EngineRequest, Row
+from tinylm.generation.sampling import TokenLogprob
 from tinylm.serving.protocol import (APIError, ChatRequest, CompletionRequest, Limits, chat_request,
                                      completion_request, finite, parse_json)
 from tinylm.templates import Template, get_template
@@ -183,11 +184,6 @@ class _Guard:
             await _error_response(error)(scope, receive, send)
 
 
-def own_template(obj: Any) -> Template | None:
-    """The chat template a run (or adapter) was fine-tuned with (`Run.chat_template`), if it has one."""
-    return getattr(obj, "chat_template", None)
-
-
 @dataclass
 class Model:
     """One model id this server answers to: the run itself (adapter None) or a LoRA adapter on it."""
@@ -211,7 +207,7 @@ class Service:
         fallback = get_template(cfg.chat_template) if cfg.chat_template else None
         if fallback is not None:
             warn_unknown_markers(fallback, tok)
-        base_template = own_template(self.run) or fallback
+        base_template = self.run.chat_template or fallback
         created = int(self.run.weights.stat().st_mtime)
         name = cfg.model_name or Path(run_dir).resolve().name
         self.models: dict[str, Model] = {name: Model(name, None, base_template, created)}
@@ -220,14 +216,9 @@ class Service:
             model_id, _, path = (part.strip() for part in spec.partition("="))
             if model_id in self.models:
                 raise ConfigError(f"--adapter {spec}: the model id {model_id!r} is already taken; choose another NAME")
-            attach = getattr(self.run, "attach_adapter", None)
-            if attach is None:
-                raise ConfigError("this tinylm cannot serve LoRA adapters (no fine-tuning support installed)")
             # any model id (dots and slashes too, as in "poet-v1.2"): the adapter's key on the model is ours
-            handle = attach(f"adapter_{i}", path)
-            # the adapter's own template: from what attach_adapter returns, else from the adapter run itself
-            template = own_template(handle) or own_template(load(path, cfg.checkpoint, "cpu", "float32"))
-            self.models[model_id] = Model(model_id, f"adapter_{i}", template or base_template, created)
+            handle = self.run.attach_adapter(f"adapter_{i}", path)
+            self.models[model_id] = Model(model_id, f"adapter_{i}", handle.chat_template or base_template, created)
         if cfg.adapter:
             from tinylm.model.lora import set_active
 
@@ -235,10 +226,8 @@ class Service:
         self.limits = Limits(max_tokens=cfg.max_tokens, max_batch=cfg.max_batch, max_rows=cfg.max_queue,
                              vocab_size=tok.vocab_size)
         self.run.ready()  # decode kernels (and the compiled decode step) after the adapters are attached
-        self.engine = Engine(self.run.model, tok.decode, vocab_size=tok.vocab_size,
-                             stop_ids=tok.stop_ids, markers=sorted(tok.markers),
-                             max_batch=cfg.max_batch, max_queue=cfg.max_queue, device=self.run.device,
-                             dtype=self.run.dtype, activate=activate, suppress_ids=tok.suppressed_ids)
+        self.engine = Engine(self.run.model, max_batch=cfg.max_batch, max_queue=cfg.max_queue, activate=activate,
+                             **self.run.engine_args())
         self.context = self.run.model.cfg.context
         self.hosts = Hosts(cfg.host, cfg.allowed_hosts)
 

@@ -28,7 +28,7 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tinylm.errors import ConfigError, DataError
-from tinylm.generation.config import GenerationConfig
+from tinylm.config import GenerationConfig
 from tinylm.inputs import check_seeds
 from tinylm.templates import check_messages
 

@@ -123,7 +123,25 @@ class Tokenizer(ABC):
     unk_id: int | None = None  # what text outside the vocabulary maps to
     add_bos: bool = False  # prompts begin with bos_id too, as the original tokenizer does (hf: Llama's <s>)
     eot_text: str | None = None  # text that `encode` reads as eot_id (a special token matched in text), if any
+    pad_id: int | None = None  # the padding token the original tokenizer names (hf), for exports
     cuts: re.Pattern[str] | None = LINE_CUTS  # where a text may be cut and encoded in pieces (None: nowhere)
+
+    @property
+    def bos_token_id(self) -> int | None:
+        """The beginning-of-sequence token for exports (config.json, GGUF): `bos_id`, or for hf the original
+        tokenizer's BOS even when it is not added to inputs."""
+        return self.bos_id
+
+    @property
+    def chat_template(self) -> str | None:
+        """A Jinja chat template the tokenizer brings (hf: the imported model's own), else None."""
+        return None
+
+    @property
+    def source_files(self) -> dict[str, str]:
+        """Files the tokenizer was read from, kept verbatim to be written back by exports (hf: tokenizer.json,
+        its config files, generation_config.json), by name; {} for tinylm's own kinds."""
+        return {}
 
     @classmethod
     @abstractmethod

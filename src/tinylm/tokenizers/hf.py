@@ -214,7 +214,7 @@ class HFTokenizer(Tokenizer):
             text = _token_text(self.config.get(name)) or _token_text(configs[SPECIAL_TOKENS_MAP].get(name))
             return text, (self.vocab.get(text) if text is not None else None)
 
-        self.bos_token, self.bos_token_id = special("bos_token")
+        self.bos_token, self._bos_token_id = special("bos_token")
         self.eos_token, eos = special("eos_token")
         self.pad_token, self.pad_id = special("pad_token")
         self.unk_token, self.unk_id = special("unk_token")
@@ -228,8 +228,8 @@ class HFTokenizer(Tokenizer):
         self.extra_stop_ids = [i for i in stops if i != self.eot_id and 0 <= i < self._size]
         add_bos = self.config.get("add_bos_token")
         self.add_bos = (bool(add_bos) if isinstance(add_bos, bool) else self._post_processor_adds_bos()) \
-            and self.bos_token_id is not None
-        self.bos_id = self.bos_token_id if self.add_bos else None
+            and self._bos_token_id is not None
+        self.bos_id = self._bos_token_id if self.add_bos else None
         self.cuts = cut_pattern(self.spec)
         eos_text = self.eos_token
         self.eot_text = eos_text if eos_text and self.eot_id is not None and self.encode(eos_text) == [self.eot_id] \
@@ -247,6 +247,15 @@ class HFTokenizer(Tokenizer):
                 first = (step.get("single") or [{}])[0]
                 return first.get("SpecialToken", {}).get("id") == self.bos_token
         return False
+
+    @property
+    def bos_token_id(self) -> int | None:
+        """The original tokenizer's BOS token, also when it is not added to inputs."""
+        return self._bos_token_id
+
+    @property
+    def source_files(self) -> dict[str, str]:
+        return self.files
 
     @property
     def chat_template(self) -> str | None:

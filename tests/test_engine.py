@@ -1,4 +1,4 @@
-"""The continuous-batching engine and the per-row KV cache under it, without HTTP.
+"""The generation engine (continuous batching, what every decode runs on) and the per-row KV cache under it.
 
 Rows that join and leave between steps must generate what they would generate alone: bit for bit
 when a row is alone in the batch (prefill, refills, one-row steps), within float32 rounding of the
@@ -12,8 +12,8 @@ import torch
 from tinylm.config import ModelConfig
 from tinylm.generation import GenerationConfig, generate_ids
 from tinylm.model import GPT
-from tinylm.serving import engine as engine_module
-from tinylm.serving.engine import Engine, Event, QueueFull, Request, Row
+from tinylm.generation import engine as engine_module
+from tinylm.generation.engine import Closing, Engine, Event, QueueFull, Request, Row
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -94,7 +94,7 @@ def test_per_row_cache_rows_at_different_positions_decode_as_if_alone(variant):
             reference.append(logits)
             fed.append(tokens)
 
-        cache = model.new_cache(3, per_row=True)
+        cache = model.new_cache(3).rows(0, 3)  # per-row
         got = []
         for i, p in enumerate(prompts):  # prefill each row alone into its slot
             got.append([model(torch.tensor([p]), cache=cache.rows(i, i + 1, length=0))[0][:, -1]])
@@ -107,7 +107,7 @@ def test_per_row_cache_rows_at_different_positions_decode_as_if_alone(variant):
                 got[i].append(out[i:i + 1])
         assert cache.lengths.tolist() == [3 + steps, 7 + steps, 12 + steps]
 
-        lone = model.new_cache(3, per_row=True)  # one row alone in a per-row cache: the B=1 computation
+        lone = model.new_cache(3)  # one row alone in a per-row cache: the B=1 computation
         p = prompts[1]
         first = model(torch.tensor([p]), cache=lone.rows(2, 3, length=0))[0][:, -1]
         lone.lengths[2] = len(p)
@@ -179,16 +179,22 @@ class Recording(Engine):
         super().__init__(*args, **kwargs)
         self.logits: dict[int, list[torch.Tensor]] = {}
         self.batches: list[int] = []
-        self.calls: list[tuple[int, bool]] = []  # (rows, whether only the last positions' logits)
+        self.calls: list[tuple[int, bool]] = []  # (rows, whether a prefill of admitted rows)
+        self.prefilling = False
 
     def _sample_all(self, seqs):
         for seq in seqs:
             self.logits.setdefault(id(seq.request), []).append(seq.logits[:, :self.vocab_size].clone())
         super()._sample_all(seqs)
 
+    def _prefill(self, admitted):
+        self.prefilling = True
+        super()._prefill(admitted)
+        self.prefilling = False
+
     def _forward(self, idx, cache, adapters, last=None):
         self.batches.append(idx.size(0))
-        self.calls.append((idx.size(0), last is not None))
+        self.calls.append((idx.size(0), self.prefilling))
         return super()._forward(idx, cache, adapters, last)
 
 
@@ -238,7 +244,7 @@ def test_rows_admitted_together_are_prefilled_together(budget, monkeypatch):
     for r in requests:
         engine.submit(r)
     drain(engine)
-    together = [rows for rows, last in engine.calls if last]
+    together = [rows for rows, prefill in engine.calls if prefill]
     assert sum(together) == len(prompts) and len(together) == (1 if budget == 4096 else 4)
     with torch.no_grad():
         for p, r in zip(prompts, requests, strict=True):
@@ -349,8 +355,6 @@ def test_close_lets_rows_run_until_the_deadline_then_ends_them_as_shutdown():
     text so far flushed and a message; nothing is left in the engine."""
     import threading
     import time
-
-    from tinylm.serving.engine import Closing
 
     model = tiny_model()
     engine = make_engine(model, max_batch=2)
