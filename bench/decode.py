@@ -55,7 +55,7 @@ from tinylm.generation import generate_ids  # noqa: E402
 from tinylm.generation.kernels import is_quantized  # noqa: E402
 from tinylm.interop.native import NativeCrash  # noqa: E402
 from tinylm.model import GPT  # noqa: E402
-from tinylm.rundir import MODEL_FILE, load, save_weights, write_config  # noqa: E402
+from tinylm.run import MODEL_FILE, load, save_weights, write_config  # noqa: E402
 from tinylm.tokenizers import KINDS, train_tokenizer  # noqa: E402
 
 SIZES = {"shakespeare-char": ("shakespeare-char", "char"), "tinystories-gpt2": ("tinystories-gpt2", "gpt2")}

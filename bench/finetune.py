@@ -36,7 +36,7 @@ SIZES = {"tinystories-gpt2": {}, "tiny": {"n_layer": 2, "n_head": 2, "d_model": 
 
 
 def write_instructions(path: Path, limit: int) -> Path:
-    from tinylm.data.finetune import shakespeare_instructions
+    from tinylm.data.records import shakespeare_instructions
 
     path.write_text("".join(json.dumps(r) + "\n" for r in shakespeare_instructions(limit)), encoding="utf-8")
     return path
@@ -48,7 +48,7 @@ def random_base(out: Path, size: str) -> Path:
 
     from tinylm.config import load_preset
     from tinylm.model import GPT
-    from tinylm.rundir import MODEL_FILE, save_weights, write_config
+    from tinylm.run import MODEL_FILE, save_weights, write_config
     from tinylm.tokenizers import GPT2Tokenizer
 
     cfg = load_preset("tinystories-gpt2")
@@ -120,7 +120,8 @@ def quality(args: argparse.Namespace, work: Path, data: Path) -> None:
     """Validation loss on response tokens before and after each method, on a character-level base."""
     import tinylm
     from tinylm.config import load_preset
-    from tinylm.data.finetune import run_examples, score_examples
+    from tinylm.data.finetune import run_examples
+    from tinylm.evaluation.perplexity import score_examples
     from tinylm.training import train
 
     base = Path(args.quality_base) if args.quality_base else work / "char-base"

@@ -37,7 +37,7 @@ from shakespeare_char import machine  # noqa: E402
 
 from tinylm.config import load_preset  # noqa: E402
 from tinylm.model import GPT  # noqa: E402
-from tinylm.rundir import MODEL_FILE, save_weights, write_config  # noqa: E402
+from tinylm.run import MODEL_FILE, save_weights, write_config  # noqa: E402
 from tinylm.tokenizers import KINDS  # noqa: E402
 
 PROMPTS = ["Once upon a time", "The little dog", "One day, a girl named Lily", "Tom and his mom went",

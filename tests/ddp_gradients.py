@@ -15,6 +15,8 @@ import torch
 from tinylm.config import load_preset
 from tinylm.tokenizers import load_tokenizer
 from tinylm.training import distributed
+from tinylm.training.data import WindowData
+from tinylm.training.launch import build_model
 from tinylm.training.trainer import Trainer
 
 data_dir, out_file, micro, batch_tokens = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -24,7 +26,8 @@ cfg.model.vocab_size = tokenizer.vocab_size
 cfg.train.device, cfg.train.dtype = "cpu", "float32"
 cfg.train.batch_size, cfg.train.batch_tokens = micro, batch_tokens
 procs = distributed.from_environment()
-trainer = Trainer(cfg, out_file.parent, data_dir, tokenizer, procs)
+model, weights = build_model(cfg)
+trainer = Trainer(cfg, out_file.parent, model, WindowData(data_dir), tokenizer, weights, procs)
 loss = trainer.backward()
 if procs.main:
     torch.save({name: p.grad for name, p in trainer.model.named_parameters()}, out_file)

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from tinylm.cli import main
-from tinylm.rundir import read_config
+from tinylm.run import read_config
 from tinylm.training.distributed import from_environment
 
 run_dir, resumes, steps = Path(sys.argv[1]).resolve(), int(sys.argv[2]), int(sys.argv[3])

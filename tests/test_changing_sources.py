@@ -21,8 +21,8 @@ from dataset_files import write_parquet
 from tinylm.cli import main
 from tinylm.config import DataConfig
 from tinylm.data import catalog, sources
-from tinylm.data.finetune import read_conversations, read_records
 from tinylm.data.prepare import META_FILE, load_split, prepare, prepared_dir_for, read_meta, resolve_data_dir
+from tinylm.data.records import read_conversations, read_records
 from tinylm.data.spec import read_source
 from tinylm.errors import DataError
 from tinylm.tokenizers import load_tokenizer
@@ -100,10 +100,10 @@ def test_a_whole_read_must_find_the_hashed_bytes(text_file: Path) -> None:
     """Where the file's times cannot tell (a write in the same clock tick), a read to the end compares
     the bytes themselves with the version hashed."""
     version = sources.snapshot(text_file)
-    assert "".join(sources._blocks(text_file, "strict", version)) == text_file.read_text(encoding="utf-8")
+    assert "".join(sources.read_blocks(text_file, "strict", version)) == text_file.read_text(encoding="utf-8")
     other = dataclasses.replace(version, sha256="0" * 64)  # as if the first read had found other bytes
     with pytest.raises(DataError, match="sha256 000000000000... when first read, then"):
-        list(sources._blocks(text_file, "strict", other))
+        list(sources.read_blocks(text_file, "strict", other))
 
 
 def test_a_file_that_changes_while_it_is_hashed_is_refused(tmp_path: Path, text_file: Path) -> None:

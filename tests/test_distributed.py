@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from tinylm.cli import main
 from tinylm.data.prepare import prepare
-from tinylm.rundir import read_config
+from tinylm.run import read_config
 
 HERE = Path(__file__).resolve().parent
 pytestmark = pytest.mark.slow

@@ -12,13 +12,15 @@ import torch
 
 import tinylm
 from tinylm import fileio
+from tinylm.chat.templates import get_template
 from tinylm.cli import main
-from tinylm.data.finetune import load_examples, score_examples, shakespeare_instructions
+from tinylm.data.examples import load_examples
 from tinylm.data.prepare import prepare
+from tinylm.data.records import shakespeare_instructions
 from tinylm.errors import CheckpointError
+from tinylm.evaluation.perplexity import score_examples
 from tinylm.model.lora import adapter_state, base_state
-from tinylm.rundir import ADAPTER_FILE, MODEL_FILE, read_config, save_weights
-from tinylm.templates import get_template
+from tinylm.run import ADAPTER_FILE, MODEL_FILE, read_config, save_weights
 from tinylm.training import train
 from tinylm.training import trainer as trainer_module
 from tinylm.training.finetune import finetune_config

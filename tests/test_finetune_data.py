@@ -10,12 +10,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tinylm.data.finetune import (IGNORE, ExampleBatches, FitCounts, detect_format, encode_messages, fit_example,
-                                  load_examples, make_examples, pad_batch, read_conversations, read_records,
-                                  shakespeare_instructions)
+from tinylm.chat.encode import encode_messages
+from tinylm.chat.templates import get_template, instruction_messages
+from tinylm.data.examples import IGNORE, ExampleBatches, FitCounts, fit_example, load_examples, make_examples, pad_batch
+from tinylm.data.records import detect_format, read_conversations, read_records, shakespeare_instructions
 from tinylm.errors import DataError
 from tinylm.interop.hf_tokenizer import export_tokenizer
-from tinylm.templates import get_template, instruction_messages
 from tinylm.tokenizers import BPETokenizer, CharTokenizer, GPT2Tokenizer, WordTokenizer
 
 CORPUS = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
@@ -130,7 +130,6 @@ def hf_kind_tokenizers(tmp_path_factory):
     GPT-2-style byte-level BPE; each exported with a chat template and loaded by transformers."""
     transformers = pytest.importorskip("transformers")
     from hf_models import byte_level_bpe, sentencepiece
-
     from tinylm.tokenizers import train_tokenizer
 
     out = {}

@@ -17,6 +17,7 @@ import torch
 
 from conftest import require, tiny_config
 from hf_models import SAMPLE_TEXTS, byte_level_variant, save_llama, sentencepiece, wordpiece
+from tinylm.chat.templates import get_template
 from tinylm.cli import main
 from tinylm.config import ModelConfig, RunConfig
 from tinylm.errors import ExportError
@@ -25,9 +26,8 @@ from tinylm.interop.gguf import export_gguf, ollama_template
 from tinylm.interop.gguf import modelfile as modelfile_text
 from tinylm.interop.hf import import_hf
 from tinylm.model import GPT
-from tinylm.rundir import MODEL_FILE, load, read_config, save_weights, write_config
+from tinylm.run import MODEL_FILE, load, read_config, save_weights, write_config
 from tinylm.runtime import cpu_has_amx
-from tinylm.templates import get_template
 from tinylm.tokenizers import train_tokenizer
 
 MODELS = ("gpt2", "llama-bpe", "imported-hf")

@@ -28,8 +28,15 @@ from tinylm.data import sources
 from tinylm.data.prepare import load_split, prepare, read_meta
 from tinylm.data.spec import read_source
 from tinylm.tokenizers import load_tokenizer, train_tokenizer
-from tinylm.tokenizers.base import (ANY_CUTS, CL100K_CUTS, GPT2_CUTS, LINE_CUTS, WHITESPACE_CUTS, PieceCutter,
-                                    safe_chunks)
+from tinylm.tokenizers.base import (
+    ANY_CUTS,
+    CL100K_CUTS,
+    GPT2_CUTS,
+    LINE_CUTS,
+    WHITESPACE_CUTS,
+    PieceCutter,
+    safe_chunks,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("bench_prepare_scale", REPO / "bench" / "prepare_scale.py")
@@ -160,14 +167,14 @@ def test_blocks_decode_like_the_whole_file(tmp_path: Path, monkeypatch: pytest.M
     path = tmp_path / "t.txt"
     path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + raw)
     monkeypatch.setattr(sources, "BLOCK_BYTES", block)
-    assert "".join(sources._blocks(path, "replace")) == raw.decode("utf-8", "replace")
+    assert "".join(sources.read_blocks(path, "replace")) == raw.decode("utf-8", "replace")
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as e:
         with pytest.raises(sources.DataError, match=f"byte offset {e.start + 3 * bom}:"):
-            list(sources._blocks(path, "strict"))
+            list(sources.read_blocks(path, "strict"))
     else:
-        assert "".join(sources._blocks(path, "strict")) == raw.decode("utf-8")
+        assert "".join(sources.read_blocks(path, "strict")) == raw.decode("utf-8")
 
 
 def _documents(pieces) -> list[str]:

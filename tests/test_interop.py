@@ -18,7 +18,7 @@ from tinylm.generation import generate_ids  # noqa: E402
 from tinylm.interop.gpt2 import check_gpt2_compatible, from_gpt2_state, gpt2_config, to_gpt2_state  # noqa: E402
 from tinylm.interop.hf import export_hf, import_hf  # noqa: E402
 from tinylm.model import GPT  # noqa: E402
-from tinylm.rundir import MODEL_FILE, load, read_weights, save_weights, write_config  # noqa: E402
+from tinylm.run import MODEL_FILE, load, read_weights, save_weights, write_config  # noqa: E402
 from tinylm.tokenizers.char import CharTokenizer  # noqa: E402
 
 CHARS = "".join(chr(c) for c in range(32, 127))  # 95 chars + <unk> = 96 ids
@@ -104,7 +104,6 @@ def test_export_of_a_word_run_starts_at_its_bos_and_suppresses_what_tinylm_never
     """A word tokenizer's generation starts from <sos> (not <eos>), and <pad>/<unk>/<sos> are never
     generated: the exported config and generation_config say so, so transformers' greedy ids are tinylm's."""
     from conftest import tiny_config
-
     from tinylm.training import train
 
     cfg = tiny_config(tmp_path / "word", corpus_file, max_steps=30, eval_interval=30)

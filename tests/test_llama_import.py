@@ -15,12 +15,11 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from hf_models import SAMPLE_TEXTS, byte_level_bpe, save_llama, sentencepiece  # noqa: E402
-
 from tinylm.cli import main  # noqa: E402
 from tinylm.errors import CheckpointError, ConfigError, TokenizerError  # noqa: E402
 from tinylm.generation import generate_ids  # noqa: E402
 from tinylm.interop.hf import export_hf, import_hf  # noqa: E402
-from tinylm.rundir import MODEL_FILE, load, read_config, read_weights  # noqa: E402
+from tinylm.run import MODEL_FILE, load, read_config, read_weights  # noqa: E402
 from tinylm.tokenizers import HFTokenizer, load_tokenizer  # noqa: E402
 from tinylm.tokenizers.hf import read_files  # noqa: E402
 
@@ -189,7 +188,6 @@ def test_imported_run_fine_tunes_and_serves(tokenizers: dict[str, Path], tmp_pat
     chats) and `tinylm serve`: the served greedy chat reply equals `Run.chat` offline."""
     openai = pytest.importorskip("openai")
     from serving_server import running
-
     from tinylm.serving import create_app
 
     src = llama_dir(tmp_path, tokenizers["sentencepiece"])

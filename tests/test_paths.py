@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 import tinylm
 from tinylm.cli import main
 from tinylm.config import PATH_FIELDS, SOURCE_FIELDS, RunConfig, absolute_paths
-from tinylm.rundir import _working_dir_of, read_config
+from tinylm.run import read_config
+from tinylm.run.layout import working_dir_of
 
 TRAIN = ["--preset", "tiny-test", "--max-steps", "6", "--set", "train.eval_interval=3"]
 
@@ -125,16 +126,16 @@ def test_relative_paths_are_read_from_the_directory_they_were_recorded_in(origin
     cfg.train.out_dir = os.path.join(*out)
     cfg.data.dir = os.path.join(*([".."] * up), *data)
     run_dir = base / cfg.train.out_dir
-    assert _working_dir_of(run_dir, cfg.train.out_dir) == base
-    absolute_paths(cfg, _working_dir_of(run_dir, cfg.train.out_dir))
+    assert working_dir_of(run_dir, cfg.train.out_dir) == base
+    absolute_paths(cfg, working_dir_of(run_dir, cfg.train.out_dir))
     assert cfg.train.out_dir == str(run_dir) and cfg.data.dir == os.path.normpath(os.path.join(base, *[".."] * up,
                                                                                                   *data))
-    assert _working_dir_of(base / "moved", os.path.join(*out, "x")) is None  # a moved run cannot tell
+    assert working_dir_of(base / "moved", os.path.join(*out, "x")) is None  # a moved run cannot tell
 
 
 @pytest.mark.slow
 def test_a_fine_tune_records_its_base_and_data_absolute(here, trained_run, monkeypatch, capsys) -> None:
-    from tinylm.data.finetune import shakespeare_instructions
+    from tinylm.data.records import shakespeare_instructions
 
     shutil.copytree(trained_run, here / "base")
     records = shakespeare_instructions(limit=60)

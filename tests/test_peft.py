@@ -14,14 +14,13 @@ peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
 import tinylm  # noqa: E402
+from test_interop import random_run  # noqa: E402
+from tinylm.chat.encode import encode_messages  # noqa: E402
 from tinylm.cli import main  # noqa: E402
-from tinylm.data.finetune import encode_messages  # noqa: E402
 from tinylm.interop.hf import export_hf  # noqa: E402
 from tinylm.interop.peft import export_peft  # noqa: E402
 from tinylm.training import train  # noqa: E402
 from tinylm.training.finetune import finetune_config  # noqa: E402
-
-from test_interop import random_run  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ALL = "qkv,proj,fc,mlp_proj,head"

@@ -24,7 +24,7 @@ from tinylm.cli import main
 from tinylm.config import DataConfig, ModelConfig, preset_names, preset_reference
 from tinylm.data import load_split, read_meta, resolve_data_dir
 from tinylm.recipes import COLUMNS, count_params, parse_count, recipe, table
-from tinylm.rundir import load
+from tinylm.run import load
 from tinylm.tokenizers import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,8 +19,10 @@ from hypothesis import strategies as st
 from tinylm.cli import main
 from tinylm.config import RunConfig, TrainConfig, load_preset
 from tinylm.errors import CheckpointError, ConfigError, TinylmError
-from tinylm.rundir import read_config
+from tinylm.run import read_config
 from tinylm.training import train
+from tinylm.training import data as data_module
+from tinylm.training import launch as launch_module
 from tinylm.training import trainer as trainer_module
 from tinylm.training.resume import DATA_KEYS, REFUSED, RESUMABLE
 from tinylm.training.schedule import learning_rate
@@ -80,7 +82,7 @@ def resume(run: Path, **changes) -> Resumed:
         setattr(cfg.train, key, value)
     seen: dict = {"clips": [], "windows": []}
     real_fit, real_clip, real_score = trainer_module.Trainer.fit, torch.nn.utils.clip_grad_norm_, \
-        trainer_module.score_tokens
+        data_module.score_tokens
 
     def fit(self, resume=False):
         seen["trainer"], seen["threads"] = self, torch.get_num_threads()
@@ -99,7 +101,7 @@ def resume(run: Path, **changes) -> Resumed:
         mp.setattr(trainer_module.Trainer, "fit", fit)
         mp.setattr(torch.nn.utils, "clip_grad_norm_", clip)
         mp.setattr(trainer_module.Trainer, "_compiled", lambda self: seen.setdefault("compiled", self.ddp))
-        mp.setattr(trainer_module, "score_tokens", score)
+        mp.setattr(data_module, "score_tokens", score)
         try:
             result = train(cfg, resume=True)
         finally:
@@ -128,14 +130,14 @@ def test_refused_keys_fail_before_any_work(key: str, base_run: Path, monkeypatch
     def no_work(*args, **kwargs):
         raise AssertionError("work started")
 
-    monkeypatch.setattr(trainer_module, "_train", no_work)
+    monkeypatch.setattr(launch_module, "_train", no_work)
     with pytest.raises(ConfigError, match=rf"^train.{key} cannot change when resuming \(.*\): [^\n]*$"):
         train(cfg, resume=True)
     assert before == {name: (base_run / name).read_bytes() for name in before}
 
 
 def test_refused_changes_of_model_and_sampling_and_the_cli(base_run: Path, monkeypatch, capsys) -> None:
-    monkeypatch.setattr(trainer_module, "_train", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(launch_module, "_train", lambda *a, **k: pytest.fail("work started"))
     cfg = read_config(base_run)
     cfg.model.dropout = 0.2
     with pytest.raises(ConfigError, match=r"^model.dropout cannot change when resuming \(0.0 -> 0.2\)"):
@@ -360,7 +362,7 @@ def test_another_process_count_keeps_the_tokens_of_a_step(batch_size, grad_accum
     saved tokens, in micro-batches no larger than the saved one, or the resume is a one-line error that
     names process counts that work."""
     from tinylm.training.resume import keep_batch
-    from tinylm.training.trainer import plan_batch
+    from tinylm.training.batch import plan_batch
 
     cfg = copy.deepcopy(TINY)
     cfg.model.context = seq_len
@@ -402,7 +404,7 @@ def test_the_data_cannot_change_on_resume_through_python_either(key: str, base_r
     if isinstance(value, str):
         new = {"split": "shuffle", "errors": "replace", "sampling": "permutation", "tokenizer": "gpt2"}.get(key, value + "x")
     setattr(cfg.data, key, new)
-    monkeypatch.setattr(trainer_module, "_train", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(launch_module, "_train", lambda *a, **k: pytest.fail("work started"))
     with pytest.raises(ConfigError, match=rf"^data.{key} cannot change when resuming \(.*\): [^\n]*$"):
         train(cfg, resume=True)
 
@@ -432,7 +434,9 @@ def test_a_trainer_built_with_other_batch_settings_cannot_restore(base_run: Path
     run = copy_of(base_run, tmp_path)
     cfg = read_config(run)
     cfg.train.batch_size *= 2
-    trainer = trainer_module.Trainer(cfg, run, resolve_data_dir(cfg.data)[0], load_tokenizer(run))
+    model, weights = launch_module.build_model(cfg)
+    data = data_module.WindowData(resolve_data_dir(cfg.data)[0])
+    trainer = trainer_module.Trainer(cfg, run, model, data, load_tokenizer(run), weights)
     with pytest.raises(CheckpointError, match=r"takes steps of \d+ tokens in windows of 16, this resume \d+"):
         trainer.restore()
 

@@ -158,7 +158,7 @@ def test_generation_config_eos_ids_refuse_booleans(tmp_path, eos):
 
 
 def test_an_alpaca_input_that_is_not_text_is_refused():
-    from tinylm.templates import instruction_messages
+    from tinylm.chat.templates import instruction_messages
 
     assert len(instruction_messages({"instruction": "a", "input": None, "output": "b"})) == 3
     for value in (False, 0, ["x"]):

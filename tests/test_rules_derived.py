@@ -22,7 +22,7 @@ from tinylm.config import SampleConfig, load_preset
 from tinylm.errors import ConfigError
 from tinylm.inputs import INT64_MAX, check_seeds
 from tinylm.serving.protocol import APIError, Limits, chat_request, completion_request
-from tinylm.training.trainer import plan_batch
+from tinylm.training.batch import plan_batch
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -105,7 +105,6 @@ def test_seeds_near_the_top_draw_what_each_row_draws_alone(run):
 @pytest.mark.slow
 def test_the_server_answers_a_seed_past_the_rule_with_a_400_and_keeps_serving(trained_run, run):
     from serving_server import running
-
     from tinylm.serving import create_app
 
     with running(create_app(trained_run, model_name="tiny", dtype="float32")) as url:
@@ -143,7 +142,7 @@ def test_negative_seeds_work_wherever_a_seed_is_taken(tmp_path, trained_run, cor
     assert (tmp_path / "a" / "val.bin").read_bytes() == (tmp_path / "b" / "val.bin").read_bytes()
     meta = json.loads((tmp_path / "a" / "meta.json").read_text())
     assert meta["splits"]["val"]["tokens"] > 0
-    from tinylm.data.finetune import split_conversations
+    from tinylm.data.records import split_conversations
 
     conversations = [(f"r{i}", [{"role": "user", "content": str(i)}]) for i in range(10)]
     assert split_conversations(conversations, 0.3, -5) == split_conversations(conversations, 0.3, -5)

@@ -134,7 +134,6 @@ def test_export_builds_no_graph(tmp_path, trained_run):
 @pytest.mark.slow
 def test_the_server_builds_no_graph(trained_run):
     from serving_server import running
-
     from tinylm.serving import create_app
 
     probe = Probe()
@@ -150,7 +149,6 @@ def test_the_server_builds_no_graph(trained_run):
 
 def test_training_validation_and_hellaswag_passes_build_no_graph(tmp_path, corpus_file):
     from conftest import tiny_config
-
     from tinylm.training import train
 
     cfg = tiny_config(tmp_path / "run", corpus_file, max_steps=4, eval_interval=2, eval_tokens=512,
@@ -164,7 +162,8 @@ def test_training_validation_and_hellaswag_passes_build_no_graph(tmp_path, corpu
 
 
 def test_fine_tuning_validation_builds_no_graph(trained_run):
-    from tinylm.data.finetune import Example, score_examples
+    from tinylm.data.examples import Example
+    from tinylm.evaluation.perplexity import score_examples
 
     run = tinylm.load(trained_run, dtype="float32")
     run.model.train()  # as the trainer leaves it between validation passes

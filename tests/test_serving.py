@@ -18,13 +18,13 @@ import httpx
 import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
-from serving_server import running
 
 import tinylm
+from serving_server import running
+from tinylm.chat.templates import get_template
 from tinylm.cli import main
 from tinylm.serving import create_app
 from tinylm.serving.server import bind, is_loopback
-from tinylm.templates import get_template
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_one_thread")]
 
@@ -466,9 +466,8 @@ def test_chat_logprob_bytes_rebuild_characters_split_across_tokens(tmp_path: Pat
     """A byte-level token that holds part of a character reports its own bytes (the OpenAI `bytes`
     field exists for this), not the bytes of U+FFFD; joined they give the character."""
     from conftest import tiny_config
-
-    from tinylm.serving.app import API
     from tinylm.generation.sampling import TokenLogprob
+    from tinylm.serving.app import API
     from tinylm.training import train
 
     cfg = tiny_config(tmp_path / "g", corpus_file, max_steps=1, eval_interval=1)

@@ -16,11 +16,11 @@ pytest.importorskip("tinylm.model.lora", reason="LoRA fine-tuning (issue 16) is 
 
 import openai  # noqa: E402
 from openai import OpenAI  # noqa: E402
-from serving_server import running  # noqa: E402
 
 import tinylm  # noqa: E402
+from serving_server import running  # noqa: E402
 from tinylm.cli import main  # noqa: E402
-from tinylm.rundir import MODEL_FILE, save_weights, weights_path  # noqa: E402
+from tinylm.run import FULL, MODEL_FILE, save_weights  # noqa: E402
 from tinylm.serving import create_app  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_one_thread")]
@@ -108,7 +108,7 @@ def test_an_adapter_of_another_base_model_is_a_one_line_error(capsys, trained_ru
             (other / f.name).write_bytes(f.read_bytes())
     run = tinylm.load(trained_run, dtype="float32")
     run.model.tok_emb.weight.data.mul_(1.01)  # other base weights, same shapes
-    for name in {MODEL_FILE, weights_path(trained_run).name}:
+    for name in {MODEL_FILE, FULL.path(trained_run).name}:
         save_weights(run.model, other / name, run.metadata)
     capsys.readouterr()
     assert main(["serve", str(other), "--port", "0", "--adapter", f"poet={adapter_run}"]) == 1

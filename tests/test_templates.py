@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tinylm.chat.templates import TEMPLATES, check_messages, get_template, instruction_messages, unknown_marker_count
 from tinylm.errors import ConfigError, DataError
-from tinylm.templates import TEMPLATES, check_messages, get_template, instruction_messages, unknown_marker_count
 
 
 def _hf_tokenizer(template: str):

@@ -5,17 +5,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import tiny_config
 from tinylm import fileio
 from tinylm.config import TrainConfig
 from tinylm.errors import CheckpointError, ConfigError, TinylmError
 from tinylm.model import GPT
-from tinylm.rundir import read_config
-from tinylm.training import train
+from tinylm.run import read_config
 from tinylm.training import checkpoint as ckpt
+from tinylm.training import train
 from tinylm.training import trainer as trainer_module
 from tinylm.training.schedule import learning_rate, progress_fraction
-
-from conftest import tiny_config
 
 
 def metrics(run_dir):

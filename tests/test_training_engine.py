@@ -17,7 +17,7 @@ from tinylm.training import train
 from tinylm.training.checkpoint import rng_state, set_rng_state
 from tinylm.training.optim import build_optimizers
 from tinylm.training.schedule import learning_rate
-from tinylm.training.trainer import plan_batch
+from tinylm.training.batch import plan_batch
 
 from conftest import tiny_config
 

@@ -16,7 +16,7 @@ def __getattr__(name: str) -> Any:
     # `Run` and `load` pull in torch: import them on first use, so that tokenizer-only work
     # (such as the worker processes of `tinylm prepare`) starts fast.
     if name in ("Run", "load"):
-        from tinylm import rundir
+        from tinylm.run import run
 
-        return getattr(rundir, name)
+        return getattr(run, name)
     raise AttributeError(f"module 'tinylm' has no attribute {name!r}")

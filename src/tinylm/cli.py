@@ -16,9 +16,23 @@ import warnings
 from rich.markup import escape
 
 from tinylm import __version__, fileio
-from tinylm.config import (COMPILE, DEFAULT_PRESET, QUANTIZE, EvalConfig, RunConfig, SampleConfig, ServeConfig,
-                           apply_overrides, load_preset, preset_names, read_preset, read_toml, set_key, update,
-                           valid_keys)
+from tinylm.config import (
+    COMPILE,
+    DEFAULT_PRESET,
+    QUANTIZE,
+    EvalConfig,
+    RunConfig,
+    SampleConfig,
+    ServeConfig,
+    apply_overrides,
+    load_preset,
+    preset_names,
+    read_preset,
+    read_toml,
+    set_key,
+    update,
+    valid_keys,
+)
 from tinylm.console import TinylmWarning, console, warn
 from tinylm.errors import ConfigError, TinylmError
 
@@ -91,7 +105,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tinylm.rundir import read_config
+    from tinylm.run import read_config
     from tinylm.training import train
 
     if args.resume:
@@ -145,7 +159,7 @@ def _report_training(result, verb: str) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from tinylm.rundir import read_config
+    from tinylm.run import read_config
     from tinylm.training import train
     from tinylm.training.distributed import from_environment
     from tinylm.training.finetune import apply_finetune_table, finetune_config
@@ -211,7 +225,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from tinylm.training.finetune import merge
+    from tinylm.run.merge import merge
 
     summary = merge(args.run_dir, args.out, checkpoint=args.checkpoint)
     untied = " (the adapted head no longer shares the embedding matrix)" if summary["untied"] else ""
@@ -247,7 +261,7 @@ def _chat(run, cfg: SampleConfig) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from tinylm.rundir import load
+    from tinylm.run import load
 
     cfg = SampleConfig()
     _apply(cfg, args, prefix="sample.", lists=("stop",))

@@ -33,8 +33,20 @@ from tinylm import fileio
 from tinylm.console import console
 from tinylm.data import remote
 from tinylm.data.hub import cached_sha256, translated
-from tinylm.data.sources import (FileVersion, Piece, Source, Stream, _blocks, _changed, _Document, cache_key, chain,
-                                 read_parquet, read_text, snapshot)
+from tinylm.data.sources import (
+    DocumentSplitter,
+    FileVersion,
+    Piece,
+    Source,
+    Stream,
+    cache_key,
+    chain,
+    changed_error,
+    read_blocks,
+    read_parquet,
+    read_text,
+    snapshot,
+)
 from tinylm.errors import DataError, DownloadError
 
 HF = "https://huggingface.co/datasets"
@@ -108,9 +120,9 @@ _ARTICLE = re.compile(r"^(?= = [^=][^\n]* = [ \t]*\r?\n)", re.MULTILINE)  # " = 
 
 def read_wikitext(path: Path, errors: str = "strict", version: FileVersion | None = None) -> Iterator[Piece]:
     """WikiText's raw files as one document per article, text kept verbatim."""
-    doc = _Document()
+    doc = DocumentSplitter()
     at_line_start, held = True, ""  # the block starts a line; the start of a short line cut by a block end
-    for block in _blocks(path, errors, version):
+    for block in read_blocks(path, errors, version):
         block, held = held + block, ""
         line_end = block.rfind("\n") + 1
         if len(block) - line_end < _TITLE_CHARS:  # (a block ends mid-line only inside a line longer than it)
@@ -253,7 +265,7 @@ def open_dataset(name: str, source_dir: str = "", errors: str = "strict", text_f
             if str(path) not in versions:
                 version = _describe(ds, f, path, fetched=local is None)
                 if local is not None and (version.size, version.stamp[3]) != seen[local]:
-                    raise _changed(local, "since tinylm listed the dataset's files")
+                    raise changed_error(local, "since tinylm listed the dataset's files")
                 versions[str(path)], files[f.name] = version, {"bytes": version.size, "sha256": version.sha256}
             yield from _reader(ds, path, text_field, errors, versions[str(path)])
         return pieces

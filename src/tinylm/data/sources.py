@@ -108,7 +108,8 @@ def _stamp(st: os.stat_result) -> tuple[int, int, int, int, int]:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
-def _changed(path: str | Path, what: str) -> DataError:
+def changed_error(path: str | Path, what: str) -> DataError:
+    """The error for a file that changed while it was read (`what` says how)."""
     return DataError(f"{path} changed while tinylm was reading it ({what}); tinylm stopped rather than mix two "
                      "versions of it: run the command again once whatever writes it has finished (or give it a copy "
                      "that nothing writes to)")
@@ -130,20 +131,20 @@ class FileVersion:
             try:
                 st = os.stat(self.path)
             except OSError:
-                raise _changed(self.path, "it is gone") from None
+                raise changed_error(self.path, "it is gone") from None
         if _stamp(st) == self.stamp:
             return
         if st.st_size != self.size:
-            raise _changed(self.path, f"it was {self.size:,} bytes when first read, now {st.st_size:,}")
+            raise changed_error(self.path, f"it was {self.size:,} bytes when first read, now {st.st_size:,}")
         if (st.st_dev, st.st_ino) != self.stamp[:2]:
-            raise _changed(self.path, "another file has replaced it")
-        raise _changed(self.path, "it was written to since it was first read")
+            raise changed_error(self.path, "another file has replaced it")
+        raise changed_error(self.path, "it was written to since it was first read")
 
     def check_read(self, size: int, sha256: str) -> None:
         """A DataError unless a whole read of the file gave this version's bytes."""
         if size != self.size or sha256 != self.sha256:
-            raise _changed(self.path, f"it was {self.size:,} bytes with sha256 {self.sha256[:12]}... when first read, "
-                                      f"then {size:,} bytes with sha256 {sha256[:12]}...")
+            raise changed_error(self.path, f"it was {self.size:,} bytes with sha256 {self.sha256[:12]}... when first "
+                                           f"read, then {size:,} bytes with sha256 {sha256[:12]}...")
 
 
 def snapshot(path: str | Path) -> FileVersion:
@@ -156,14 +157,14 @@ def snapshot(path: str | Path) -> FileVersion:
             size += len(block)
         after = os.fstat(f.fileno())
     if _stamp(before) != _stamp(after) or size != after.st_size:
-        raise _changed(path, f"{before.st_size:,} bytes when opened, {size:,} read")
+        raise changed_error(path, f"{before.st_size:,} bytes when opened, {size:,} read")
     return FileVersion(str(path), size, digest.hexdigest(), _stamp(after))
 
 
 # --------------------------------------------------------------------------- documents from text
 
 
-class _Document:
+class DocumentSplitter:
     """Collects one document's text and gives it out in pieces of PIECE_CHARS / 2 to PIECE_CHARS (cut anywhere:
     a consumer re-cuts them where its tokenizer allows, `tokenizers.base.PieceCutter`), the last one
     ending the document. Line breaks at the end of what is held stay held (a separator may strip
@@ -223,7 +224,7 @@ def _block_end(data: bytes) -> int:
     return end or _utf8_end(data)
 
 
-def _blocks(path: Path, errors: str, version: FileVersion | None = None, size: int = 0) -> Iterator[str]:
+def read_blocks(path: Path, errors: str, version: FileVersion | None = None, size: int = 0) -> Iterator[str]:
     """The decoded text of a UTF-8 file in blocks of about `size` bytes (at most 2 * `size`) that end
     at line breaks where the text has any, else between characters (a leading byte order mark, as
     Windows editors write, dropped). Invalid UTF-8 is an error naming the byte offset, or with
@@ -242,7 +243,7 @@ def _blocks(path: Path, errors: str, version: FileVersion | None = None, size: i
                 if digest is not None:
                     digest.update(data)
                 if read > opened.st_size:
-                    raise _changed(path, f"it was {opened.st_size:,} bytes when opened, then more")
+                    raise changed_error(path, f"it was {opened.st_size:,} bytes when opened, then more")
                 data, carry = carry + data, b""
                 end = _block_end(data)
                 block, carry = data[:end], data[end:]
@@ -269,7 +270,7 @@ def _blocks(path: Path, errors: str, version: FileVersion | None = None, size: i
                 yield block.decode("utf-8", errors="replace")
             offset += len(block)
         if _stamp(os.fstat(f.fileno())) != _stamp(opened) or read != opened.st_size:
-            raise _changed(path, f"{opened.st_size:,} bytes when opened, {read:,} read")
+            raise changed_error(path, f"{opened.st_size:,} bytes when opened, {read:,} read")
     if version is not None and digest is not None:
         version.check_read(read, digest.hexdigest())
 
@@ -277,7 +278,7 @@ def _blocks(path: Path, errors: str, version: FileVersion | None = None, size: i
 def _line_parts(path: Path, errors: str, version: FileVersion | None = None) -> Iterator[tuple[str, bool]]:
     """(text, whether it ends a line) in file order: lines split at "\n" only (JSON text may hold
     other Unicode line separators), ends kept; a line longer than a block comes in several parts."""
-    for block in _blocks(path, errors, version):
+    for block in read_blocks(path, errors, version):
         *lines, last = block.split("\n")
         for line in lines:
             yield line + "\n", True
@@ -308,10 +309,10 @@ def _separator_start(text: str) -> int:
 def read_text(path: Path, errors: str = "strict", version: FileVersion | None = None) -> Iterator[Piece]:
     """Documents of a text file separated by `<|endoftext|>`; line breaks next to a separator
     belong to it. A file without separators is one document, verbatim."""
-    doc = _Document()
+    doc = DocumentSplitter()
     after_separator = False  # the current document follows a separator: drop its leading line breaks
     held = ""  # the end of the last block, when it may be the start of a separator
-    for block in _blocks(path, errors, version):
+    for block in read_blocks(path, errors, version):
         block, held = held + block, ""
         k = _separator_start(block)
         if k:
@@ -431,7 +432,7 @@ class _StreamedRecord:
         self.is_key = False
         self.mode = ""  # inside a long string: "text" (the record's text) or "drop"
         self.raw = ""  # raw content of a long string not decoded yet
-        self.doc = _Document()
+        self.doc = DocumentSplitter()
         self.fields = 0  # how many times the text field is a key at depth 1
         self.streamed = False
 
@@ -588,7 +589,7 @@ def _batch_rows(table: object, column: str) -> int:
 
 def _long_cell(data: memoryview, where: str) -> Iterator[Piece]:
     """A long UTF-8 cell of an Arrow string array, decoded a piece at a time."""
-    doc, pos = _Document(), 0
+    doc, pos = DocumentSplitter(), 0
     while pos < len(data):
         stop = min(pos + 4 * PIECE_CHARS, len(data))
         if stop < len(data):

@@ -211,7 +211,7 @@ def describe(result: ChoiceResult) -> str:
 
 def evaluate_choices(run_dir: str | Path, cfg: Any, show_progress: bool = True) -> ChoiceResult:
     """`tinylm eval --hellaswag/--choices/--cloze`: score a run and append the result to evals.jsonl."""
-    from tinylm.rundir import load, record_eval
+    from tinylm.run import load, record_eval
 
     cfg.validate()
     task, path = next((t, p) for t, p in (("hellaswag", cfg.hellaswag), ("choices", cfg.choices),

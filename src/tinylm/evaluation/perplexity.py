@@ -12,7 +12,8 @@ that start every `stride` tokens, the "perplexity of fixed-length models" method
   `context / stride` times as much compute; the loss is lower or equal (more history per token).
 
 Bits per byte divides the total loss (in bits) by the UTF-8 bytes of the scored text, which
-makes models with different tokenizers comparable.
+makes models with different tokenizers comparable. `score_examples` scores fine-tuning examples on their
+labelled (response) tokens, in padded batches: a fine-tune's validation loss.
 """
 
 from __future__ import annotations
@@ -20,14 +21,16 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from itertools import groupby
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from tinylm.console import progress
+from tinylm.data.examples import IGNORE, Example, pad_batch
 from tinylm.errors import ConfigError
-from tinylm.runtime import autocast_for
+from tinylm.runtime import autocast, autocast_for
 
 
 @dataclass
@@ -105,6 +108,33 @@ def score_tokens(model: torch.nn.Module, tokens: np.ndarray, *, context: int = 0
     finally:
         if bar:
             bar.stop()
+        model.train(was_training)
+    return total, count
+
+
+@torch.no_grad()
+def score_examples(model: torch.nn.Module, examples: Sequence[Example], *, batch_size: int = 16,
+                   device: torch.device | None = None, dtype: torch.dtype = torch.float32,
+                   shard: tuple[int, int] = (0, 1)) -> tuple[float, int]:
+    """Total negative log-likelihood (nats) of the examples' labelled targets (response tokens, or every
+    token with train_on_prompt) and how many there were; examples sorted by length into padded batches.
+    With `shard` = (rank, world_size), only every world_size-th example from `rank` (sum the shards)."""
+    device = device or torch.device("cpu")
+    rank, world_size = shard
+    mine = sorted(examples[rank::world_size], key=len)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for i in range(0, len(mine), batch_size):
+            x, y = pad_batch(mine[i:i + batch_size])
+            x, y = x.to(device), y.to(device)
+            with autocast(device, dtype):
+                logits, _ = model(x)
+            total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE,
+                                     reduction="sum").item()
+            count += int((y != IGNORE).sum())
+    finally:
         model.train(was_training)
     return total, count
 

@@ -24,8 +24,8 @@ from tinylm.data.prepare import FORMAT, encode_documents, is_prepared, load_spli
 from tinylm.data.sources import BUILTIN, Source
 from tinylm.data.spec import read_source
 from tinylm.errors import ConfigError, DataError
-from tinylm.evaluation.perplexity import LMEval, score_tokens, summarize
-from tinylm.rundir import Run, load, record_eval
+from tinylm.evaluation.perplexity import LMEval, score_examples, score_tokens, summarize
+from tinylm.run.run import Run, load, record_eval
 
 
 def _first_token_bytes(run: Run, tokens: np.ndarray) -> int:
@@ -143,7 +143,7 @@ def evaluate(run_dir: str | Path, cfg: EvalConfig, show_progress: bool = True) -
         raise ConfigError(f"{run_dir} was {run.config.description}: it has no data of its own to score; "
                           "give --dataset NAME, --text FILE or --data DATA_DIR")
     if not given and run.config.finetune.method:
-        from tinylm.data.finetune import resolve_format, run_examples, score_examples, text_data_dir
+        from tinylm.data.finetune import resolve_format, run_examples, text_data_dir
 
         if resolve_format(run.config) != "text":
             return _examples_eval(run, run_examples(run.config, run.tokenizer, quiet=True).val, cfg, score_examples)

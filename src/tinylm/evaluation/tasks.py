@@ -641,7 +641,7 @@ def evaluate_tasks(run_dir: str | Path, cfg: Any, show_progress: bool = True) ->
     """`tinylm eval RUN --tasks ...`: every task on the run's model; the report is appended to the
     run's evals.jsonl (one record) and returned."""
     from tinylm.console import console
-    from tinylm.rundir import load, record_eval
+    from tinylm.run import load, record_eval
 
     cfg.validate()
     names = task_names(cfg.tasks)

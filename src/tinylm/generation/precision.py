@@ -1,6 +1,7 @@
 """Inference precision and int8 weight-only quantization: the weights a loaded run decodes with.
 
-    load(run, dtype=, quantize=, compile=) ─► resolve(device, dtype, quantize) ─► prepare(model, device, dtype, quantize)
+    load(run, dtype=, quantize=, compile=) ─► resolve(device, dtype, quantize) ─► prepare(model, device, dtype,
+                                                                                          quantize)
         GPUs: the whole model cast to `dtype` (bfloat16 / float16 weights and activations)
         CPUs: weight-only: the linear layers' weights cast to `dtype` (an output layer tied to the
               embedding gets its own copy), everything else, activations and the KV cache float32
@@ -27,7 +28,6 @@ from tinylm.config import COMPILE, QUANTIZE
 from tinylm.errors import ConfigError
 from tinylm.generation.kernels import PackedLinear, is_model_linear, is_quantized
 from tinylm.runtime import resolve_dtype
-
 
 # On CPUs, `auto` keeps float32 for models whose linear weights take less than this in float32: they
 # stay in the caches, decoding is bound by per-operation overhead, not by reading weights, and the

@@ -39,14 +39,15 @@ import numpy as np
 import torch
 
 from tinylm import fileio
+from tinylm.chat.templates import Template, get_template
 from tinylm.config import ModelConfig
 from tinylm.console import warn
 from tinylm.errors import ExportError
 from tinylm.interop import llama
-from tinylm.interop.hf import is_run_config
 from tinylm.interop.llama_cpp import AMX_REPACK_NOTE
+from tinylm.run.layout import is_run_dir
+from tinylm.run.run import load
 from tinylm.runtime import cpu_has_amx
-from tinylm.templates import Template, get_template
 from tinylm.tokenizers import Tokenizer
 
 DTYPES = ("f32", "f16", "q8_0")
@@ -376,14 +377,12 @@ def export_gguf(run_dir: str | Path, out: str | Path, dtype: str = "f32", checkp
     a run directory or an existing file (unless `overwrite`)."""
     gguf = _gguf()
 
-    from tinylm.rundir import load
-
     if dtype not in DTYPES:
         raise ExportError(f"unknown GGUF dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     out = Path(out)
     if out.is_dir():
         raise ExportError(f"{out} is a folder; give the GGUF file's path, e.g. {out / 'model.gguf'}")
-    if (out.parent / "train_state.pt").exists() or is_run_config(out.parent / "config.json"):
+    if is_run_dir(out.parent):
         raise ExportError(f"{out.parent} is a tinylm run directory; write the GGUF file elsewhere (--out)")
     if out.exists() and not overwrite:
         raise ExportError(f"{out} exists; give a new path, or pass --overwrite to replace it")

@@ -30,6 +30,10 @@ from tinylm.errors import CheckpointError, ConfigError, ExportError
 from tinylm.interop import llama
 from tinylm.interop.gpt2 import from_gpt2_state, gpt2_config, gpt2_problems, model_config_from_gpt2, to_gpt2_state
 from tinylm.interop.hf_tokenizer import export_tokenizer
+from tinylm.model import GPT
+from tinylm.run.layout import CONFIG_FILE, MODEL_FILE, is_run_config, is_run_dir, write_config
+from tinylm.run.run import load
+from tinylm.run.weights import save_weights
 from tinylm.tokenizers import TOKENIZER_FILE, Tokenizer, load_tokenizer
 
 SAFETENSORS_FILE = "model.safetensors"
@@ -40,7 +44,7 @@ _WHY_NOT_LLAMA = {
 }
 
 
-def _family(cfg, tokenizer: Tokenizer) -> tuple[str, dict[str, Any], Any]:
+def export_family(cfg, tokenizer: Tokenizer) -> tuple[str, dict[str, Any], Any]:
     """(family name, transformers config dict, state-dict builder) for the model config `cfg`."""
     eot_id = tokenizer.eot_id
     bos = tokenizer.bos_token_id  # hf: the original BOS, even when not added
@@ -68,20 +72,12 @@ def check_export_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
         raise ExportError(f"{out} is a file; give a folder to export into")
     if not out.is_dir() or not any(out.iterdir()):
         return out
-    if (out / "train_state.pt").exists() or is_run_config(out / "config.json"):
+    if is_run_dir(out):
         raise ExportError(f"{out} is a tinylm run directory; export into another folder (--out)")
     if not overwrite:
         raise ExportError(f"{out} is not empty; export into a new folder, or pass --overwrite to replace an "
                           "earlier export there")
     return out
-
-
-def is_run_config(path: Path) -> bool:
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and "model" in config and "train" in config
 
 
 def export_hf(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best",
@@ -90,13 +86,11 @@ def export_hf(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best"
     base weights); `out_dir` must be new or empty, or an earlier export with `overwrite`
     (`check_export_dir`). Returns a summary (family, out_dir, weights, parameter count, tensors,
     whether the tokenizer was exported)."""
-    from tinylm.rundir import load
-
     check_export_dir(out_dir, overwrite)
 
     run = load(run_dir, checkpoint=checkpoint, device="cpu", dtype="float32").merge_adapter()
     cfg, tokenizer = run.model.cfg, run.tokenizer
-    family, config, state_builder = _family(cfg, tokenizer)
+    family, config, state_builder = export_family(cfg, tokenizer)
     state = {k: v.detach().to("cpu").contiguous() for k, v in state_builder(run.model).items()}
     config.setdefault("torch_dtype", "float32")
     with fileio.left_as_found(out_dir) as out:  # a failed export leaves no half-written folder behind
@@ -230,8 +224,6 @@ def import_hf(src_dir: str | Path, out_run_dir: str | Path, dtype: str = "float3
     (its KV cache size); None keeps the model's. The tokenizer: tinylm's own file when the directory is
     a tinylm export, else tokenizer.json as the `hf` kind (with its special tokens and BOS handling),
     else GPT-2's. Returns a summary."""
-    from tinylm.model import GPT
-    from tinylm.rundir import CONFIG_FILE, MODEL_FILE, save_weights, write_config
 
     src, out = Path(src_dir), Path(out_run_dir)
     if dtype != "auto" and dtype not in DTYPES:

@@ -36,7 +36,7 @@ from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
 from tinylm import fileio
-from tinylm.templates import Template
+from tinylm.chat.templates import Template
 from tinylm.tokenizers.base import Tokenizer
 
 TOKENIZER_JSON = "tokenizer.json"

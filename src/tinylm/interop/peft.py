@@ -31,11 +31,12 @@ import safetensors.torch
 import torch
 
 from tinylm import __version__, fileio
-from tinylm.errors import ExportError
 from tinylm.console import warn
-from tinylm.interop.hf import _family, check_export_dir
+from tinylm.errors import ExportError
+from tinylm.interop.hf import check_export_dir, export_family
 from tinylm.interop.hf_tokenizer import export_tokenizer
 from tinylm.model import lora
+from tinylm.run.run import load
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -94,8 +95,6 @@ def export_peft(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "bes
     `base_model`, adapter_config.json names the tinylm base run (a warning says so: transformers cannot
     load a run directory, so `AutoPeftModelForCausalLM` needs the base's HF export or Hub id there).
     Returns a summary (family, out_dir, weights, tensors, target_modules, base)."""
-    from tinylm.rundir import load
-
     check_export_dir(out_dir, overwrite)
     run = load(run_dir, checkpoint=checkpoint, device="cpu", dtype="float32")
     cfg = run.config
@@ -104,7 +103,7 @@ def export_peft(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "bes
     if lora.extra_trainable(run.model, cfg.lora):
         raise ExportError(f"{run_dir} also trained base biases or norms, which a PEFT LoRA adapter does not hold; "
                           f"export the merged model instead (`tinylm export {run_dir} --format hf`)")
-    family, _, _ = _family(run.model.cfg, run.tokenizer)
+    family, _, _ = export_family(run.model.cfg, run.tokenizer)
     tensors, targets = peft_tensors(run.model, family)
     conv1d = family == "gpt2" and any(t != "lm_head" for t in targets)
     config = {

@@ -48,15 +48,26 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect
 
 from tinylm import __version__
+from tinylm.chat.encode import warn_unknown_markers
+from tinylm.chat.templates import Template, get_template
 from tinylm.config import ServeConfig
 from tinylm.console import TinylmWarning, console
 from tinylm.errors import ConfigError
-from tinylm.inputs import encode_text
-from tinylm.generation.engine import Closing, Engine, Event, QueueFull, Request as EngineRequest, Row
+from tinylm.generation.engine import Closing, Engine, Event, QueueFull, Row
+from tinylm.generation.engine import Request as EngineRequest
 from tinylm.generation.sampling import TokenLogprob
-from tinylm.serving.protocol import (APIError, ChatRequest, CompletionRequest, Limits, chat_request,
-                                     completion_request, finite, parse_json)
-from tinylm.templates import Template, get_template
+from tinylm.inputs import encode_text
+from tinylm.run.run import load
+from tinylm.serving.protocol import (
+    APIError,
+    ChatRequest,
+    CompletionRequest,
+    Limits,
+    chat_request,
+    completion_request,
+    finite,
+    parse_json,
+)
 
 ROUTES = ("/health", "/v1/models", "/v1/completions", "/v1/chat/completions")
 RETRY_AFTER = "1"  # seconds a client should wait when the queue is full
@@ -198,8 +209,6 @@ class Service:
     """A loaded run with its engine, model ids and limits; the routes call into it."""
 
     def __init__(self, run_dir: str | Path, cfg: ServeConfig):
-        from tinylm.rundir import load, warn_unknown_markers
-
         self.cfg = cfg.validate()
         self.run = load(run_dir, cfg.checkpoint, cfg.device, cfg.dtype, cfg.quantize, cfg.compile)
         self.api_key = cfg.api_key or os.environ.get("TINYLM_API_KEY", "")

@@ -27,10 +27,10 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tinylm.errors import ConfigError, DataError
+from tinylm.chat.templates import check_messages
 from tinylm.config import GenerationConfig
+from tinylm.errors import ConfigError, DataError
 from tinylm.inputs import check_seeds
-from tinylm.templates import check_messages
 
 MAX_STOP = 16  # stop strings per request (OpenAI allows 4)
 MAX_LOGPROBS = 20  # alternatives per token

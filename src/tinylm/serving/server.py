@@ -220,7 +220,7 @@ def _raise_stopped(signum: int, frame: object) -> None:
 
 def serve(run_dir: str | Path, cfg: ServeConfig) -> None:
     """Serve `run_dir` until Ctrl-C (see create_app for the options)."""
-    from tinylm.rundir import read_config
+    from tinylm.run import read_config
     from tinylm.serving.app import create_app
 
     cfg.validate()

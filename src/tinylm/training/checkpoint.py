@@ -27,11 +27,10 @@ import numpy as np
 import torch
 
 from tinylm import fileio
-from tinylm.config import LoRAConfig
 from tinylm.errors import CheckpointError
 from tinylm.model import GPT
-from tinylm.rundir import (ADAPTER_FILE, CHECKPOINTS_DIR, MODEL_FILE, STATE_FILE, load_adapter, load_weights,
-                           save_adapter, save_weights)
+from tinylm.run.layout import CHECKPOINTS_DIR, MODEL_FILE, STATE_FILE
+from tinylm.run.weights import FULL, WeightsFormat
 
 FORMAT = 1
 
@@ -65,20 +64,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.mps.set_rng_state(state["mps"])
 
 
-def weights_file(adapter: LoRAConfig | None) -> str:
-    return ADAPTER_FILE if adapter is not None else MODEL_FILE
-
-
 def save_checkpoint(run_dir: Path, model: GPT, state: dict[str, Any], metadata: dict[str, Any],
-                    adapter: LoRAConfig | None = None) -> None:
-    """Atomically replace the run's checkpoint with `model` (its adapter alone for a LoRA run) and
-    `state` (optimizer, loader, counters; this process's RNG states are added here unless `state`
-    brings them)."""
-    model_path, state_path = run_dir / weights_file(adapter), run_dir / STATE_FILE
-    if adapter is not None:
-        sha = save_adapter(model, model_path, metadata, adapter, replace=False)
-    else:
-        sha = save_weights(model, model_path, metadata, replace=False)
+                    weights: WeightsFormat = FULL) -> None:
+    """Atomically replace the run's checkpoint with `model`'s weights in the run's format (`weights`: a
+    LoRA run's adapter alone) and `state` (optimizer, loader, counters; this process's RNG states are
+    added here unless `state` brings them)."""
+    model_path, state_path = run_dir / weights.latest, run_dir / STATE_FILE
+    sha = weights.save(model, model_path, metadata, replace=False)
     full = {"format": FORMAT, "model_sha256": sha, "rng": rng_state(), **state}
     with fileio.atomic_write(state_path) as f:  # the commit point
         torch.save(full, f)
@@ -125,15 +117,15 @@ def saved_processes(run_dir: Path) -> int:
     return len(state["rng"]) if isinstance(state["rng"], list) else 1
 
 
-def load_checkpoint(run_dir: Path, model: GPT, rank: int = 0, adapter: LoRAConfig | None = None,
+def load_checkpoint(run_dir: Path, model: GPT, rank: int = 0, weights: WeightsFormat = FULL,
                     repair: bool = True) -> dict[str, Any]:
-    """Load the weights (the adapter, for a LoRA run) into `model` and return the training state (RNG
-    states restored; a run of several processes saved one set per rank, a list: process `rank` takes its own).
+    """Load the weights (in the run's format `weights`: the adapter, for a LoRA run) into `model` and return the
+    training state (RNG states restored; a run of several processes saved one set per rank, a list: process `rank` takes its own).
     With `repair` (the one process that writes the run directory: rank 0, before the others load), an
     interrupted save is completed and half-written temporary files are removed; without it nothing in
     the directory changes (the other processes only read: a file rank 0 is writing is never touched)."""
     state = read_state(run_dir)
-    name = weights_file(adapter)
+    name = weights.latest
     if repair:
         _repair(run_dir, state["model_sha256"], name)
         for stale in run_dir.glob(".*.tmp"):  # half-written files of the killed process
@@ -141,10 +133,7 @@ def load_checkpoint(run_dir: Path, model: GPT, rank: int = 0, adapter: LoRAConfi
     elif fileio.sha256_file(run_dir / name) != state["model_sha256"]:
         raise CheckpointError(f"{run_dir / name} does not match {STATE_FILE} (rank 0 did not complete the "
                               "checkpoint, or the file was replaced by hand); the run cannot be resumed exactly")
-    if adapter is not None:
-        load_adapter(model, run_dir / name, adapter)
-    else:
-        load_weights(model, run_dir / name)
+    weights.load(model, run_dir / name)
     rng = state["rng"]
     set_rng_state(rng[rank % len(rng)] if isinstance(rng, list) else rng)
     return state

@@ -3,14 +3,14 @@
     base run (config.json, tokenizer, weights) ──► finetune_config: the base's model and tokenizer, the
         fine-tuning defaults (FINETUNE_DEFAULTS), then preset / --config / --set / flags; finetune.base,
         base_weights and base_sha256 recorded
-    ──► train(cfg) (trainer.py), which calls back here:
+    ──► train(cfg) (launch.py) composes the trainer with what this module opens:
           open_finetune_data  text ─► the base's tokenizer prepares it (cached by tokenizer fingerprint) ─► windows
                               instruction / chat records ─► template ─► examples (data/finetune.py)
           prepare_model       the base weights (sha256 checked) ─► LoRA: add the adapter, freeze the rest
     ──► run dir: LoRA ─► adapter.safetensors (+ the base's path and sha256 in config.json);
                  full ─► model.safetensors, a standalone run
 
-`merge(run_dir, out_dir)` folds a LoRA run's adapter into its base's weights and writes a standalone run.
+`tinylm merge` (folding the adapter into the base's weights) is run/merge.py.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from tinylm.config import DataConfig, LoRAConfig, RunConfig, TrainConfig, update
 from tinylm.data.finetune import resolve_format, run_examples, text_data_dir
 from tinylm.errors import CheckpointError, ConfigError
 from tinylm.model import GPT, lora
-from tinylm.rundir import (CONFIG_FILE, MODEL_FILE, base_weights, load, load_weights, read_config, save_weights,
-                           write_config)
+from tinylm.run.layout import CONFIG_FILE, base_weights, read_config
+from tinylm.run.weights import FULL
 from tinylm.tokenizers import Tokenizer, load_tokenizer
+from tinylm.training.data import ExampleData, WindowData
 
 # train.* values a fine-tune starts from (before any preset, --config, --set or flag): a few epochs at a
 # learning rate suited to the method, no weight decay (it would pull LoRA's B, or the weights, to zero)
@@ -82,59 +83,24 @@ def apply_finetune_table(cfg: RunConfig, values: dict[str, Any], origin: str) ->
     update(cfg, {**values, "data": data, "model": model}, origin)
 
 
-# --------------------------------------------------------------------------- called by the trainer
+# --------------------------------------------------------------------------- what train() composes
 
 
-def prepare_model(model: GPT, cfg: RunConfig) -> LoRAConfig | None:
+def prepare_model(model: GPT, cfg: RunConfig) -> None:
     """Load the base run's weights into `model` (checked against the recorded sha256) and, for LoRA, add
-    the adapter "default" (base frozen). Returns the LoRAConfig for a LoRA run, None for full fine-tuning."""
-    load_weights(model, base_weights(cfg))
-    if cfg.finetune.method != "lora":
-        return None
-    lora.add_lora(model, cfg.lora)
-    lora.set_active(model, "default")
-    return cfg.lora
+    the adapter "default" (base frozen)."""
+    FULL.load(model, base_weights(cfg))
+    if cfg.finetune.method == "lora":
+        lora.add_lora(model, cfg.lora)
+        lora.set_active(model, "default")
 
 
 def open_finetune_data(cfg: RunConfig, quiet: bool = False, data_dir: str | None = None) -> tuple[Any, Tokenizer]:
     """The data of a fine-tune and the base's tokenizer: windows of text (continued pre-training) or
     instruction / chat examples (finetune.format and finetune.template are resolved into `cfg`).
     `data_dir`: the text's prepared directory as rank 0 opened it (other processes never prepare)."""
-    from tinylm.training.trainer import WindowData
-
     base_weights(cfg)
     tokenizer = load_tokenizer(cfg.finetune.base)
     if resolve_format(cfg) == "text":
         return WindowData(data_dir or text_data_dir(cfg, tokenizer)), tokenizer
-    return run_examples(cfg, tokenizer, quiet=quiet), tokenizer
-
-
-# --------------------------------------------------------------------------- merging
-
-
-def merge(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best") -> dict[str, Any]:
-    """Fold LoRA run `run_dir`'s adapter into its base's weights and write the result as a standalone run
-    `out_dir` (config.json with finetune.merged = true, tokenizer, model.safetensors). A tied head with an
-    adapter is untied. Returns a summary."""
-    run_dir, out = Path(run_dir), Path(out_dir)
-    if (out / CONFIG_FILE).exists():
-        raise CheckpointError(f"{out} is already a run directory; choose another --out")
-    run = load(run_dir, checkpoint=checkpoint, device="cpu", dtype="float32")
-    if not run.config.finetune.adapter:
-        raise CheckpointError(f"{run_dir} is not a LoRA adapter run (it has its own weights); nothing to merge")
-    tied = run.model.cfg.tie_weights
-    run.merge_adapter()
-    cfg = copy.deepcopy(run.config)
-    cfg.model = run.model.cfg
-    cfg.finetune.merged = True
-    cfg.description = f"{fileio.absolute(run_dir)} merged into its base {cfg.finetune.base}"
-    cfg.train.out_dir = fileio.absolute(out)  # the merged run's own directory, not the adapter run's
-    out.mkdir(parents=True, exist_ok=True)
-    run.tokenizer.save(out)
-    meta = {"step": run.metadata.get("step", 0), "merged_from": str(run_dir.resolve()),
-            "tokenizer_fingerprint": run.tokenizer.fingerprint()}
-    sha = save_weights(run.model, out / MODEL_FILE, meta)
-    write_config(out, cfg)  # last: a directory with config.json is a complete run
-    return {"out_dir": str(out), "params": run.model.num_params(), "sha256": sha,
-            "adapter": str(run.weights), "untied": tied and not run.model.cfg.tie_weights}
-
+    return ExampleData(run_examples(cfg, tokenizer, quiet=quiet)), tokenizer

@@ -1,13 +1,14 @@
 """The training loop, for pre-training and fine-tuning alike.
 
-    data dir -> WindowData: loader (random windows | permutation)       \
-    fine-tuning examples -> ExampleData: padded example batches          > [micro-batches x accumulation
-    (data/finetune.py, opened by training/finetune.py)                  /   -> optimizer step] x steps
+    data (training/data.py): WindowData | ExampleData ─► loader ─┐
+    model (built by launch.py; a fine-tune's with base weights    ├─► [micro-batches x accumulation
+           and, for LoRA, the adapter, the rest frozen)           │    -> optimizer step] x steps
+    weights format (run/weights.py: every weight | the adapter) ──┘
                 every eval_interval: validation loss, checkpoint, best weights, plots
 
-The model is built from the config; a fine-tune (cfg.finetune.method) first loads its base run's
-weights and, for LoRA, adds the adapter and freezes the rest (training/finetune.py `prepare_model`):
-only trainable parameters reach the optimizer, and a LoRA run checkpoints its adapter alone.
+The trainer receives its model, data and weights format (launch.py composes them): only trainable
+parameters reach the optimizer, and checkpoints are written in the run's weights format (a LoRA run's
+adapter alone).
 
 The run ends at `max_steps` or when the wall-clock `time_budget` is spent, whichever comes
 first; the learning rate follows that progress (see schedule.py). Ctrl-C stops at the next
@@ -22,40 +23,37 @@ from __future__ import annotations
 
 import contextlib
 import math
-import shutil
 import signal
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from rich.progress import TextColumn
 from torch.nn.parallel import DistributedDataParallel
 
-from tinylm import fileio
-from tinylm.config import RunConfig, absolute_paths, absolute_tokenizer_spec
+from tinylm.config import RunConfig
 from tinylm.console import console, progress, warn
-from tinylm.data.loader import make_loader
-from tinylm.data.prepare import load_split, read_meta, resolve_data_dir
-from tinylm.errors import CheckpointError, ConfigError, DataError, TinylmError, WriteError
-from tinylm.evaluation.perplexity import score_tokens
-from tinylm.model import GPT
+from tinylm.errors import CheckpointError, TinylmError, WriteError
 from tinylm.inputs import INT64_MAX
-from tinylm.rundir import (BEST_ADAPTER_FILE, BEST_FILE, METRICS_FILE, RUN_FILES, STATE_FILE, read_config, read_weights,
-                           save_adapter, save_weights, write_config)
-from tinylm.runtime import autocast, check_memory, memory_bytes, peak_flops, resolve_device, resolve_dtype
-from tinylm.tokenizers import Tokenizer, load_tokenizer, spec_vocab_size
+from tinylm.model import GPT
+from tinylm.run.layout import METRICS_FILE
+from tinylm.run.weights import FULL, WeightsFormat, read_weights
+from tinylm.runtime import autocast, memory_bytes, peak_flops, resolve_device, resolve_dtype
+from tinylm.tokenizers import Tokenizer
 from tinylm.training import distributed
-from tinylm.training.checkpoint import (keep_copy, load_checkpoint, rng_state, save_checkpoint, saved_processes,
-                                       weights_file)
+from tinylm.training.batch import plan_batch
+from tinylm.training.checkpoint import keep_copy, load_checkpoint, rng_state, save_checkpoint
+from tinylm.training.data import WindowData
 from tinylm.training.distributed import Procs
 from tinylm.training.metrics import MetricsLog, plot_metrics
 from tinylm.training.optim import build_optimizers, load_state
-from tinylm.training.resume import apply_hyperparameters, check_resume, hyperparameters, keep_batch
+from tinylm.training.resume import apply_hyperparameters, hyperparameters
 from tinylm.training.schedule import learning_rate, progress_fraction
-from tinylm.training.trackers import check_trackers, open_trackers
+from tinylm.training.trackers import open_trackers
+
 
 @dataclass
 class TrainResult:
@@ -66,90 +64,6 @@ class TrainResult:
     val_loss: float | None
     best_val_loss: float | None
     stopped_by: str  # "max_steps", "time_budget" or "interrupt"
-
-
-@dataclass(frozen=True)
-class BatchPlan:
-    """How one optimizer step's global batch is cut: `accum` micro-batches of `micro` sequences in
-    each of `processes` processes, `tokens` tokens in all."""
-
-    micro: int
-    accum: int
-    processes: int
-    context: int
-
-    @property
-    def tokens(self) -> int:
-        return self.micro * self.accum * self.processes * self.context
-
-
-CPU_MICRO_TOKENS = 8192  # the automatic micro-batch on CPUs: at most this many tokens
-
-
-def _divisors(n: int, most: int) -> Iterator[int]:
-    """The divisors of `n` not above `most`, largest first: O(most) however large `n` is (a huge
-    train.batch_tokens gives a huge n; listing all its divisors would never end)."""
-    return (d for d in range(min(n, most), 0, -1) if n % d == 0)
-
-
-def plan_batch(cfg: RunConfig, processes: int, fits: Callable[[int], bool] | None = None,
-               most: int | None = None) -> BatchPlan:
-    """The batch plan for `train.batch_tokens` (or batch_size x grad_accum x seq_len) over
-    `processes`, with micro-batches of `train.batch_size` sequences, or with batch_size 0 the
-    largest divisor that `fits` (a trial forward and backward; None: at most 8,192 tokens) among
-    those of at most `most` sequences (None: as many as 8,192 tokens hold without `fits`, else
-    any; the trainer bounds it by the device's memory)."""
-    t, context = cfg.train, cfg.seq_len
-    if t.batch_tokens == 0:
-        return BatchPlan(t.batch_size, t.grad_accum, processes, context)  # the global batch grows with processes
-    if t.batch_tokens % (context * processes):
-        raise ConfigError(f"train.batch_tokens {t.batch_tokens:,} is not a whole number of sequences of "
-                          f"{context} tokens (train.seq_len or model.context) for each of {processes} process(es); "
-                          f"use a multiple of {context * processes:,}")
-    sequences = t.batch_tokens // (context * processes)  # per process and step
-    if t.batch_size:
-        if sequences % t.batch_size:
-            raise ConfigError(f"train.batch_tokens {t.batch_tokens:,} is not divisible by the micro-batch tokens "
-                              f"(batch_size {t.batch_size} x context {context} x {processes} process(es) = "
-                              f"{t.batch_size * context * processes:,}); set train.batch_size to a divisor of "
-                              f"{sequences} (or 0 to choose automatically)")
-        return BatchPlan(t.batch_size, sequences // t.batch_size, processes, context)
-    if fits is None:
-        fits, most = (lambda micro: True), CPU_MICRO_TOKENS // context
-    micro = next((d for d in _divisors(sequences, sequences if most is None else most) if fits(d)), None)
-    if micro is None:
-        raise ConfigError(f"not even a micro-batch of 1 sequence of {context} tokens fits on this device; "
-                          "lower train.seq_len or the model size")
-    return BatchPlan(micro, sequences // micro, processes, context)
-
-
-class WindowData:
-    """Token windows of a prepared data directory: what pre-training (and continued pre-training) trains
-    and validates on. Fine-tuning examples (`tinylm.data.finetune.ExampleData`) offer the same methods."""
-
-    def __init__(self, data_dir: str | Path):
-        self.dir = Path(data_dir)
-        meta = read_meta(self.dir)
-        self.splits = meta["splits"]
-        self.source_sha256 = str(meta.get("source", {}).get("sha256", ""))  # recorded in checkpoints
-        self.train = load_split(self.dir, "train")
-        self.val = load_split(self.dir, "val")
-
-    def loader(self, seq_len: int, micro: int, seed: int, sampling: str, shard: tuple[int, int]):
-        return make_loader(self.train, seq_len, micro, seed, sampling=sampling, shard=shard)
-
-    def steps_per_epoch(self, plan: BatchPlan) -> float:
-        return len(self.train) / plan.tokens
-
-    def validation(self, model: torch.nn.Module, *, seq_len: int, batch_size: int, device: torch.device,
-                   dtype: torch.dtype, max_tokens: int, shard: tuple[int, int]) -> tuple[float, int]:
-        """(total nats, tokens scored) on this process's share of the validation windows."""
-        max_windows = max(1, max_tokens // seq_len) if max_tokens else 0
-        return score_tokens(model, self.val, context=seq_len, batch_size=batch_size, device=device, dtype=dtype,
-                            max_windows=max_windows, shard=shard)
-
-    def describe(self) -> str:
-        return f"{self.splits['train']['tokens']:,} train / {self.splits['val']['tokens']:,} val tokens, {self.dir}"
 
 
 class StopRequest:
@@ -175,11 +89,15 @@ class StopRequest:
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, run_dir: Path, data: Path | Any, tokenizer: Tokenizer,
-                 procs: Procs | None = None):
-        """`data`: a prepared data directory, or an object with WindowData's methods (fine-tuning examples)."""
+    """The loop over optimizer steps of `model` on `data` (training/data.py: WindowData or ExampleData),
+    checkpointing in `run_dir` in the weights format `weights` (run/weights.py: every weight, or a LoRA
+    run's adapter alone). It receives what it trains: `launch.train` builds the model (a fine-tune's base
+    weights and adapter included) and opens the data."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, model: GPT, data: Any, tokenizer: Tokenizer,
+                 weights: WeightsFormat = FULL, procs: Procs | None = None):
         procs = procs or Procs()
-        self.data = WindowData(data) if isinstance(data, (str, Path)) else data
+        self.data, self.weights = data, weights
         self.cfg, self.run_dir, self.tokenizer, self.procs = cfg, run_dir, tokenizer, procs
         t = cfg.train
         self.device = distributed.start(procs, resolve_device(t.device))
@@ -189,14 +107,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        torch.manual_seed(t.seed)  # the same initial weights in every process
-        self.model = GPT(cfg.model)
-        self.adapter = None  # a LoRA fine-tune's LoRAConfig: its checkpoints hold the adapter alone
-        if cfg.finetune.method:
-            from tinylm.training.finetune import prepare_model
-
-            self.adapter = prepare_model(self.model, cfg)
-        self.model.to(self.device)
+        self.model = model.to(self.device)
         self.plan = plan_batch(cfg, procs.world_size, *((self._fits, self._most_micro())
                                                         if self.device.type == "cuda" else ()))
         if procs.distributed:
@@ -279,7 +190,7 @@ class Trainer:
         procs = self.procs
         if not procs.main:
             distributed.barrier(procs)  # rank 0 repairs an interrupted save first
-        state = load_checkpoint(self.run_dir, self.model, rank=procs.rank, adapter=self.adapter, repair=procs.main)
+        state = load_checkpoint(self.run_dir, self.model, rank=procs.rank, weights=self.weights, repair=procs.main)
         if procs.main:
             distributed.barrier(procs)
         self._check_same_steps(state)
@@ -300,7 +211,7 @@ class Trainer:
         self.loss_sum, self.loss_count = state["loss_sum"], state["loss_count"]
         self.skipped_steps = state.get("skipped_steps", 0)
         self._last_save = self.elapsed
-        best = self.run_dir / (BEST_ADAPTER_FILE if self.adapter else BEST_FILE)
+        best = self.run_dir / self.weights.best
         if best.is_file():  # best weights may be newer than train_state.pt
             _, meta = read_weights(best)
             self.best_val_loss = min(self.best_val_loss, float(meta.get("val_loss", math.inf)))
@@ -448,20 +359,17 @@ class Trainer:
         meta = {"step": self.step, "tokenizer_fingerprint": self.tokenizer.fingerprint()}
         if val_loss is not None and val_loss < self.best_val_loss:
             self.best_val_loss = val_loss
-            if self.adapter is not None:
-                save_adapter(self.model, self.run_dir / BEST_ADAPTER_FILE, {**meta, "val_loss": val_loss}, self.adapter)
-            else:
-                save_weights(self.model, self.run_dir / BEST_FILE, {**meta, "val_loss": val_loss})
+            self.weights.save(self.model, self.run_dir / self.weights.best, {**meta, "val_loss": val_loss})
         state = {"step": self.step, "tokens": self.tokens, "elapsed": self.elapsed,
                  "best_val_loss": self.best_val_loss, "loss_sum": self.loss_sum, "loss_count": self.loss_count,
                  "skipped_steps": self.skipped_steps, "optimizers": [o.state_dict() for o in self.optimizers],
                  "scaler": self.scaler.state_dict(), "loader": self.loader.state_dict(),
                  "batch": self.batch_record(), "data": self.data_record(),
                  "rng": rngs if self.procs.distributed else rngs[0]}
-        save_checkpoint(self.run_dir, self.model, state, meta, adapter=self.adapter)
+        save_checkpoint(self.run_dir, self.model, state, meta, weights=self.weights)
         self.saved_step = self.step  # once committed: after a failed save the last good checkpoint is named
         if self.cfg.train.keep_last:
-            keep_copy(self.run_dir, self.step, self.cfg.train.keep_last, weights_file(self.adapter))
+            keep_copy(self.run_dir, self.step, self.cfg.train.keep_last, self.weights.latest)
 
     def plot(self) -> None:
         if not self.procs.main:
@@ -594,175 +502,3 @@ class Trainer:
                 tracker.close()
         best = self.best_val_loss if math.isfinite(self.best_val_loss) else None
         return TrainResult(self.run_dir, self.step, self.tokens, self.elapsed, val_loss, best, stopped_by)
-
-
-# --------------------------------------------------------------------------- entry point
-
-
-def _lock_run_dir(run_dir: Path, held: contextlib.ExitStack) -> None:
-    """Take the run directory's lock for as long as `held` lasts (rank 0, for the whole run): one process
-    trains in a run directory at a time, so no other resume, or --overwrite, changes its files meanwhile."""
-    try:
-        held.enter_context(fileio.exclusive(run_dir))
-    except fileio.Busy:
-        raise ConfigError(f"{run_dir} is in use: another tinylm process is training in it; wait for that process to "
-                          "finish (Ctrl-C stops it with a checkpoint), then try again, or choose another --out") from None
-
-
-def _claim_run_dir(run_dir: Path, overwrite: bool, held: contextlib.ExitStack) -> None:
-    """Create the run directory and take its lock (`_lock_run_dir`); with `overwrite`, first remove a
-    previous run (also a half-deleted one), but never a directory holding files tinylm did not write."""
-    entries = list(run_dir.iterdir()) if run_dir.is_dir() else []
-    if entries:
-        foreign = [p.name for p in entries if p.name not in RUN_FILES and not p.name.endswith(".tmp")]
-        if foreign:
-            raise ConfigError(f"{run_dir} is not a tinylm run directory (it holds {foreign[0]!r}); "
-                              "choose another --out")
-        if not overwrite:
-            if (run_dir / STATE_FILE).is_file():
-                raise ConfigError(f"{run_dir} already holds a run; continue it with `tinylm train --resume "
-                                  f"{run_dir}`, choose another --out, or pass --overwrite to replace it")
-            raise ConfigError(f"{run_dir} holds a run that never reached its first checkpoint (nothing to resume); "
-                              "pass --overwrite to start it again there, or choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _lock_run_dir(run_dir, held)  # before anything is removed: a run still training there keeps its files
-    for entry in run_dir.iterdir():  # the directory itself stays: its lock is held
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
-
-
-def default_run_dir(cfg: RunConfig) -> Path:
-    return Path(cfg.train.out_dir or Path("runs") / (cfg.preset or "run"))
-
-
-def _summary(cfg: RunConfig, trainer: Trainer, resume: bool) -> str:
-    m, t, tok, plan = cfg.model, cfg.train, trainer.tokenizer, trainer.plan
-    ft = cfg.finetune
-    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    tuned = (f"\n  base    {ft.base} ({ft.base_weights}), {ft.method} fine-tuning: {trainable:,} trainable parameters"
-             + (f" (LoRA r={cfg.lora.r}, alpha={cfg.lora.alpha:g} on {cfg.lora.targets})" if trainer.adapter else "")
-             if ft.method else "")
-    limits = (f"budget {t.time_budget:.0f}s or " if t.time_budget else "") + f"{t.max_steps} steps"
-    procs = f" x {plan.processes} processes" if plan.processes > 1 else ""
-    return "\n".join([
-        f"[bold]tinylm[/] {'resuming' if resume else 'training'} {cfg.preset or 'run'} -> {trainer.run_dir}",
-        f"  model   {trainer.model.num_params() / 1e6:.2f}M parameters ({m.n_layer} layers, {m.n_head} heads, "
-        f"width {m.d_model}, context {m.context}, {m.pos} positions, {m.norm}, {m.mlp}), "
-        f"{trainer.flops_per_token / 1e6:.1f} MFLOP/token{tuned}",
-        f"  data    {trainer.data.describe()}, {tok.kind} tokenizer ({tok.vocab_size} ids)",
-        f"  device  {trainer.device.type}{procs} {str(trainer.dtype).removeprefix('torch.')}, {t.optimizer}, "
-        f"{trainer.tokens_per_step:,} tokens/step ({plan.micro} x {plan.accum} sequences{procs}), {limits}"
-        + (f", from step {trainer.step}" if resume else ""),
-    ])
-
-
-def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> TrainResult:
-    """Train a model as `cfg` describes (or continue the run in cfg.train.out_dir with `resume`).
-    Under torchrun, every process calls this; rank 0 prepares data and writes the run directory."""
-    cfg.validate()
-    procs = distributed.from_environment()
-    run_dir = default_run_dir(cfg)
-    cfg.train.out_dir = str(run_dir)
-    absolute_paths(cfg)  # config.json names the same files for commands run from any directory
-    if resume:  # changes a resume cannot make fail before any work
-        saved = absolute_paths(read_config(run_dir))
-        check_resume(saved, cfg)
-        if (note := keep_batch(saved, saved_processes(run_dir), cfg, procs.world_size)) and procs.main:
-            warn(note)
-    device = resolve_device(cfg.train.device)
-    resolve_dtype(cfg.train.dtype, device)  # fail before any work
-    if cfg.train.batch_size:
-        plan_batch(cfg, procs.world_size)  # inconsistent batch settings fail before any work too
-    check_fits(cfg, cfg.model.vocab_size or _known_vocab(cfg.data.tokenizer), device)  # so do impossible sizes
-    check_trackers(cfg.train.trackers)
-    try:
-        result = _train(cfg, procs, run_dir, resume, overwrite)
-    except BaseException:
-        distributed.stop()  # no barrier: the other processes may never reach it
-        raise
-    distributed.stop(together=True)
-    return result
-
-
-def _known_vocab(spec: str) -> int:
-    try:
-        return spec_vocab_size(spec) or 1
-    except TinylmError:  # a bad spec is reported where the data is prepared
-        return 1
-
-
-def check_fits(cfg: RunConfig, vocab: int, device: torch.device) -> None:
-    """Refuse a model and micro-batch that certainly cannot fit in the device's memory: at least
-    12 bytes per parameter (float32 weights, gradients and one optimizer moment) and 2 bytes per
-    logit and per saved activation of one micro-batch (lower bounds, so nothing that fits is refused)."""
-    params = cfg.model.min_params(vocab)
-    micro = cfg.train.batch_size or 1
-    tokens = micro * cfg.seq_len
-    need = 12 * params + 2 * tokens * (vocab + cfg.model.d_model * cfg.model.n_layer)
-    check_memory(need, device, f"a model of at least {params:,} parameters and a micro-batch of {micro} x "
-                 f"{cfg.seq_len} tokens", "lower model.n_layer, model.d_model, model.context, the vocabulary "
-                 "or train.batch_size")
-
-
-def _open_data(cfg: RunConfig, main: bool, data_dir: str | None = None) -> tuple[Any, Tokenizer]:
-    """The training data and tokenizer: a data dir (prepared now if need be), or a fine-tune's data.
-    `data_dir`: the directory rank 0 opened, which the other processes open as it is (they never prepare)."""
-    if cfg.finetune.method:
-        from tinylm.training.finetune import open_finetune_data
-
-        return open_finetune_data(cfg, quiet=not main, data_dir=data_dir)
-    if data_dir is None:
-        data_dir, prepared = resolve_data_dir(cfg.data)
-        if prepared:
-            console.print(f"prepared {cfg.data.source} into {data_dir}")
-    cfg.data.tokenizer = absolute_tokenizer_spec(read_meta(data_dir)["tokenizer"]["spec"])  # a data dir brings its own
-    return WindowData(data_dir), load_tokenizer(data_dir)
-
-
-def _train(cfg: RunConfig, procs: Procs, run_dir: Path, resume: bool, overwrite: bool) -> TrainResult:
-    if procs.main:  # one process prepares (and caches) the data; the others open the directory it opened
-        data, tokenizer = _open_data(cfg, main=True)
-    distributed.start(procs, resolve_device(cfg.train.device))  # join the process group
-    data_dir = distributed.broadcast_object(procs, str(data.dir) if procs.main and isinstance(data, WindowData)
-                                            else None)
-    if not procs.main:
-        data, tokenizer = _open_data(cfg, main=False, data_dir=data_dir)
-    with contextlib.ExitStack() as held:  # rank 0 holds the run directory's lock until the run ends
-        if resume:
-            run_tokenizer = load_tokenizer(run_dir)
-            if run_tokenizer.fingerprint() != tokenizer.fingerprint():
-                raise DataError(f"the data of {run_dir} was tokenized differently from its run; "
-                                "resume with the data the run was started on")
-            if procs.main:
-                _lock_run_dir(run_dir, held)
-        elif procs.main:
-            _claim_run_dir(run_dir, overwrite, held)
-        return _run(cfg, procs, run_dir, data, tokenizer, resume)
-
-
-def _run(cfg: RunConfig, procs: Procs, run_dir: Path, data: Any, tokenizer: Tokenizer, resume: bool) -> TrainResult:
-    """Build the trainer in the claimed (or resumed) run directory, and train."""
-    try:
-        cfg.model.vocab_size = cfg.model.embedding_rows(tokenizer.vocab_size)
-        check_fits(cfg, cfg.model.vocab_size, resolve_device(cfg.train.device))
-        trainer = Trainer(cfg, run_dir, data, tokenizer, procs)
-        if resume:
-            trainer.restore()
-            if trainer.step >= cfg.train.max_steps or progress_fraction(trainer.step, trainer.elapsed, cfg.train) >= 1:
-                raise CheckpointError(f"{run_dir} already finished (step {trainer.step}, {trainer.elapsed:.0f}s); "
-                                      "raise --max-steps or --time-budget to train it further")
-        if procs.main:  # resumed: the settings given (see resume.py) are the run's from here on
-            write_config(run_dir, cfg)
-            if not resume:
-                tokenizer.save(run_dir)
-        distributed.barrier(procs)
-        if procs.main:
-            console.print(_summary(cfg, trainer, resume))
-        return trainer.fit(resume)
-    except BaseException:
-        # a new run that fails before its first checkpoint leaves no half-made directory behind
-        if not resume and procs.main and not (run_dir / STATE_FILE).is_file():
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise

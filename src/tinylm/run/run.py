@@ -1,42 +1,31 @@
-"""The run directory, the unit users move around.
+"""A trained run, loaded: `tinylm.load(run_dir) -> Run`, what sampling, evaluation, export and serving use.
 
-    config.json          the resolved RunConfig (enough to rebuild the model; every path in it absolute)
-    tokenizer.tinylm.json
-    model.safetensors    latest weights        best.safetensors   best validation weights
-    train_state.pt       optimizer, RNG, loader position, step (see training/checkpoint.py)
-    metrics.jsonl  loss.png  perplexity.png  evals.jsonl
-
-A LoRA fine-tune (`tinylm finetune`, finetune.method = "lora") holds no model weights of its own:
-
-    adapter.safetensors  latest adapter        best_adapter.safetensors   best validation adapter
-    config.json          finetune.base (the base run), finetune.base_weights + base_sha256 (the base
-                         weights it was trained on: loading refuses base weights that changed since)
-
-Weights are safetensors (no pickle). `load(run_dir)` restores model + tokenizer + config for
-sampling and evaluation, in the inference precision asked for (`generation/precision.py`: the weights
-cast to `dtype`, optionally int8 weight-only quantized); for an adapter run, the base's weights with the
-adapter "default" active. Before the first generation the run packs its linear layers for decoding
-and, when asked, builds the compiled decode step it then hands to every engine it runs.
+    load(run_dir, checkpoint, device, dtype, quantize, compile)
+        config.json (layout.read_config) + tokenizer ─► GPT(cfg.model) ─► weights of the run's format
+        (weights.py; an adapter run: the base's weights, sha256-checked, then its adapter "default",
+        activated) ─► precision.prepare (the inference dtype, optionally int8 weight-only) ─► Run
+    Run.ready()   the first generation: CPU decode kernels, and with `compile` the run's DecodeStep
+    Run.generate / complete / stream / chat   rows ─► the generation engine (`generate.generate` / `stream`
+        with `engine_args()`: the tokenizer's decode, vocabulary, stop / suppressed / marker ids, the device,
+        dtype and compiled step) ─► texts, ids, log-probabilities, beams
+    Run.attach_adapter(name, adapter_run)   another LoRA run's adapter on the same model (the server's
+        model ids)      record_eval: a result appended to evals.jsonl
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import safetensors
-import safetensors.torch
 import torch
 
-from tinylm import __version__, fileio
-from tinylm.config import LoRAConfig, RunConfig, absolute_paths
+from tinylm import fileio
+from tinylm.chat import Template, conversation_ids, get_template, run_template, warn_unknown_markers
+from tinylm.config import GenerationConfig, RunConfig
 from tinylm.console import console, warn
 from tinylm.errors import CheckpointError, ConfigError, TinylmError, WriteError
-from tinylm.config import GenerationConfig
 from tinylm.generation import precision
 from tinylm.generation.compiled import DecodeStep
 from tinylm.generation.generate import batch_rows, generate, stream
@@ -44,217 +33,10 @@ from tinylm.generation.kernels import pack_for_decoding
 from tinylm.generation.sampling import TokenLogprob
 from tinylm.inputs import EmptyInputError, encode_text
 from tinylm.model import GPT, lora
+from tinylm.run.layout import EVALS_FILE, base_weights, read_config
+from tinylm.run.weights import FULL, AdapterWeights, weights_format
 from tinylm.runtime import resolve_device
-from tinylm.templates import ALPACA_PREAMBLE, Template, get_template, unknown_marker_count
-from tinylm.tokenizers import TOKENIZER_FILE, Tokenizer, load_tokenizer
-
-CONFIG_FILE = "config.json"
-MODEL_FILE = "model.safetensors"
-BEST_FILE = "best.safetensors"
-STATE_FILE = "train_state.pt"
-ADAPTER_FILE = "adapter.safetensors"  # a LoRA run's latest adapter (the base's weights stay in the base run)
-BEST_ADAPTER_FILE = "best_adapter.safetensors"
-METRICS_FILE = "metrics.jsonl"
-EVALS_FILE = "evals.jsonl"
-PLOTS = ("loss.png", "perplexity.png")
-CHECKPOINTS_DIR = "checkpoints"  # copies of the last train.keep_last checkpoints, one folder per step
-TRACKER_FILES = ("tensorboard", "wandb", "wandb_id.txt")  # written by the optional experiment trackers
-RUN_FILES = {CONFIG_FILE, MODEL_FILE, BEST_FILE, STATE_FILE, METRICS_FILE, EVALS_FILE, *PLOTS,
-             TOKENIZER_FILE, CHECKPOINTS_DIR, *TRACKER_FILES, ADAPTER_FILE, BEST_ADAPTER_FILE, "tokenizer.json"}
-
-
-# --------------------------------------------------------------------------- config
-
-
-def write_config(run_dir: Path, cfg: RunConfig) -> None:
-    fileio.write_json(run_dir / CONFIG_FILE, cfg.to_dict())
-
-
-def read_config(run_dir: str | Path) -> RunConfig:
-    run_dir = Path(run_dir)
-    path = run_dir / CONFIG_FILE
-    if run_dir.is_file():
-        raise CheckpointError(f"{run_dir} is a file, not a run directory; give the directory a tinylm train, "
-                              "finetune or import wrote (it holds config.json)")
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run directory {run_dir} does not exist")
-    if not path.is_file():
-        raise CheckpointError(f"{run_dir} is not a tinylm run directory (no {CONFIG_FILE})")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:  # not JSON, or not even text
-        raise CheckpointError(f"{path} is corrupt ({e}); restore it from a copy") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} is corrupt (a JSON {type(data).__name__}, not the run's settings); "
-                              "restore it from a copy")
-    try:
-        cfg = RunConfig.from_dict(data, origin=str(path)).validate()
-    except ConfigError as e:
-        raise CheckpointError(f"{path} does not fit this tinylm {__version__}: {e}") from None
-    origin = _working_dir_of(run_dir, cfg.train.out_dir)
-    return absolute_paths(cfg, origin) if origin is not None else cfg
-
-
-def _working_dir_of(run_dir: Path, out_dir: str) -> Path | None:
-    """Where the command that wrote a config with relative paths ran (earlier versions recorded paths as
-    typed; now they are absolute): the run directory's absolute path less the relative train.out_dir it
-    recorded ("R" in /home/me/R: /home/me). None when the config cannot tell (no relative out_dir, or a
-    moved run)."""
-    if not out_dir or os.path.isabs(out_dir):
-        return None
-    parts = Path(os.path.normpath(out_dir)).parts
-    here = Path(fileio.absolute(run_dir)).parts
-    if ".." in parts or len(parts) >= len(here) or here[-len(parts):] != parts:
-        return None
-    return Path(*here[:-len(parts)])
-
-
-# --------------------------------------------------------------------------- weights
-
-
-def weights_state(model: GPT) -> dict[str, torch.Tensor]:
-    """The tensors to store: the state dict without the tied head (it is the embedding) and without
-    LoRA adapters (under the plain model's names)."""
-    state = lora.base_state(model)
-    if model.cfg.tie_weights:
-        state.pop("head.weight")
-    return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-
-
-def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, Any], *,
-                 replace: bool = True) -> str:
-    """Write tensors atomically (with replace=False: to the temp name only). Returns the sha256."""
-    meta = {"format": "tinylm-1", "tinylm_version": __version__, **{k: str(v) for k, v in metadata.items()}}
-    data = safetensors.torch.save(tensors, metadata=meta)
-    with fileio.atomic_write(path, replace=replace) as f:
-        f.write(data)
-    return fileio.sha256_bytes(data)
-
-
-def save_weights(model: GPT, path: Path, metadata: dict[str, Any], *, replace: bool = True) -> str:
-    """Write weights atomically (with replace=False: to the temp name only). Returns the sha256."""
-    return save_tensors(weights_state(model), path, metadata, replace=replace)
-
-
-def adapter_tensors(model: GPT, lora_cfg: LoRAConfig, name: str = "default") -> dict[str, torch.Tensor]:
-    """What an adapter file holds: the adapter's A and B matrices, plus the base biases / norm weights
-    the adapter trained too (lora.train_biases / train_norms), under their plain names."""
-    state = lora.adapter_state(model, name)
-    extra = lora.extra_trainable(model, lora_cfg)
-    if extra:
-        base = lora.base_state(model)
-        state.update({k: base[k].detach().to("cpu").contiguous().clone() for k in extra})
-    return state
-
-
-def save_adapter(model: GPT, path: Path, metadata: dict[str, Any], lora_cfg: LoRAConfig, *,
-                 replace: bool = True) -> str:
-    """Write adapter "default" (see `adapter_tensors`) atomically. Returns the sha256."""
-    return save_tensors(adapter_tensors(model, lora_cfg), path, metadata, replace=replace)
-
-
-def load_adapter(model: GPT, path: Path, lora_cfg: LoRAConfig, name: str = "default") -> dict[str, str]:
-    """Load an adapter file into adapter `name` (created by `lora.add_lora`) and the base tensors it
-    trained; returns the file's metadata."""
-    tensors, metadata = read_weights(path)
-    lora.load_adapter_state(model, tensors, name, origin=str(path))
-    extra = {k: v for k, v in tensors.items() if not k.endswith((".lora_A", ".lora_B"))}
-    expected = set(lora.extra_trainable(model, lora_cfg))
-    if set(extra) != expected:
-        raise CheckpointError(f"{path} does not fit the run's lora settings (base tensors "
-                              f"{sorted(set(extra) ^ expected)[:3]})")
-    params = {lora.plain_name(k): p for k, p in model.named_parameters()}
-    with torch.no_grad():
-        for key, tensor in extra.items():
-            if tuple(params[key].shape) != tuple(tensor.shape):
-                raise CheckpointError(f"{path}: {key} has shape {tuple(tensor.shape)}, the model's is "
-                                      f"{tuple(params[key].shape)}")
-            params[key].copy_(tensor)
-    return metadata
-
-
-def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist")
-    try:
-        with safetensors.safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types for truncated/garbage files
-        raise CheckpointError(f"{path} is corrupt or truncated ({e}); restore it from a copy, "
-                              "or resume from the other checkpoint in the run directory") from None
-    return tensors, metadata
-
-
-def load_weights(model: GPT, path: Path) -> dict[str, str]:
-    """Load weights into `model`, checking every name and shape. Returns the file's metadata."""
-    tensors, metadata = read_weights(path)
-    expected = weights_state(model)
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(f"{path} does not fit the run's config.json (missing: {missing[:3]}, "
-                              f"unexpected: {unexpected[:3]})")
-    for name, tensor in tensors.items():
-        if tensor.shape != expected[name].shape:
-            raise CheckpointError(f"{path}: {name} has shape {tuple(tensor.shape)}, the config "
-                                  f"expects {tuple(expected[name].shape)}")
-    model.load_state_dict(tensors, strict=not model.cfg.tie_weights)
-    return metadata
-
-
-# --------------------------------------------------------------------------- loading a run
-
-
-def chat_template_of(cfg: RunConfig) -> Template | None:
-    """The prompt template a run was fine-tuned with (finetune.template in its config), or None. For a
-    run fine-tuned on instruction records, a conversation without a system message gets the Alpaca
-    preamble, as every instruction record had in training."""
-    ft = cfg.finetune
-    if not ft.template:
-        return None
-    template = get_template(ft.template)
-    if ft.format == "instruction" and not template.default_system:
-        template = dataclasses.replace(template, default_system=ALPACA_PREAMBLE)
-    return template
-
-
-def weights_path(run_dir: Path, checkpoint: str = "best", adapter: bool = False) -> Path:
-    """The weights file (the adapter file for an adapter run) of `checkpoint`: best, latest or a path."""
-    best, latest = (BEST_ADAPTER_FILE, ADAPTER_FILE) if adapter else (BEST_FILE, MODEL_FILE)
-    if checkpoint == "best":
-        return run_dir / best if (run_dir / best).is_file() else run_dir / latest
-    if checkpoint == "latest":
-        return run_dir / latest
-    return Path(checkpoint)
-
-
-def base_weights(cfg: RunConfig, run_dir: Path | str = "") -> Path:
-    """The base weights of a fine-tuned run (cfg.finetune): the file it was fine-tuned from, checked
-    against the recorded sha256 (recorded here if not yet). One-line errors for a base run that is
-    missing, an adapter itself, or whose weights changed since."""
-    ft = cfg.finetune
-    base = Path(ft.base)
-    what = f"the base run {base}" + (f" of {run_dir}" if run_dir else "")
-    if not base.is_dir():
-        raise CheckpointError(f"{what} does not exist; give an existing run directory (trained with `tinylm "
-                              "train` or imported with `tinylm import`)" + (", or set finetune.base in "
-                              f"{Path(run_dir) / CONFIG_FILE} to where it moved" if run_dir else ""))
-    base_cfg = read_config(base)
-    if base_cfg.finetune.adapter:
-        raise CheckpointError(f"{base} is itself a LoRA adapter run; merge it first (`tinylm merge {base} --out "
-                              "MERGED`) and fine-tune the merged run")
-    path = base / ft.base_weights if ft.base_weights else weights_path(base, "best")
-    if not path.is_file():
-        raise CheckpointError(f"{what} has no weights file {path.name}; train it first, or restore the file")
-    sha = fileio.sha256_file(path)
-    if not ft.base_sha256:
-        ft.base_weights, ft.base_sha256 = path.name, sha
-    elif sha != ft.base_sha256:
-        raise CheckpointError(f"the base weights {path} changed since {run_dir or 'this adapter'} was trained on "
-                              f"them (sha256 {ft.base_sha256[:12]}... recorded, {sha[:12]}... now); restore those "
-                              "weights or fine-tune again on the new ones")
-    return path
+from tinylm.tokenizers import Tokenizer, load_tokenizer
 
 
 @dataclass
@@ -283,7 +65,7 @@ class Adapter:
 
     @property
     def chat_template(self) -> Template | None:
-        return chat_template_of(self.config)
+        return run_template(self.config)
 
 
 @dataclass
@@ -338,8 +120,8 @@ class Run:
 
     @property
     def chat_template(self) -> Template | None:
-        """The prompt template the run was fine-tuned with, or None (see `chat_template_of`)."""
-        return chat_template_of(self.config)
+        """The prompt template the run was fine-tuned with, or None (see `chat.run_template`)."""
+        return run_template(self.config)
 
     def merge_adapter(self) -> Run:
         """Fold an adapter run's adapter "default" into the model's weights, in place (W + (alpha / r) B A;
@@ -368,8 +150,9 @@ class Run:
                                   f"switch per adapter; merge it (`tinylm merge {run_dir} --out MERGED`) and load that")
         with torch.random.fork_rng(devices=[]):
             lora.add_lora(self.model, cfg.lora, name, dtype=precision.adapter_dtype(self.device, self.dtype))
-        path = weights_path(run_dir, checkpoint, adapter=True)
-        load_adapter(self.model, path, cfg.lora, name)
+        fmt = AdapterWeights(cfg.lora, name)
+        path = fmt.path(run_dir, checkpoint)
+        fmt.load(self.model, path)
         return Adapter(name, run_dir, cfg, path)
 
     def chat(self, messages: Sequence[dict[str, str]], config: GenerationConfig | None = None, *,
@@ -393,24 +176,9 @@ class Run:
 
     def chat_ids(self, messages: Sequence[dict[str, str]], template: Template, max_new_tokens: int,
                  truncate: bool = True) -> list[int]:
-        """The ids a reply to `messages` is generated after (`Run.chat` and `tinylm serve` use this): the
-        conversation rendered with `template` and the assistant prefix, encoded as in fine-tuning
-        (`data.finetune.encode_messages`: the whole text at once, BOS first where the tokenizer adds it);
-        messages that encode to nothing are the empty prompt (the start ids). As in fine-tuning, a long
-        conversation loses tokens from the left, leaving room for the reply in the window (a reply
-        generated past the context would see a slid, shorter window): a ConfigError if not `truncate`."""
-        from tinylm.data.finetune import encode_messages
-
-        ids, _ = encode_messages(self.tokenizer, template, messages, add_generation_prompt=True)
-        ids = ids or self.tokenizer.start_ids()
-        keep = self.model.cfg.context - min(max_new_tokens, self.model.cfg.context // 4)
-        if len(ids) > keep:
-            if not truncate:
-                raise ConfigError(f"the conversation has {len(ids)} tokens; with room for the reply only {keep} fit "
-                                  "the context: shorten it, or allow truncation to its last tokens (truncate=True)")
-            warn(f"the conversation has {len(ids)} tokens; its last {keep} are used (room for the reply)")
-            ids = ids[-keep:]
-        return ids
+        """The ids a reply to `messages` is generated after (`Run.chat` and `tinylm serve` use this):
+        `chat.conversation_ids` for this run's tokenizer and context."""
+        return conversation_ids(self.tokenizer, template, messages, self.model.cfg.context, max_new_tokens, truncate)
 
     def generation_config(self, config: GenerationConfig | None = None, **options: Any) -> GenerationConfig:
         """`config` (default: the defaults) with `options` changed, validated."""
@@ -512,18 +280,6 @@ def record_eval(run: Run, result: dict[str, Any]) -> None:
         warn(f"the result was not recorded in evals.jsonl: {e}")
 
 
-def warn_unknown_markers(template: Template, tokenizer: Tokenizer) -> None:
-    """A warning when `template`'s markers are partly outside `tokenizer`'s vocabulary (they become <unk>:
-    the model cannot tell the roles apart), for a template other than the one a run was fine-tuned with."""
-    if unknown_marker_count(template, tokenizer):
-        fits = [name for name in ("plain", "alpaca", "chat")
-                if name != template.name and not unknown_marker_count(get_template(name), tokenizer)]
-        fix = (f"use the {' or '.join(fits)} template" if fits else
-               "no shipped template fits this vocabulary: fine-tune on text that has the markers' characters")
-        warn(f"the {template.name!r} template's markers use {tokenizer.unit}s this model's {tokenizer.kind} "
-             f"tokenizer does not have (they become <unk>); {fix}")
-
-
 def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", dtype: str = "auto",
          quantize: str = "none", compile: str | bool = "auto") -> Run:
     """Restore a run for sampling or evaluation: `tinylm.load("runs/shakespeare-char")`. A LoRA adapter
@@ -544,19 +300,19 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", dt
     model = GPT(cfg.model)
     weights_dtype = precision.resolve(dev, dtype, quantize, precision.linear_params(model))
     use_compile = precision.use_compile(compile, dev)
-    adapter = cfg.finetune.adapter
-    if adapter:
-        load_weights(model, base_weights(cfg, run_dir))
+    fmt = weights_format(cfg)
+    if fmt is not FULL:
+        FULL.load(model, base_weights(cfg, run_dir))
         with torch.random.fork_rng(devices=[]):  # A's initial values are overwritten: leave the RNG alone
             lora.add_lora(model, cfg.lora)
-    path = weights_path(run_dir, checkpoint, adapter=adapter)
+    path = fmt.path(run_dir, checkpoint)
     if not path.is_file():
         if checkpoint in ("best", "latest"):  # a run killed before its first checkpoint
             raise CheckpointError(f"{run_dir} has no weights: the run never reached its first checkpoint; start it "
                                   f"again with your training command and --out {run_dir} --overwrite")
         raise CheckpointError(f"{path} does not exist; give --checkpoint best, latest or a .safetensors file")
-    metadata = load_adapter(model, path, cfg.lora) if adapter else load_weights(model, path)
-    if adapter:
+    metadata = fmt.load(model, path)
+    if fmt is not FULL:
         lora.set_active(model, "default")
     fp = metadata.get("tokenizer_fingerprint")
     if fp and fp != tokenizer.fingerprint():
