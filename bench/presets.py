@@ -98,7 +98,7 @@ def flops_per_token(name: str) -> float:
 
     from tinylm.config import load_preset
     from tinylm.model import GPT
-    from tinylm.recipes import recipe
+    from tinylm.cli.presets import recipe
 
     cfg = load_preset(name)
     cfg.model.vocab_size = recipe(name).vocab

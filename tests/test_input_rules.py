@@ -20,7 +20,9 @@ from tinylm.cli import main
 from tinylm.config import EvalConfig, ModelConfig, RunConfig, SampleConfig, load_preset
 from tinylm.errors import ConfigError, DataError, TinylmError
 from tinylm.generation import GenerationConfig, generate_ids, sample_next, stream_ids
-from tinylm.inputs import EmptyInputError, check_fields, check_range, encode_text
+from tinylm.errors import EmptyInputError
+from tinylm.config.fields import check_fields, check_range
+from tinylm.tokenizers.prompt import encode_text
 from tinylm.model import GPT
 from tinylm.tokenizers import train_tokenizer
 from tinylm.training import train

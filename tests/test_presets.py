@@ -23,7 +23,7 @@ from test_multiple_choice import ITEMS, write_jsonl
 from tinylm.cli import main
 from tinylm.config import DataConfig, ModelConfig, preset_names, preset_reference
 from tinylm.data import load_split, read_meta, resolve_data_dir
-from tinylm.recipes import COLUMNS, count_params, parse_count, recipe, table
+from tinylm.cli.presets import COLUMNS, count_params, parse_count, recipe, table
 from tinylm.run import load
 from tinylm.tokenizers import load_tokenizer
 

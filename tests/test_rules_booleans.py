@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from tinylm.cli import main
 from tinylm.errors import ConfigError, DataError, TokenizerError
 from tinylm.evaluation.multiple_choice import read_items
-from tinylm.inputs import Fields, boolean, integer, number
+from tinylm.config.fields import Fields, boolean, integer, number
 
 
 def _jsonl(path: Path, records: list[dict]) -> Path:

@@ -2,7 +2,7 @@
 
 Seeds: row i of a seeded batch (sample i of `tinylm sample --num-samples`, prompt i of a batch in
 the Python API, choice i of a server request) draws from seed + i, which must still be an int64:
-`tinylm.inputs.check_seeds`, shared by the three. Seeds the rule allows draw exactly what they did
+`tinylm.config.check_seeds`, shared by the three. Seeds the rule allows draw exactly what they did
 before it (no wrapping). Negative seeds work wherever a seed is taken. Batch plans: a huge
 `train.batch_tokens` is planned at once (the micro-batch search is bounded, not O(batch))."""
 
@@ -20,7 +20,7 @@ import tinylm
 from tinylm.cli import main
 from tinylm.config import SampleConfig, load_preset
 from tinylm.errors import ConfigError
-from tinylm.inputs import INT64_MAX, check_seeds
+from tinylm.config.fields import INT64_MAX, check_seeds
 from tinylm.serving.protocol import APIError, Limits, chat_request, completion_request
 from tinylm.training.batch import plan_batch
 

@@ -58,3 +58,7 @@ class WriteError(TinylmError, OSError):
     def then(self, next_step: str) -> WriteError:
         """The same failure with another last step than "run the command again" (e.g. a resume)."""
         return WriteError.of(self.path, self.problem, self.fix, next_step, self.errno)
+
+
+class EmptyInputError(DataError):
+    """A user text that encodes to no tokens where tokens are needed."""

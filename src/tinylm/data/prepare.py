@@ -44,7 +44,7 @@ from tinylm.console import console, progress, warn
 from tinylm.data.sources import PIECE_CHARS, Source
 from tinylm.data.spec import read_source
 from tinylm.errors import DataError, TokenizerError
-from tinylm.inputs import unsigned_seed
+from tinylm.config.fields import unsigned_seed
 from tinylm.tokenizers import Tokenizer, load_tokenizer, parse_spec, spec_identity, train_tokenizer
 from tinylm.tokenizers.base import PieceCutter, safe_chunks
 

@@ -21,7 +21,7 @@ from tinylm.chat.templates import check_messages, instruction_messages
 from tinylm.data.prepare import META_FILE
 from tinylm.data.sources import BUILTIN, builtin_source, json_lines, read_blocks
 from tinylm.errors import DataError
-from tinylm.inputs import unsigned_seed
+from tinylm.config.fields import unsigned_seed
 
 RECORD_SUFFIXES = (".json", ".jsonl")
 Record = tuple[str, Any]  # (where: "file line N", the parsed record)

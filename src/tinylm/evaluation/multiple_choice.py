@@ -39,7 +39,8 @@ from tinylm.data.sources import json_lines
 from tinylm.errors import DataError
 from tinylm.evaluation.loglikelihood import Request, encode_pair, score_requests
 from tinylm.evaluation.tasks import hellaswag_doc
-from tinylm.inputs import encode_text, integer
+from tinylm.tokenizers.prompt import encode_text
+from tinylm.config.fields import integer
 from tinylm.tokenizers import Tokenizer
 
 HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
@@ -219,7 +220,7 @@ def evaluate_choices(run_dir: str | Path, cfg: Any, show_progress: bool = True) 
     if task == "hellaswag":
         path = str(hellaswag_file("" if path == "default" else path, cfg.source_dir))
     items = subsample(read_items(path, task), cfg.limit, cfg.seed)
-    run = load(run_dir, cfg.checkpoint, cfg.device, cfg.dtype, getattr(cfg, "quantize", "none"))
+    run = load(run_dir, **cfg.load_options())
     unknown = sum(run.tokenizer.count_unknown(text) for item in items for text in [item.context, *item.choices])
     if unknown:
         warn(f"{unknown:,} {run.tokenizer.unit}(s) of {path} are not in the run's vocabulary and count as <unk>")

@@ -133,7 +133,7 @@ def evaluate(run_dir: str | Path, cfg: EvalConfig, show_progress: bool = True) -
              if value]
     if len(given) > 1:
         raise ConfigError(f"give one of --data DATA_DIR, --text FILE or --dataset NAME (got {' and '.join(given)})")
-    run = load(run_dir, cfg.checkpoint, cfg.device, cfg.dtype, cfg.validate().quantize)
+    run = load(run_dir, **cfg.validate().load_options())
     window = run.config.seq_len  # positions beyond the training windows were never trained
     if not 0 <= cfg.stride <= window:
         raise ConfigError(f"--stride must be between 0 and the model's training window ({window}), got {cfg.stride}")

@@ -575,7 +575,7 @@ def score_task(model: Any, tokenizer: Any, task: Task, docs: list[Doc], *, batch
     import torch
 
     from tinylm.evaluation.loglikelihood import encode_pair, prefix_id, rolling_requests, score_requests, tok_encode
-    from tinylm.inputs import EmptyInputError
+    from tinylm.errors import EmptyInputError
 
     context = model.cfg.context
     flat: list[tuple[list[int], list[int]]] = []
@@ -645,7 +645,7 @@ def evaluate_tasks(run_dir: str | Path, cfg: Any, show_progress: bool = True) ->
 
     cfg.validate()
     names = task_names(cfg.tasks)
-    run = load(run_dir, cfg.checkpoint, cfg.device, cfg.dtype, cfg.quantize)
+    run = load(run_dir, **cfg.load_options())
     results = []
     for name in names:
         if show_progress:

@@ -50,7 +50,7 @@ from tinylm.generation.beam import Beam, BeamSearch
 from tinylm.generation.compiled import DecodeStep
 from tinylm.generation.sampling import TokenLogprob, sample_next, seen_mask, suppress_mask, token_logprobs
 from tinylm.generation.text import Decode, RowText
-from tinylm.inputs import EmptyInputError
+from tinylm.errors import EmptyInputError
 from tinylm.runtime import autocast_for
 
 PREFILL_TOKENS = 4096  # prompt tokens (rows x longest prompt) per forward when rows are prefilled together
@@ -198,7 +198,7 @@ class Engine:
         cfg, vocab = row.config, self.model.cfg.vocab_size
         if not row.prompt:
             raise EmptyInputError(f"{where} has no token ids; an empty prompt is the tokenizer's start_ids() "
-                                  "(tinylm.inputs.encode_text gives them for a text that encodes to nothing)")
+                                  "(tinylm.tokenizers.prompt.encode_text gives them for a text that encodes to nothing)")
         bad = next((t for t in row.prompt if not 0 <= t < vocab), None)
         if bad is not None:
             raise ConfigError(f"{where} holds token id {bad}, outside the model's vocabulary (0..{vocab - 1})")

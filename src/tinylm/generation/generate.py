@@ -29,7 +29,8 @@ from tinylm.generation.compiled import DecodeStep
 from tinylm.generation.engine import Engine, Event, Row
 from tinylm.generation.sampling import TokenLogprob
 from tinylm.generation.text import Decode
-from tinylm.inputs import EmptyInputError, check_seeds
+from tinylm.errors import EmptyInputError
+from tinylm.config.fields import check_seeds
 
 
 @dataclass

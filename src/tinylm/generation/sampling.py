@@ -24,7 +24,7 @@ from typing import Iterable, Sequence
 import torch
 
 from tinylm.errors import ConfigError
-from tinylm.inputs import FLOAT32_MAX
+from tinylm.config.fields import FLOAT32_MAX
 
 NEG_INF = float("-inf")
 Generators = torch.Generator | Sequence[torch.Generator] | None

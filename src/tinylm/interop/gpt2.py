@@ -24,7 +24,7 @@ import torch
 
 from tinylm.config import ModelConfig
 from tinylm.errors import ConfigError, ExportError
-from tinylm.inputs import Fields
+from tinylm.config.fields import Fields
 
 LAYER_NORM_EPS = 1e-5
 ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new"}

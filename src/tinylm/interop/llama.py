@@ -21,7 +21,7 @@ import torch
 
 from tinylm.config import ModelConfig
 from tinylm.errors import ConfigError
-from tinylm.inputs import Fields
+from tinylm.config.fields import Fields
 
 
 

@@ -31,7 +31,8 @@ from tinylm.generation.compiled import DecodeStep
 from tinylm.generation.generate import batch_rows, generate, stream
 from tinylm.generation.kernels import pack_for_decoding
 from tinylm.generation.sampling import TokenLogprob
-from tinylm.inputs import EmptyInputError, encode_text
+from tinylm.errors import EmptyInputError
+from tinylm.tokenizers.prompt import encode_text
 from tinylm.model import GPT, lora
 from tinylm.run.layout import EVALS_FILE, base_weights, read_config
 from tinylm.run.weights import FULL, AdapterWeights, weights_format
@@ -185,7 +186,7 @@ class Run:
         return (config or GenerationConfig()).replace(**options)
 
     def encode_prompt(self, prompt: str, truncate: bool = True, item: str = "the prompt") -> list[int]:
-        """The prompt's ids (`tinylm.inputs.encode_text`): a prompt that encodes to no tokens (empty,
+        """The prompt's ids (`tinylm.tokenizers.prompt.encode_text`): a prompt that encodes to no tokens (empty,
         or whitespace for the word tokenizer) is the empty prompt, the tokenizer's start ids; a
         prompt longer than the context keeps its last `context` tokens (with a warning), or is an
         error if not `truncate`. `item` names the prompt in messages."""

@@ -56,7 +56,7 @@ from tinylm.errors import ConfigError
 from tinylm.generation.engine import Closing, Engine, Event, QueueFull, Row
 from tinylm.generation.engine import Request as EngineRequest
 from tinylm.generation.sampling import TokenLogprob
-from tinylm.inputs import encode_text
+from tinylm.tokenizers.prompt import encode_text
 from tinylm.run.run import load
 from tinylm.serving.protocol import (
     APIError,
@@ -210,7 +210,7 @@ class Service:
 
     def __init__(self, run_dir: str | Path, cfg: ServeConfig):
         self.cfg = cfg.validate()
-        self.run = load(run_dir, cfg.checkpoint, cfg.device, cfg.dtype, cfg.quantize, cfg.compile)
+        self.run = load(run_dir, **cfg.load_options())
         self.api_key = cfg.api_key or os.environ.get("TINYLM_API_KEY", "")
         tok = self.run.tokenizer
         fallback = get_template(cfg.chat_template) if cfg.chat_template else None

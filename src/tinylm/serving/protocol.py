@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tinylm.chat.templates import check_messages
 from tinylm.config import GenerationConfig
 from tinylm.errors import ConfigError, DataError
-from tinylm.inputs import check_seeds
+from tinylm.config.fields import check_seeds
 
 MAX_STOP = 16  # stop strings per request (OpenAI allows 4)
 MAX_LOGPROBS = 20  # alternatives per token
@@ -272,7 +272,7 @@ def _sampling(body: _Body, limits: Limits, max_tokens: int | None, default_token
 
 
 def _check_seeds(seed: int | None, choices: int) -> None:
-    """The rule of `tinylm sample` and `generate_ids` (`tinylm.inputs.check_seeds`): choice i draws from
+    """The rule of `tinylm sample` and `generate_ids` (`tinylm.config.check_seeds`): choice i draws from
     seed + i, which must be an int64 seed; a 400 naming the largest seed that works otherwise."""
     try:
         check_seeds(seed, choices, unit="choice")

@@ -209,7 +209,7 @@ class Tokenizer(ABC):
         """A prompt's ids: `encode(text)`, after bos_id when the tokenizer adds it to every input
         (`add_bos`, as transformers' Llama tokenizers do); a prompt that encodes to no ids (empty, or
         whitespace for word) is the empty prompt, `start_ids()`. Code that takes user text calls
-        `tinylm.inputs.encode_text`, which names the item in errors."""
+        `tinylm.tokenizers.prompt.encode_text`, which names the item in errors."""
         ids = self.encode(text) if text else []
         if not ids:
             return self.start_ids()

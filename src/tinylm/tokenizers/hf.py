@@ -36,7 +36,7 @@ from tokenizers import Tokenizer as RustTokenizer
 
 from tinylm import fileio
 from tinylm.errors import TokenizerError
-from tinylm.inputs import integer
+from tinylm.config.fields import integer
 from tinylm.tokenizers.base import CL100K_CUTS, GPT2_CUTS, WHITESPACE_CUTS, Tokenizer
 
 TOKENIZER_JSON = "tokenizer.json"

@@ -10,12 +10,15 @@
     ──► run dir: LoRA ─► adapter.safetensors (+ the base's path and sha256 in config.json);
                  full ─► model.safetensors, a standalone run
 
-`tinylm merge` (folding the adapter into the base's weights) is run/merge.py.
+The rules of a fine-tune's settings (`tinylm finetune` only parses): `new_config` / `resumed_config`, then
+`check_model_changes` and `settle` once flags are in. `tinylm merge` (folding the adapter into the base's
+weights) is run/merge.py.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,7 @@ from tinylm.model import GPT, lora
 from tinylm.run.layout import CONFIG_FILE, base_weights, read_config
 from tinylm.run.weights import FULL
 from tinylm.tokenizers import Tokenizer, load_tokenizer
+from tinylm.training import resume
 from tinylm.training.data import ExampleData, WindowData
 
 # train.* values a fine-tune starts from (before any preset, --config, --set or flag): a few epochs at a
@@ -104,3 +108,59 @@ def open_finetune_data(cfg: RunConfig, quiet: bool = False, data_dir: str | None
     if resolve_format(cfg) == "text":
         return WindowData(data_dir or text_data_dir(cfg, tokenizer)), tokenizer
     return ExampleData(run_examples(cfg, tokenizer, quiet=quiet)), tokenizer
+
+
+# --------------------------------------------------------------------------- the rules of a fine-tune's settings
+
+
+def resumed_config(run_dir: str | Path, flags: list[str], sets: list[str]) -> RunConfig:
+    """The config to resume fine-tune `run_dir` with: its own, where only train.* settings may change
+    (`flags`: the dotted keys of the flags given, `sets`: the --set assignments); one-line errors for other
+    keys, a run that is not a fine-tune, or a merged run (it has no training state)."""
+    fixed = sorted(key for key in flags if not key.startswith("train."))
+    if fixed:
+        raise ConfigError(f"{fixed[0]} cannot change when resuming: a resumed fine-tune keeps its LoRA, data and "
+                          "template settings (only train.* ones, such as --lr and --max-steps, may change)")
+    saved = read_config(run_dir)
+    if not saved.finetune.method:
+        raise ConfigError(f"{run_dir} is not a fine-tune; continue it with `tinylm train --resume`")
+    if saved.finetune.merged:
+        raise ConfigError(f"{run_dir} is a merged run (standalone weights, no training state); fine-tune it "
+                          f"further as a base: tinylm finetune {run_dir} --data SOURCE --out NEW_RUN")
+    return resume.resumed_config(run_dir, sets)
+
+
+def new_config(base: str, source: str, out: str, method: str = "", tables: list[tuple[dict[str, Any], str]] = ()
+               ) -> RunConfig:
+    """The config of a new fine-tune of `base` on `source` into `out` before flags: `finetune_config`, then
+    each (TOML tables, origin) of a preset or --config file (`apply_finetune_table`)."""
+    if not base or not source or not out:
+        raise ConfigError("give the base run, the data and the output: tinylm finetune BASE_RUN --data SOURCE "
+                          "--out RUN_DIR")
+    cfg = finetune_config(base, method=method or "lora")
+    for values, origin in tables:
+        apply_finetune_table(cfg, values, origin)
+    return cfg
+
+
+def check_model_changes(sets: list[str]) -> None:
+    """A fine-tune keeps its base's model: of the model.* keys only model.dropout may be set (`sets`: the
+    --set assignments)."""
+    model = [item for item in sets if item.startswith("model.") and not item.startswith("model.dropout=")]
+    if model:
+        raise ConfigError(f"--set {model[0]}: a fine-tune keeps its base run's model (only model.dropout may "
+                          "change)")
+
+
+def settle(cfg: RunConfig, *, steps_given: bool, epochs_given: bool, resume: bool) -> RunConfig:
+    """The last rules once every setting is in: a prepared data directory given as --data is read as one;
+    --max-steps alone replaces the default epochs; --epochs 0 alone says nothing about how long to train."""
+    source = cfg.data.source
+    if source and os.path.isdir(source) and os.path.isfile(os.path.join(source, "meta.json")):
+        cfg.data.dir, cfg.data.source = source, ""  # a prepared data directory
+    if steps_given and not epochs_given and not resume:
+        cfg.train.epochs = 0.0  # --max-steps replaces the default epochs
+    if epochs_given and not steps_given and not resume and cfg.train.epochs == 0:
+        raise ConfigError("--epochs 0 with no --max-steps says nothing about how long to train; give --epochs N "
+                          "(passes over the data) or --max-steps N")
+    return cfg

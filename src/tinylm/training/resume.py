@@ -1,5 +1,7 @@
 """What a resumed run may change, and how the changes take effect.
 
+    resumed_config(run_dir, --set items): the run's own config.json, where only train.* may be set
+
     config.json (saved) ─┐
                          ├─► check_resume: model.* differs, the data (DATA_KEYS) differs, or a REFUSED
     the resuming config ─┘      train.* key differs ─► ConfigError (before any data is read or model built)
@@ -32,6 +34,19 @@ import torch
 
 from tinylm.config import RunConfig
 from tinylm.errors import ConfigError
+from tinylm.run.layout import read_config
+
+
+def resumed_config(run_dir: str, sets: list[str]) -> RunConfig:
+    """The config to resume `run_dir` with before its train.* flags: the saved one (train.out_dir the
+    directory given); a --set of anything but train.* is a one-line error."""
+    cfg = read_config(run_dir)
+    cfg.train.out_dir = str(run_dir)
+    for item in sets:
+        if not item.startswith("train."):
+            raise ConfigError(f"--set {item}: only train.* settings can change when resuming")
+    return cfg
+
 
 # key -> where the new value takes effect
 RESUMABLE: dict[str, str] = {

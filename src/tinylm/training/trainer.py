@@ -35,9 +35,9 @@ from rich.progress import TextColumn
 from torch.nn.parallel import DistributedDataParallel
 
 from tinylm.config import RunConfig
+from tinylm.config.fields import INT64_MAX
 from tinylm.console import console, progress, warn
 from tinylm.errors import CheckpointError, TinylmError, WriteError
-from tinylm.inputs import INT64_MAX
 from tinylm.model import GPT
 from tinylm.run.layout import METRICS_FILE
 from tinylm.run.weights import FULL, WeightsFormat, read_weights

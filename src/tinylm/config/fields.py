@@ -1,41 +1,35 @@
-"""The rules for user input, in one place: text that encodes to no tokens, and numbers.
-
-    user text ──► encode_text(tokenizer, text, item=..., empty="start" | "error")
-                      │ ids ──► as encoded
-                      │ none ─► "start": the tokenizer's start ids (the empty prompt)
-                      │         "error": EmptyInputError naming the item (file and line, prompt number)
+"""The rules for configuration values and for numbers read from users' files, and `--set` parsing.
 
     config dataclass ──► check_fields(cfg, "train.")   every int/float field: the declared type,
                       │                                 finite floats, integers within int64
                       └► check_range("train.lr", v, gt=0)   one field's bounds, one-line ConfigError
 
     a value from a user's file ──► integer / number / boolean(value, item="f.jsonl line 3: 'label'")
-                      (JSON/TOML `true` is no integer, "false" no boolean: one-line error naming the item)
+                      (JSON/TOML `true` is no integer, "false" no boolean: one-line error naming the item);
+                      Fields(obj, origin).int("n_layer"): typed reads of a JSON object
 
     a seed and a batch ──► check_seeds(seed, rows)   row i draws from seed + i: the last must be int64
 
-Every place that takes text from a user (prompts of `tinylm sample`, `Run.generate/stream/complete`
-and batches of them, evaluation contexts and choices, cloze items, and later the server's prompts
-and chat messages and fine-tuning records) encodes it with `encode_text`, so a text that encodes to
-nothing (whitespace for the word tokenizer) behaves the same everywhere: as the empty prompt where
-that has a meaning, else as a one-line error naming the item. Every config section's `validate()`
-starts with `check_fields` and states each numeric field's range with `check_range`, so a NaN,
-an infinity or a value of the wrong type is a one-line `ConfigError` whatever route it came by
-(flags, `--set`, TOML, config.json or Python keywords). Numbers and booleans read from other files
-(multiple-choice records, a Hugging Face config.json or generation_config.json) go through
-`integer`, `number` and `boolean`, and every seed derived from a user's seed through `check_seeds`.
-See docs/input-rules.md.
+    --set section.key=value, TOML, JSON ──► update / set_key / apply_overrides: every key checked against the
+                      dataclass (unknown keys get "did you mean"), values converted (`parse_value`) or type-checked
 
-Torch-free: `tinylm.config` imports it.
+Every config section's `validate()` starts with `check_fields` and states each numeric field's range with
+`check_range`, so a NaN, an infinity or a value of the wrong type is a one-line `ConfigError` whatever
+route it came by (flags, `--set`, TOML, config.json or Python keywords). Numbers and booleans read from
+other files (multiple-choice records, a Hugging Face config.json or generation_config.json) go through
+`integer`, `number` and `boolean`, and every seed derived from a user's seed through `check_seeds`.
+User text (prompts, contexts, records) is encoded by `tinylm.tokenizers.prompt.encode_text`.
+See docs/input-rules.md. Torch-free.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import typing
-from typing import Any, Literal, Protocol
+from typing import Any
 
 from tinylm.errors import ConfigError, DataError, TinylmError
 
@@ -44,38 +38,10 @@ FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32 (smaller va
 FLOAT32_MAX = 3.4028234663852886e38
 
 
-class EmptyInputError(DataError):
-    """A user text that encodes to no tokens where tokens are needed."""
-
-
-class _Encodes(Protocol):
-    unit: str
-
-    def encode(self, text: str) -> list[int]: ...
-
-    def start_ids(self) -> list[int]: ...
-
-    def prompt_ids(self, text: str) -> list[int]: ...
-
-
-def encode_text(tokenizer: _Encodes, text: str, *, item: str = "the prompt",
-                empty: Literal["start", "error"] = "start") -> list[int]:
-    """`text`'s ids under `tokenizer`. With `empty="start"` the text is a prompt (or a context):
-    `tokenizer.prompt_ids(text)`, which prepends BOS where the tokenizer does and gives a text that
-    encodes to no ids (the empty string; whitespace for the word tokenizer) the tokenizer's start
-    ids, the empty prompt. With `empty="error"` the text is a continuation (a choice, a response):
-    its plain ids, and `EmptyInputError` naming `item` (e.g. "data.jsonl line 3: choice 2") when
-    there are none. Raises `EmptyInputError` too when `text` is not a string."""
-    if not isinstance(text, str):
-        raise EmptyInputError(f"{item} must be text, got {type(text).__name__}")
-    if empty == "start":
-        return tokenizer.prompt_ids(text)
-    ids = tokenizer.encode(text) if text else []
-    if ids:
-        return ids
-    shown = repr(text) if len(text) <= 20 else repr(text[:20]) + "..."
-    raise EmptyInputError(f"{item} encodes to no tokens ({shown} has no {tokenizer.unit} the tokenizer "
-                          "keeps); give it some text")
+def require(ok: bool, message: str) -> None:
+    """A one-line ConfigError with `message` unless `ok` (the config sections' checks)."""
+    if not ok:
+        raise ConfigError(message)
 
 
 # --------------------------------------------------------------------------- numbers
@@ -234,3 +200,109 @@ def check_range(key: str, value: float, *, gt: float | None = None, ge: float | 
     ok = ok and (lt is None or value < lt) and (le is None or value <= le)
     if not ok:
         raise ConfigError(f"{key} must be {_bounds(gt, ge, lt, le)}{note}, got {value!r}")
+
+
+# --------------------------------------------------------------------------- --set, TOML and JSON into dataclasses
+
+
+def _field_types(obj: Any) -> dict[str, Any]:
+    return typing.get_type_hints(type(obj))
+
+
+def valid_keys(cfg: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for name in _field_types(cfg):
+        value = getattr(cfg, name)
+        if dataclasses.is_dataclass(value):
+            keys += valid_keys(value, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def _unknown(key: str, cfg: Any, origin: str) -> ConfigError:
+    known = valid_keys(cfg)
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
+    return ConfigError(f"{origin}: unknown config key {key!r}; {hint}")
+
+
+def _coerce(value: Any, typ: Any, key: str, origin: str) -> Any:
+    """Check a value already typed (TOML, JSON) against a field's declared type."""
+    allowed = typing.get_args(typ) or (typ,)  # `int | None` -> (int, NoneType)
+    if value is None and type(None) in allowed:
+        return None
+    if float in allowed and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    for t in allowed:
+        if t is not type(None) and isinstance(value, t) and not (t is int and isinstance(value, bool)):
+            return value
+    names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
+    raise ConfigError(f"{origin}: {key} expects {names}, got {value!r}")
+
+
+def parse_value(text: str, typ: Any, key: str, origin: str = "--set") -> Any:
+    """Convert a command-line string to a field's declared type."""
+    allowed = typing.get_args(typ) or (typ,)
+    if str in allowed:
+        return text  # verbatim: a prompt's spaces and newlines matter
+    text = text.strip()
+    if type(None) in allowed and text.lower() in ("none", "null", ""):
+        return None
+    if bool in allowed:
+        lowered = text.lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{origin}: {key} expects true or false, got {text!r}")
+    try:
+        if int in allowed:
+            return int(text.replace("_", ""))
+        if float in allowed:
+            return float(text.replace("_", ""))
+    except ValueError:
+        kind = "an integer" if int in allowed else "a number"
+        raise ConfigError(f"{origin}: {key} expects {kind}, got {text!r}") from None
+    raise ConfigError(f"{origin}: {key} has an unsupported type")  # pragma: no cover
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    items = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            items += _flatten(value, f"{prefix}{key}.")
+        else:
+            items.append((prefix + key, value))
+    return items
+
+
+def update(cfg: Any, values: dict[str, Any], origin: str) -> Any:
+    """Copy a nested dict (from TOML or JSON) into dataclass `cfg`, checking keys and types."""
+    for key, value in _flatten(values):
+        set_key(cfg, key, value, origin)
+    return cfg
+
+
+def set_key(cfg: Any, key: str, value: Any, origin: str, parse: bool = False) -> None:
+    """Set `section.name` on a config; with `parse`, `value` is command-line text to convert."""
+    target, parts = cfg, key.split(".")
+    for part in parts[:-1]:
+        target = getattr(target, part, None)
+        if not dataclasses.is_dataclass(target):
+            raise _unknown(key, cfg, origin)
+    types = _field_types(target)
+    name = parts[-1]
+    if name not in types or dataclasses.is_dataclass(getattr(target, name)):
+        raise _unknown(key, cfg, origin)
+    typed = parse_value(value, types[name], key, origin) if parse else _coerce(value, types[name], key, origin)
+    setattr(target, name, typed)
+
+
+def apply_overrides(cfg: Any, assignments: list[str]) -> None:
+    """Apply `--set section.key=value` strings."""
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects section.key=value, got {item!r}")
+        set_key(cfg, key.strip(), value, f"--set {item}", parse=True)
