@@ -7,7 +7,7 @@ import torch
 
 import tinylm.data.prepare as prepare_module
 from tinylm.config import DataConfig
-from tinylm.data import RandomWindows, eval_windows, load_split, read_meta, read_source, resolve_data_dir
+from tinylm.data import RandomWindows, load_split, read_meta, read_source, resolve_data_dir
 from tinylm.data.prepare import _route, prepare
 from tinylm.data.sources import Source
 from tinylm.data.sources import builtin_corpus_path, builtin_provenance
@@ -153,21 +153,6 @@ def test_random_windows_are_shifted_seeded_and_resumable():
     assert int(max(loader.next_batch()[1].max() for _ in range(200))) <= 999  # never past the end
     with pytest.raises(DataError, match="fewer than model.context"):
         RandomWindows(tokens[:10], context=16, batch_size=4, seed=0)
-
-
-@pytest.mark.parametrize("n, context", [(2, 8), (10, 3), (100, 10), (101, 10), (7, 64)])
-def test_eval_windows_score_every_token_but_the_first_once(n, context):
-    targets = []
-    for start, length in eval_windows(n, context):
-        assert 2 <= length <= context + 1
-        targets += range(start + 1, start + length)
-    assert targets == list(range(1, n))
-
-
-def test_eval_windows_subset_is_spread_over_the_split():
-    windows = eval_windows(10_000, 10, max_windows=5)
-    starts = [s for s, _ in windows]
-    assert len(windows) == 5 and starts[0] == 0 and starts[-1] >= 9_900
 
 
 def test_concurrent_atomic_writes_of_one_file_never_fail_or_mix(tmp_path):

@@ -9,10 +9,10 @@ from tinylm.data.sources import Source
 from tinylm.data.spec import read_source
 
 # `prepare()` itself is imported from tinylm.data.prepare (re-exporting it here would hide the module)
-__all__ = ["META_FILE", "PermutationWindows", "RandomWindows", "Source", "eval_windows", "load_split",
+__all__ = ["META_FILE", "PermutationWindows", "RandomWindows", "Source", "load_split",
            "make_loader", "prepared_dir_for", "read_meta", "read_source", "resolve_data_dir"]
 
-_LOADER = ("PermutationWindows", "RandomWindows", "eval_windows", "make_loader")
+_LOADER = ("PermutationWindows", "RandomWindows", "make_loader")
 
 
 def __getattr__(name: str) -> Any:

@@ -139,13 +139,3 @@ def make_loader(tokens: np.ndarray, context: int, batch_size: int, seed: int, sa
         raise ValueError(f"unknown sampling {sampling!r}; expected one of {', '.join(SAMPLERS)}")
     return SAMPLERS[sampling](tokens, context, batch_size, seed, shard)
 
-
-def eval_windows(n_tokens: int, context: int, max_windows: int = 0) -> list[tuple[int, int]]:
-    """(start, length) of windows with stride `context` covering tokens 1..n-1 as targets once.
-
-    With `max_windows`, an evenly spaced subset of them (for quick periodic validation)."""
-    windows = [(s, min(context + 1, n_tokens - s)) for s in range(0, n_tokens - 1, context)]
-    if max_windows and len(windows) > max_windows:
-        picks = np.linspace(0, len(windows) - 1, max_windows).round().astype(int)
-        windows = [windows[i] for i in picks]
-    return windows

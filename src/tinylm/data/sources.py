@@ -669,11 +669,6 @@ def chain(*streams: Stream) -> Stream:
     return lambda: (piece for stream in streams for piece in stream())
 
 
-def describe_files(files: Iterable[Path], root: Path | None = None) -> dict[str, dict]:
-    """Size and sha256 of each file, by name (relative to `root`)."""
-    return describe_versions({p: snapshot(p) for p in files}, root)
-
-
 def describe_versions(versions: dict[Path, FileVersion], root: Path | None = None) -> dict[str, dict]:
     """Size and sha256 of each file version, by name (relative to `root`): what meta.json records."""
     return {str(p.relative_to(root)) if root else p.name: {"bytes": v.size, "sha256": v.sha256}

@@ -56,10 +56,6 @@ def gpt2_problems(cfg: ModelConfig) -> list[str]:
     return problems
 
 
-def gpt2_compatible(cfg: ModelConfig) -> bool:
-    return not gpt2_problems(cfg)
-
-
 def check_gpt2_compatible(cfg: ModelConfig) -> None:
     problems = gpt2_problems(cfg)
     if problems:

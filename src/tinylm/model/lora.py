@@ -285,6 +285,3 @@ def merge_lora(model: nn.Module, name: str = "default") -> nn.Module:
             _set_module(model, layer_name, base)
     return model
 
-
-def trainable_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
