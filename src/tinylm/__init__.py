@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tinylm.errors import CheckpointError, ConfigError, DataError, TinylmError, TokenizerError
-
-__version__ = "0.1.0"
+from tinylm.version import __version__
 
 __all__ = ["CheckpointError", "ConfigError", "DataError", "Run", "TinylmError", "TokenizerError",
            "__version__", "load"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from tinylm import __version__
+from tinylm.version import __version__
 from tinylm.cli import commands
 from tinylm.config import COMPILE, QUANTIZE, RunConfig, preset_names, valid_keys
 

@@ -38,7 +38,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from tinylm import __version__, fileio
+from tinylm import fileio
+from tinylm.version import __version__
 from tinylm.config import DataConfig, absolute_tokenizer_spec
 from tinylm.console import console, progress, warn
 from tinylm.data.sources import PIECE_CHARS, Source

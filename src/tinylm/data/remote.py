@@ -25,7 +25,8 @@ from typing import BinaryIO, Protocol
 
 from rich.progress import DownloadColumn, TransferSpeedColumn
 
-from tinylm import __version__, fileio
+from tinylm import fileio
+from tinylm.version import __version__
 from tinylm.console import console, progress, warn
 from tinylm.errors import DownloadError
 from tinylm.fileio import commit, sha256_file

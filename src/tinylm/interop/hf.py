@@ -24,7 +24,8 @@ import safetensors
 import safetensors.torch
 import torch
 
-from tinylm import __version__, fileio
+from tinylm import fileio
+from tinylm.version import __version__
 from tinylm.config import RunConfig
 from tinylm.errors import CheckpointError, ConfigError, ExportError
 from tinylm.interop import llama

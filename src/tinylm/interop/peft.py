@@ -30,7 +30,8 @@ from typing import Any
 import safetensors.torch
 import torch
 
-from tinylm import __version__, fileio
+from tinylm import fileio
+from tinylm.version import __version__
 from tinylm.console import warn
 from tinylm.errors import ExportError
 from tinylm.interop.hf import check_export_dir, export_family

@@ -23,7 +23,8 @@ import json
 import os
 from pathlib import Path
 
-from tinylm import __version__, fileio
+from tinylm import fileio
+from tinylm.version import __version__
 from tinylm.config import RunConfig, absolute_paths
 from tinylm.errors import CheckpointError, ConfigError
 from tinylm.tokenizers import TOKENIZER_FILE

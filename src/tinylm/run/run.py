@@ -9,11 +9,13 @@
         with `engine_args()`: the tokenizer's decode, vocabulary, stop / suppressed / marker ids, the device,
         dtype and compiled step) ─► texts, ids, log-probabilities, beams
     Run.attach_adapter(name, adapter_run)   another LoRA run's adapter on the same model (the server's
-        model ids)      record_eval: a result appended to evals.jsonl
+        model ids)      Run.engine()   a long-lived engine on the model (the server's), adapters per row
+    record_eval: a result appended to evals.jsonl
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,7 @@ from tinylm.console import console, warn
 from tinylm.errors import CheckpointError, ConfigError, TinylmError, WriteError
 from tinylm.generation import precision
 from tinylm.generation.compiled import DecodeStep
+from tinylm.generation.engine import Engine
 from tinylm.generation.generate import batch_rows, generate, stream
 from tinylm.generation.kernels import pack_for_decoding
 from tinylm.generation.sampling import TokenLogprob
@@ -95,6 +98,7 @@ class Run:
     compile: bool = False
     step: DecodeStep | None = None  # the compiled decode step, once `ready` built it (with `compile`)
     _ready: bool = False
+    _adapters: list[str] = field(default_factory=list, repr=False)  # attached by `attach_adapter`
     _weights_sha256: str = field(default="", repr=False)
 
     def ready(self) -> Run:
@@ -154,6 +158,7 @@ class Run:
         fmt = AdapterWeights(cfg.lora, name)
         path = fmt.path(run_dir, checkpoint)
         fmt.load(self.model, path)
+        self._adapters.append(name)
         return Adapter(name, run_dir, cfg, path)
 
     def chat(self, messages: Sequence[dict[str, str]], config: GenerationConfig | None = None, *,
@@ -211,6 +216,12 @@ class Run:
         return dict(decode=tok.decode, vocab_size=tok.vocab_size, stop_ids=tok.stop_ids,
                     suppress_ids=sorted(tok.suppressed_ids), markers=sorted(tok.markers), device=self.device,
                     dtype=self.dtype, step=self.step)
+
+    def engine(self, max_batch: int = 16, max_queue: int = 256) -> Engine:
+        """A long-lived engine over this run's model (the server's): `engine_args()`, and when adapters are
+        attached (`attach_adapter`) a row's `adapter` names the one it decodes with (`lora.set_active`)."""
+        activate = functools.partial(lora.set_active, self.model) if self._adapters else None
+        return Engine(self.model, max_batch=max_batch, max_queue=max_queue, activate=activate, **self.engine_args())
 
     def complete(self, prompts: str | Sequence[str] = "", config: GenerationConfig | None = None, *,
                  logprobs: int | None = None, **options: Any) -> list[Completion]:

@@ -21,7 +21,8 @@ import safetensors
 import safetensors.torch
 import torch
 
-from tinylm import __version__, fileio
+from tinylm import fileio
+from tinylm.version import __version__
 from tinylm.config import LoRAConfig, RunConfig
 from tinylm.errors import CheckpointError
 from tinylm.model import GPT, lora

@@ -47,13 +47,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect
 
-from tinylm import __version__
+from tinylm.version import __version__
 from tinylm.chat.encode import warn_unknown_markers
 from tinylm.chat.templates import Template, get_template
 from tinylm.config import ServeConfig
 from tinylm.console import TinylmWarning, console
 from tinylm.errors import ConfigError
-from tinylm.generation.engine import Closing, Engine, Event, QueueFull, Row
+from tinylm.generation.engine import Closing, Event, QueueFull, Row
 from tinylm.generation.engine import Request as EngineRequest
 from tinylm.generation.sampling import TokenLogprob
 from tinylm.tokenizers.prompt import encode_text
@@ -220,7 +220,6 @@ class Service:
         created = int(self.run.weights.stat().st_mtime)
         name = cfg.model_name or Path(run_dir).resolve().name
         self.models: dict[str, Model] = {name: Model(name, None, base_template, created)}
-        activate = None
         for i, spec in enumerate(cfg.adapter):
             model_id, _, path = (part.strip() for part in spec.partition("="))
             if model_id in self.models:
@@ -228,16 +227,11 @@ class Service:
             # any model id (dots and slashes too, as in "poet-v1.2"): the adapter's key on the model is ours
             handle = self.run.attach_adapter(f"adapter_{i}", path)
             self.models[model_id] = Model(model_id, f"adapter_{i}", handle.chat_template or base_template, created)
-        if cfg.adapter:
-            from tinylm.model.lora import set_active
-
-            activate = functools.partial(set_active, self.run.model)
         self.limits = Limits(max_tokens=cfg.max_tokens, max_batch=cfg.max_batch, max_rows=cfg.max_queue,
                              vocab_size=tok.vocab_size)
         self.run.ready()  # decode kernels (and the compiled decode step) after the adapters are attached
-        self.engine = Engine(self.run.model, max_batch=cfg.max_batch, max_queue=cfg.max_queue, activate=activate,
-                             **self.run.engine_args())
-        self.context = self.run.model.cfg.context
+        self.engine = self.run.engine(max_batch=cfg.max_batch, max_queue=cfg.max_queue)
+        self.context = self.run.config.model.context
         self.hosts = Hosts(cfg.host, cfg.allowed_hosts)
 
     # ------------------------------------------------------------------ checks
