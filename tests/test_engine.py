@@ -296,6 +296,22 @@ def test_a_cancelled_request_leaves_at_the_next_step():
     assert keep.finish == ["length"] and len(keep.tokens[0]) == 200
 
 
+def test_closing_an_events_generator_early_admits_nobody_unprefilled():
+    """`events()` left early (the caller stops iterating) takes its own rows out and admits nobody:
+    a row waiting meanwhile is admitted and prefilled by the next `step`, so it generates what it
+    generates alone (before: the generator's `finally` admitted it outside `step`, unprefilled)."""
+    model = tiny_model()
+    engine = make_engine(model, max_batch=1)
+    first = engine.events([Row(prompt(5, 1), greedy(40))])
+    next(first)  # the row runs and holds the only slot
+    waiting = submit(engine, [Row(prompt(6, 2), greedy(12))])
+    assert engine.load == (1, 1)
+    first.close()
+    assert engine.load == (0, 1)  # the waiting row still waits: only `step` admits (and prefills)
+    drain(engine)
+    assert waiting.tokens[0] == generate_ids(model, prompt(6, 2), greedy(12)) and waiting.finish == ["length"]
+
+
 def test_at_most_max_batch_rows_decode_and_the_queue_is_bounded():
     model = tiny_model()
     engine = Recording(model, decode, vocab_size=VOCAB, device=torch.device("cpu"), max_batch=3, max_queue=10)

@@ -244,8 +244,17 @@ class Engine:
                 yield event
         finally:
             if left:
-                request.cancel()
-                self._admit()
+                self._drop(request)
+
+    def _drop(self, request: Request) -> None:
+        """Take a cancelled request's rows out now (waiting and running), admitting nobody: rows are
+        admitted only by `step`, which prefills them."""
+        request.cancel()
+        with self.cv:
+            self.waiting = deque(unit for unit in self.waiting if unit[0].request is not request)
+            for seq in self.running:
+                seq.done = seq.done or seq.request is request
+            self._retire()
 
     def release(self) -> None:
         """Give a compiled step's static cache back to it (for the next engine)."""
