@@ -79,7 +79,7 @@ def test_finetuning_lowers_the_validation_loss_on_response_tokens(trained_run, i
         assert set(adapter_state(run.model)) and cfg.finetune.base_sha256 == base_files[cfg.finetune.base_weights]
         assert (result.run_dir / ADAPTER_FILE).stat().st_size < (trained_run / MODEL_FILE).stat().st_size / 3
     else:
-        assert MODEL_FILE in names and ADAPTER_FILE not in names and not cfg.finetune.adapter
+        assert MODEL_FILE in names and ADAPTER_FILE not in names and not cfg.finetune.is_adapter_run
     reply = run.chat([{"role": "user", "content": "Who says: Good my lord, what is the matter?"}],
                      max_new_tokens=12, temperature=0)
     assert isinstance(reply, str) and "User:" not in reply
@@ -138,7 +138,7 @@ def test_cli_finetune_chat_merge_eval(trained_run, instructions, tmp_path, capsy
         adapted = tinylm.load(out, device="cpu", dtype="float32").model(ids)[0]
         folded = tinylm.load(merged, device="cpu", dtype="float32").model(ids)[0]
     torch.testing.assert_close(folded, adapted, atol=1e-5, rtol=0)
-    assert read_config(merged).finetune.template == "plain" and not read_config(merged).finetune.adapter
+    assert read_config(merged).finetune.template == "plain" and not read_config(merged).finetune.is_adapter_run
     capsys.readouterr()
     assert main(["finetune", "--resume", str(merged)]) == 1  # standalone weights: fine-tune it as a base instead
     assert "is a merged run" in capsys.readouterr().err

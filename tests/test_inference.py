@@ -129,7 +129,7 @@ def test_packing_keeps_names_parameters_and_results(dtype, quantize):
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=61, context=16, n_layer=2, n_head=4, d_model=32)
     cfg.validate()
-    model = precision.prepare(GPT(cfg), torch.device("cpu"), dtype, quantize)
+    model = precision.to_inference(GPT(cfg), torch.device("cpu"), dtype, quantize)
     names = list(model.state_dict())
     x = torch.randint(0, 61, (3, 7))
     with torch.inference_mode():
@@ -144,7 +144,7 @@ def test_packing_keeps_names_parameters_and_results(dtype, quantize):
 
 
 def test_a_packed_weight_changed_in_place_is_repacked():
-    model = precision.prepare(small_model(), torch.device("cpu"), torch.bfloat16)
+    model = precision.to_inference(small_model(), torch.device("cpu"), torch.bfloat16)
     kernels.pack_for_decoding(model)
     layer = model.blocks[0].mlp.fc
     assert layer.weight.dtype == torch.bfloat16 and layer.bias.dtype == torch.float32  # CPU: weight-only
@@ -240,6 +240,6 @@ def test_top_p_over_a_partial_sort_keeps_what_a_full_sort_keeps(seed, vocab, p, 
 
 def test_prepare_casts_and_quantizes_a_copy_not_the_float_model():
     model = small_model()
-    copy_ = precision.prepare(copy.deepcopy(model), torch.device("cpu"), torch.bfloat16, "int8")
+    copy_ = precision.to_inference(copy.deepcopy(model), torch.device("cpu"), torch.bfloat16, "int8")
     assert kernels.is_quantized(copy_.blocks[0].attn.qkv.weight)
     assert model.tok_emb.weight.dtype == torch.float32 and not kernels.is_quantized(model.head.weight)

@@ -101,7 +101,7 @@ def weights_dtype(model: torch.nn.Module) -> torch.dtype:
 
 def autocast_for(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
     """Autocast to `dtype` for a model whose weights are another dtype (a float32 model run in bfloat16);
-    nothing for a model prepared for inference (`tinylm.generation.precision.prepare`: its weights are
+    nothing for a model prepared for inference (`tinylm.generation.precision.to_inference`: its weights are
     already what it computes in) or already in `dtype`."""
     if getattr(model, "inference_dtype", None) is not None or dtype == weights_dtype(model):
         return contextlib.nullcontext()

@@ -174,7 +174,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         hints = [f"evaluate:  tinylm eval {result.run_dir}"]
         if cfg.finetune.template:
             hints.append(f"chat:      tinylm sample {result.run_dir} --chat")
-        if cfg.finetune.adapter:
+        if cfg.finetune.is_adapter_run:
             hints.append(f"merge:     tinylm merge {result.run_dir} --out MERGED_RUN")
         console.print("  " + "\n  ".join(hints))
     return status

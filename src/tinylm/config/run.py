@@ -288,7 +288,7 @@ class FinetuneConfig:
     merged: bool = False  # set by `tinylm merge`: the adapter is folded into this run's own weights
 
     @property
-    def adapter(self) -> bool:
+    def is_adapter_run(self) -> bool:
         """Whether the run directory holds an adapter on a base run (not its own weights)."""
         return self.method == "lora" and not self.merged
 

@@ -11,7 +11,7 @@ A batch is one request of one row per prompt; row b samples with seed + b (`inpu
 row's tokens do not depend on the other rows and a seeded prompt gives the same text in `generate_ids`,
 `tinylm sample` and the server. A beam row decodes its beams as rows of one batch; prompts of a beam
 batch are searched one after another (an engine of `beams` rows). Decoding runs under
-`torch.inference_mode`; a model prepared for inference (`precision.prepare`) runs without autocast.
+`torch.inference_mode`; a model prepared for inference (`precision.to_inference`) runs without autocast.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@
           int8      `aten::_weight_int8pack_mm` on torchao's int8 data and scales (what inductor
                     lowers torchao's int8 linear to), input rounded to bfloat16, output float32
 
-`precision.prepare` gives bfloat16 weights the `PackedLinear` class; `is_model_linear` tells the model's
+`precision.to_inference` gives bfloat16 weights the `PackedLinear` class; `is_model_linear` tells the model's
 own linear layers from LoRA's small adapter matrices.
 """
 
@@ -38,7 +38,7 @@ class PackedLinear(nn.Linear):
     the weight prepacked for it (`mkldnn::_reorder_linear_weight`, what inductor's freezing does),
     instead of a reorder of the whole weight at every call; a float32 input is rounded to bfloat16
     for the product, and the output and bias are added in the input's dtype. Same parameters and
-    names as the nn.Linear it was (`prepare` changes the class of the module in place); the copy
+    names as the nn.Linear it was (`precision.to_inference` changes the class of the module in place); the copy
     is made at the first call and rebuilt when the weight changes in place (e.g. an adapter merged
     into it). Under torch.compile, or where oneDNN has no bfloat16, it is a plain product."""
 

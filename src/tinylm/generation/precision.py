@@ -1,7 +1,7 @@
 """Inference precision and int8 weight-only quantization: the weights a loaded run decodes with.
 
-    load(run, dtype=, quantize=, compile=) ─► resolve(device, dtype, quantize) ─► prepare(model, device, dtype,
-                                                                                          quantize)
+    load(run, dtype=, quantize=, compile=) ─► resolve(device, dtype, quantize) ─► to_inference(model, device,
+                                                                                   dtype, quantize)
         GPUs: the whole model cast to `dtype` (bfloat16 / float16 weights and activations)
         CPUs: weight-only: the linear layers' weights cast to `dtype` (an output layer tied to the
               embedding gets its own copy), everything else, activations and the KV cache float32
@@ -85,7 +85,7 @@ def _torchao():
     return quantize_, Int8WeightOnlyConfig
 
 
-def prepare(model: nn.Module, device: torch.device, dtype: torch.dtype, quantize: str = "none") -> nn.Module:
+def to_inference(model: nn.Module, device: torch.device, dtype: torch.dtype, quantize: str = "none") -> nn.Module:
     """Make `model` an inference model on `device` in place (eval mode): on GPUs every weight cast to
     `dtype`; on CPUs the linear layers' weights only (weight-only, see the module docstring); with
     quantize="int8" every linear layer's weight quantized by torchao (int8 weight-only, one scale per
@@ -115,8 +115,8 @@ def prepare(model: nn.Module, device: torch.device, dtype: torch.dtype, quantize
 
 
 def adapter_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
-    """The dtype of LoRA matrices added to a model `prepare` made: its activations' (float32 on CPUs,
-    where the precision is weight-only; `dtype` elsewhere), as `prepare` leaves those it found."""
+    """The dtype of LoRA matrices added to a model `to_inference` made: its activations' (float32 on CPUs,
+    where the precision is weight-only; `dtype` elsewhere), as `to_inference` leaves those it found."""
     return torch.float32 if device.type == "cpu" else dtype
 
 

@@ -99,7 +99,7 @@ def export_peft(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "bes
     check_export_dir(out_dir, overwrite)
     run = load(run_dir, checkpoint=checkpoint, device="cpu", dtype="float32")
     cfg = run.config
-    if not cfg.finetune.adapter:
+    if not cfg.finetune.is_adapter_run:
         raise ExportError(f"{run_dir} is not a LoRA adapter run; export it whole with --format hf")
     if lora.extra_trainable(run.model, cfg.lora):
         raise ExportError(f"{run_dir} also trained base biases or norms, which a PEFT LoRA adapter does not hold; "

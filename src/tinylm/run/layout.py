@@ -113,7 +113,7 @@ def base_weights(cfg: RunConfig, run_dir: Path | str = "") -> Path:
                               "train` or imported with `tinylm import`)" + (", or set finetune.base in "
                               f"{Path(run_dir) / CONFIG_FILE} to where it moved" if run_dir else ""))
     base_cfg = read_config(base)
-    if base_cfg.finetune.adapter:
+    if base_cfg.finetune.is_adapter_run:
         raise CheckpointError(f"{base} is itself a LoRA adapter run; merge it first (`tinylm merge {base} --out "
                               "MERGED`) and fine-tune the merged run")
     path = base / ft.base_weights if ft.base_weights else best_weights(base, BEST_FILE, MODEL_FILE)

@@ -26,7 +26,7 @@ def merge(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best") ->
     if (out / CONFIG_FILE).exists():
         raise CheckpointError(f"{out} is already a run directory; choose another --out")
     run = load(run_dir, checkpoint=checkpoint, device="cpu", dtype="float32")
-    if not run.config.finetune.adapter:
+    if not run.config.finetune.is_adapter_run:
         raise CheckpointError(f"{run_dir} is not a LoRA adapter run (it has its own weights); nothing to merge")
     tied = run.model.cfg.tie_weights
     run.merge_adapter()

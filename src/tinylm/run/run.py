@@ -3,7 +3,7 @@
     load(run_dir, checkpoint, device, dtype, quantize, compile)
         config.json (layout.read_config) + tokenizer ─► GPT(cfg.model) ─► weights of the run's format
         (weights.py; an adapter run: the base's weights, sha256-checked, then its adapter "default",
-        activated) ─► precision.prepare (the inference dtype, optionally int8 weight-only) ─► Run
+        activated) ─► precision.to_inference (the inference dtype, optionally int8 weight-only) ─► Run
     Run.ready()   the first generation: CPU decode kernels, and with `compile` the run's DecodeStep
     Run.generate / complete / stream / chat   rows ─► the generation engine (`generate.generate` / `stream`
         with `engine_args()`: the tokenizer's decode, vocabulary, stop / suppressed / marker ids, the device,
@@ -117,7 +117,7 @@ class Run:
     def base_sha256(self) -> str:
         """sha256 of the base weights under this run's model: the recorded base of an adapter run, else
         the run's own weights file (what an adapter trained on this run records)."""
-        if self.config.finetune.adapter:
+        if self.config.finetune.is_adapter_run:
             return self.config.finetune.base_sha256
         if not self._weights_sha256:
             self._weights_sha256 = fileio.sha256_file(self.weights)
@@ -143,7 +143,7 @@ class Run:
         base biases / norms (they cannot be switched per adapter: merge such a run instead)."""
         run_dir = Path(run_dir)
         cfg = read_config(run_dir)
-        if not cfg.finetune.adapter:
+        if not cfg.finetune.is_adapter_run:
             raise CheckpointError(f"{run_dir} is not a LoRA adapter run (finetune.method is "
                                   f"{cfg.finetune.method or 'none'}); load it as a run of its own")
         if cfg.finetune.base_sha256 != self.base_sha256:
@@ -329,5 +329,5 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", dt
     fp = metadata.get("tokenizer_fingerprint")
     if fp and fp != tokenizer.fingerprint():
         raise TinylmError(f"{path} was trained with a different tokenizer than {run_dir}'s tokenizer file")
-    precision.prepare(model, dev, weights_dtype, quantize)
+    precision.to_inference(model, dev, weights_dtype, quantize)
     return Run(run_dir, cfg, model, tokenizer, dev, weights_dtype, path, metadata, quantize, use_compile)

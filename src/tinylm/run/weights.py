@@ -165,4 +165,4 @@ FULL = FullWeights()
 
 def weights_format(cfg: RunConfig) -> WeightsFormat:
     """The weights format of a run with config `cfg`: its adapter for a LoRA fine-tune, else every weight."""
-    return AdapterWeights(cfg.lora) if cfg.finetune.adapter else FULL
+    return AdapterWeights(cfg.lora) if cfg.finetune.is_adapter_run else FULL

@@ -6,7 +6,7 @@
     ──► train(cfg) (launch.py) composes the trainer with what this module opens:
           open_finetune_data  text ─► the base's tokenizer prepares it (cached by tokenizer fingerprint) ─► windows
                               instruction / chat records ─► template ─► examples (data/finetune.py)
-          prepare_model       the base weights (sha256 checked) ─► LoRA: add the adapter, freeze the rest
+          start_from_base     the base weights (sha256 checked) ─► LoRA: add the adapter, freeze the rest
     ──► run dir: LoRA ─► adapter.safetensors (+ the base's path and sha256 in config.json);
                  full ─► model.safetensors, a standalone run
 
@@ -90,7 +90,7 @@ def apply_finetune_table(cfg: RunConfig, values: dict[str, Any], origin: str) ->
 # --------------------------------------------------------------------------- what train() composes
 
 
-def prepare_model(model: GPT, cfg: RunConfig) -> None:
+def start_from_base(model: GPT, cfg: RunConfig) -> None:
     """Load the base run's weights into `model` (checked against the recorded sha256) and, for LoRA, add
     the adapter "default" (base frozen)."""
     FULL.load(model, base_weights(cfg))

@@ -159,7 +159,7 @@ def build_model(cfg: RunConfig) -> tuple[GPT, WeightsFormat]:
     torch.manual_seed(cfg.train.seed)
     model = GPT(cfg.model)
     if cfg.finetune.method:
-        finetune.prepare_model(model, cfg)
+        finetune.start_from_base(model, cfg)
         return model, weights_format(cfg)
     return model, FULL
 
