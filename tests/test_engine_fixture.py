@@ -79,3 +79,50 @@ def test_the_server_answers_the_recorded_texts():
             texts = [c["text"] if "text" in c else c["message"]["content"] for c in choices]
             assert texts == case["texts"], name
             assert [c["finish_reason"] for c in choices] == case["finish"], name
+
+
+def test_run_generate_returns_each_tokens_logprob_and_alternatives(run):
+    """`Run.generate(..., logprobs=N)`: the same text as without, and each new token's log-probability
+    under the model (a lone greedy row: the logits of the prompt + the tokens before it, alone) with its
+    N likeliest alternatives, best first."""
+    import torch
+
+    options = dict(max_new_tokens=12, temperature=0)
+    done = run.generate("ROMEO:\n", logprobs=3, **options)
+    assert done.text == run.generate("ROMEO:\n", **options) and len(done.logprobs) == len(done.ids) == 12
+    with torch.no_grad():
+        logits = run.model(torch.tensor([done.prompt_ids + done.ids]))[0][0, len(done.prompt_ids) - 1:-1]
+    expected = torch.log_softmax(logits[:, :run.tokenizer.vocab_size].float(), dim=-1)
+    for j, (token, got) in enumerate(zip(done.ids, done.logprobs, strict=True)):
+        assert got.token == token and got.logprob == pytest.approx(float(expected[j, token]), abs=1e-4)
+        assert [t for t, _ in got.top] == expected[j].topk(3).indices.tolist()  # greedy: the chosen is the best
+    batch = run.generate(["ROMEO:\n", "To be"], logprobs=0, max_new_tokens=5, temperature=1.0, seed=5)
+    assert [len(c.logprobs) for c in batch] == [len(c.ids) for c in batch] and all(not t.top for t in batch[0].logprobs)
+
+
+@pytest.mark.slow
+def test_the_server_beam_searches_as_offline_beam_search():
+    """/v1/completions with use_beam_search (tinylm's extra, through the official client's extra_body):
+    the n best of best_of beams per prompt, the texts `Run.generate(beams=best_of, num_return_sequences=n)`
+    gives offline."""
+    from openai import BadRequestError, OpenAI
+
+    from tinylm.serving import create_app
+
+    app = create_app(FIXTURE, model_name="tiny", max_batch=8, dtype="float32", device="cpu")
+    offline = app.state.service.run
+    prompts = ["ROMEO:\n", "To be"]
+    with running(app) as url:
+        client = OpenAI(base_url=url + "/v1", api_key="none")
+        got = client.completions.create(model="tiny", prompt=prompts, max_tokens=30, n=2, best_of=3, stop=["\n\n"],
+                                        extra_body={"use_beam_search": True, "length_penalty": 0.5})
+        with pytest.raises(BadRequestError, match="needs use_beam_search"):
+            client.completions.create(model="tiny", prompt="ROMEO", max_tokens=5, n=1, best_of=2)
+        with pytest.raises(BadRequestError, match="cannot stream"):
+            client.completions.create(model="tiny", prompt="ROMEO", max_tokens=5, stream=True,
+                                      extra_body={"use_beam_search": True})
+    expected = offline.generate(prompts, max_new_tokens=30, beams=3, num_return_sequences=2, length_penalty=0.5,
+                                stop=["\n\n"])
+    assert [c.index for c in got.choices] == [0, 1, 2, 3]
+    assert [c.text for c in got.choices] == [t for texts in expected for t in texts]
+    assert len(set(c.text for c in got.choices[:2])) == 2  # two different beams of the first prompt

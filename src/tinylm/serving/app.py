@@ -493,6 +493,8 @@ class API:
         sp = req.sampling
         prompts = [s.encode(p, sp.truncate, scored=req.echo and req.logprobs is not None) for p in req.prompts]
         echoes = [(p if isinstance(p, str) else s.run.tokenizer.decode(p)) if req.echo else "" for p in req.prompts]
+        if req.beam_search:
+            return await self.beam_completions(http, req, model, prompts, echoes)
         rows = [Row(ids, sp.config(i * sp.n + j), model.adapter, req.logprobs,
                     req.logprobs if req.echo and req.logprobs is not None else None)
                 for i, ids in enumerate(prompts) for j in range(sp.n)]
@@ -517,6 +519,24 @@ class API:
             out.append(choice)
         completion = sum(c.completion_tokens for c in choices)
         return JSONResponse({**head, "choices": out, "usage": _usage(prompt_tokens, completion)})
+
+    async def beam_completions(self, http: Request, req: CompletionRequest, model: Model, prompts: list[list[int]],
+                               echoes: list[str]) -> Response:
+        """use_beam_search: one engine beam row per prompt (`Row.beam_search`); its n best beams, best first,
+        are the prompt's choices (what `Run.generate(prompt, beams=best_of, num_return_sequences=n)` gives)."""
+        sp = req.sampling
+        rows = [Row(ids, sp.config(0), model.adapter, beam_search=True) for ids in prompts]
+        request, queue = self.s.submit(http, rows)
+        head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": _now(), "model": model.id}
+        beams: list[list[Any]] = [[] for _ in rows]
+        completion = 0
+        async for event in self.events(http, request, queue):
+            _raise_failed(event)
+            if event.finish:
+                beams[event.row], completion = event.beams or [], completion + event.completion_tokens
+        out = [{"index": i * sp.n + j, "text": echoes[i] + beam.text, "finish_reason": beam.finish, "logprobs": None}
+               for i, found in enumerate(beams) for j, beam in enumerate(found)]
+        return JSONResponse({**head, "choices": out, "usage": _usage(sum(map(len, prompts)), completion)})
 
     def _prompt_offsets(self, prompt: list[TokenLogprob] | None, echo: str) -> list[int]:
         """text_offset of the echoed prompt's tokens: where each token's text starts in `echo` (the

@@ -139,6 +139,9 @@ class CompletionBody(_Body):
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     best_of: int | None = Field(None, ge=1)
     suffix: str | None = None
+    # tinylm's extras (vLLM's names): beam search of best_of beams, the n best returned
+    use_beam_search: bool | None = None
+    length_penalty: float | None = Field(None, ge=-10.0, le=10.0)
 
 
 class ChatBody(_Body):
@@ -175,7 +178,8 @@ def _validation_error(e: ValidationError) -> APIError:
     kind = err["type"]
     if kind == "extra_forbidden":
         return APIError(400, f"unknown field {param!r}; see the OpenAI API reference for this endpoint "
-                             "(tinylm's extras: top_k, min_p, repetition_penalty, truncate)", param, "unknown_field")
+                             "(tinylm's extras: top_k, min_p, repetition_penalty, truncate; "
+                             "on /v1/completions use_beam_search, length_penalty)", param, "unknown_field")
     if kind == "missing":
         return APIError(400, f"{param} is required", param, "missing_field")
     if loc and loc[0] in _FIELD_HINTS and kind not in ("greater_than_equal", "less_than_equal", "greater_than",
@@ -287,6 +291,7 @@ class CompletionRequest:
     sampling: Sampling
     echo: bool
     logprobs: int | None
+    beam_search: bool = False  # one beam search of sampling.options["beams"] per prompt, its n best the choices
 
 
 @dataclass
@@ -320,14 +325,45 @@ def completion_request(data: Any, limits: Limits) -> CompletionRequest:
                 raise APIError(400, f"token id {bad} is outside the vocabulary (0 to {limits.vocab_size - 1})",
                                "prompt", "invalid_value")
     sampling = _sampling(body, limits, body.max_tokens, limits.completion_default_tokens)
-    if body.best_of is not None and body.best_of != sampling.n:
-        raise APIError(400, "best_of is not supported (other than best_of = n)", "best_of", "unsupported_value")
-    if len(prompts) * sampling.n > limits.max_rows:
-        raise APIError(400, f"{len(prompts)} prompts x n={sampling.n} is more than the {limits.max_rows} "
+    rows = sampling.n
+    if body.use_beam_search:
+        rows = _beam_options(body, sampling, limits)
+    elif body.best_of is not None and body.best_of != sampling.n:
+        raise APIError(400, "best_of other than n needs use_beam_search: true (the n best of best_of beams); "
+                            "sampling returns its n choices", "best_of", "unsupported_value")
+    elif body.length_penalty is not None:
+        raise APIError(400, "length_penalty applies to beam search only (use_beam_search: true)", "length_penalty",
+                       "unsupported_value")
+    if len(prompts) * rows > limits.max_rows:
+        raise APIError(400, f"{len(prompts)} prompts x {rows} sequences each is more than the {limits.max_rows} "
                             "sequences this server queues for one request (tinylm serve --max-queue)",
                        "prompt", "invalid_value")
     _check_seeds(body.seed, len(prompts) * sampling.n)
-    return CompletionRequest(body.model, prompts, sampling, bool(body.echo), body.logprobs)
+    return CompletionRequest(body.model, prompts, sampling, bool(body.echo), body.logprobs, bool(body.use_beam_search))
+
+
+def _beam_options(body: CompletionBody, sampling: Sampling, limits: Limits) -> int:
+    """Beam search's options into `sampling` (best_of beams, default n; the n best returned); the rows it
+    decodes together. Beam search is deterministic (temperature, top_p, top_k, min_p and seed do not apply),
+    knows its best sequences only at the end (no stream) and reports no per-token logprobs."""
+    beams = sampling.n if body.best_of is None else body.best_of
+    if beams < sampling.n:
+        raise APIError(400, f"best_of ({beams}) must be at least n ({sampling.n}): the n best of best_of beams "
+                            "are returned", "best_of", "invalid_value")
+    if beams > limits.max_batch:
+        raise APIError(400, f"best_of is {beams}; a beam search decodes its beams together, and this server "
+                            f"decodes at most {limits.max_batch} rows together (tinylm serve --max-batch)",
+                       "best_of", "invalid_value")
+    if sampling.stream:
+        raise APIError(400, "beam search cannot stream: it knows its best sequences only at the end; "
+                            "send stream: false", "stream", "unsupported_value")
+    if body.logprobs is not None:
+        raise APIError(400, "logprobs are not reported for beam search (each beam has a score only)", "logprobs",
+                       "unsupported_value")
+    sampling.options.update(beams=beams, num_return_sequences=sampling.n)
+    if body.length_penalty is not None:
+        sampling.options["length_penalty"] = body.length_penalty
+    return beams
 
 
 def _message_text(message: Any, i: int) -> Any:
