@@ -38,6 +38,73 @@ def _inference_flags(p: argparse.ArgumentParser, section: str, compile: bool = T
                             "the first generation compiles it (a one-time warm-up)")
 
 
+def _flags(p: argparse.ArgumentParser, section: str, rows: list[tuple[str, str, str | bool, str]]) -> None:
+    """One flag per row (flag, field, value, help), its dest the config field `section.field`: value a
+    METAVAR, METAVAR* (repeatable: action append), or True / False (the flag sets the field to it)."""
+    for flag, name, value, text in rows:
+        if isinstance(value, bool):
+            p.add_argument(flag, dest=f"{section}.{name}", action="store_const", const=str(value).lower(), help=text)
+        elif value.endswith("*"):
+            p.add_argument(flag, dest=f"{section}.{name}", metavar=value[:-1], action="append", help=text)
+        else:
+            p.add_argument(flag, dest=f"{section}.{name}", metavar=value, help=text)
+
+
+SAMPLE_FLAGS = [  # tinylm sample (SampleConfig): (flag, field, METAVAR | METAVAR* (repeatable) | True / False, help)
+    ("--prompt", "prompt", "TEXT", "text to continue (default: none)"),
+    ("--max-new-tokens", "max_new_tokens", "N", "default 500"),
+    ("--temperature", "temperature", "T", "default 0.8; <= 0 is greedy"),
+    ("--top-k", "top_k", "K", "sample among the K likeliest (0 = all)"),
+    ("--seed", "seed", "N", "seed for reproducible samples"),
+    ("--num-samples", "num_samples", "N", "how many samples (default 1)"),
+    ("--top-p", "top_p", "P",
+     "nucleus sampling: the smallest set of tokens whose probability reaches P (default 1 = off)"),
+    ("--min-p", "min_p", "P", "drop tokens less likely than P x the likeliest one's probability (default 0 = off)"),
+    ("--repetition-penalty", "repetition_penalty", "R",
+     "make tokens already in the prompt or output less likely (CTRL; > 1 penalises; default 1)"),
+    ("--beams", "beams", "N", "beam search with N beams (deterministic; default 1 = sampling)"),
+    ("--length-penalty", "length_penalty", "A", "beam score = sum of log-probabilities / length^A (default 1)"),
+    ("--num-return-sequences", "num_return_sequences", "N", "print the N best beams (N <= --beams)"),
+    ("--stop", "stop", "TEXT*", "stop before this text (repeatable); end-of-text tokens always stop"),
+    ("--no-cache", "use_cache", False, "no KV cache: run the model over the last `context` tokens for every new token"),
+    ("--stream", "stream", True, "print the text as it is generated (default: all at once at the end)"),
+    ("--verbose", "verbose", True,
+     "also print the prompt's token ids and tokens and the generated ids (text at the end)"),
+    ("--chat", "chat", True,
+     "chat in the run's template: a loop in a terminal (one reply per line read otherwise), one turn with "
+     "--prompt"),
+    ("--system", "system", "TEXT", "the chat's system message"),
+    ("--template", "template", "NAME", "--chat with a run that has no template of its own: alpaca, chat or plain"),
+]
+
+SERVE_FLAGS = [  # tinylm serve (ServeConfig): (flag, field, METAVAR | METAVAR* (repeatable) | True / False, help)
+    ("--host", "host", "ADDR", "address to listen on (default 127.0.0.1; others warn without an API key)"),
+    ("--port", "port", "N", "port (default 8000; 0 = any free port)"),
+    ("--model-name", "model_name", "NAME", "the model id clients use (default: the run directory's name)"),
+    ("--api-key", "api_key", "KEY", "require \"Authorization: Bearer KEY\" (default $TINYLM_API_KEY, else none)"),
+    ("--max-batch", "max_batch", "N", "sequences decoding together (16)"),
+    ("--max-queue", "max_queue", "N", "sequences waiting for a slot before requests get 503 (256)"),
+    ("--max-tokens", "max_tokens", "N", "the most new tokens one request may ask for (1024)"),
+    ("--max-body", "max_body", "BYTES", "largest request body (1 MiB)"),
+    ("--chat-template", "chat_template", "NAME",
+     "chat template for runs without their own: alpaca, chat or plain (default: none, chat requests get a "
+     "400 saying how to get one)"),
+    ("--adapter", "adapter", "NAME=ADAPTER_RUN*",
+     "also serve a LoRA fine-tuned run of this base as model NAME (repeatable)"),
+    ("--allowed-host", "allowed_hosts", "NAME*",
+     "also answer requests whose Host is NAME (.NAME: it and its subdomains; *: any); loopback names, IP "
+     "addresses the server listens on and --host are answered anyway (repeatable)"),
+    ("--cors-origin", "cors_origins", "ORIGIN*",
+     "let web pages of ORIGIN (e.g. https://example.com; *: any) call the API (CORS; repeatable)"),
+    ("--header-timeout", "header_timeout", "S", "close connections whose request headers take longer (10 s)"),
+    ("--body-timeout", "body_timeout", "S", "answer 408 to requests whose body takes longer (30 s)"),
+    ("--write-timeout", "write_timeout", "S",
+     "close connections of clients that take none of their response for this long (30 s)"),
+    ("--shutdown-timeout", "shutdown_timeout", "S",
+     "on Ctrl-C or SIGTERM, let running requests go on this long, then end them (5 s)"),
+]
+
+
 def _errors_flag(p: argparse.ArgumentParser, section: str) -> None:
     p.add_argument("--errors", dest=f"{section}.errors", metavar="MODE", choices=("strict", "replace"),
                    help="invalid UTF-8 in the text: strict (default: stop with an error) or replace (U+FFFD)")
@@ -170,38 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("sample", parents=[common], help="generate text from a trained run")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--prompt", dest="sample.prompt", metavar="TEXT", help="text to continue (default: none)")
-    p.add_argument("--max-new-tokens", dest="sample.max_new_tokens", metavar="N", help="default 500")
-    p.add_argument("--temperature", dest="sample.temperature", metavar="T", help="default 0.8; <= 0 is greedy")
-    p.add_argument("--top-k", dest="sample.top_k", metavar="K", help="sample among the K likeliest (0 = all)")
-    p.add_argument("--seed", dest="sample.seed", metavar="N", help="seed for reproducible samples")
-    p.add_argument("--num-samples", dest="sample.num_samples", metavar="N", help="how many samples (default 1)")
-    p.add_argument("--top-p", dest="sample.top_p", metavar="P",
-                   help="nucleus sampling: the smallest set of tokens whose probability reaches P (default 1 = off)")
-    p.add_argument("--min-p", dest="sample.min_p", metavar="P",
-                   help="drop tokens less likely than P x the likeliest one's probability (default 0 = off)")
-    p.add_argument("--repetition-penalty", dest="sample.repetition_penalty", metavar="R",
-                   help="make tokens already in the prompt or output less likely (CTRL; > 1 penalises; default 1)")
-    p.add_argument("--beams", dest="sample.beams", metavar="N",
-                   help="beam search with N beams (deterministic; default 1 = sampling)")
-    p.add_argument("--length-penalty", dest="sample.length_penalty", metavar="A",
-                   help="beam score = sum of log-probabilities / length^A (default 1)")
-    p.add_argument("--num-return-sequences", dest="sample.num_return_sequences", metavar="N",
-                   help="print the N best beams (N <= --beams)")
-    p.add_argument("--stop", dest="sample.stop", metavar="TEXT", action="append",
-                   help="stop before this text (repeatable); end-of-text tokens always stop")
-    p.add_argument("--no-cache", dest="sample.use_cache", action="store_const", const="false",
-                   help="no KV cache: run the model over the last `context` tokens for every new token")
-    p.add_argument("--stream", dest="sample.stream", action="store_const", const="true",
-                   help="print the text as it is generated (default: all at once at the end)")
-    p.add_argument("--verbose", dest="sample.verbose", action="store_const", const="true",
-                   help="also print the prompt's token ids and tokens and the generated ids (text at the end)")
-    p.add_argument("--chat", dest="sample.chat", action="store_const", const="true",
-                   help="chat in the run's template: a loop in a terminal (one reply per line read otherwise), "
-                        "one turn with --prompt")
-    p.add_argument("--system", dest="sample.system", metavar="TEXT", help="the chat's system message")
-    p.add_argument("--template", dest="sample.template", metavar="NAME",
-                   help="--chat with a run that has no template of its own: alpaca, chat or plain")
+    _flags(p, "sample", SAMPLE_FLAGS)
     _runtime_flags(p, "sample", checkpoint=True)
     _inference_flags(p, "sample")
     p.set_defaults(func=commands.cmd_sample)
@@ -301,37 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "/v1/chat/completions, /v1/models), continuous batching, streaming, and a "
                                      "playground page at /. Docs: docs/serving.md.")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--host", dest="serve.host", metavar="ADDR",
-                   help="address to listen on (default 127.0.0.1; others warn without an API key)")
-    p.add_argument("--port", dest="serve.port", metavar="N", help="port (default 8000; 0 = any free port)")
-    p.add_argument("--model-name", dest="serve.model_name", metavar="NAME",
-                   help="the model id clients use (default: the run directory's name)")
-    p.add_argument("--api-key", dest="serve.api_key", metavar="KEY",
-                   help="require \"Authorization: Bearer KEY\" (default $TINYLM_API_KEY, else none)")
-    p.add_argument("--max-batch", dest="serve.max_batch", metavar="N", help="sequences decoding together (16)")
-    p.add_argument("--max-queue", dest="serve.max_queue", metavar="N",
-                   help="sequences waiting for a slot before requests get 503 (256)")
-    p.add_argument("--max-tokens", dest="serve.max_tokens", metavar="N",
-                   help="the most new tokens one request may ask for (1024)")
-    p.add_argument("--max-body", dest="serve.max_body", metavar="BYTES", help="largest request body (1 MiB)")
-    p.add_argument("--chat-template", dest="serve.chat_template", metavar="NAME",
-                   help="chat template for runs without their own: alpaca, chat or plain (default: none, "
-                        "chat requests get a 400 saying how to get one)")
-    p.add_argument("--adapter", dest="serve.adapter", metavar="NAME=ADAPTER_RUN", action="append",
-                   help="also serve a LoRA fine-tuned run of this base as model NAME (repeatable)")
-    p.add_argument("--allowed-host", dest="serve.allowed_hosts", metavar="NAME", action="append",
-                   help="also answer requests whose Host is NAME (.NAME: it and its subdomains; *: any); loopback "
-                        "names, IP addresses the server listens on and --host are answered anyway (repeatable)")
-    p.add_argument("--cors-origin", dest="serve.cors_origins", metavar="ORIGIN", action="append",
-                   help="let web pages of ORIGIN (e.g. https://example.com; *: any) call the API (CORS; repeatable)")
-    p.add_argument("--header-timeout", dest="serve.header_timeout", metavar="S",
-                   help="close connections whose request headers take longer (10 s)")
-    p.add_argument("--body-timeout", dest="serve.body_timeout", metavar="S",
-                   help="answer 408 to requests whose body takes longer (30 s)")
-    p.add_argument("--write-timeout", dest="serve.write_timeout", metavar="S",
-                   help="close connections of clients that take none of their response for this long (30 s)")
-    p.add_argument("--shutdown-timeout", dest="serve.shutdown_timeout", metavar="S",
-                   help="on Ctrl-C or SIGTERM, let running requests go on this long, then end them (5 s)")
+    _flags(p, "serve", SERVE_FLAGS)
     _runtime_flags(p, "serve", checkpoint=True)
     _inference_flags(p, "serve")
     p.set_defaults(func=commands.cmd_serve)

@@ -32,7 +32,7 @@ from tinylm.interop import llama
 from tinylm.interop.gpt2 import from_gpt2_state, gpt2_config, gpt2_problems, model_config_from_gpt2, to_gpt2_state
 from tinylm.interop.hf_tokenizer import export_tokenizer
 from tinylm.model import GPT
-from tinylm.run.layout import CONFIG_FILE, MODEL_FILE, is_run_config, is_run_dir, write_config
+from tinylm.run.layout import CONFIG_FILE, MODEL_FILE, folder_file, is_run_config, is_run_dir, write_config
 from tinylm.run.run import load
 from tinylm.run.weights import save_weights
 from tinylm.tokenizers import TOKENIZER_FILE, Tokenizer, load_tokenizer
@@ -231,14 +231,10 @@ def import_hf(src_dir: str | Path, out_run_dir: str | Path, dtype: str = "float3
         raise ConfigError(f"import dtype {dtype!r} is not one of auto, {', '.join(DTYPES)}")
     if (out / CONFIG_FILE).exists():
         raise CheckpointError(f"{out} is already a run directory; choose another output directory")
-    config_path = src / "config.json"
-    if src.is_file():
-        raise CheckpointError(f"{src} is a file; give the model's folder (the one holding config.json and the "
-                              "weights)")
-    if not src.is_dir():
-        raise CheckpointError(f"{src} does not exist")
-    if not config_path.is_file():
-        raise CheckpointError(f"{src} has no config.json; it is not a transformers model directory")
+    config_path = folder_file(src, "config.json", absent=f"{src} does not exist",
+                              is_file=f"{src} is a file; give the model's folder (the one holding config.json and "
+                                      "the weights)",
+                              missing=f"{src} has no config.json; it is not a transformers model directory")
     if is_run_config(config_path):
         raise CheckpointError(f"{src} is a tinylm run directory, not a transformers one: use it as it is "
                               f"(tinylm sample {src}), or copy it")

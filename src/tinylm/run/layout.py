@@ -48,16 +48,25 @@ def write_config(run_dir: Path, cfg: RunConfig) -> None:
     fileio.write_json(run_dir / CONFIG_FILE, cfg.to_dict())
 
 
+def folder_file(folder: Path, name: str, *, is_file: str, absent: str, missing: str) -> Path:
+    """`folder / name` of a folder that must hold the file `name` (a run directory, a model directory to
+    import), else a one-line CheckpointError: `is_file` when `folder` is a file, `absent` when it does not
+    exist, `missing` when it lacks `name`."""
+    if folder.is_file():
+        raise CheckpointError(is_file)
+    if not folder.is_dir():
+        raise CheckpointError(absent)
+    if not (folder / name).is_file():
+        raise CheckpointError(missing)
+    return folder / name
+
+
 def read_config(run_dir: str | Path) -> RunConfig:
     run_dir = Path(run_dir)
-    path = run_dir / CONFIG_FILE
-    if run_dir.is_file():
-        raise CheckpointError(f"{run_dir} is a file, not a run directory; give the directory a tinylm train, "
-                              "finetune or import wrote (it holds config.json)")
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run directory {run_dir} does not exist")
-    if not path.is_file():
-        raise CheckpointError(f"{run_dir} is not a tinylm run directory (no {CONFIG_FILE})")
+    path = folder_file(run_dir, CONFIG_FILE, absent=f"run directory {run_dir} does not exist",
+                       is_file=f"{run_dir} is a file, not a run directory; give the directory a tinylm train, "
+                               "finetune or import wrote (it holds config.json)",
+                       missing=f"{run_dir} is not a tinylm run directory (no {CONFIG_FILE})")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:  # not JSON, or not even text
