@@ -7,7 +7,7 @@
                                         beams): what `Run.generate/complete/chat` use
     stream(model, rows, ...)            the same as events, as they come (`Run.stream`)
 
-A batch is one request of one row per prompt; row b samples with seed + b (`inputs.check_seeds`), so a
+A batch is one request of one row per prompt; row b samples with seed + b (`config.fields.check_seeds`), so a
 row's tokens do not depend on the other rows and a seeded prompt gives the same text in `generate_ids`,
 `tinylm sample` and the server. A beam row decodes its beams as rows of one batch; prompts of a beam
 batch are searched one after another (an engine of `beams` rows). Decoding runs under

@@ -145,7 +145,7 @@ def to_gpt2_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def from_gpt2_state(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """tinylm GPT tensors (the names `rundir.weights_state` uses) from GPT2LMHeadModel (or
+    """tinylm GPT tensors (the names `run.weights.weights_state` uses) from GPT2LMHeadModel (or
     GPT2Model, without the `transformer.` prefix) tensors. Raises KeyError for a missing tensor."""
     if not any(k.startswith("transformer.") for k in state):
         state = {f"transformer.{k}": v for k, v in state.items()}

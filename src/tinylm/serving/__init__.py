@@ -1,8 +1,8 @@
 """Serving a run over HTTP: an OpenAI-compatible API with continuous batching and a browser playground.
 
     protocol.py   request bodies -> checked requests, errors in the OpenAI shape (pydantic)
-    engine.py     the continuous-batching engine: rows join and leave between decode steps
-    app.py        FastAPI routes (completions, chat completions, models, health, the playground), SSE;
+    app.py        over the generation engine (`Run.engine()`: rows join and leave between decode steps,
+                  tinylm.generation.engine), which owns the decode loop; FastAPI routes (completions, chat completions, models, health, the playground), SSE;
                   which Host / Origin / Content-Type it answers; how every request ends
     server.py     `tinylm serve`: bind the port, warn without a key beyond loopback, run uvicorn with
                   header / body / write deadlines and a shutdown that ends streams in the protocol's way

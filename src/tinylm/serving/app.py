@@ -5,8 +5,8 @@
        --body-timeout or 408) ──► protocol.py ──► checked request
                                                                                                     │
        prompt text / chat messages (run's own template, else --chat-template) ──► token ids (truncated
-       to the context, or 413) ──► one Row per choice ──► Engine.submit (queue full or shutting down:
-       503 + Retry-After)                                                                            │
+       to the context, or 413) ──► one Row per choice (use_beam_search: one beam Row per prompt, its n
+       best beams the choices) ──► Run.engine().submit (queue full or shutting down: 503 + Retry-After) │
        engine thread ──Event──► loop.call_soon_threadsafe ──► asyncio.Queue of the request ──► JSON body,
        or SSE chunks `data: {json}` ending with `data: [DONE]`; a client that goes away cancels its rows
 
