@@ -20,7 +20,7 @@ import tinylm
 from tinylm.cli import main
 from tinylm.config import SampleConfig, load_preset
 from tinylm.errors import ConfigError
-from tinylm.config.fields import INT64_MAX, check_seeds
+from tinylm.config.fields import INT64_MAX, INT64_MIN, check_seeds
 from tinylm.serving.protocol import APIError, Limits, chat_request, completion_request
 from tinylm.training.batch import plan_batch
 
@@ -148,6 +148,16 @@ def test_negative_seeds_work_wherever_a_seed_is_taken(tmp_path, trained_run, cor
     assert split_conversations(conversations, 0.3, -5) == split_conversations(conversations, 0.3, -5)
     capsys.readouterr()
     assert main(["sample", str(trained_run), "--seed", "-3", "--num-samples", "2", "--max-new-tokens", "4"]) == 0
+    # the int64 minimum is a seed too (it was refused as "at most 9,223,... in size"); one below is not
+    assert main(["sample", str(trained_run), "--seed", str(INT64_MIN), "--max-new-tokens", "3"]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(trained_run), "--seed", str(INT64_MIN - 1), "--max-new-tokens", "3"]) == 1
+    err = capsys.readouterr().err
+    assert f"from {INT64_MIN:,} to {INT64_MAX:,}" in err and len(err.strip().splitlines()) == 1
+    sp = completion_request({"model": "m", "prompt": "x", "n": 2, "seed": INT64_MIN}, LIMITS).sampling
+    assert [sp.config(i).seed for i in range(2)] == [INT64_MIN, INT64_MIN + 1]
+    with pytest.raises(APIError):
+        completion_request({"model": "m", "prompt": "x", "seed": INT64_MIN - 1}, LIMITS)
 
 
 # --------------------------------------------------------------------------- batch plans
