@@ -179,3 +179,58 @@ def test_an_hf_tokenizer_and_an_import_are_recorded_absolute(here, monkeypatch) 
     assert cfg.description == f"imported from {here / 'llama'}"
     with safe_open(str(here / "I" / "model.safetensors"), "pt") as f:
         assert f.metadata()["imported_from"] == str(here / "llama")
+
+
+def _set_recorded(run: Path, **values: str) -> None:
+    """Follow the error's fix: set fields ("data__source") in the run's config.json to their new places."""
+    config = json.loads((run / "config.json").read_text())
+    for key, value in values.items():
+        section, name = key.split("__")
+        config[section][name] = value
+    (run / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def _one_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_a_run_moved_with_its_data_names_the_field_to_set_and_setting_it_resumes(here, monkeypatch, capsys):
+    """A run and its source moved together: the resume named the old file and no fix (`--set data.source`
+    is refused on resume); now one line names config.json's field, and setting it there works."""
+    old = here / "old"
+    old.mkdir()
+    os.replace(here / "s.txt", old / "a.txt")
+    monkeypatch.chdir(old)
+    assert main(["train", *TRAIN, "--text", "a.txt", "--out", "B"]) == 0
+    from tinylm.data.records import shakespeare_instructions
+
+    (old / "ft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in shakespeare_instructions(limit=40)))
+    assert main(["finetune", "B", "--data", "ft.jsonl", "--out", "F", "--max-steps", "2",
+                 "--set", "train.eval_interval=2"]) == 0
+    monkeypatch.chdir(here)
+    os.replace(old, here / "new")
+    new = here / "new"
+    capsys.readouterr()
+    assert main(["finetune", "--resume", "new/F", "--max-steps", "4"]) == 1
+    assert "records data.source" in _one_error(capsys)
+    _set_recorded(new / "F", data__source=str(new / "ft.jsonl"))
+    assert main(["finetune", "--resume", "new/F", "--max-steps", "4"]) == 1
+    assert f"records finetune.base = {old / 'B'}, which no longer exists" in _one_error(capsys)
+    _set_recorded(new / "F", finetune__base=str(new / "B"))
+    assert main(["finetune", "--resume", "new/F", "--max-steps", "4"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", "new/B", "--max-steps", "8"]) == 1
+    err = _one_error(capsys)
+    assert f"{new / 'B' / 'config.json'} records data.source = {old / 'a.txt'}, which no longer exists" in err
+    assert err.endswith("then run `tinylm train --resume new/B` again"), err
+    assert main(["train", "--resume", "new/B", "--set", f"data.source={new / 'a.txt'}"]) == 1
+    assert "set its new place in the run's config.json" in _one_error(capsys)
+    _set_recorded(new / "B", data__source=str(new / "a.txt"))
+    assert main(["train", "--resume", "new/B", "--max-steps", "8"]) == 0  # the fix (after F's: B's weights change)
+    capsys.readouterr()
+    assert main(["eval", "new/B", "--data", "new/a.txt"]) == 1  # a file where a data directory belongs
+    assert _one_error(capsys).endswith("give a text file with --text new/a.txt, or prepare it first: tinylm "
+                                       "prepare new/a.txt --out DATA_DIR")
+    assert main(["eval", "new/B", "--text", "new/a.txt"]) == 0

@@ -9,10 +9,14 @@ before it (no wrapping). Negative seeds work wherever a seed is taken. Batch pla
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import time
 
 import httpx
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,7 +24,7 @@ import tinylm
 from tinylm.cli import main
 from tinylm.config import SampleConfig, load_preset
 from tinylm.errors import ConfigError
-from tinylm.config.fields import INT64_MAX, check_seeds
+from tinylm.config.fields import INT64_MAX, INT64_MIN, check_seeds
 from tinylm.serving.protocol import APIError, Limits, chat_request, completion_request
 from tinylm.training.batch import plan_batch
 
@@ -148,6 +152,16 @@ def test_negative_seeds_work_wherever_a_seed_is_taken(tmp_path, trained_run, cor
     assert split_conversations(conversations, 0.3, -5) == split_conversations(conversations, 0.3, -5)
     capsys.readouterr()
     assert main(["sample", str(trained_run), "--seed", "-3", "--num-samples", "2", "--max-new-tokens", "4"]) == 0
+    # the int64 minimum is a seed too (it was refused as "at most 9,223,... in size"); one below is not
+    assert main(["sample", str(trained_run), "--seed", str(INT64_MIN), "--max-new-tokens", "3"]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(trained_run), "--seed", str(INT64_MIN - 1), "--max-new-tokens", "3"]) == 1
+    err = capsys.readouterr().err
+    assert f"from {INT64_MIN:,} to {INT64_MAX:,}" in err and len(err.strip().splitlines()) == 1
+    sp = completion_request({"model": "m", "prompt": "x", "n": 2, "seed": INT64_MIN}, LIMITS).sampling
+    assert [sp.config(i).seed for i in range(2)] == [INT64_MIN, INT64_MIN + 1]
+    with pytest.raises(APIError):
+        completion_request({"model": "m", "prompt": "x", "seed": INT64_MIN - 1}, LIMITS)
 
 
 # --------------------------------------------------------------------------- batch plans
@@ -161,3 +175,57 @@ def test_a_huge_batch_tokens_is_planned_at_once():
     assert time.perf_counter() - start < 5
     assert plan.micro * cfg.seq_len <= 8192 and plan.tokens == cfg.train.batch_tokens
     assert plan == plan_batch(cfg, 1, lambda micro: micro * cfg.seq_len <= 8192, most=10**6)
+
+
+# --------------------------------------------------------------------------- a step of a huge batch stops
+
+
+def _huge_step_run(tmp_path, corpus_file, *flags: str, ignore_sigint: bool = False) -> subprocess.Popen:
+    """`tinylm train` whose one step would draw 2^63 - 1 micro-batches (legal: "one step then draws that
+    many micro-batches"); `ignore_sigint` starts it as a script's background job is (SIGINT ignored)."""
+    cmd = [sys.executable, "-m", "tinylm", "train", "--preset", "tiny-test", "--text", str(corpus_file), "--out",
+           str(tmp_path / "run"), "--set", f"train.grad_accum={INT64_MAX}", *flags]
+    pre = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=pre)
+
+
+def _wait_for_step(proc: subprocess.Popen) -> list[str]:
+    lines = []
+    for line in proc.stdout:  # the header's "device" line comes just before the first step
+        lines.append(line)
+        if line.lstrip().startswith("device"):
+            return lines
+    raise AssertionError("".join(lines))
+
+
+@pytest.mark.slow
+def test_the_time_budget_ends_a_step_of_a_huge_batch(tmp_path, corpus_file):
+    proc = _huge_step_run(tmp_path, corpus_file, "--time-budget", "2")
+    out, _ = proc.communicate(timeout=120)  # ran on until killed: the budget was checked between steps only
+    assert proc.returncode == 0, out
+    state = torch.load(tmp_path / "run" / "train_state.pt", weights_only=True)
+    assert state["step"] == 0 and json.loads((tmp_path / "run" / "config.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ignore_sigint", [False, True], ids=["terminal", "background-job"])
+def test_ctrl_c_stops_a_step_of_a_huge_batch_and_a_second_ctrl_c_aborts(tmp_path, corpus_file, ignore_sigint):
+    proc = _huge_step_run(tmp_path, corpus_file, ignore_sigint=ignore_sigint)
+    _wait_for_step(proc)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)  # ran on: "stopping after this step" never came
+    assert proc.returncode == 130 and "the last complete step is saved" in out, out
+    assert "interrupted at step 0; checkpoint saved" in out and "Warning" not in out, out
+    assert torch.load(tmp_path / "run" / "train_state.pt", weights_only=True)["step"] == 0
+
+    again = _huge_step_run(tmp_path / "b", corpus_file, ignore_sigint=ignore_sigint)
+    _wait_for_step(again)
+    time.sleep(1)
+    again.send_signal(signal.SIGINT)
+    for line in again.stdout:
+        if "Ctrl-C again" in line:
+            break
+    again.send_signal(signal.SIGINT)  # was ignored where SIGINT had been ignored before the run
+    out, _ = again.communicate(timeout=60)
+    assert again.returncode == 130 and "interrupted" in out and "checkpoint saved" not in out, out

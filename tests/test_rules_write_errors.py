@@ -270,11 +270,17 @@ def test_a_run_without_room_for_its_first_checkpoint_says_run_it_again_and_that_
 
 
 @pytest.mark.slow
-def test_a_run_that_cannot_write_a_later_checkpoint_names_the_resume_that_works(tmp_path, corpus_file, tinylm):
+@pytest.mark.parametrize("limit", [80_000, 160_000], ids=["weights", "train-state"])
+def test_a_run_that_cannot_write_a_later_checkpoint_names_the_resume_that_works(tmp_path, corpus_file, tinylm,
+                                                                                 limit):
+    """80 KB: the weights (116 KB) do not fit; 160 KB: they do, train_state.pt (about 240 KB) does not, and
+    torch.save reported the short write as `RuntimeError: [enforce fail at inline_container.cc]` (a
+    traceback, and the new weights' temporary file left behind)."""
     out = tmp_path / "run"
     assert tinylm("train", "--preset", "tiny-test", "--text", str(corpus_file), "--out", str(out),
                   "--max-steps", "4").returncode == 0
-    err = error_line(tinylm("train", "--resume", str(out), "--max-steps", "8", limit=80_000))
+    assert (out / "model.safetensors").stat().st_size < 160_000 < (out / "train_state.pt").stat().st_size
+    err = error_line(tinylm("train", "--resume", str(out), "--max-steps", "8", limit=limit))
     resume = f"tinylm train --resume {out}"
     assert "file-size limit" in err and err.endswith(f"then continue from the checkpoint of step 4: {resume}"), err
     assert no_temporary_files(out)

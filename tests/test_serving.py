@@ -309,7 +309,7 @@ def malformed_requests(rng: random.Random, max_body: int):
     common = {  # values of the wrong type or out of range, per field
         "max_tokens": ["5", 5.5, True, -1, 2**80, [], {}], "temperature": ["hot", True, -0.5, 3, 1e308, [], {}],
         "top_p": [0, -1, 1.5, "x", True], "n": [0, -3, 1.5, "2", True, 10**6],
-        "stop": [5, [1], [""], "", {"a": 1}, ["a"] * 40, True], "seed": [-1, 1.5, "1", True, 2**80],
+        "stop": [5, [1], [""], "", {"a": 1}, ["a"] * 40, True], "seed": [-2**63 - 1, 2**63, 1.5, "1", True, 2**80],
         "stream": ["yes", 1, 0, []], "top_k": [-1, 1.5, "3", 2**80], "min_p": [-0.1, 1, 1.5, "x"],
         "repetition_penalty": [0, -1, 100, "x"], "truncate": ["no", 0, []], "model": [None, 5, [], {}],
         "stream_options": [{"include_usage": True}, "x", 5], "presence_penalty": [1.0, "x", 3],

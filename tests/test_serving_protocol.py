@@ -80,7 +80,7 @@ valid = st.fixed_dictionaries({
     "max_tokens": st.integers(0, 64), "temperature": st.floats(0, 2), "top_p": st.floats(0.01, 1),
     "n": st.integers(1, 4), "stop": st.one_of(st.text(min_size=1, max_size=4),
                                               st.lists(st.text(min_size=1, max_size=4), max_size=4)),
-    "seed": st.integers(0, 2**63 - 8), "stream": st.booleans(), "logprobs": st.integers(0, 20), "echo": st.booleans(),
+    "seed": st.integers(-2**63, 2**63 - 8), "stream": st.booleans(), "logprobs": st.integers(0, 20), "echo": st.booleans(),
     "top_k": st.integers(0, 1000), "min_p": st.floats(0, 0.99), "repetition_penalty": st.floats(0.5, 2),
 })
 

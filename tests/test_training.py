@@ -101,10 +101,10 @@ def test_crash_and_resume_reproduces_the_uninterrupted_run(tmp_path, corpus_file
     straight = train(config("straight")).run_dir
     real_step = trainer_module.Trainer.train_step
 
-    def dies_at_step_33(self, lr):
+    def dies_at_step_33(self, lr, *stop):
         if self.step == 33:
             raise Crash
-        return real_step(self, lr)
+        return real_step(self, lr, *stop)
 
     monkeypatch.setattr(trainer_module.Trainer, "train_step", dies_at_step_33)
     with pytest.raises(Crash):
@@ -125,6 +125,35 @@ def test_crash_and_resume_reproduces_the_uninterrupted_run(tmp_path, corpus_file
     again = [{k: v for k, v in r.items() if k not in TIMING}
              for r in metrics(tmp_path / "crashed")]
     assert strip == again  # the loss curve continues as if never interrupted
+
+
+def test_a_step_dropped_between_micro_batches_resumes_exactly(tmp_path, corpus_file, monkeypatch):
+    """Ctrl-C (or the time budget) in the middle of a step of 3 micro-batches drops that step: the checkpoint
+    is the last complete step's (loader and RNG rewound), and resuming gives the uninterrupted run."""
+    def config(name: str):
+        cfg = tiny_config(tmp_path / name, corpus_file, max_steps=10, eval_interval=4, log_interval=1,
+                          batch_size=2, grad_accum=3)
+        cfg.model.dropout = 0.1  # dropout masks come from the RNG the dropped step used
+        return cfg
+
+    straight = train(config("straight")).run_dir
+    asked = []
+
+    def stop_in_step_6(self, stop):
+        asked.append(self.step)
+        return self.step == 5 and asked.count(5) == 2  # before step 6's third micro-batch
+
+    monkeypatch.setattr(trainer_module.Trainer, "stop_mid_step", stop_in_step_6)
+    result = train(config("dropped"))
+    monkeypatch.undo()
+    assert result.stopped_by == "interrupt" and result.step == 5
+    assert torch.load(tmp_path / "dropped" / "train_state.pt", weights_only=True)["step"] == 5
+    assert asked[:2] == [0, 0]  # asked between micro-batches: twice a step
+    train(read_config(tmp_path / "dropped"), resume=True)
+    a, b = weights(straight), weights(tmp_path / "dropped")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    strip = [{k: v for k, v in r.items() if k not in TIMING} for r in metrics(straight)]
+    assert strip == [{k: v for k, v in r.items() if k not in TIMING} for r in metrics(tmp_path / "dropped")]
 
 
 def test_resume_refuses_finished_runs_and_other_data(trained_run, tmp_path, corpus_file):

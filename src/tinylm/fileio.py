@@ -259,8 +259,14 @@ def atomic_write(path: str | os.PathLike, *, replace: bool = True) -> Iterator[B
     # e.g. two tokenizer workers filling a shared cache, then never rename each other's temporary file
     tmp = temp_path(path) if not replace else path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
-        with writing(path, tmp), open(tmp, "wb") as f:
-            yield f
+        with writing(path, tmp), open(tmp, "wb") as raw:
+            f = _Recording(raw)
+            try:
+                yield f  # type: ignore[misc]
+            except Exception as e:
+                if f.error is not None and not isinstance(e, OSError):
+                    raise f.error from e  # the disk's error, not the writer library's account of it
+                raise
             f.flush()
             os.fsync(f.fileno())
     except BaseException:
@@ -268,6 +274,33 @@ def atomic_write(path: str | os.PathLike, *, replace: bool = True) -> Iterator[B
         raise
     if replace:
         commit(tmp, path)
+
+
+class _Recording:
+    """A binary file that remembers the OSError its last write or flush raised. Writers that report a
+    failed write in their own words (torch.save on a full disk: `RuntimeError: [enforce fail at
+    inline_container.cc] unexpected pos`) lose the cause; `atomic_write` raises the OSError instead,
+    which `writing` turns into a WriteError naming the file and a fix."""
+
+    def __init__(self, raw: BinaryIO):
+        self.raw, self.error = raw, None
+
+    def write(self, data) -> int:
+        try:
+            return self.raw.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.raw.flush()
+        except OSError as e:
+            self.error = e
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self.raw, name)
 
 
 def commit(tmp: Path, path: Path) -> None:

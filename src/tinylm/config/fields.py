@@ -33,7 +33,14 @@ from typing import Any
 
 from tinylm.errors import ConfigError, DataError, TinylmError
 
-INT64_MAX = 2**63 - 1  # integers are stored in int64 tensors and seeds; larger ones are refused
+INT64_MAX = 2**63 - 1  # integers are stored in int64 tensors and seeds; others are refused
+INT64_MIN = -(2**63)
+INT64_RANGE = f"from {INT64_MIN:,} to {INT64_MAX:,} (int64)"
+
+
+def in_int64(value: int) -> bool:
+    """Whether integer `value` fits an int64 (seeds, tensor entries): INT64_MIN <= value <= INT64_MAX."""
+    return INT64_MIN <= value <= INT64_MAX
 FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32 (smaller values flush towards 0)
 FLOAT32_MAX = 3.4028234663852886e38
 
@@ -69,8 +76,8 @@ def integer(value: Any, item: str, *, error: type[TinylmError] = DataError, note
     to the message (what the number means)."""
     if not is_integer(value):
         raise error(f"{item} must be an integer{note}, got {_shown(value)}")
-    if abs(value) > INT64_MAX:
-        raise error(f"{item} must be an integer of at most {INT64_MAX:,} in size{note}, got {value:,}")
+    if not in_int64(value):
+        raise error(f"{item} must be an integer {INT64_RANGE}{note}, got {value:,}")
     return value
 
 
@@ -173,8 +180,8 @@ def check_fields(cfg: Any, prefix: str = "") -> None:
             raise ConfigError(f"{key} must be {wanted}, got {value!r}")
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{key} must be a finite number, got {value}")
-        if isinstance(value, int) and abs(value) > INT64_MAX:
-            raise ConfigError(f"{key} must be an integer of at most {INT64_MAX:,} in size, got {value:,}")
+        if isinstance(value, int) and not in_int64(value):
+            raise ConfigError(f"{key} must be an integer {INT64_RANGE}, got {value:,}")
         if isinstance(value, int) and int not in kinds:
             setattr(cfg, f.name, float(value))
 

@@ -461,6 +461,9 @@ class _Progress:
 def read_meta(data_dir: str | Path) -> dict[str, Any]:
     """meta.json of a complete data directory; a clear error for anything else."""
     d = Path(data_dir)
+    if d.is_file():
+        raise DataError(f"{d} is a file, not a data directory (the folder `tinylm prepare` writes); give a text "
+                        f"file with --text {d}, or prepare it first: tinylm prepare {d} --out DATA_DIR")
     if not d.is_dir():
         raise DataError(f"data directory {d} does not exist; create it with `tinylm prepare`")
     meta_path = d / META_FILE

@@ -81,13 +81,15 @@ def _records(path: Path) -> Iterator[tuple[int, dict]]:
         raise DataError(f"{path} is empty; give a file with one JSON object per line")
 
 
-def _field(path: Path, number: int, record: dict, key: str, kind: type) -> Any:
+def _field(path: Path, number: int, record: dict, key: str, kind: type, digits: bool = False) -> Any:
+    """record[key] checked to be of `kind` (int: an int64 and no bool); with `digits`, a string of
+    ASCII digits is read as an int too (HellaSwag's own files write labels as strings, "2")."""
     if key not in record:
         raise DataError(f"{path} line {number} has no {key!r} field (it has: {', '.join(record)})")
     value = record[key]
     if kind is int:  # a label: JSON's true is no index (isinstance(True, int) in Python)
-        if isinstance(value, str) and value.isascii() and value.isdigit():
-            value = int(value)  # HellaSwag's test file writes labels as strings
+        if digits and isinstance(value, str) and value.isascii() and value.isdigit():
+            value = int(value)
         return integer(value, f"{path} line {number}: {key!r}",
                        note=" (the 0-based index of the correct choice)")
     if not isinstance(value, kind) or (kind is list and not all(isinstance(c, str) for c in value)):
@@ -109,7 +111,7 @@ def read_items(path: str | Path, kind: str) -> list[Item]:
             for key in official or ["ctx"]:
                 _field(path, number, record, key, str)
             choices = _field(path, number, record, keys[1], list)
-            label = _field(path, number, record, keys[2], int)
+            label = _field(path, number, record, keys[2], int, digits=True)
             if len(choices) < 2 or not 0 <= label < len(choices):
                 raise DataError(f"{path} line {number}: label {label} does not index its {len(choices)} choices")
             doc = hellaswag_doc({**record, "label": label})

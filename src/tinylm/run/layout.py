@@ -105,6 +105,26 @@ def is_run_config(path: Path) -> bool:
     return isinstance(config, dict) and "model" in config and "train" in config
 
 
+# recorded paths a resumed run reads again (data.source and finetune.val_data only when they name a path)
+RESUMED_PATHS = ("data.source", "data.dir", "train.hellaswag_file", "finetune.base", "finetune.val_data")
+
+
+def check_recorded_paths(cfg: RunConfig, run_dir: str | Path, command: str) -> None:
+    """Refuse, before any work, a resume of `run_dir` whose config.json records a file or folder that no
+    longer exists (the run, or what it was trained on, was moved): one line naming the field, the path and
+    the fix that works (set the field in config.json to the new place, or put the file back), then
+    `command` again. Dataset names and hf: specs are not paths (absolute paths are recorded for files)."""
+    config = (Path(run_dir) / CONFIG_FILE).absolute()
+    for key in RESUMED_PATHS:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value and os.path.isabs(value) and not os.path.exists(value):
+            raise ConfigError(f"{config} records {key} = {value}, which no longer exists; if it was moved, set "
+                              f"{key} in that file to its new place (the same {'run' if key == 'finetune.base' else 'file'}"
+                              f": a different one would not continue the same run), or put it back; then run "
+                              f"{command} again")
+
+
 def is_run_dir(path: Path) -> bool:
     """Whether `path` is a tinylm run directory (a training state, or a tinylm config.json)."""
     return (Path(path) / STATE_FILE).exists() or is_run_config(Path(path) / CONFIG_FILE)

@@ -30,12 +30,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tinylm.chat.templates import check_messages
 from tinylm.config import GenerationConfig
 from tinylm.errors import ConfigError, DataError
-from tinylm.config.fields import check_seeds
+from tinylm.config.fields import INT64_MAX, INT64_MIN, check_seeds
 
 MAX_STOP = 16  # stop strings per request (OpenAI allows 4)
 MAX_LOGPROBS = 20  # alternatives per token
 MAX_TOP_K = 1_000_000  # top_k beyond the vocabulary keeps every token; larger values are typos
-SEED_LIMIT = 2**63  # seeds are int64 (as in the OpenAI API); choice i uses seed + i, which must be too
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
                405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
@@ -119,7 +118,7 @@ class _Body(BaseModel):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     n: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)  # any int64, as `tinylm sample --seed`
     stream: bool | None = None
     stream_options: dict[str, Any] | None = None
     user: str | None = None

@@ -72,8 +72,12 @@ def save_checkpoint(run_dir: Path, model: GPT, state: dict[str, Any], metadata: 
     model_path, state_path = run_dir / weights.latest, run_dir / STATE_FILE
     sha = weights.save(model, model_path, metadata, replace=False)
     full = {"format": FORMAT, "model_sha256": sha, "rng": rng_state(), **state}
-    with fileio.atomic_write(state_path) as f:  # the commit point
-        torch.save(full, f)
+    try:
+        with fileio.atomic_write(state_path) as f:  # the commit point
+            torch.save(full, f)
+    except BaseException:  # not committed: the previous checkpoint stands, and the new weights are no use
+        fileio.temp_path(model_path).unlink(missing_ok=True)
+        raise
     fileio.commit(fileio.temp_path(model_path), model_path)
 
 

@@ -65,7 +65,8 @@ def plot_metrics(rows: list[dict[str, Any]], out_dir: Path, title: str = "") -> 
         ax.set_ylabel(ylabel)
         ax.set_title(f"{title} {ylabel.split(' ')[0]}".strip())
         ax.grid(alpha=0.3)
-        ax.legend()
+        if train or val:  # an empty plot (a run stopped at step 0) has nothing to label
+            ax.legend()
         fig.tight_layout()
         tmp = fileio.temp_path(out_dir / name)
         try:

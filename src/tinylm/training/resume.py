@@ -34,7 +34,7 @@ import torch
 
 from tinylm.config import RunConfig
 from tinylm.errors import ConfigError
-from tinylm.run.layout import read_config
+from tinylm.run.layout import RESUMED_PATHS, check_recorded_paths, read_config
 
 
 def resumed_config(run_dir: str, sets: list[str]) -> RunConfig:
@@ -44,7 +44,11 @@ def resumed_config(run_dir: str, sets: list[str]) -> RunConfig:
     cfg.train.out_dir = str(run_dir)
     for item in sets:
         if not item.startswith("train."):
-            raise ConfigError(f"--set {item}: only train.* settings can change when resuming")
+            raise ConfigError(f"--set {item}: only train.* settings can change when resuming"
+                              + (" (a moved file: set its new place in the run's config.json)"
+                                 if item.split("=")[0] in RESUMED_PATHS else ""))
+    verb = "finetune" if cfg.finetune.method else "train"
+    check_recorded_paths(cfg, run_dir, f"`tinylm {verb} --resume {run_dir}`")
     return cfg
 
 

@@ -11,8 +11,9 @@ parameters reach the optimizer, and checkpoints are written in the run's weights
 adapter alone).
 
 The run ends at `max_steps` or when the wall-clock `time_budget` is spent, whichever comes
-first; the learning rate follows that progress (see schedule.py). Ctrl-C stops at the next
-step boundary with a checkpoint; `train(cfg, resume=True)` continues a run exactly where its
+first; the learning rate follows that progress (see schedule.py). Ctrl-C (and a time budget spent
+in the middle of a step of several micro-batches) stops at the next micro-batch, dropping the step in
+progress, with a checkpoint of the last complete step; `train(cfg, resume=True)` continues a run exactly where its
 last checkpoint left it (same batches, same dropout masks, same weights on CPU; on another number of
 processes the same steps, shared anew: resume.keep_batch). Under torchrun each process trains on its slice
 of every batch through DDP (distributed.py); only rank 0 changes files, holding the run directory's lock
@@ -45,7 +46,7 @@ from tinylm.runtime import autocast, memory_bytes, peak_flops, resolve_device, r
 from tinylm.tokenizers import Tokenizer
 from tinylm.training import distributed
 from tinylm.training.batch import plan_batch
-from tinylm.training.checkpoint import keep_copy, load_checkpoint, rng_state, save_checkpoint
+from tinylm.training.checkpoint import keep_copy, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from tinylm.training.data import WindowData
 from tinylm.training.distributed import Procs
 from tinylm.training.metrics import MetricsLog, plot_metrics
@@ -67,7 +68,10 @@ class TrainResult:
 
 
 class StopRequest:
-    """Turns the first Ctrl-C into a request honoured at the next step boundary."""
+    """Turns the first Ctrl-C into a request honoured at the next micro-batch (the step in progress,
+    if it has more than one, is dropped: the last complete step is what gets saved); a second Ctrl-C
+    raises KeyboardInterrupt at once, whatever SIGINT's handler was before (a job started in the
+    background of a script inherits SIGINT ignored)."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -79,13 +83,20 @@ class StopRequest:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt  # the second Ctrl-C: abort without saving, as the first one said
         self.requested = True
-        signal.signal(signal.SIGINT, self._previous)  # a second Ctrl-C interrupts at once
-        console.print("[yellow]stopping after this step (Ctrl-C again to abort without saving)")
+        console.print("[yellow]stopping: the last complete step is saved (Ctrl-C again to abort without saving)")
 
     def __exit__(self, *exc: Any) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
+
+
+class StepDropped(Exception):
+    """The step in progress was given up between two of its micro-batches (Ctrl-C, or the time budget
+    spent): its gradients are discarded and the loader and RNG states rewound to the step's start, so
+    the checkpoint saved next is exactly that of the last complete step."""
 
 
 class Trainer:
@@ -251,20 +262,35 @@ class Trainer:
 
     # ------------------------------------------------------------------ the pieces of a step
 
-    def train_step(self, lr_factor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_step(self, lr_factor: float, stop: Callable[[], bool] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step at `lr_factor` x each group's base rate; returns this process's mean
-        loss and the global gradient norm (before clipping)."""
+        loss and the global gradient norm (before clipping). With several micro-batches, `stop()` is
+        asked between them (on every process at once): True drops the step (StepDropped), so that a
+        step of a huge batch neither outlasts the time budget nor ignores Ctrl-C."""
         for optimizer in self.optimizers:
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * lr_factor
-        mean_loss = self.backward()
+        if stop is None or self.plan.accum == 1:
+            mean_loss = self.backward()
+        else:
+            start = (self.loader.state_dict(), rng_state())
+            try:
+                mean_loss = self.backward(stop)
+            except StepDropped:
+                self.model.zero_grad(set_to_none=True)
+                self.loader.load_state_dict(start[0])
+                set_rng_state(start[1])
+                raise
         return mean_loss, self.optimizer_step(mean_loss)
 
-    def backward(self) -> torch.Tensor:
-        """Gradients of one global batch (averaged over the processes); returns this process's mean loss."""
+    def backward(self, stop: Callable[[], bool] | None = None) -> torch.Tensor:
+        """Gradients of one global batch (averaged over the processes); returns this process's mean loss.
+        `stop()`, when given, is asked before every micro-batch but the first: True raises StepDropped."""
         accum = self.plan.accum
         total = torch.zeros((), device=self.device)
         for i in range(accum):
+            if i and stop is not None and stop():
+                raise StepDropped
             x, y = (b.to(self.device, non_blocking=True) for b in self.loader.next_batch())
             # DDP averages gradients across processes on the last micro-batch only
             last = i == accum - 1 or not self.procs.distributed
@@ -395,6 +421,13 @@ class Trainer:
             return "time_budget"
         return "interrupt" if stop_requested else None
 
+    def stop_mid_step(self, stop: StopRequest) -> bool:
+        """Whether to drop the step in progress: Ctrl-C, or the time budget spent (rank 0's clock and
+        Ctrl-C on every process: the same answer everywhere)."""
+        elapsed, requested = distributed.sync_clock(self.procs, time.perf_counter() - self._start, stop.requested,
+                                                    self.device)
+        return requested or bool(self.cfg.train.time_budget and elapsed >= self.cfg.train.time_budget)
+
     def save_due(self) -> bool:
         """A periodic checkpoint between validation passes (train.save_interval / save_minutes)."""
         t = self.cfg.train
@@ -470,7 +503,11 @@ class Trainer:
                     if (stopped_by := self.stop_reason(stop_requested)) is not None:
                         break
                     lr = learning_rate(self.step, progress_fraction(self.step, self.elapsed, t), t)
-                    loss, grad_norm = self.train_step(lr / t.lr)
+                    try:
+                        loss, grad_norm = self.train_step(lr / t.lr, lambda: self.stop_mid_step(stop))
+                    except StepDropped:
+                        stopped_by = "interrupt" if stop.requested or not t.time_budget else "time_budget"
+                        break
                     self.step += 1
                     self.tokens += self.step_tokens()
                     self.loss_sum += loss.item()
