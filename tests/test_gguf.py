@@ -365,9 +365,12 @@ def test_quantized_export_on_an_amx_cpu_prints_the_llama_cpp_hint_once(runs: dic
         monkeypatch.setattr(gguf_export, "cpu_has_amx", lambda amx=amx: amx)  # the CPU this runs on, as told
         out = tmp_path / f"{amx}-{dtype}.gguf"
         assert main(["export", str(runs["llama-bpe"]), "--format", "gguf", "--out", str(out), "--dtype", dtype]) == 0
-        err = capsys.readouterr().err
+        captured = capsys.readouterr()
+        err = captured.err
         hints = [line for line in err.splitlines() if "AMX" in line]
         assert len(hints) == expected, err
+        command = next(line for line in captured.out.splitlines() if "llama-cli" in line)
+        assert command.endswith(f"llama-cli -m {out}" + (" --no-repack" if expected else "")), command
         if expected:
             assert hints[0].startswith("warning:") and "--no-repack" in hints[0] and "use_extra_bufts" in hints[0]
             assert "llama.cpp/issues/20824" in hints[0] and out.is_file()
@@ -470,3 +473,21 @@ def test_failed_opens_leave_no_child_process_and_bad_files_say_why(llama_cpp, ti
         assert needle in str(info.value) and "\n" not in str(info.value), str(info.value)
     assert "(llama.cpp: " in str(errors[1]) and "file bounds" in str(errors[1])  # llama.cpp's own reason
     assert set(live_children()) == before
+
+
+def test_bench_decode_crash_rows_keep_the_markdown_table(capsys: pytest.CaptureFixture) -> None:
+    """A crash message (stderr lines joined by ' | ', line breaks) is one cell of one table row."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_decode", Path(__file__).resolve().parents[1] / "bench" / "decode.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    measured = {"bench": "decode", "size": "s", "params": 1e6, "engine": "tinylm float32", "tokens_per_s": 10.0,
+                "tokens_per_cpu_s": 5.0, "weight_MB_per_token": 1.0, "weights_GBps": 0.1, "compile_warmup_s": None}
+    crash = {"bench": "decode", "size": "s", "engine": "llama.cpp f32",
+             "skipped": "crashed: died with SIGSEGV; last lines of its stderr: Fatal Python error | Current thread\nx"}
+    bench.tables([measured, crash], {"copy_GBps": 1.0, "read_GBps": 1.0})
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    cells = {len(re.findall(r"(?<!\\)\|", line)) for line in lines}
+    assert len(cells) == 1, lines  # every row has the header's columns
+    assert any("Fatal Python error \\| Current thread x" in line for line in lines), lines
