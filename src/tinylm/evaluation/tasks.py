@@ -12,7 +12,9 @@ the same dataset, split, prompt, target delimiter, choices, few-shot sampling, m
         doc itself removed for tasks without a test split) + "\\n\\n" + the doc's text
     ─► requests: multiple choice: (prompt, " " + choice) per choice (WinoGrande: (prompt with each
         option, " " + the rest of the sentence)); LAMBADA: (text without its last word, " " + last
-        word); WikiText: the detokenized page, in rolling windows
+        word); WikiText: the detokenized page, in rolling windows. A row that cannot be scored (no
+        label or one outside the choices, a one-word LAMBADA text, an empty page) is a DataError
+        naming its file and row (BadRow), as is a row outside the dataset's schema
     ─► loglikelihood.score_requests (the harness's tokenization and truncation; shared contexts
         scored once) ─► per doc: acc, acc_norm, perplexity / word_perplexity, byte_perplexity,
         bits_per_byte ─► TaskResult per task ─► Report: the table (task, metric, value, stderr,
