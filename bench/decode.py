@@ -323,6 +323,8 @@ def bench_size(size: str, run: Path, args: argparse.Namespace, work: Path, bandw
                 if engine.crash:
                     notes[f"llama.cpp {outtype} (llama.cpp defaults)"] = f"crashed: {engine.crash}"
                 engines[f"llama.cpp {outtype}{engine.label}"] = engine
+            except NativeCrash as e:  # with repacking on and off (not the AMX bug), or a hung probe
+                notes[f"llama.cpp {outtype}"] = f"crashed: {e}"
             except Exception as e:  # noqa: BLE001 - a row that cannot run says why
                 notes[f"llama.cpp {outtype}"] = f"{type(e).__name__}: {e}"
 
@@ -388,6 +390,14 @@ def bench_size(size: str, run: Path, args: argparse.Namespace, work: Path, bandw
     return rows + curve
 
 
+def table_cell(text: str, limit: int = 300) -> str:
+    """`text` as one Markdown table cell: one line, at most `limit` characters, `|` escaped."""
+    text = " ".join(text.split())
+    if len(text) > limit:
+        text = text[:limit - 1] + "…"
+    return text.replace("|", "\\|")
+
+
 def tables(rows: list[dict], bandwidth: dict) -> None:
     print(f"\nGreedy decoding, 16-token prompt, new tokens as given, batch 1; {machine()}; torch threads "
           f"{torch.get_num_threads()}; memory bandwidth {bandwidth['copy_GBps']:.1f} GB/s (copy, read + write), "
@@ -408,8 +418,8 @@ def tables(rows: list[dict], bandwidth: dict) -> None:
                   f"{t / hf if hf else float('nan'):.2f} | {t / q8 if q8 else float('nan'):.2f} | "
                   f"{r['weight_MB_per_token']:.1f} | {r['weights_GBps']:.1f} | "
                   f"{str(r['compile_warmup_s']) + ' s' if r['compile_warmup_s'] else ''} |")
-        for r in skipped:  # engines that could not run or crashed, with why
-            print(f"| {r['engine']} | {r['skipped'][:300]} |||||||")
+        for r in skipped:  # engines that could not run or crashed, with why: one line, one cell
+            print(f"| {r['engine']} | {table_cell(r['skipped'])} |||||||")
         batch = [r for r in rows if r["size"] == size and r["bench"] == "decode-batch"]
         if batch:
             sizes = sorted({r["batch"] for r in batch})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 from tinylm.interop.llama_cpp import LlamaCppModel
 
@@ -37,6 +38,9 @@ class Crasher:
     def hang(self, seconds: float) -> None:
         time.sleep(seconds)
 
+    def unencodable(self) -> object:
+        return {"ids": {1, 2}}  # a set: JSON cannot encode it
+
     def array(self, n: int):  # noqa: ANN201
         import numpy as np
 
@@ -56,3 +60,43 @@ class AMXLikeLlama(LlamaCppModel):
         if self.crashes:
             os.kill(os.getpid(), signal.SIGSEGV)
         return super().greedy(ids, n)
+
+
+class CrashAlways(LlamaCppModel):
+    """llama.cpp with a bug that repacking has nothing to do with: every decode segfaults."""
+
+    def greedy(self, ids: list[int], n: int) -> dict:
+        os.kill(os.getpid(), signal.SIGSEGV)
+        return {}
+
+
+class SlowProbe(LlamaCppModel):
+    """A decode that hangs (the probe times out)."""
+
+    def greedy(self, ids: list[int], n: int) -> dict:
+        time.sleep(60)
+        return {}
+
+
+class RaisingProbe(LlamaCppModel):
+    """A decode that raises a Python error."""
+
+    def greedy(self, ids: list[int], n: int) -> dict:
+        raise RuntimeError("boom in the probe")
+
+
+def live_children() -> list[int]:
+    """The ids of this process's live (not yet reaped) child processes running tinylm.interop.native."""
+    me, out = os.getpid(), []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # state, ppid, ...
+        if int(fields[1]) == me and b"tinylm.interop.native" in cmdline:
+            out.append(int(entry.name))
+    return out

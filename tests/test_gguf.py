@@ -245,7 +245,8 @@ def test_chat_template_and_modelfile(runs: dict, tmp_path: Path, llama_cpp) -> N
 
 
 def _random_run(tmp_path: Path, tokenizer, name: str, **model: object) -> Path:
-    cfg = ModelConfig(vocab_size=tokenizer.vocab_size, context=32, n_layer=1, n_head=2, d_model=16, **model)
+    cfg = ModelConfig(**{"vocab_size": tokenizer.vocab_size, "context": 32, "n_layer": 1, "n_head": 2,
+                         "d_model": 16, **model})
     run_dir = tmp_path / name
     run_dir.mkdir()
     tokenizer.save(run_dir)
@@ -364,9 +365,12 @@ def test_quantized_export_on_an_amx_cpu_prints_the_llama_cpp_hint_once(runs: dic
         monkeypatch.setattr(gguf_export, "cpu_has_amx", lambda amx=amx: amx)  # the CPU this runs on, as told
         out = tmp_path / f"{amx}-{dtype}.gguf"
         assert main(["export", str(runs["llama-bpe"]), "--format", "gguf", "--out", str(out), "--dtype", dtype]) == 0
-        err = capsys.readouterr().err
+        captured = capsys.readouterr()
+        err = captured.err
         hints = [line for line in err.splitlines() if "AMX" in line]
         assert len(hints) == expected, err
+        command = next(line for line in captured.out.splitlines() if "llama-cli" in line)
+        assert command.endswith(f"llama-cli -m {out}" + (" --no-repack" if expected else "")), command
         if expected:
             assert hints[0].startswith("warning:") and "--no-repack" in hints[0] and "use_extra_bufts" in hints[0]
             assert "llama.cpp/issues/20824" in hints[0] and out.is_file()
@@ -391,3 +395,99 @@ def test_bench_decode_survives_a_llama_cpp_crash_and_labels_the_repack_off_row(l
     crash = by_engine["llama.cpp q8_0 (llama.cpp defaults)"]["skipped"]
     assert crash.startswith("crashed:") and "SIGSEGV" in crash and "20824" in crash
     assert "| llama.cpp q8_0 (repack off) |" in result.stdout  # in the Markdown table too
+
+
+# --------------------------------------------------------------------------- failures, on tiny random files
+
+TESTS = str(Path(__file__).resolve().parent)
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A random 1-layer GPT-2-style model (width 32) with a small BPE tokenizer, as f32 and q8_0 GGUF."""
+    tmp = tmp_path_factory.mktemp("tiny_gguf")
+    bpe = train_tokenizer("bpe:300", [" ".join(SAMPLE_TEXTS) * 3])
+    run = _random_run(tmp, bpe, "run", d_model=32, mlp="gelu_tanh")
+    return {dtype: export_gguf(run, tmp / f"{dtype}.gguf", dtype=dtype)["out"] for dtype in ("f32", "q8_0")}
+
+
+def _open_as(llama_cpp, path: str, model: str, **options: object):
+    return llama_cpp.open_llama_cpp(path, model=f"native_crashers:{model}", pythonpath=[TESTS], n_ctx=32,
+                                    n_threads=1, **options)
+
+
+def test_a_crash_with_repacking_off_too_is_raised_and_not_blamed_on_amx(llama_cpp, tiny_gguf: dict) -> None:
+    """A llama.cpp that crashes whatever the repacking (any bug): open_llama_cpp probes the fallback as
+    well and raises, naming the crash with repacking off and not the AMX repacking bug."""
+    for dtype in ("f32", "q8_0"):
+        with pytest.raises(llama_cpp.NativeCrash) as info:
+            _open_as(llama_cpp, tiny_gguf[dtype], "CrashAlways")
+        message = str(info.value)
+        assert "(repack off)" in message and "died with SIGSEGV (signal 11) during greedy()" in message, message
+        assert "turning weight repacking off does not avoid this crash" in message
+        assert llama_cpp.AMX_REPACK_NOTE not in message and "20824" not in message, message
+        assert info.value.signal_name == "SIGSEGV" and "\n" not in message
+
+
+def test_only_crashes_of_quantized_files_with_repacking_on_name_the_amx_bug(llama_cpp, tiny_gguf: dict) -> None:
+    for dtype, repack, note in (("q8_0", True, "AMX_REPACK_NOTE"), ("f32", True, "NATIVE_NOTE"),
+                                ("q8_0", False, "REPACK_OFF_NOTE")):
+        with llama_cpp.LlamaCpp(tiny_gguf[dtype], repack=repack, model="native_crashers:CrashAlways",
+                                pythonpath=[TESTS], n_ctx=32) as llm:
+            assert llm.quantized == (dtype == "q8_0")
+            with pytest.raises(llama_cpp.NativeCrash) as info:
+                llm.greedy([1, 2, 3], 2)
+        assert f"likely cause: {getattr(llama_cpp, note)}" in str(info.value), (dtype, repack, str(info.value))
+
+
+def test_a_probe_that_times_out_is_raised_not_taken_for_the_repacking_crash(llama_cpp, tiny_gguf: dict) -> None:
+    with pytest.raises(llama_cpp.NativeCrash, match="stopped answering for 1 s and was killed during greedy") as info:
+        _open_as(llama_cpp, tiny_gguf["q8_0"], "SlowProbe", timeout=1.0)
+    assert info.value.signal_name is None and "(repack off)" not in str(info.value)
+
+
+def test_failed_opens_leave_no_child_process_and_bad_files_say_why(llama_cpp, tiny_gguf: dict,
+                                                                   tmp_path: Path) -> None:
+    """A Python error in the probe, a load that fails and a path that is no GGUF file: one-line errors
+    that say what is wrong, and no child process left, even while the errors are kept."""
+    from native_crashers import live_children
+    from tinylm.errors import DataError
+    from tinylm.interop.native import ChildError
+
+    text = tmp_path / "notes.gguf"
+    text.write_text("not a model\n")
+    data = Path(tiny_gguf["f32"]).read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(data[: len(data) // 2])
+    before, errors = set(live_children()), []
+    cases = [(lambda: _open_as(llama_cpp, tiny_gguf["q8_0"], "RaisingProbe"), ChildError,
+              "RuntimeError: boom in the probe"),
+             (lambda: _open(llama_cpp, str(cut)), ChildError, "Failed to load model from file"),
+             (lambda: _open(llama_cpp, str(text)), DataError, "is not a GGUF file (it starts with b'not '"),
+             (lambda: _open(llama_cpp, str(tmp_path)), DataError, "is a folder, not a GGUF file"),
+             (lambda: _open(llama_cpp, str(tmp_path / "nope.gguf")), DataError, "nope.gguf does not exist")]
+    for make, kind, needle in cases:
+        with pytest.raises(kind) as info:
+            make()
+        errors.append(info.value)
+        assert needle in str(info.value) and "\n" not in str(info.value), str(info.value)
+    assert "(llama.cpp: " in str(errors[1]) and "file bounds" in str(errors[1])  # llama.cpp's own reason
+    assert set(live_children()) == before
+
+
+def test_bench_decode_crash_rows_keep_the_markdown_table(capsys: pytest.CaptureFixture) -> None:
+    """A crash message (stderr lines joined by ' | ', line breaks) is one cell of one table row."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_decode", Path(__file__).resolve().parents[1] / "bench" / "decode.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    measured = {"bench": "decode", "size": "s", "params": 1e6, "engine": "tinylm float32", "tokens_per_s": 10.0,
+                "tokens_per_cpu_s": 5.0, "weight_MB_per_token": 1.0, "weights_GBps": 0.1, "compile_warmup_s": None}
+    crash = {"bench": "decode", "size": "s", "engine": "llama.cpp f32",
+             "skipped": "crashed: died with SIGSEGV; last lines of its stderr: Fatal Python error | Current thread\nx"}
+    bench.tables([measured, crash], {"copy_GBps": 1.0, "read_GBps": 1.0})
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    cells = {len(re.findall(r"(?<!\\)\|", line)) for line in lines}
+    assert len(cells) == 1, lines  # every row has the header's columns
+    assert any("Fatal Python error \\| Current thread x" in line for line in lines), lines

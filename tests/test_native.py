@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from native_crashers import live_children
 from tinylm.interop.native import ChildError, ChildProcess, NativeCrash
 
 TESTS = str(Path(__file__).resolve().parent)
@@ -28,6 +29,28 @@ def test_calls_return_values_and_arrays_and_python_errors_keep_the_child() -> No
         with pytest.raises(ChildError, match="ValueError: a Python error in the child"):
             child.call("raise_error")
         assert child.call("echo", 7) == 7  # still serving
+
+
+def test_a_reply_json_cannot_encode_is_a_child_error_naming_the_method_and_the_type() -> None:
+    with _child(hint="the known bug X") as child:
+        with pytest.raises(ChildError) as info:
+            child.call("unencodable")
+        message = str(info.value)
+        assert "unencodable() returned a dict" in message and "Object of type set" in message, message
+        assert "likely cause" not in message and "\n" not in message
+        assert child.call("echo", 1) == 1  # still serving: not a crash
+
+
+def test_a_failed_start_leaves_no_child_process() -> None:
+    before = set(live_children())
+    errors = []  # kept, as a test session keeps failed tests' tracebacks
+    for target in ("native_crashers:NoSuchClass", "no_such_module:Crasher"):
+        try:
+            ChildProcess(target, name="crasher", path=[TESTS])
+        except ChildError as e:
+            errors.append(e)
+    assert len(errors) == 2 and "NoSuchClass" in str(errors[0])
+    assert set(live_children()) == before
 
 
 @pytest.mark.parametrize("method,args,needle,code", [

@@ -260,7 +260,9 @@ def test_offline_from_the_hub_cache_and_from_task_data(results: dict):
         sorted(f"{t.name}/{s}.jsonl" for t in T.TASKS.values() for s in t.splits)
     missing_online, missing_offline = results["online"][2][2], results["offline"][2][2]
     assert "task arc_easy (tinylm/missing, test split): no such dataset on the Hub" in missing_online
-    assert "task arc_easy (nobody/missing, test split) is not in the Hub cache and HF_HUB_OFFLINE=1" in missing_offline
+    assert "task arc_easy (nobody/missing, test split) is not in the Hub cache and offline mode is on " \
+        "(HF_HUB_OFFLINE=1)" in missing_offline
+    assert "set HF_HUB_OFFLINE=1" in missing_online and "set HF_HUB_OFFLINE=1" not in missing_offline
     for message in (missing_online, missing_offline):
         assert "`tinylm eval --tasks arc_easy --download-to DIR`" in message and "--task-data DIR" in message
         assert "\n" not in message
@@ -439,3 +441,74 @@ def test_a_report_and_its_record_in_evals_jsonl(trained_run: Path, tmp_path: Pat
     assert record["centered_mean"] == pytest.approx(sum(r["centered"] for r in results.values()) / 3)
     assert arc["sha256"] == T.rows_sha256(rows["arc_easy"]["test"][:5])
     assert not math.isnan(record["centered_mean"])
+
+
+def _write_task(root: Path, task: str, split: str, rows: list[dict]) -> Path:
+    path = root / task / f"{split}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_rows_that_cannot_be_scored_are_one_line_errors_naming_file_row_and_fix(trained_run: Path, tmp_path: Path,
+                                                                                capsys, rows):
+    """What the harness scores silently or fails on (an empty WikiText page, a label outside the choices,
+    an unlabeled test split written as validation, a LAMBADA text of one word) is refused."""
+    hs = dict(rows["hellaswag"]["validation"][0])
+    piqa = dict(rows["piqa"]["validation"][0])
+    wg = dict(rows["winogrande"]["validation"][0])
+    cases = [("wikitext", "test", [{"page": " = A = \n text \n"}, {"page": ""}],
+              "row 2 (task wikitext): the page has no text to score"),
+             ("hellaswag", "validation", [{**hs, "label": 7}],
+              "row 1 (task hellaswag): its label 7 is not one of its 4 choices; give the index of the correct choice"),
+             ("hellaswag", "validation", [{**hs, "label": ""}], "the test split of Rowan/hellaswag has no labels"),
+             ("piqa", "validation", [piqa, {**piqa, "label": -1}],
+              "row 2 (task piqa): its label -1 is not one of its 2 choices; the test split of baber/piqa has no "
+              "labels: use the validation split"),
+             ("winogrande", "validation", [{**wg, "answer": ""}], "the test split of allenai/winogrande has no labels"),
+             ("lambada_openai", "test", [{"text": "Hello"}], "row 1 (task lambada_openai): the text 'Hello' has fewer "
+              "than two words"),
+             ("lambada_openai", "test", [{"text": "a b"}, {"text": ""}], "row 2 (task lambada_openai): the text ''")]
+    for number, (task, split, bad, fragment) in enumerate(cases):
+        root = tmp_path / str(number)
+        path = _write_task(root, task, split, bad)
+        assert main(["eval", str(trained_run), "--tasks", task, "--task-data", str(root)]) == 1, task
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith(f"error: {path} row") and fragment in err, err
+
+
+def test_a_few_shot_example_with_a_bad_label_names_its_own_file(trained_run: Path, tmp_path: Path, capsys, rows):
+    _write_task(tmp_path, "piqa", "validation", rows["piqa"]["validation"])
+    train = _write_task(tmp_path, "piqa", "train", [*rows["piqa"]["train"], {**rows["piqa"]["train"][0], "label": 5}])
+    assert main(["eval", str(trained_run), "--tasks", "piqa", "--task-data", str(tmp_path), "--num-fewshot", "1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{train} row {len(rows['piqa']['train']) + 1} (task piqa): its label 5" in err, err
+
+
+def test_report_footer_record_paths_and_progress_name_what_was_scored(trained_run: Path, tmp_path: Path, capsys,
+                                                                      rows, monkeypatch):
+    """--limit above the items says so; one task is "1 task"; a relative --task-data is recorded
+    absolute; the progress line names the local file the rows come from."""
+    _write_task(tmp_path / "td", "piqa", "validation", rows["piqa"]["validation"][:3])
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", str(trained_run), "--tasks", "piqa", "--task-data", "td", "--limit", "1000"]) == 0
+    captured = capsys.readouterr()
+    assert "all items (--limit 1,000 is more than any task has)" in captured.out, captured.out
+    assert "centered mean (1 task)" in captured.out
+    assert "piqa: td/piqa/validation.jsonl" in captured.err, captured.err
+    record = json.loads((trained_run / "evals.jsonl").read_text().splitlines()[-1])
+    assert record["tasks"]["piqa"]["data"] == str(tmp_path / "td" / "piqa" / "validation.jsonl")
+    assert record["tasks"]["piqa"]["items"] == 3
+
+
+def test_offline_errors_do_not_suggest_what_was_just_done(tmp_path: Path):
+    """With HF_HUB_OFFLINE=1 already set, no advice to set it; a --download-to that fails offline says it
+    needs the Hub, not to run --download-to."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
+    (code, _, err), (_, _, missing) = cli(env, [["eval", "--tasks", "piqa", "--download-to", str(tmp_path / "dl")]],
+                                          extra=OFFLINE_ERROR)
+    assert code == 1 and "offline mode is on (HF_HUB_OFFLINE=1)" in err, err
+    assert "--download-to needs the Hub: unset HF_HUB_OFFLINE" in err and "`tinylm eval --tasks" not in err, err
+    assert "`tinylm eval --tasks arc_easy --download-to DIR`" in missing and "--task-data DIR" in missing, missing
+    assert "set HF_HUB_OFFLINE=1" not in missing and "\n" not in missing

@@ -332,7 +332,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"exported {summary['weights']} as GGUF ({summary['arch']}, {summary['dtype']}, "
               f"{summary['bytes'] / 1e6:.1f} MB, {summary['tokenizer_model']} tokenizer with pre-tokenizer "
               f"{summary['pre_tokenizer']}) to {summary['out']}\n"
-              f"  llama.cpp:  llama-cli -m {summary['out']}\n"
+              f"  llama.cpp:  llama-cli -m {summary['out']}{' --no-repack' if summary['no_repack'] else ''}\n"
               f"  Ollama:     ollama create NAME -f {summary['modelfile']}")
         return 0
     if args.dtype or args.chat_template:

@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(RUN_DIR optional), for --task-data DIR on a machine without network")
     p.add_argument("--limit", dest="eval.limit", metavar="N",
                    help="--tasks: the first N items of each task; --hellaswag/--choices/--cloze: a seeded "
-                        "random subset of N items")
+                        "random subset of N items (default 0: all items)")
     p.add_argument("--seed", dest="eval.seed", metavar="N", help="seed of the --limit subset (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=commands.cmd_eval)

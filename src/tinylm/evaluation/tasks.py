@@ -12,7 +12,9 @@ the same dataset, split, prompt, target delimiter, choices, few-shot sampling, m
         doc itself removed for tasks without a test split) + "\\n\\n" + the doc's text
     ─► requests: multiple choice: (prompt, " " + choice) per choice (WinoGrande: (prompt with each
         option, " " + the rest of the sentence)); LAMBADA: (text without its last word, " " + last
-        word); WikiText: the detokenized page, in rolling windows
+        word); WikiText: the detokenized page, in rolling windows. A row that cannot be scored (no
+        label or one outside the choices, a one-word LAMBADA text, an empty page) is a DataError
+        naming its file and row (BadRow), as is a row outside the dataset's schema
     ─► loglikelihood.score_requests (the harness's tokenization and truncation; shared contexts
         scored once) ─► per doc: acc, acc_norm, perplexity / word_perplexity, byte_perplexity,
         bits_per_byte ─► TaskResult per task ─► Report: the table (task, metric, value, stderr,
@@ -57,6 +59,14 @@ DATA_SUFFIXES = (".jsonl", ".parquet")
 # --------------------------------------------------------------------------- the harness's doc functions
 
 
+class BadRow(ValueError):
+    """A row in the dataset's schema whose values cannot be scored (no label, a label outside the
+    choices, no text): `_checked` names the file and row; the message says what is wrong and the fix."""
+
+
+UNLABELED = "the test split of {where} has no labels: use the validation split"
+
+
 def hellaswag_preprocess(text: str) -> str:
     """lm_eval/tasks/hellaswag/utils.py `preprocess`: strip, " [title]" -> ". ", drop bracketed
     WikiHow markup, collapse double spaces once."""
@@ -75,6 +85,8 @@ def hellaswag_doc(doc: dict) -> dict:
         ctx = doc["ctx_a"] + " " + doc["ctx_b"].capitalize()
     else:
         ctx = doc["ctx"]
+    if doc["label"] in ("", None):  # the unlabeled test split
+        raise BadRow(f"label {doc['label']!r}: " + UNLABELED.format(where="Rowan/hellaswag"))
     head = doc["activity_label"] + ": " if "activity_label" in doc else ""
     return {**doc, "query": hellaswag_preprocess(head + ctx),
             "choices": [hellaswag_preprocess(e) for e in doc["endings"]], "gold": int(doc["label"])}
@@ -108,6 +120,15 @@ def wikitext_detokenize(page: str) -> str:
     string = string.replace(" N ", " 1 ")
     string = string.replace(" 's", "'s")
     return string
+
+
+def _winogrande_gold(doc: dict) -> int:
+    """lm_eval's winogrande doc_to_text: the index of the correct option ("1" -> 0, "2" -> 1)."""
+    answer = doc["answer"]
+    if answer not in ("1", "2"):
+        raise BadRow(f"answer {answer!r} is neither '1' nor '2'" +
+                     ("; " + UNLABELED.format(where="allenai/winogrande") if answer in ("", None) else ""))
+    return {"1": 0, "2": 1}[answer]
 
 
 def _winogrande_choices(doc: dict) -> list[str]:
@@ -193,7 +214,7 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     Task("winogrande", "allenai/winogrande", "winogrande_xl", "multiple_choice", ("acc",),
          "lm_eval/tasks/winogrande/default.yaml, preprocess_winogrande.py", 1.0,
          'sentence up to "_" + option1|option2, then " " + the rest of the sentence (partial scoring)',
-         "train", "validation", None, text=lambda d: {"1": 0, "2": 1}[d["answer"]], choices=_winogrande_choices,
+         "train", "validation", None, text=_winogrande_gold, choices=_winogrande_choices,
          target=_winogrande_target, multiple_input=True),
     Task("lambada_openai", "EleutherAI/lambada_openai", "default", "loglikelihood", ("perplexity", "acc"),
          "lm_eval/tasks/lambada/lambada_openai.yaml", 1.0,
@@ -268,38 +289,53 @@ def local_file(task: Task, split: str, task_data: str | Path) -> Path | None:
     return None
 
 
-def offline_hint(task: Task) -> str:
-    return (f"`tinylm eval --tasks {task.name} --download-to DIR` where there is network writes "
-            f"DIR/{task.name}/<split>.jsonl; then give --task-data DIR, or set HF_HUB_OFFLINE=1 to read "
-            "the Hub cache of an earlier download")
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE is on (huggingface_hub's reading of it)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
 
 
-def _from_hub(task: Task, split: str) -> list[dict]:
+def offline_hint(task: Task, downloading: bool = False) -> str:
+    """How to supply a task's rows that the Hub cannot give: --task-data DIR, written by --download-to
+    where the Hub can be reached (for a failed --download-to: what it needs), or the Hub cache."""
+    if downloading:
+        fix = "unset HF_HUB_OFFLINE" if hub_offline() else "run it where the Hub can be reached (or set HF_ENDPOINT to a mirror)"
+        return (f"--download-to needs the Hub: {fix}, then give --task-data DIR to `tinylm eval` (copy DIR to a "
+                "machine without network)")
+    hint = (f"supply its rows with --task-data DIR: `tinylm eval --tasks {task.name} --download-to DIR` where the Hub "
+            f"can be reached writes DIR/{task.name}/<split>.jsonl")
+    if not hub_offline():
+        hint += ", or set HF_HUB_OFFLINE=1 to read the Hub cache of an earlier download"
+    return hint
+
+
+def _from_hub(task: Task, split: str, downloading: bool = False) -> list[dict]:
     from tinylm.data import hub
 
     try:
         import datasets
     except ImportError:
         raise DataError(f"task {task.name} reads {task.where} through the Hugging Face `datasets` library: "
-                        f"pip install 'tinylm[hf]', or {offline_hint(task)}") from None
+                        f"pip install 'tinylm[hf]'" + ("" if downloading else f", or {offline_hint(task)}")) from None
     what = f"task {task.name} ({task.where}, {split} split)"
     try:
         ds = datasets.load_dataset(task.dataset, task.config, split=split, revision=task.revision)
     except Exception as e:  # the libraries raise many kinds; unknown ones keep their traceback
         why = hub.unreachable(e)
         if why == "offline":
-            raise DataError(f"{what} is not in the Hub cache and HF_HUB_OFFLINE=1 forbids downloading it; "
-                            f"{offline_hint(task)}") from None
+            raise DataError(f"{what} is not in the Hub cache and offline mode is on (HF_HUB_OFFLINE=1), which "
+                            f"forbids downloading it; {offline_hint(task, downloading)}") from None
         if why == "network":
             from huggingface_hub import constants
 
-            raise DataError(f"{what}: cannot reach the Hugging Face Hub at {constants.ENDPOINT}; "
-                            f"{offline_hint(task)}") from None
+            raise DataError(f"{what}: cannot reach the Hugging Face Hub at {constants.ENDPOINT} (unreachable); "
+                            f"{offline_hint(task, downloading)}") from None
         error = hub.hub_error(e, what, task.dataset)
         if error is None and not isinstance(e, (RuntimeError, ValueError, FileNotFoundError)):
             raise
         reason = str(error) if error else f"{what} cannot be loaded from the Hub ({_first_line(e)})"
-        raise DataError(f"{reason}; {offline_hint(task)}") from None
+        raise DataError(f"{reason}; {offline_hint(task, downloading)}") from None
     return ds.to_list()
 
 
@@ -331,7 +367,7 @@ def download(task: Task, out: str | Path) -> list[Path]:
 
     written = []
     for split in task.splits:
-        rows = _from_hub(task, split)
+        rows = _from_hub(task, split, downloading=True)
         path = Path(out) / task.name / f"{split}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         fileio.write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
@@ -394,20 +430,32 @@ def _example(task: Task, doc: dict) -> str:
 
 
 def build_doc(task: Task, doc: dict, examples: list[dict]) -> Doc:
-    """The requests of one doc, built as the harness's `fewshot_context` + `construct_requests`."""
+    """The requests of one doc, built as the harness's `fewshot_context` + `construct_requests`.
+    Raises BadRow for what the harness would score silently or fail on: a WikiText page with no
+    text, a LAMBADA text of fewer than two words, a gold label outside the choices (-1: unlabeled)."""
     if task.kind == "loglikelihood_rolling":
         page = doc["page"]
+        if not page.strip():
+            raise BadRow("the page has no text to score; remove the row or give the page's text")
         return Doc([("", task.target(doc))], words=len(re.split(r"\s+", page)),  # type: ignore[misc]
                    bytes=len(page.encode("utf-8")))
     prefix = "".join(_example(task, ex) for ex in examples)
     target = task.target(doc)  # type: ignore[misc]
     if task.kind == "loglikelihood":
-        return Doc([(prefix + task.text(doc), target)])  # type: ignore[misc]
+        context = task.text(doc)  # type: ignore[misc]
+        if not context.strip() or not target.strip():
+            raise BadRow(f"the text {doc['text'][:40]!r} has fewer than two words (LAMBADA scores its last word "
+                         "after the rest); give the whole passage")
+        return Doc([(prefix + context, target)])
     choices = task.choices(doc)  # type: ignore[misc]
+    gold = task.text(doc) if task.multiple_input else target  # type: ignore[misc]
+    if isinstance(gold, bool) or not isinstance(gold, int) or not 0 <= gold < len(choices):
+        fix = (UNLABELED.format(where=task.where) if gold == -1 and task.test_split is None else
+               f"give the index of the correct choice, 0 to {len(choices) - 1}")
+        raise BadRow(f"its label {gold!r} is not one of its {len(choices)} choices; {fix}")
     if task.multiple_input:
-        return Doc([(prefix + c, TARGET_DELIMITER + target) for c in choices], gold=task.text(doc),  # type: ignore[misc]
-                   choices=choices)
-    return Doc([(prefix + task.text(doc), TARGET_DELIMITER + c) for c in choices], gold=target,  # type: ignore[misc]
+        return Doc([(prefix + c, TARGET_DELIMITER + target) for c in choices], gold=gold, choices=choices)
+    return Doc([(prefix + task.text(doc), TARGET_DELIMITER + c) for c in choices], gold=gold,  # type: ignore[misc]
                choices=choices)
 
 
@@ -421,14 +469,17 @@ def prepare_docs(task: Task, rows: list[dict], where: str) -> list[dict]:
 def _checked(task: Task, where: str, index: int, build: Callable[[], Any]) -> Any:
     try:
         return build()
+    except BadRow as e:
+        raise DataError(f"{where} row {index + 1} (task {task.name}): {e}") from None
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
         raise DataError(f"{where} row {index + 1} does not fit task {task.name} ({type(e).__name__}: {e}); "
                         f"its rows must be in the schema of {task.where}") from None
 
 
 def build_docs(task: Task, docs: list[dict], pool: list[dict] | None, num_fewshot: int = 0,
-               seed: int = FEWSHOT_SEED, where: str = "") -> list[Doc]:
-    """Every doc's requests, few-shot examples drawn from `pool` in doc order."""
+               seed: int = FEWSHOT_SEED, where: str = "", pool_where: str = "") -> list[Doc]:
+    """Every doc's requests, few-shot examples drawn from `pool` in doc order (its rows checked as
+    the docs are: a bad example is an error naming `pool_where` and its row)."""
     if num_fewshot and task.kind != "loglikelihood_rolling":
         if not pool:
             raise DataError(f"task {task.name}: --num-fewshot {num_fewshot} needs the {task.fewshot_split} split")
@@ -436,6 +487,9 @@ def build_docs(task: Task, docs: list[dict], pool: list[dict] | None, num_fewsho
             raise DataError(f"task {task.name}: --num-fewshot {num_fewshot} needs at least "
                             f"{num_fewshot + task.removes_eval_doc} rows in its {task.fewshot_split} split "
                             f"(it has {len(pool)})")
+    if num_fewshot and task.kind != "loglikelihood_rolling":
+        for i, example in enumerate(pool or []):
+            _checked(task, pool_where or where or task.name, i, lambda example=example: build_doc(task, example, []))
     sampler = FewshotSampler(pool or [], seed)
     out = []
     for i, doc in enumerate(docs):
@@ -564,8 +618,13 @@ class Report:
         mean = self.centered_mean
         if mean is not None:
             counted = [r.task for r in self.results if r.centered is not None]
-            lines.append(f"| centered mean ({len(counted)} tasks) | | {mean:.4f} | | | | |")
-        shots = f"{self.num_fewshot}-shot" + (f", first {self.limit:,} items" if self.limit else "")
+            lines.append(f"| centered mean ({len(counted)} task{'' if len(counted) == 1 else 's'}) | | {mean:.4f} "
+                         "| | | | |")
+        shots = f"{self.num_fewshot}-shot"
+        if self.limit:  # the items column has each task's count; a limit above them all cut nothing
+            most = max((r.items for r in self.results), default=0)
+            shots += (f", first {self.limit:,} items of each task" if most >= self.limit else
+                      f", all items (--limit {self.limit:,} is more than any task has)")
         return "\n".join(lines) + f"\n({shots}; task definitions of {HARNESS})"
 
 
@@ -613,14 +672,14 @@ def run_task(model: Any, tokenizer: Any, task: Task, *, num_fewshot: int = 0, li
 
     rows, where = load_docs(task, task.eval_split, task_data)
     docs = prepare_docs(task, rows, where)[:limit or None]
-    pool = None
+    pool, pool_where = None, where
     if num_fewshot and task.kind != "loglikelihood_rolling":
         if task.fewshot_split == task.eval_split:
             pool = prepare_docs(task, rows, where)
         else:
             pool_rows, pool_where = load_docs(task, task.fewshot_split, task_data)
             pool = prepare_docs(task, pool_rows, pool_where)
-    built = build_docs(task, docs, pool, num_fewshot, fewshot_seed, where)
+    built = build_docs(task, docs, pool, num_fewshot, fewshot_seed, where, pool_where)
     unknown = sum(tokenizer.count_unknown(c + x) for d in built for c, x in d.requests)
     if unknown:
         warn(f"{unknown:,} {tokenizer.unit}(s) of task {task.name} are not in the run's vocabulary and count as <unk>")
@@ -633,7 +692,8 @@ def run_task(model: Any, tokenizer: Any, task: Task, *, num_fewshot: int = 0, li
     if chance is not None:
         value = next(m.value for m in metrics if m.name == headline)
         centered = (value - chance) / (1 - chance)
-    return TaskResult(task.name, len(built), metrics, chance, centered, headline, num_fewshot, where,
+    data = str(Path(where).resolve()) if task_data else where  # a --task-data file, whatever the cwd
+    return TaskResult(task.name, len(built), metrics, chance, centered, headline, num_fewshot, data,
                       rows_sha256(rows[:limit or None]), round(time.perf_counter() - start, 3))
 
 
@@ -648,8 +708,9 @@ def evaluate_tasks(run_dir: str | Path, cfg: Any, show_progress: bool = True) ->
     run = load(run_dir, **cfg.load_options())
     results = []
     for name in names:
-        if show_progress:
-            console.print(f"{name}: {TASKS[name].where}")
+        if show_progress:  # where the rows come from: the --task-data file, else the Hub dataset
+            local = local_file(TASKS[name], TASKS[name].eval_split, cfg.task_data) if cfg.task_data else None
+            console.print(f"{name}: {local or TASKS[name].where}")
         results.append(run_task(run.model, run.tokenizer, TASKS[name], num_fewshot=cfg.num_fewshot,
                                 limit=cfg.limit, fewshot_seed=cfg.fewshot_seed, task_data=cfg.task_data,
                                 batch_size=cfg.batch_size, device=run.device, dtype=run.dtype,

@@ -373,7 +373,8 @@ def export_gguf(run_dir: str | Path, out: str | Path, dtype: str = "f32", checkp
     weight matrices. `chat_template`: a
     Template (or a shipped template's name) to embed; default: the run's own, else an imported
     tokenizer's. Returns a summary (out, arch, dtype, bytes, tokenizer model and pre-tokenizer,
-    modelfile, tensors). Raises ExportError naming what GGUF cannot express, and for a destination in
+    modelfile, tensors, no_repack: whether llama.cpp should be run with --no-repack here, a quantized
+    file on a CPU with AMX). Raises ExportError naming what GGUF cannot express, and for a destination in
     a run directory or an existing file (unless `overwrite`)."""
     gguf = _gguf()
 
@@ -466,8 +467,10 @@ def export_gguf(run_dir: str | Path, out: str | Path, dtype: str = "f32", checkp
     except BaseException:  # the export is the pair: keep neither, so the same command works again
         out.unlink(missing_ok=True)
         raise
-    if dtype in QUANTIZED and cpu_has_amx():
+    no_repack = dtype in QUANTIZED and cpu_has_amx()
+    if no_repack:
         warn(f"this CPU has AMX: {AMX_REPACK_NOTE}")
-    return {"out": str(out), "arch": arch, "dtype": dtype, "bytes": out.stat().st_size, "tensors": len(tensors),
+    return {"out": str(out), "no_repack": no_repack, "arch": arch, "dtype": dtype, "bytes": out.stat().st_size,
+            "tensors": len(tensors),
             "tokenizer_model": vocab.model, "pre_tokenizer": vocab.pre, "modelfile": str(modelfile_path),
             "weights": str(run.weights), "params": run.model.num_params(), "chat_template": jinja is not None}

@@ -70,8 +70,8 @@ def signal_name(number: int) -> str:
 # --------------------------------------------------------------------------- framing
 
 
-def _write_frame(fd: int, header: dict[str, Any], payload: bytes = b"") -> None:
-    head = json.dumps(header).encode("utf-8")
+def _write_frame(fd: int, header: dict[str, Any] | bytes, payload: bytes = b"") -> None:
+    head = header if isinstance(header, bytes) else json.dumps(header).encode("utf-8")
     data = _FRAME.pack(len(head), len(payload)) + head + payload
     view = memoryview(data)
     while view:
@@ -127,7 +127,9 @@ class ChildProcess:
     `timeout` bounds each call in seconds (None: no bound); a call past it kills the child.
 
     Raises `NativeCrash` when the child dies or times out (the process is gone; later calls raise
-    it again) and `ChildError` for a Python exception inside the child (which keeps serving).
+    it again) and `ChildError` for a Python exception inside the child, or a return value that JSON
+    cannot encode (the child keeps serving). A failed start (the factory raised, the child died)
+    closes the child before raising: no process outlives the error.
     """
 
     def __init__(self, target: str, kwargs: dict[str, Any] | None = None, *, name: str | None = None,
@@ -145,7 +147,11 @@ class ChildProcess:
         self._proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "tinylm.interop.native"],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
                                       env=child_env)
-        self._call("__init__", [target, kwargs or {}], what=f"starting {target}")
+        try:
+            self._call("__init__", [target, kwargs or {}], what=f"starting {target}")
+        except BaseException:  # a failed start leaves no child behind (the error's traceback would keep it)
+            self.close()
+            raise
 
     @property
     def pid(self) -> int:
@@ -258,9 +264,20 @@ def _serve(requests: int, replies: int) -> None:
             else:
                 result = getattr(obj, method)(*args)
             reply, payload = _encode(result)
+            head = _reply_bytes(reply, method, result)
         except Exception as e:  # noqa: BLE001 - reported to the parent, which raises ChildError
-            reply, payload = {"error": f"{type(e).__name__}: {e}"}, b""
-        _write_frame(replies, reply, payload)
+            head, payload = json.dumps({"error": f"{type(e).__name__}: {e}"}).encode("utf-8"), b""
+        _write_frame(replies, head, payload)
+
+
+def _reply_bytes(reply: dict[str, Any], method: str, result: Any) -> bytes:
+    """The reply's JSON header; a value JSON cannot encode is the method's error (ChildError in the
+    parent, naming the method and the type), not a dead child."""
+    try:
+        return json.dumps(reply).encode("utf-8")
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{method}() returned a {type(result).__name__}, which cannot be sent to the parent ({e}); "
+                        "return JSON values (lists, dicts, numbers, strings, None) or a NumPy array") from None
 
 
 def main() -> None:
