@@ -255,3 +255,58 @@ def test_pairs_and_the_objective_must_go_together(tmp_path):
         resolve_format(dpo)
     dpo.data.source = str(pairs)
     assert resolve_format(dpo) == "preference"
+
+
+# --------------------------------------------------------------------------- TRL's DPOTrainer on the same batch
+
+
+@pytest.mark.parametrize("loss", ["sigmoid", "ipo"])
+def test_the_loss_equals_trl_dpotrainers_on_the_same_batch(tmp_path, loss):
+    """TRL's DPOTrainer (its own tokenization, collation, forward of the GPT-2 export and loss) and tinylm's
+    objective on the batch TRL collated, with the same policy and reference weights. (TRL 1.x's "sigmoid" loss
+    no longer reads label_smoothing, so conservative DPO is checked against the paper's form above only.)"""
+    ls = 0.0
+    pytest.importorskip("trl")
+    datasets = pytest.importorskip("datasets")
+    from hf_models import byte_level_bpe
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from trl import DPOConfig as TRLConfig
+    from trl import DPOTrainer
+
+    from tinylm.interop.gpt2 import gpt2_config, to_gpt2_state
+
+    hf_tokenizer = PreTrainedTokenizerFast.from_pretrained(byte_level_bpe(tmp_path / "tok", vocab_size=300))
+    hf_tokenizer.pad_token = hf_tokenizer.eos_token
+    torch.manual_seed(0)
+    reference = GPT(ModelConfig(vocab_size=len(hf_tokenizer), context=64, n_layer=2, n_head=2, d_model=32,
+                                mlp="gelu_tanh"))
+    policy = copy.deepcopy(reference)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+
+    def hf(model: GPT) -> GPT2LMHeadModel:
+        out = GPT2LMHeadModel(GPT2Config(**gpt2_config(model.cfg, hf_tokenizer.eos_token_id)))
+        out.load_state_dict(to_gpt2_state(model), strict=False)
+        return out.eval()
+
+    records = [r for r in RECORDS if isinstance(r["prompt"], str)]
+    args = TRLConfig(  # float32 (TRL's default bf16 would compute the reference in bfloat16)
+        output_dir=str(tmp_path / "trl"), beta=0.3, loss_type=[loss], label_smoothing=ls,
+                     per_device_train_batch_size=len(records), report_to="none", use_cpu=True, max_length=None,
+                     dataset_num_proc=None, save_strategy="no", bf16=False)
+    trainer = DPOTrainer(model=hf(policy), ref_model=hf(reference), args=args, processing_class=hf_tokenizer,
+                         train_dataset=datasets.Dataset.from_list(records))
+    batch = next(iter(trainer.get_train_dataloader()))
+    theirs = trainer.compute_loss(trainer.model, batch).item()
+
+    ids, completion = batch["input_ids"].cpu(), batch["completion_mask"].cpu()
+    x = ids[:, :-1]
+    y = torch.where(completion[:, 1:].bool(), ids[:, 1:], IGNORE)
+    cfg = dpo_config("full", beta=0.3, loss=loss, label_smoothing=ls)
+    objective = DPOObjective(cfg, reference, PairData(Pairs("pairs", "plain", [], [])))  # reference: the copy
+    policy.eval()
+    ours = objective.loss(policy, x, y).item()
+    assert ours == pytest.approx(theirs, abs=1e-5)
+    assert objective.train_metrics(objective_procs(), torch.device("cpu"))["rewards/margins"] == pytest.approx(
+        trainer._metrics["train" if trainer.model.training else "eval"]["rewards/margins"][-1], abs=1e-5)
