@@ -310,3 +310,173 @@ def test_the_loss_equals_trl_dpotrainers_on_the_same_batch(tmp_path, loss):
     assert ours == pytest.approx(theirs, abs=1e-5)
     assert objective.train_metrics(objective_procs(), torch.device("cpu"))["rewards/margins"] == pytest.approx(
         trainer._metrics["train" if trainer.model.training else "eval"]["rewards/margins"][-1], abs=1e-5)
+
+
+# --------------------------------------------------------------------------- slow: training, resume, export, end to end
+
+WORDS = ["lord", "king", "good", "fair", "love", "dear", "sire", "wife", "life", "hand", "song", "fire", "rose", "moon",
+         "star", "gold", "time", "hope", "face", "hour", "duke", "maid", "lady", "word", "home", "land", "sea", "sun",
+         "day", "eye", "man", "boy", "art", "heart", "night", "death", "grace", "queen", "sweet", "honour"]
+TRAIN_WORDS, HELD_WORDS = WORDS[:30], WORDS[30:]  # held-out prompts ask for words no training pair has
+
+
+def rule_pairs(words: list[str], n: int, seed: int) -> list[dict]:
+    """"say W" -> chosen "W amen" (the rule: the answer ends with "amen"), rejected "W <another word>"."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        w = words[i % len(words)] if n <= len(words) * 4 else rng.choice(words)
+        out.append({"prompt": f"say {w}", "chosen": f"{w} amen",
+                    "rejected": f"{w} {rng.choice([v for v in WORDS if v != w])}"})
+    return out
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory, shared_data) -> Path:
+    """A tiny char model pre-trained on Tiny Shakespeare for 300 steps (a few seconds), context 64."""
+    from tinylm.config import load_preset
+    from tinylm.training import train
+
+    cfg = load_preset("tiny-test")
+    text = tmp_path_factory.mktemp("text") / "shakespeare.txt"  # the first 300,000 characters: quick to prepare
+    text.write_text((shared_data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:300_000],
+                    encoding="utf-8")
+    cfg.data.source = str(text)
+    cfg.model.context, cfg.model.d_model = 64, 48
+    cfg.train.out_dir = str(tmp_path_factory.mktemp("dpo") / "base")
+    cfg.train.max_steps, cfg.train.eval_interval, cfg.train.batch_size = 300, 300, 16
+    return train(cfg).run_dir
+
+
+@pytest.fixture(scope="module")
+def pair_files(tmp_path_factory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("pairs")
+    return (write_jsonl(d / "train.jsonl", rule_pairs(TRAIN_WORDS, 300, 0)),
+            write_jsonl(d / "held.jsonl", rule_pairs(HELD_WORDS, 40, 1)))
+
+
+def dpo_run_config(base: Path, data: Path, out: Path, **train):
+    from tinylm.training.finetune import finetune_config
+
+    cfg = finetune_config(base, str(data))
+    cfg.finetune.objective = "dpo"
+    cfg.train.out_dir, cfg.train.epochs, cfg.train.dtype = str(out), 0.0, "float32"
+    for key, value in {"max_steps": 150, "eval_interval": 150, "lr": 1e-2, "min_lr": 1e-3, **train}.items():
+        setattr(cfg.train, key, value)
+    cfg.lora.dropout, cfg.lora.targets = 0.0, "qkv,proj,fc,mlp_proj"
+    return cfg
+
+
+def follows_rule(run_dir: Path) -> float:
+    """The share of held-out prompts whose greedy reply's first line ends with "amen"."""
+    import tinylm
+
+    run = tinylm.load(run_dir, device="cpu", dtype="float32")
+    replies = [run.chat([{"role": "user", "content": f"say {w}"}], template="plain", max_new_tokens=16,
+                        temperature=0) for w in HELD_WORDS]
+    return sum(r.strip().split("\n")[0].endswith("amen") for r in replies) / len(replies)
+
+
+@pytest.mark.slow
+def test_dpo_teaches_a_rule_the_base_does_not_follow(base_run, pair_files, tmp_path):
+    """End to end (BENCHMARKS.md "DPO"): held-out preference accuracy from about chance to >= 90%, and greedy
+    replies to held-out prompts follow the rule more often than the base's."""
+    from tinylm.config import EvalConfig
+    from tinylm.evaluation.preferences import evaluate_pairs
+    from tinylm.training import train
+
+    train_pairs, held = pair_files
+    options = dict(pairs=str(held), device="cpu", dtype="float32")
+    before = evaluate_pairs(base_run, EvalConfig(**options))  # no base of its own: raw log-probabilities
+    follows_before = follows_rule(base_run)
+    result = train(dpo_run_config(base_run, train_pairs, tmp_path / "dpo"))
+    after = evaluate_pairs(result.run_dir, EvalConfig(**options))  # against its base, the adapter disabled
+    follows_after = follows_rule(result.run_dir)
+    print(f"DPO end to end: accuracy {before.accuracy:.3f} -> {after.accuracy:.3f}, margin {after.margin:.3f}; "
+          f"rule followed {follows_before:.2f} -> {follows_after:.2f}")
+    assert 0.2 <= before.accuracy <= 0.8 and after.accuracy >= 0.9
+    assert follows_after > follows_before
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins"} <= set(rows[0])
+    assert rows[-1]["eval_rewards/accuracies"] >= 0.9 and (result.run_dir / "loss.png").is_file()
+    evals = [json.loads(line) for line in (result.run_dir / "evals.jsonl").read_text().splitlines()]
+    assert evals[-1]["split"] == "pairs" and evals[-1]["accuracy"] == after.accuracy
+
+
+@pytest.mark.slow
+def test_resumed_dpo_run_equals_the_uninterrupted_run(base_run, pair_files, tmp_path, monkeypatch, capsys):
+    from test_training import TIMING, Crash, metrics
+
+    from tinylm.cli import main
+    from tinylm.model.lora import adapter_state
+    from tinylm.training import train
+    from tinylm.training import trainer as trainer_module
+
+    import tinylm
+
+    def cfg(name: str):
+        c = dpo_run_config(base_run, pair_files[0], tmp_path / name, max_steps=10, eval_interval=4, log_interval=2)
+        c.lora.dropout = 0.1  # dropout masks come from the checkpointed RNG
+        return c
+
+    straight = train(cfg("straight")).run_dir
+    real_step = trainer_module.Trainer.train_step
+
+    def dies_at_step_6(self, lr):
+        if self.step == 6:
+            raise Crash
+        return real_step(self, lr)
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", dies_at_step_6)
+    with pytest.raises(Crash):
+        train(cfg("crashed"))
+    monkeypatch.undo()
+    assert main(["finetune", "--resume", str(tmp_path / "crashed"), "--beta", "0.5"]) == 1  # refused before any work
+    assert "dpo.beta cannot change when resuming" in capsys.readouterr().err
+    assert main(["finetune", "--resume", str(tmp_path / "crashed")]) == 0
+    a, b = (tinylm.load(d, checkpoint="latest", device="cpu").model for d in (straight, tmp_path / "crashed"))
+    assert all(torch.equal(v, adapter_state(b)[k]) for k, v in adapter_state(a).items())
+    assert [{k: v for k, v in r.items() if k not in TIMING} for r in metrics(straight)] == [
+        {k: v for k, v in r.items() if k not in TIMING} for r in metrics(tmp_path / "crashed")]
+
+
+@pytest.mark.slow
+def test_full_dpo_run_and_exports_of_a_lora_dpo_run(base_run, pair_files, tmp_path, capsys):
+    """--full trains every weight against a frozen copy of the base (a standalone run); a LoRA DPO run exports
+    merged to transformers and as a PEFT adapter, both giving the run's logits."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    import tinylm
+    from tinylm.cli import main
+    from tinylm.run import MODEL_FILE
+
+    full = tmp_path / "full"
+    assert main(["finetune", str(base_run), "--method", "dpo", "--full", "--data", str(pair_files[0]), "--out",
+                 str(full), "--max-steps", "6", "--lr", "1e-3", "--beta", "0.2", "--loss", "ipo"]) == 0
+    out = "".join(capsys.readouterr())
+    assert "dpo     ipo loss, beta 0.2, reference a frozen copy of the base's weights" in out
+    assert (full / MODEL_FILE).is_file() and tinylm.load(full).config.finetune.method == "full"
+    assert main(["eval", str(full), "--pairs", str(pair_files[1])]) == 0
+    assert "against the base run" in "".join(capsys.readouterr())
+
+    lora_run = tmp_path / "lora"
+    assert main(["finetune", str(base_run), "--method", "dpo", "--data", str(pair_files[0]), "--out", str(lora_run),
+                 "--max-steps", "20", "--lr", "1e-2", "--lora-targets", "qkv,fc"]) == 0
+    assert main(["eval", str(lora_run)]) == 0  # a DPO run's own validation pairs
+    assert "preference accuracy" in "".join(capsys.readouterr())
+    for args in (["export", str(lora_run), "--format", "hf", "--out", str(tmp_path / "merged")],
+                 ["export", str(base_run), "--format", "hf", "--out", str(tmp_path / "base_hf")],
+                 ["export", str(lora_run), "--format", "peft", "--out", str(tmp_path / "adapter")]):
+        assert main(args) == 0
+    run = tinylm.load(lora_run, device="cpu", dtype="float32")
+    x = torch.tensor([run.tokenizer.encode("User: say queen\nAssistant:")])
+    expected = run.model(x)[0]
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "base_hf"),
+                                        tmp_path / "adapter").eval()
+    with torch.no_grad():
+        for model in (merged, adapted):
+            torch.testing.assert_close(model(x).logits, expected, atol=1e-4, rtol=1e-4)

@@ -183,14 +183,17 @@ class PairEval:
 
 def run_reference(run) -> Reference:
     """The reference a run is scored against: its base (an adapter run: the adapter disabled; a full or
-    merged fine-tune: the base run, loaded alike), or none for a run without a base."""
+    merged fine-tune: the base run's weights it was tuned from, sha256-checked, loaded alike; a base run that
+    is gone is a one-line error), or none for a run without a base."""
     from tinylm.run import load
+    from tinylm.run.layout import base_weights
 
     ft = run.config.finetune
     if ft.adapter:
         return Reference(adapters_off=True)
-    if ft.method and ft.base and Path(ft.base).is_dir():
-        base = load(ft.base, checkpoint=ft.base_weights or "best", device=str(run.device),
+    if ft.method and ft.base:
+        weights = base_weights(run.config, run.run_dir)  # the weights it was tuned from (sha256-checked)
+        base = load(ft.base, checkpoint=str(weights), device=str(run.device),
                     dtype=str(run.dtype).removeprefix("torch."))
         return Reference(base.model, what=f"the base run {ft.base}")
     return Reference()
