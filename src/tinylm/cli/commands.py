@@ -276,6 +276,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                     ("--task-data", "task_data")) if getattr(cfg, key) != getattr(defaults, key)]
     if stray:
         raise ConfigError(f"{' and '.join(stray)} applies to --tasks (benchmarks by name); add --tasks NAMES")
+    if cfg.pairs or (not tasks and not (cfg.data or cfg.text or cfg.dataset) and _is_dpo_run(args.run_dir)):
+        from tinylm.evaluation.preferences import evaluate_pairs
+
+        if tasks:
+            raise ConfigError(f"give one of --pairs, {', '.join(tasks)} per `tinylm eval`")
+        pair_result = evaluate_pairs(args.run_dir, cfg)
+        print(json.dumps(pair_result.to_dict()) if args.json else pair_result.describe())
+        return 0
     if tasks:
         from tinylm.evaluation.multiple_choice import describe, evaluate_choices
 
@@ -292,6 +300,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"loss {result.loss:.4f} nats/token   perplexity {result.perplexity:.3f}   "
               f"bits/byte {bpb}   ({result.tokens:,} tokens" + (f", {result.bytes:,} bytes)" if result.bytes else ")"))
     return 0
+
+
+def _is_dpo_run(run_dir: str) -> bool:
+    """Whether `run_dir` is a DPO fine-tune (scored by default on its validation pairs)."""
+    from tinylm.run.layout import read_config
+
+    try:
+        return read_config(run_dir).finetune.objective == "dpo"
+    except Exception:  # not a run: evaluate() reports it in its own words
+        return False
 
 
 def _eval_tasks(args: argparse.Namespace, cfg: EvalConfig, files: list[str]) -> int:

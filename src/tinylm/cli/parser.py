@@ -16,6 +16,14 @@ from tinylm.config import COMPILE, QUANTIZE, RunConfig, preset_names, valid_keys
 EPILOG = "Docs: README.md. Every flag maps to a config field; see `tinylm train --help` for --set keys."
 
 
+class _MethodAction(argparse.Action):
+    """--method lora | full sets finetune.method; --method dpo sets finetune.objective (the weights stay LoRA
+    unless --full or --method full says otherwise)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, "finetune.objective" if values == "dpo" else self.dest, values)
+
+
 def _runtime_flags(p: argparse.ArgumentParser, section: str, checkpoint: bool = False) -> None:
     """--device and --dtype (and --checkpoint for verbs that load a run) for one config section."""
     p.add_argument("--device", dest=f"{section}.device", metavar="DEV", help="auto (default), cpu, cuda, cuda:N or mps")
@@ -196,9 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.cmd_train)
 
     p = verbs.add_parser(
-        "finetune", parents=[common], help="fine-tune a run (LoRA or full) on text, instructions or chats",
+        "finetune", parents=[common], help="fine-tune a run (LoRA or full) on text, instructions, chats or preference pairs",
         description="Fine-tune BASE_RUN (trained or imported) on SOURCE: plain text (continued pre-training), "
-                    "instruction records (Alpaca JSON/JSONL) or chat records (JSONL with \"messages\"). LoRA "
+                    "instruction records (Alpaca JSON/JSONL), chat records (JSONL with \"messages\") or, with --method "
+                    "dpo, preference pairs (JSONL with \"prompt\", \"chosen\", \"rejected\"). LoRA "
                     "writes a small adapter run; --method full a standalone run. Guide: docs/finetuning.md.",
         epilog=f"--set keys: {keys}")
     p.add_argument("base_run", nargs="?", metavar="BASE_RUN", help="the run to fine-tune [finetune.base]")
@@ -210,8 +219,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", dest="data.val_fraction", metavar="F", help="held out for validation (0.1)")
     _errors_flag(p, "data")
     p.add_argument("--out", dest="train.out_dir", metavar="RUN_DIR", help="the fine-tuned run's directory")
-    p.add_argument("--method", dest="finetune.method", metavar="M", choices=("lora", "full"),
-                   help="lora (default: adapters on the frozen base) or full (every weight)")
+    p.add_argument("--method", dest="finetune.method", metavar="M", choices=("lora", "full", "dpo"),
+                   action=_MethodAction,
+                   help="lora (default: adapters on the frozen base) or full (every weight) [finetune.method]; "
+                        "dpo: preference tuning on pairs, with LoRA unless --full [finetune.objective]")
+    p.add_argument("--full", dest="finetune.method", action="store_const", const="full",
+                   help="train every weight (the same as --method full; with --method dpo: full-weight DPO)")
+    p.add_argument("--objective", dest="finetune.objective", metavar="O", choices=("sft", "dpo"),
+                   help="sft (default: next-token loss on the responses or text) or dpo (preference pairs)")
+    p.add_argument("--beta", dest="dpo.beta", metavar="B",
+                   help="DPO: the pull towards the base (KL coefficient; rewards are beta x log-ratios) (0.1)")
+    p.add_argument("--loss", dest="dpo.loss", metavar="L", choices=("sigmoid", "ipo"),
+                   help="DPO: sigmoid (default: DPO, Rafailov et al. 2023) or ipo (Azar et al. 2023)")
+    p.add_argument("--label-smoothing", dest="dpo.label_smoothing", metavar="E",
+                   help="DPO sigmoid loss: the assumed chance a pair's preference is flipped (conservative DPO; 0)")
     p.add_argument("--lora-r", dest="lora.r", metavar="R", help="the adapters' rank (8)")
     p.add_argument("--lora-alpha", dest="lora.alpha", metavar="A", help="the update is scaled by alpha / r (16)")
     p.add_argument("--lora-dropout", dest="lora.dropout", metavar="P", help="dropout on the adapters' input (0.05)")
@@ -285,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--tasks: the first N items of each task; --hellaswag/--choices/--cloze: a seeded "
                         "random subset of N items (default 0: all items)")
     p.add_argument("--seed", dest="eval.seed", metavar="N", help="seed of the --limit subset (default 0)")
+    p.add_argument("--pairs", dest="eval.pairs", metavar="FILE",
+                   help='preference accuracy and margin on a jsonl of {"prompt", "chosen", "rejected"} pairs, '
+                        "against the run's base (a DPO run's default: its validation pairs)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=commands.cmd_eval)
 

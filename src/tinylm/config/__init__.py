@@ -1,6 +1,6 @@
 """Typed configuration (dataclasses; torch-free, so it imports fast).
 
-    run.py       RunConfig = ModelConfig + DataConfig + TrainConfig + FinetuneConfig + LoRAConfig (config.json);
+    run.py       RunConfig = ModelConfig + DataConfig + TrainConfig + FinetuneConfig + LoRAConfig + DPOConfig (config.json);
                  absolute_paths; the allowed values (DTYPES, QUANTIZE, COMPILE, ...)
     options.py   GenerationConfig; InferenceOptions (checkpoint, device, dtype, quantize, compile), shared by
                  SampleConfig, EvalConfig and ServeConfig (the options of sample, eval and serve)
@@ -63,6 +63,7 @@ from tinylm.config.run import (
                                   SOURCE_FIELDS,
                                   SPLIT_METHODS,
                                   DataConfig,
+                                  DPOConfig,
                                   FinetuneConfig,
                                   LoRAConfig,
                                   ModelConfig,
@@ -75,7 +76,7 @@ from tinylm.config.run import (
 __all__ = ["COMPILE", "DEFAULT_PRESET", "DEVICES", "DTYPES", "ENCODING_ERRORS", "FINETUNE_FORMATS", "FINETUNE_METHODS",
            "FLOAT32_MAX", "FLOAT32_TINY", "HF_TOKENIZER", "INT64_MAX", "LORA_TARGETS", "MAX_BEAMS", "MAX_THREADS",
            "MAX_WORKERS", "MLPS", "NORMS", "OPTIMIZERS", "PATH_FIELDS", "POSITIONS", "QUANTIZE", "SAMPLING",
-           "SCHEDULES", "SOURCE_FIELDS", "SPLIT_METHODS", "DataConfig", "EvalConfig", "Fields", "FinetuneConfig",
+           "SCHEDULES", "SOURCE_FIELDS", "SPLIT_METHODS", "DataConfig", "DPOConfig", "EvalConfig", "Fields", "FinetuneConfig",
            "GenerationConfig", "InferenceOptions", "LoRAConfig", "ModelConfig", "Reference", "RunConfig",
            "SampleConfig", "ServeConfig", "TrainConfig", "absolute_paths", "absolute_tokenizer_spec",
            "apply_overrides", "boolean", "check_fields", "check_range", "check_seeds", "integer", "load_preset",

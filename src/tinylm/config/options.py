@@ -155,6 +155,7 @@ class EvalConfig(InferenceOptions):
     hellaswag: str = ""  # a HellaSwag jsonl file, or "default" (local copy / download cache / download)
     choices: str = ""  # a multiple-choice jsonl file: {"context", "choices", "label"}
     cloze: str = ""  # a cloze jsonl file: {"context", "continuation"} (LAMBADA-style last-word accuracy)
+    pairs: str = ""  # a preference-pairs file: {"prompt", "chosen", "rejected"} (accuracy and margin vs the base)
     tasks: str = ""  # benchmarks by name, comma-separated (tasks.TASKS; "all"; "list" describes them)
     num_fewshot: int = 0  # --tasks: few-shot examples per prompt, drawn as lm-evaluation-harness draws them
     fewshot_seed: int = 1234  # --tasks: seed of the few-shot draws (the harness's fewshot_random_seed)

@@ -1,4 +1,4 @@
-"""The run's configuration: `RunConfig` = model, data, train, finetune and lora sections (typed dataclasses).
+"""The run's configuration: `RunConfig` = model, data, train, finetune, lora and dpo sections (typed dataclasses).
 
 A run is described by one `RunConfig`. It is filled, in order, from the dataclass defaults, a preset
 (presets.py), an optional user TOML file, and command-line flags; the resolved result is saved as
@@ -29,7 +29,9 @@ POSITIONS = ("learned", "sinusoidal", "rope", "none")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "gelu_tanh", "swiglu")
 FINETUNE_METHODS = ("", "lora", "full")
-FINETUNE_FORMATS = ("auto", "text", "instruction", "chat")
+FINETUNE_FORMATS = ("auto", "text", "instruction", "chat", "preference")
+FINETUNE_OBJECTIVES = ("sft", "dpo")  # next-token loss on the data | preference pairs (DPO, dpo.* settings)
+DPO_LOSSES = ("sigmoid", "ipo")
 LORA_TARGETS = ("qkv", "proj", "fc", "mlp_proj", "head")  # the model's linear layers by short name (model/lora.py)
 MAX_THREADS = 1024  # train.threads: CPU threads per process
 MAX_WORKERS = 256  # data.workers: tokenizer processes
@@ -281,7 +283,8 @@ class FinetuneConfig:
     base: str = ""  # the base run directory (absolute path)
     base_weights: str = ""  # the base weights file fine-tuned from (recorded)
     base_sha256: str = ""  # sha256 of that file (recorded; an adapter on changed base weights is refused)
-    format: str = "auto"  # auto (from the file) | text | instruction (Alpaca records) | chat (OpenAI messages)
+    format: str = "auto"  # auto (from the file) | text | instruction (Alpaca) | chat (OpenAI messages) | preference
+    objective: str = "sft"  # sft (next-token loss on the data) | dpo (preference pairs; the dpo.* settings)
     val_data: str = ""  # a validation file of the same format ("" = hold out data.val_fraction of the data)
     template: str = ""  # prompt template: alpaca | chat | plain ("" = chosen for the data and the tokenizer)
     train_on_prompt: bool = False  # also train on prompt tokens (default: loss on response tokens only)
@@ -298,7 +301,37 @@ class FinetuneConfig:
                f"finetune.method (--method) must be lora or full, got {self.method!r}")
         require(self.format in FINETUNE_FORMATS,
                f"finetune.format must be one of {', '.join(FINETUNE_FORMATS)}, got {self.format!r}")
+        require(self.objective in FINETUNE_OBJECTIVES,
+               f"finetune.objective must be sft or dpo (--method dpo), got {self.objective!r}")
+        require(self.objective == "sft" or bool(self.method),
+               "finetune.objective dpo is a fine-tune of a base run: give finetune.method lora or full")
+        require(self.format in ("auto", "preference") if self.objective == "dpo" else self.format != "preference",
+               "preference pairs train with --method dpo (finetune.objective = dpo), and DPO trains on preference "
+               f"pairs ({{\"prompt\", \"chosen\", \"rejected\"}} records); got objective {self.objective} with format "
+               f"{self.format}")
         require(not self.method or bool(self.base), "finetune.base must name the base run directory")
+
+
+@dataclass
+class DPOConfig:
+    """Preference tuning on (prompt, chosen, rejected) pairs, used when finetune.objective = "dpo".
+    With h = (log pi(chosen) - log ref(chosen)) - (log pi(rejected) - log ref(rejected)), each log-probability
+    the sum over the response's tokens and the reference the base run: sigmoid (DPO, Rafailov et al. 2023,
+    eq. 7; with label_smoothing the conservative DPO of Mitchell 2023, as TRL) is
+    -(1 - ls) log sigmoid(beta h) - ls log sigmoid(-beta h); ipo (Azar et al. 2023, eq. 17, with TRL's
+    per-token averaging of each log-ratio) is (h_avg - 1 / (2 beta))^2."""
+
+    beta: float = 0.1  # the strength of the pull towards the reference (KL coefficient); rewards are beta x log-ratios
+    loss: str = "sigmoid"  # sigmoid (DPO) | ipo
+    label_smoothing: float = 0.0  # sigmoid only: the assumed chance that a pair's preference label is flipped
+
+    def validate(self) -> None:
+        check_fields(self, "dpo.")
+        check_range("dpo.beta", self.beta, gt=0, note=" (--beta)")
+        require(self.loss in DPO_LOSSES, f"dpo.loss (--loss) must be sigmoid or ipo, got {self.loss!r}")
+        check_range("dpo.label_smoothing", self.label_smoothing, ge=0, lt=0.5, note=" (--label-smoothing)")
+        require(self.loss == "sigmoid" or self.label_smoothing == 0,
+               "dpo.label_smoothing applies to the sigmoid loss only; drop --label-smoothing with --loss ipo")
 
 
 @dataclass
@@ -312,6 +345,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
 
     def validate(self) -> RunConfig:
         self.model.validate()
@@ -319,6 +353,11 @@ class RunConfig:
         self.train.validate()
         self.finetune.validate()
         self.lora.validate()
+        self.dpo.validate()
+        require(not (self.finetune.objective == "dpo" and self.finetune.method == "lora"
+                     and (self.lora.train_biases or self.lora.train_norms)),
+               "DPO with LoRA uses the base (adapters disabled) as its reference model, so the adapter cannot also "
+               "train base biases or norms; drop --lora-train-biases / --lora-train-norms, or use --full")
         require(self.train.seq_len <= self.model.context,
                f"train.seq_len ({self.train.seq_len}) must not exceed model.context ({self.model.context})")
         return self

@@ -157,9 +157,16 @@ class ExampleBatches:
             if self._index == len(self.examples):
                 self._epoch, self._index = self._epoch + 1, 0
                 self.order = self._order(self._epoch)
-        self._tokens += sum(len(self.examples[i]) - 1 for i in picked)
+        self._tokens += sum(self.tokens_of(self.examples[i]) for i in picked)
         mine = picked[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
-        return pad_batch([self.examples[i] for i in mine])
+        return self.collate([self.examples[i] for i in mine])
+
+    # what a batch of items is, and the tokens an item counts (a subclass batches other items: preference pairs)
+    collate = staticmethod(pad_batch)
+
+    @staticmethod
+    def tokens_of(example: Example) -> int:
+        return len(example) - 1
 
     def take_tokens(self) -> int:
         tokens, self._tokens = self._tokens, 0

@@ -2,8 +2,10 @@
 
     cfg.data + finetune.format (auto: detected) ──► "text": text_data_dir (data.dir as given, or the source
         (+ finetune.val_data) prepared once with the base's tokenizer into the cache) ──► windows
-                                                └─► "instruction" | "chat": run_examples (the template
+                                                ├─► "instruction" | "chat": run_examples (the template
         chosen for the data and the vocabulary, recorded in cfg) ──► Examples (examples.py)
+                                                └─► "preference" (finetune.objective dpo): run_pairs (the
+        base's own template if it has one, else as for chats) ──► Pairs (preferences.py)
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from tinylm.chat.encode import choose_template
 from tinylm.config import RunConfig
 from tinylm.console import console
 from tinylm.data.examples import Examples, load_examples
+from tinylm.data.preferences import Pairs, load_pairs
 from tinylm.data.prepare import is_prepared, prepare_config, prepared_dir_for, read_meta
 from tinylm.data.records import detect_format
 from tinylm.data.sources import Source, cache_key
@@ -57,6 +60,10 @@ def resolve_format(cfg: RunConfig) -> str:
     fmt = ft.format if ft.format != "auto" else detect_format(source, cfg.data.text_field, cfg.data.errors)
     if cfg.data.dir and fmt != "text":
         raise ConfigError(f"{cfg.data.dir} is a prepared data directory: it can only be fine-tuned on as text")
+    if (fmt == "preference") != (ft.objective == "dpo"):
+        raise ConfigError(f"{source} holds preference pairs: fine-tune on them with --method dpo" if fmt == "preference"
+                          else f"--method dpo trains on preference pairs, {{\"prompt\", \"chosen\", \"rejected\"}} "
+                          f"records, but {source} holds {fmt} data; give a file of pairs")
     ft.format = fmt
     return fmt
 
@@ -70,3 +77,20 @@ def run_examples(cfg: RunConfig, tokenizer: Tokenizer, quiet: bool = False) -> E
     return load_examples(cfg.data.source, fmt, tokenizer, template, cfg.seq_len, val_spec=ft.val_data,
                          val_fraction=cfg.data.val_fraction, seed=cfg.data.split_seed,
                          train_on_prompt=ft.train_on_prompt, quiet=quiet, errors=cfg.data.errors)
+
+
+def run_pairs(cfg: RunConfig, tokenizer: Tokenizer, quiet: bool = False) -> Pairs:
+    """The preference pairs a DPO fine-tune's config names. finetune.template (resolved into `cfg`): as given,
+    else the base run's own template (a DPO run after an instruction or chat fine-tune keeps its format),
+    else the default for chats and the vocabulary."""
+    from tinylm.chat.templates import get_template
+    from tinylm.run.layout import read_config
+
+    ft = cfg.finetune
+    resolve_format(cfg)
+    base_template = read_config(ft.base).finetune.template if ft.base and not ft.template else ""
+    template = get_template(base_template) if base_template else choose_template(ft.template, "chat", tokenizer)
+    ft.template = template.name
+    return load_pairs(cfg.data.source, tokenizer, template, cfg.seq_len, val_spec=ft.val_data,
+                      val_fraction=cfg.data.val_fraction, seed=cfg.data.split_seed, quiet=quiet,
+                      errors=cfg.data.errors)

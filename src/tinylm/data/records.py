@@ -1,6 +1,7 @@
 """Fine-tuning records: instruction and chat records read from files or record sources, as messages.
 
     SOURCE ── detect_format ──► "text": a file, folder, dataset or data dir (trained on as windows)
+       ├──► "preference" ({"prompt", "chosen", "rejected"}): pairs, read by data/preferences.py
        └──► "instruction" | "chat": read_records ──► (where, record) ──► record_messages ──► messages
                  .json array / .jsonl, or a record source        (Alpaca shape | OpenAI {"messages": [...]})
                  registered in RECORD_SOURCES (e.g. "hf:")
@@ -100,8 +101,11 @@ def is_record_source(spec: str) -> bool:
 
 
 def record_kind(record: Any, text_field: str = "text") -> str | None:
-    """"chat", "instruction" or "text" for a record's shape, None when it has none of them."""
+    """"chat", "instruction", "preference" (chosen and rejected responses: data/preferences.py) or "text" for a
+    record's shape, None when it has none of them."""
     if isinstance(record, dict):
+        if "chosen" in record and "rejected" in record:
+            return "preference"
         if "messages" in record:
             return "chat"
         if "instruction" in record:

@@ -5,6 +5,8 @@ Language Models"; the layout follows Hugging Face PEFT's `lora.Linear`).
                                    adapter `name` to each: A (r x in, Kaiming-uniform), B (out x r, zeros)
     LoRALinear.forward(x)          base(x) + (alpha / r) * B A dropout(x)   for the active adapter(s)
     set_active(model, adapters)    None (base only) | a name (the whole batch) | one name or None per row
+    adapters_disabled(model)       a context in which every layer applies no adapter (the base model), then
+                                   the previous choice again: DPO's reference model without a second copy
     adapter_state / load_adapter_state      the adapter's tensors by layer name (`<layer>.lora_A`, `.lora_B`)
     merge_lora(model, name)        W <- W + (alpha / r) B A, the adapter removed; layers left without
                                    adapters become plain nn.Linear again (so the state dict is a base run's)
@@ -22,9 +24,10 @@ unties the two (the merged model then has `tie_weights = False`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -224,6 +227,23 @@ def set_active(model: nn.Module, adapters: str | Sequence[str | None] | None) ->
     value = adapters if adapters is None or isinstance(adapters, str) else list(adapters)
     for layer in lora_layers(model).values():
         layer.active = value
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, `model` computes as its base alone (every LoRA layer's `active` is None); on exit
+    each layer gets back the adapters it had active. The reference model of LoRA preference tuning: the
+    frozen base, with no second copy of its weights. Base parameters an adapter also trains (biases,
+    norms) stay as they are: they are part of the model, not of an adapter's low-rank update."""
+    layers = lora_layers(model)
+    saved = {name: layer.active for name, layer in layers.items()}
+    for layer in layers.values():
+        layer.active = None
+    try:
+        yield model
+    finally:
+        for name, layer in layers.items():
+            layer.active = saved[name]
 
 
 def adapter_state(model: nn.Module, name: str = "default") -> dict[str, torch.Tensor]:

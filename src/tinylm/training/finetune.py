@@ -6,6 +6,7 @@
     ──► train(cfg) (launch.py) composes the trainer with what this module opens:
           open_finetune_data  text ─► the base's tokenizer prepares it (cached by tokenizer fingerprint) ─► windows
                               instruction / chat records ─► template ─► examples (data/finetune.py)
+                              preference pairs (--method dpo) ─► template ─► pairs ─► PairData (dpo.py)
           start_from_base     the base weights (sha256 checked) ─► LoRA: add the adapter, freeze the rest
     ──► run dir: LoRA ─► adapter.safetensors (+ the base's path and sha256 in config.json);
                  full ─► model.safetensors, a standalone run
@@ -24,7 +25,7 @@ from typing import Any
 
 from tinylm import fileio
 from tinylm.config import DataConfig, LoRAConfig, RunConfig, TrainConfig, update
-from tinylm.data.finetune import resolve_format, run_examples, text_data_dir
+from tinylm.data.finetune import resolve_format, run_examples, run_pairs, text_data_dir
 from tinylm.errors import CheckpointError, ConfigError
 from tinylm.model import GPT, lora
 from tinylm.run.layout import CONFIG_FILE, base_weights, read_config
@@ -41,7 +42,7 @@ FINETUNE_DEFAULTS: dict[str, dict[str, Any]] = {
     "any": {"epochs": 3.0, "warmup_steps": 10, "weight_decay": 0.0, "batch_size": 8, "eval_interval": 50,
             "log_interval": 10, "eval_tokens": 0},
 }
-FINETUNE_SECTIONS = ("train", "finetune", "lora", "data")  # what a preset or --config may set for a fine-tune
+FINETUNE_SECTIONS = ("train", "finetune", "lora", "dpo", "data")  # what a preset or --config may set for a fine-tune
 
 
 def finetune_config(base: str | Path, source: str = "", method: str = "lora") -> RunConfig:
@@ -105,8 +106,13 @@ def open_finetune_data(cfg: RunConfig, quiet: bool = False, data_dir: str | None
     `data_dir`: the text's prepared directory as rank 0 opened it (other processes never prepare)."""
     base_weights(cfg)
     tokenizer = load_tokenizer(cfg.finetune.base)
-    if resolve_format(cfg) == "text":
+    fmt = resolve_format(cfg)
+    if fmt == "text":
         return WindowData(data_dir or text_data_dir(cfg, tokenizer)), tokenizer
+    if fmt == "preference":
+        from tinylm.training.dpo import PairData
+
+        return PairData(run_pairs(cfg, tokenizer, quiet=quiet)), tokenizer
     return ExampleData(run_examples(cfg, tokenizer, quiet=quiet)), tokenizer
 
 

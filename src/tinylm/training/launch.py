@@ -6,7 +6,8 @@
         ─► rank 0 claims the run directory (new: created, or replaced with --overwrite; resumed: locked)
         ─► build_model: GPT(cfg.model) from train.seed (a fine-tune: the base's weights, and LoRA with the
            rest frozen) and the run's weights format (run/weights.py)
-        ─► Trainer(cfg, run_dir, model, data, tokenizer, weights) ─► restore (resume) ─► config.json,
+        ─► (DPO: the objective and its reference model, training/dpo.py)
+        ─► Trainer(cfg, run_dir, model, data, tokenizer, weights, objective) ─► restore (resume) ─► config.json,
            tokenizer ─► Trainer.fit ─► TrainResult
 
 A new run that fails before its first checkpoint removes its directory. Under torchrun every process
@@ -32,7 +33,7 @@ from tinylm.run.layout import RUN_FILES, STATE_FILE, read_config, write_config
 from tinylm.run.weights import FULL, WeightsFormat, weights_format
 from tinylm.runtime import check_memory, resolve_device, resolve_dtype
 from tinylm.tokenizers import Tokenizer, load_tokenizer, spec_vocab_size
-from tinylm.training import distributed, finetune
+from tinylm.training import distributed, dpo, finetune
 from tinylm.training.batch import plan_batch
 from tinylm.training.checkpoint import saved_processes
 from tinylm.training.data import WindowData
@@ -89,6 +90,9 @@ def _summary(cfg: RunConfig, trainer: Trainer, resume: bool) -> str:
     tuned = (f"\n  base    {ft.base} ({ft.base_weights}), {ft.method} fine-tuning: {trainable:,} trainable parameters"
              + (f" (LoRA r={cfg.lora.r}, alpha={cfg.lora.alpha:g} on {cfg.lora.targets})" if trainer.weights is not FULL
                 else "")
+             + (f"\n  dpo     {cfg.dpo.loss} loss, beta {cfg.dpo.beta:g}"
+                + (f", label smoothing {cfg.dpo.label_smoothing:g}" if cfg.dpo.label_smoothing else "")
+                + f", reference {trainer.objective.reference.what}" if trainer.objective else "")
              if ft.method else "")
     limits = (f"budget {t.time_budget:.0f}s or " if t.time_budget else "") + f"{t.max_steps} steps"
     procs = f" x {plan.processes} processes" if plan.processes > 1 else ""
@@ -204,7 +208,8 @@ def _run(cfg: RunConfig, procs: Procs, run_dir: Path, data: Any, tokenizer: Toke
         cfg.model.vocab_size = cfg.model.embedding_rows(tokenizer.vocab_size)
         check_fits(cfg, cfg.model.vocab_size, resolve_device(cfg.train.device))
         model, weights = build_model(cfg)
-        trainer = Trainer(cfg, run_dir, model, data, tokenizer, weights, procs)
+        objective = dpo.DPOObjective(cfg, model, data) if cfg.finetune.objective == "dpo" else None
+        trainer = Trainer(cfg, run_dir, model, data, tokenizer, weights, procs, objective)
         if resume:
             trainer.restore()
             if trainer.step >= cfg.train.max_steps or progress_fraction(trainer.step, trainer.elapsed, cfg.train) >= 1:

@@ -1,6 +1,7 @@
 """The training loop, for pre-training and fine-tuning alike.
 
-    data (training/data.py): WindowData | ExampleData ─► loader ─┐
+    data (training/data.py): WindowData | ExampleData ─► loader ─┐   (DPO: PairData, and the objective's
+                                                                  │    loss: training/dpo.py)
     model (built by launch.py; a fine-tune's with base weights    ├─► [micro-batches x accumulation
            and, for LoRA, the adapter, the rest frozen)           │    -> optimizer step] x steps
     weights format (run/weights.py: every weight | the adapter) ──┘
@@ -106,9 +107,12 @@ class Trainer:
     weights and adapter included) and opens the data."""
 
     def __init__(self, cfg: RunConfig, run_dir: Path, model: GPT, data: Any, tokenizer: Tokenizer,
-                 weights: WeightsFormat = FULL, procs: Procs | None = None):
+                 weights: WeightsFormat = FULL, procs: Procs | None = None, objective: Any = None):
         procs = procs or Procs()
         self.data, self.weights = data, weights
+        # the loss of a micro-batch: the model's next-token loss, or an objective's (training/dpo.py:
+        # objective.loss(forward, x, y), with train_metrics / validation_metrics for the metrics rows)
+        self.objective = objective
         self.cfg, self.run_dir, self.tokenizer, self.procs = cfg, run_dir, tokenizer, procs
         t = cfg.train
         self.device = distributed.start(procs, resolve_device(t.device))
@@ -296,7 +300,7 @@ class Trainer:
             last = i == accum - 1 or not self.procs.distributed
             with contextlib.nullcontext() if last else self.ddp.no_sync():
                 with autocast(self.device, self.dtype):
-                    _, loss = self.forward(x, y)
+                    loss = self.objective.loss(self.forward, x, y) if self.objective else self.forward(x, y)[1]
                 self.scaler.scale(loss / accum).backward()
             total += loss.detach()
         return total / accum
@@ -449,6 +453,8 @@ class Trainer:
             row["skipped_steps"] = self.skipped_steps
         if self.procs.distributed:
             row["processes"] = int(processes)  # that reported this row
+        if self.objective:
+            row |= self.objective.train_metrics(self.procs, self.device)
         self.loss_sum, self.loss_count = 0.0, 0
         self.record(row)
         return row
@@ -469,6 +475,12 @@ class Trainer:
                                  batch_size=self.plan.micro, device=self.device, dtype=self.dtype)
             row |= {"hellaswag_acc": result.accuracy, "hellaswag_acc_norm": result.accuracy_norm}
             extra = f"  hellaswag {result.accuracy_norm:.3f}"
+        if self.objective:
+            metrics = self.objective.validation_metrics(self.procs, self.device)
+            row |= metrics
+            if "eval_rewards/accuracies" in metrics:
+                extra += (f"  pref acc {metrics['eval_rewards/accuracies']:.3f}  margin "
+                          f"{metrics['eval_rewards/margins']:.3f}")
         self.record(row)
         improved = val_loss < self.best_val_loss
         self.save(val_loss)
