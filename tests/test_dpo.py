@@ -424,10 +424,10 @@ def test_resumed_dpo_run_equals_the_uninterrupted_run(base_run, pair_files, tmp_
     straight = train(cfg("straight")).run_dir
     real_step = trainer_module.Trainer.train_step
 
-    def dies_at_step_6(self, lr):
+    def dies_at_step_6(self, lr, *stop):
         if self.step == 6:
             raise Crash
-        return real_step(self, lr)
+        return real_step(self, lr, *stop)
 
     monkeypatch.setattr(trainer_module.Trainer, "train_step", dies_at_step_6)
     with pytest.raises(Crash):

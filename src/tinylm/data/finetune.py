@@ -79,16 +79,15 @@ def run_examples(cfg: RunConfig, tokenizer: Tokenizer, quiet: bool = False) -> E
                          train_on_prompt=ft.train_on_prompt, quiet=quiet, errors=cfg.data.errors)
 
 
-def run_pairs(cfg: RunConfig, tokenizer: Tokenizer, quiet: bool = False) -> Pairs:
+def run_pairs(cfg: RunConfig, tokenizer: Tokenizer, quiet: bool = False, base_template: str = "") -> Pairs:
     """The preference pairs a DPO fine-tune's config names. finetune.template (resolved into `cfg`): as given,
-    else the base run's own template (a DPO run after an instruction or chat fine-tune keeps its format),
-    else the default for chats and the vocabulary."""
+    else `base_template`, the base run's own (a DPO run after an instruction or chat fine-tune keeps its
+    format), else the default for chats and the vocabulary."""
     from tinylm.chat.templates import get_template
-    from tinylm.run.layout import read_config
 
     ft = cfg.finetune
     resolve_format(cfg)
-    base_template = read_config(ft.base).finetune.template if ft.base and not ft.template else ""
+    base_template = base_template if not ft.template else ""
     template = get_template(base_template) if base_template else choose_template(ft.template, "chat", tokenizer)
     ft.template = template.name
     return load_pairs(cfg.data.source, tokenizer, template, cfg.seq_len, val_spec=ft.val_data,

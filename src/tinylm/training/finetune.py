@@ -112,7 +112,8 @@ def open_finetune_data(cfg: RunConfig, quiet: bool = False, data_dir: str | None
     if fmt == "preference":
         from tinylm.training.dpo import PairData
 
-        return PairData(run_pairs(cfg, tokenizer, quiet=quiet)), tokenizer
+        base_template = read_config(cfg.finetune.base).finetune.template if not cfg.finetune.template else ""
+        return PairData(run_pairs(cfg, tokenizer, quiet=quiet, base_template=base_template)), tokenizer
     return ExampleData(run_examples(cfg, tokenizer, quiet=quiet)), tokenizer
 
 
