@@ -407,12 +407,11 @@ def test_dpo_teaches_a_rule_the_base_does_not_follow(base_run, pair_files, tmp_p
 
 @pytest.mark.slow
 def test_resumed_dpo_run_equals_the_uninterrupted_run(base_run, pair_files, tmp_path, monkeypatch, capsys):
-    from test_training import TIMING, Crash, metrics
+    from test_training import TIMING, Crash, crash_at_step, metrics
 
     from tinylm.cli import main
     from tinylm.model.lora import adapter_state
     from tinylm.training import train
-    from tinylm.training import trainer as trainer_module
 
     import tinylm
 
@@ -422,14 +421,7 @@ def test_resumed_dpo_run_equals_the_uninterrupted_run(base_run, pair_files, tmp_
         return c
 
     straight = train(cfg("straight")).run_dir
-    real_step = trainer_module.Trainer.train_step
-
-    def dies_at_step_6(self, lr, *stop):
-        if self.step == 6:
-            raise Crash
-        return real_step(self, lr, *stop)
-
-    monkeypatch.setattr(trainer_module.Trainer, "train_step", dies_at_step_6)
+    crash_at_step(monkeypatch, 6)
     with pytest.raises(Crash):
         train(cfg("crashed"))
     monkeypatch.undo()

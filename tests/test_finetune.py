@@ -22,7 +22,6 @@ from tinylm.evaluation.perplexity import score_examples
 from tinylm.model.lora import adapter_state, base_state
 from tinylm.run import ADAPTER_FILE, MODEL_FILE, read_config, save_weights
 from tinylm.training import train
-from tinylm.training import trainer as trainer_module
 from tinylm.training.finetune import finetune_config
 
 pytestmark = pytest.mark.slow
@@ -86,7 +85,7 @@ def test_finetuning_lowers_the_validation_loss_on_response_tokens(trained_run, i
 
 
 def test_resumed_lora_run_equals_the_uninterrupted_run(trained_run, instructions, tmp_path, monkeypatch, capsys):
-    from test_training import TIMING, Crash, metrics
+    from test_training import TIMING, Crash, crash_at_step, metrics
 
     def cfg(name: str):
         c = config(trained_run, instructions, tmp_path / name, max_steps=10, eval_interval=4, log_interval=2)
@@ -94,14 +93,7 @@ def test_resumed_lora_run_equals_the_uninterrupted_run(trained_run, instructions
         return c
 
     straight = train(cfg("straight")).run_dir
-    real_step = trainer_module.Trainer.train_step
-
-    def dies_at_step_6(self, lr, *stop):
-        if self.step == 6:
-            raise Crash
-        return real_step(self, lr, *stop)
-
-    monkeypatch.setattr(trainer_module.Trainer, "train_step", dies_at_step_6)
+    crash_at_step(monkeypatch, 6)
     with pytest.raises(Crash):
         train(cfg("crashed"))
     monkeypatch.undo()

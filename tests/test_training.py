@@ -75,6 +75,18 @@ def test_schedule_warms_up_then_decays_to_min_lr():
 TIMING = ("elapsed", "tokens_per_s", "tflops", "mfu")  # wall-clock figures differ between runs
 
 
+def crash_at_step(monkeypatch, step: int) -> None:
+    """Make the trainer die (Crash) when it is about to train step `step + 1`: a crash between checkpoints."""
+    real_step = trainer_module.Trainer.train_step
+
+    def dies(self, lr, *stop):
+        if self.step == step:
+            raise Crash
+        return real_step(self, lr, *stop)
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", dies)
+
+
 class Crash(Exception):
     """Stands in for SIGKILL: the process dies between two checkpoints."""
 
@@ -99,14 +111,7 @@ def test_crash_and_resume_reproduces_the_uninterrupted_run(tmp_path, corpus_file
         return cfg
 
     straight = train(config("straight")).run_dir
-    real_step = trainer_module.Trainer.train_step
-
-    def dies_at_step_33(self, lr, *stop):
-        if self.step == 33:
-            raise Crash
-        return real_step(self, lr, *stop)
-
-    monkeypatch.setattr(trainer_module.Trainer, "train_step", dies_at_step_33)
+    crash_at_step(monkeypatch, 33)
     with pytest.raises(Crash):
         train(config("crashed"))
     monkeypatch.undo()

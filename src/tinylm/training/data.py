@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Sequence, Sized
 from typing import Any
 
 import torch
@@ -50,6 +51,18 @@ class WindowData:
         return f"{self.splits['train']['tokens']:,} train / {self.splits['val']['tokens']:,} val tokens, {self.dir}"
 
 
+def quick_share(records: Sequence[Sized], max_tokens: int) -> Sequence[Sized]:
+    """The validation records a quick periodic pass scores: the first ones up to `max_tokens` tokens (at least
+    one); all of them when max_tokens is 0."""
+    if not max_tokens:
+        return records
+    total, n = 0, 0
+    while n < len(records) and total < max_tokens:
+        total += len(records[n])
+        n += 1
+    return records[:max(n, 1)]
+
+
 class ExampleData:
     """Instruction or chat examples for the trainer: training batches and validation on response tokens."""
 
@@ -65,14 +78,8 @@ class ExampleData:
 
     def validation(self, model: torch.nn.Module, *, seq_len: int, batch_size: int, device: torch.device,
                    dtype: torch.dtype, max_tokens: int, shard: tuple[int, int]) -> tuple[float, int]:
-        val = self.val
-        if max_tokens:  # a quick periodic pass: the first examples up to max_tokens tokens
-            total, n = 0, 0
-            while n < len(val) and total < max_tokens:
-                total += len(val[n])
-                n += 1
-            val = val[:max(n, 1)]
-        return score_examples(model, val, batch_size=batch_size, device=device, dtype=dtype, shard=shard)
+        return score_examples(model, quick_share(self.val, max_tokens), batch_size=batch_size, device=device,
+                              dtype=dtype, shard=shard)
 
     def describe(self) -> str:
         e = self.examples

@@ -29,6 +29,7 @@ from tinylm.data.preferences import PairBatches, Pairs
 from tinylm.evaluation.preferences import PairScores, Reference, preference_losses, score_pairs, sequence_logps
 from tinylm.model import GPT
 from tinylm.training import distributed
+from tinylm.training.data import quick_share
 from tinylm.training.distributed import Procs
 
 
@@ -51,13 +52,7 @@ class PairData:
                    dtype: torch.dtype, max_tokens: int, shard: tuple[int, int]) -> tuple[float, int]:
         """(sum of the pairs' losses, pairs) on this process's share of the validation pairs (the first ones
         up to `max_tokens` tokens for a quick periodic pass)."""
-        val = self.val
-        if max_tokens:
-            total, n = 0, 0
-            while n < len(val) and total < max_tokens:
-                total += len(val[n])
-                n += 1
-            val = val[:max(n, 1)]
+        val = quick_share(self.val, max_tokens)
         objective = self.objective
         assert objective is not None, "PairData trains with a DPOObjective"
         scores = score_pairs(model, val, objective.reference, objective.cfg.dpo, batch_size=batch_size,
