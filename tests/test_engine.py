@@ -184,7 +184,7 @@ class Recording(Engine):
 
     def _sample_all(self, seqs):
         for seq in seqs:
-            self.logits.setdefault(id(seq.request), []).append(seq.logits[:, :self.vocab_size].clone())
+            self.logits.setdefault(id(seq.request), []).append(seq.next_logits[:, :self.vocab_size].clone())
         super()._sample_all(seqs)
 
     def _prefill(self, admitted):

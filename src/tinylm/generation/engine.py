@@ -82,7 +82,7 @@ class Row:
     beam_search: bool = False  # a beam search even with beams = 1 (greedy, scored)
 
 
-@dataclass
+@dataclass(slots=True)
 class Event:
     """What one step produced for one row of a request: new `text` (maybe empty while text is held
     back), the `tokens` it covers (with log-probabilities when asked), and at the end `finish`
@@ -102,11 +102,15 @@ class Event:
 
 class Request:
     """Rows submitted together; `on_event(Event)` is called from the thread that steps the engine (it
-    must not block). `cancel()` (e.g. the client went away) makes every row leave at the next step."""
+    must not block). `cancel()` (e.g. the client went away) makes every row leave at the next step.
+    `open`: its rows not yet finished; `error`: what `on_event` raised, if it did (the request is then
+    cancelled)."""
 
     def __init__(self, rows: Sequence[Row], on_event: Callable[[Event], None]):
         self.rows, self.on_event = list(rows), on_event
         self.cancelled = False
+        self.open = len(self.rows)
+        self.error: BaseException | None = None
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -129,9 +133,18 @@ class _Seq:
         self.text = (RowText(engine.decode, row.prompt, self.cfg.stop, engine.markers)
                      if engine.decode is not None and group is None else None)
         self.seen: torch.Tensor | None = None
-        self.logits: torch.Tensor | None = None  # (1, vocab)
+        self.logits: torch.Tensor | None = None  # (B, vocab) of the forward that computed this row's: row `at`
+        self.at = 0
+        self.key = (self.cfg.temperature > 0 and self.cfg.temperature, self.cfg.top_k, self.cfg.top_p,
+                    self.cfg.min_p, self.cfg.repetition_penalty,
+                    None if self.cfg.suppress_tokens is None else tuple(self.cfg.suppress_tokens))
         self.length = 0
         self.done = False
+
+    @property
+    def next_logits(self) -> torch.Tensor:
+        """(1, vocab): the logits this row samples its next token from."""
+        return self.logits[self.at:self.at + 1]
 
 
 class Engine:
@@ -245,6 +258,21 @@ class Engine:
         finally:
             if left:
                 self._drop(request)
+
+    def run(self, rows: Sequence[Row], on_event: Callable[[Event], None]) -> None:
+        """Generate `rows` by stepping the engine in this thread, handing each event to `on_event` as it
+        comes: `events` without a generator and a queue between (what `generate` uses). An exception
+        from `on_event` ends the request and is raised here."""
+        request = Request(rows, on_event)
+        self.submit(request)
+        try:
+            while request.open and request.error is None:
+                self.step()
+        finally:
+            if request.open:
+                self._drop(request)
+        if request.error is not None:
+            raise request.error
 
     def _drop(self, request: Request) -> None:
         """Take a cancelled request's rows out now (waiting and running), admitting nobody: rows are
@@ -379,6 +407,8 @@ class Engine:
         (at most PREFILL_TOKENS prompt tokens per forward): rows of one length as an aligned batch, others
         right-padded (per-row lengths: the padding sits after each row's tokens, where the mask hides it);
         the head runs on each row's last position only. Without the cache: the same forwards, uncached."""
+        if not seqs:
+            return
         slot = {id(seq): i for i, seq in enumerate(self.running)}
         order = sorted(range(len(seqs)), key=lambda i: slot[id(seqs[i])])
         start = 0
@@ -403,7 +433,7 @@ class Engine:
             if cache is not None and not aligned:
                 cache.lengths.copy_(torch.tensor([len(w) for w in rows], device=self.device))
             for b, (seq, window) in enumerate(zip(chunk, rows, strict=True)):
-                seq.logits, seq.length = logits[b:b + 1], len(window)
+                seq.logits, seq.at, seq.length = logits, b, len(window)
             start = stop
 
     def _prefill(self, admitted: list[_Seq]) -> None:
@@ -428,7 +458,7 @@ class Engine:
         slot = self.running.index(seq)
         cache = self.cache.rows(slot, slot + 1, length=0) if self.cache is not None else None
         idx = torch.tensor([scored[:self.context]], dtype=torch.long, device=self.device)
-        seq.logits, logits = self._logits(idx, cache, seq.row.adapter, every=True)
+        (seq.logits, logits), seq.at = self._logits(idx, cache, seq.row.adapter, every=True), 0
         seq.length = min(len(scored), self.context)
         lp = torch.log_softmax(logits[0, :len(scored) - 1, :self.vocab_size].float(), dim=-1)
         prompt = [TokenLogprob(scored[0], None)] + [
@@ -451,18 +481,15 @@ class Engine:
         groups: dict[tuple, list[_Seq]] = {}
         beams: dict[int, BeamSearch] = {}
         for seq in seqs:
-            cfg = seq.cfg
             if seq.group is not None:
                 beams[id(seq.group)] = seq.group
                 continue
-            key = (cfg.temperature > 0 and cfg.temperature, cfg.top_k, cfg.top_p, cfg.min_p, cfg.repetition_penalty,
-                   None if cfg.suppress_tokens is None else tuple(cfg.suppress_tokens))
-            groups.setdefault(key, []).append(seq)
+            groups.setdefault(seq.key, []).append(seq)
         for search in beams.values():
             self._advance(search)
         for group in groups.values():
             cfg = group[0].cfg
-            logits = torch.cat([seq.logits for seq in group])[:, :self.vocab_size]
+            logits = self._stacked(group)
             seen = None
             if cfg.repetition_penalty != 1.0:
                 for seq in group:
@@ -475,17 +502,23 @@ class Engine:
                                  suppress=self._suppress_for(cfg, logits.size(-1))).tolist()
             for b, (seq, token) in enumerate(zip(group, tokens, strict=True)):
                 seq.logits = None
-                self._sampled(seq, token, logits[b])
+                self._sampled(seq, token, logits, b)
 
-    def _sampled(self, seq: _Seq, token: int, logits: torch.Tensor) -> None:
-        """A row drew `token` from `logits` (vocab,): report it, its text, and whether the row ends."""
+    def _stacked(self, seqs: list[_Seq]) -> torch.Tensor:
+        """The next-token logits (len(seqs), vocab) of `seqs`: the forward's own tensor when they are all
+        its rows in order (most decode steps), else their rows stacked."""
+        base = seqs[0].logits
+        if base.size(0) == len(seqs) and all(seq.logits is base and seq.at == b for b, seq in enumerate(seqs)):
+            return base[:, :self.vocab_size]
+        return torch.cat([seq.next_logits for seq in seqs])[:, :self.vocab_size]
+
+    def _sampled(self, seq: _Seq, token: int, logits: torch.Tensor, b: int) -> None:
+        """A row drew `token` from `logits[b]` (vocab,): report it, its text, and whether the row ends."""
         if seq.seen is not None:
             seq.seen[0, token] = True
-        event = Event(seq.index)
-        if seq.row.logprobs is not None:
-            event.tokens.append(token_logprobs(torch.log_softmax(logits.float(), dim=-1), token, seq.row.logprobs))
-        else:
-            event.tokens.append(TokenLogprob(token, 0.0))
+        top = seq.row.logprobs
+        event = Event(seq.index, "", [TokenLogprob(token, 0.0, []) if top is None else
+                                      token_logprobs(torch.log_softmax(logits[b].float(), dim=-1), token, top)])
         seq.ids.append(token)
         seq.new += 1
         if token in self.stop_ids:
@@ -501,7 +534,7 @@ class Engine:
     def _advance(self, search: BeamSearch) -> None:
         """One step of a beam search: its rows take the chosen hypotheses' states (cache rows, ids) and
         their new tokens, or, once it has ended, the request gets its best beams."""
-        logits = torch.cat([seq.logits for seq in search.seqs])[:, :self.vocab_size]
+        logits = self._stacked(search.seqs)
         chosen = search.advance(logits)
         for seq in search.seqs:
             seq.logits = None
@@ -532,13 +565,14 @@ class Engine:
             event.text += seq.text.flush()
         event.finish, event.completion_tokens = reason, event.completion_tokens or seq.new
         seq.done = True
+        seq.request.open -= 1
         self._emit(seq, event)
 
     def _emit(self, seq: _Seq, event: Event) -> None:
         try:
             seq.request.on_event(event)
-        except Exception:  # the consumer is gone (closed event loop): treat as cancelled
-            seq.request.cancelled = True
+        except Exception as e:  # the consumer is gone (closed event loop): treat as cancelled
+            seq.request.cancelled, seq.request.error = True, e
 
     def _move(self, src: int, dst: int) -> None:
         """Slot `dst` takes the row of slot `src` (its cache row's filled positions and the sequence)."""
@@ -574,7 +608,7 @@ class Engine:
         if not batch:
             return
         idx = torch.tensor([[seq.ids[-1]] for seq in batch], dtype=torch.long, device=self.device)
-        adapters = [seq.row.adapter for seq in batch]
+        adapters = [seq.row.adapter for seq in batch] if self.activate is not None else [None] * len(batch)
         if self.compiled is not None:
             logits = self._decode_compiled(idx, adapters)
         else:
@@ -582,7 +616,7 @@ class Engine:
             cache = self.cache.rows(0, end, length=lengths.pop() if len(lengths) == 1 else None)
             logits = self._forward(idx, cache, adapters if len(batch) > 1 else adapters[0])
         for b, seq in enumerate(batch):
-            seq.logits = logits[b:b + 1]
+            seq.logits, seq.at = logits, b
             seq.length += 1
 
     def _decode_compiled(self, idx: torch.Tensor, adapters: list[str | None]) -> torch.Tensor:

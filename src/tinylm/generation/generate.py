@@ -87,14 +87,23 @@ def generate(model: torch.nn.Module, rows: Sequence[Row], **engine: Any) -> list
     """What each of `rows` generated. `engine` keywords: decode (ids -> text; needed for text and stop
     strings), vocab_size, stop_ids, suppress_ids, markers, device, dtype, step (a compiled decode step)."""
     out = [Generated([]) for _ in rows]
-    for event in stream(model, rows, **engine):
+    scored = [row.logprobs is not None for row in rows]
+
+    def take(event: Event) -> None:
         got = out[event.row]
-        got.ids += [t.token for t in event.tokens]
-        got.text += event.text
-        if rows[event.row].logprobs is not None:
-            got.logprobs = (got.logprobs or []) + event.tokens
+        for t in event.tokens:
+            got.ids.append(t.token)
+        if event.text:
+            got.text += event.text
+        if scored[event.row]:
+            if got.logprobs is None:
+                got.logprobs = []
+            got.logprobs.extend(event.tokens)
         if event.finish:
             got.finish, got.beams = event.finish, event.beams
+
+    with _engine(model, rows, **_defaults(engine)) as e:
+        e.run(rows, take)
     return out
 
 

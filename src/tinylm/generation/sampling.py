@@ -159,7 +159,7 @@ def suppress_mask(suppress_tokens: Sequence[int] | None, suppress_ids: Iterable[
     return mask
 
 
-@dataclass
+@dataclass(slots=True)
 class TokenLogprob:
     """A token with its log-probability under the model (before the temperature and the filters) and the
     `top` likeliest alternatives as (id, logprob), likeliest first."""

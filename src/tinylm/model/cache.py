@@ -20,8 +20,6 @@ generation engine's continuous batching). Two ways need no mask:
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from tinylm.config import ModelConfig
@@ -41,6 +39,8 @@ class KVCache:
         self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
         self.static = static
         self.length: int | None = None if static else 0
+        self._arange = torch.arange(max_len, device=device)  # positions 0..max_len-1, sliced by `plan`
+        self._slices: dict[tuple[int, int], tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]] = {}
 
     @property
     def batch(self) -> int:
@@ -56,9 +56,14 @@ class KVCache:
         With `length` the view is aligned: its rows hold `length` positions from now on (their lengths are
         set to it; 0 to prefill rows from their start, the row's old positions forgotten); without, per-row
         (static if this cache is)."""
-        view = copy.copy(self)
-        view.k, view.v = [t[start:stop] for t in self.k], [t[start:stop] for t in self.v]
-        view.lengths = self.lengths[start:stop]
+        sliced = self._slices.get((start, stop))
+        if sliced is None:
+            sliced = ([t[start:stop] for t in self.k], [t[start:stop] for t in self.v], self.lengths[start:stop])
+            if start == 0:  # a decode step's rows (0..n-1): the same few ranges at every step, sliced once
+                self._slices[start, stop] = sliced
+        view = KVCache.__new__(KVCache)
+        view.k, view.v, view.lengths = sliced
+        view.max_len, view._arange, view._slices = self.max_len, self._arange, {}
         if length is not None:
             view.lengths.fill_(length)
         view.length = length
@@ -71,15 +76,16 @@ class KVCache:
         cache, else row and column indices), keys: how many positions the layers attend over). A
         ValueError when a row would pass `max_len`."""
         device = self.lengths.device
-        new = torch.arange(T, device=device)
         if self.length is not None:  # aligned: row b's tokens sit at length + t, like every other row's
             start = self.length
             if start + T > self.max_len:
                 raise ValueError(f"sequence length {start + T} exceeds the cache's {self.max_len} positions")
-            queries = start + new
-            keys = torch.arange(start + T, device=device)
-            mask = (keys[None, :] <= queries[:, None])[None, None] if start > 0 and T > 1 else None
+            queries = self._arange[start:start + T]
+            mask = None
+            if start > 0 and T > 1:
+                mask = (self._arange[None, :start + T] <= queries[:, None])[None, None]
             return queries[None].expand(self.batch, T), mask, start, start + T
+        new = self._arange[:T] if T <= self.max_len else torch.arange(T, device=device)
         if self.static:  # the caller keeps every row within max_len (a static cache never reads lengths back)
             keys = self.max_len
         else:
@@ -87,8 +93,8 @@ class KVCache:
             if keys > self.max_len:
                 raise ValueError(f"sequence length {keys} exceeds the cache's {self.max_len} positions")
         positions = self.lengths[:, None] + new  # row b's tokens sit at lengths[b] + t and see the keys up to them
-        mask = (torch.arange(keys, device=device)[None, None, :] <= positions[:, :, None])[:, None]
-        rows = torch.arange(self.batch, device=device)[:, None]
+        mask = (self._arange[None, None, :keys] <= positions[:, :, None])[:, None]
+        rows = (self._arange[:self.batch] if self.batch <= self.max_len else torch.arange(self.batch, device=device))[:, None]
         return positions, mask, (rows, positions), keys
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor, where: int | tuple[torch.Tensor, torch.Tensor],

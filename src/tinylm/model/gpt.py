@@ -61,6 +61,11 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return (x * cos + torch.cat((-x2, x1), dim=-1) * sin).to(x.dtype)
 
 
+def _dropout(p: float) -> nn.Module:
+    """Dropout of probability p; none at all for p = 0 (a decode step calls it once per layer or more)."""
+    return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -71,8 +76,8 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(self.n_head * self.head_dim, cfg.d_model, bias=cfg.has_attn_bias)
         self.q_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
-        self.attn_drop = nn.Dropout(cfg.dropout)
-        self.resid_drop = nn.Dropout(cfg.dropout)
+        self.attn_drop = _dropout(cfg.dropout)
+        self.resid_drop = _dropout(cfg.dropout)
         self.weights: torch.Tensor | None = None  # the last attention weights (manual attention only)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, rotary: tuple[torch.Tensor, torch.Tensor] | None,
@@ -118,7 +123,7 @@ class MLP(nn.Module):
         # SwiGLU: proj(silu(gate) * up), with gate and up computed by one matmul
         self.fc = nn.Linear(cfg.d_model, (2 if self.swiglu else 1) * cfg.ff_width, bias=cfg.has_mlp_bias)
         self.proj = nn.Linear(cfg.ff_width, cfg.d_model, bias=cfg.has_mlp_bias)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = _dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc(x)
@@ -156,7 +161,7 @@ class GPT(nn.Module):
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.context, cfg.d_model) if cfg.pos == "learned" else None
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = _dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = norm_layer(cfg, cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
@@ -237,8 +242,9 @@ class GPT(nn.Module):
             x = x + sinusoidal_embedding(positions, self.cfg.d_model).to(x.dtype)
         rotary = rotary_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_base) if self.cfg.pos == "rope" else None
         x = self.drop(x)
+        where = tuple(where)
         for layer, block in enumerate(self.blocks):
-            x = block(x, mask, rotary, cache, layer, tuple(where))
+            x = block(x, mask, rotary, cache, layer, where)
         if cache is not None:
             cache.advance(T)
         return self.ln_f(x)
