@@ -30,8 +30,11 @@ meets a near-tie (measured rates: `bench/batch_exactness.py`, BENCHMARKS.md).
 
 LoRA adapters per row: `activate` (e.g. `tinylm.model.lora.set_active` bound to the model) is called
 before every forward with one name (or None) for a lone row and the per-row list for a batch.
-Offline callers step the engine themselves (`generation/generate.py`); the server runs `start()`'s
-thread (`close` for shutdown, `stop` to end it).
+Offline callers step the engine themselves (`generation/generate.py`): `run(rows, on_event)` hands
+each event to a callback (`generate`), `events(rows)` yields them (streaming); the server runs
+`start()`'s thread (`close` for shutdown, `stop` to end it). Per step, the rows of one forward share
+its logits tensor (row `at` each) and a KV-cache view of rows 0..n-1 is sliced once: the per-row
+Python work of a step is the sampling bookkeeping and one Event (BENCHMARKS.md, "One engine").
 """
 
 from __future__ import annotations
